@@ -1,0 +1,40 @@
+# brainalign — set-up, demo, tests, benchmarks, containers.
+# Everything installs into .venv from PyPI wheels; CPU torch is pinned by toolkit/constraints-cpu.txt.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/demo.yaml
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: venv demo test bench container lint slurm-up slurm-down clean help
+
+help:
+	@echo "make demo       create .venv, install, run the whole pipeline on the embedded demo data"
+	@echo "make test       create .venv, install test deps, run pytest (starts MPI and a local SLURM)"
+	@echo "make bench      benchmarks under bench/ (ridge vs himalaya/sklearn, MPI scaling)"
+	@echo "make container  build the Apptainer images where apptainer exists"
+
+venv: $(STAMP)
+
+$(STAMP): toolkit/pyproject.toml toolkit/constraints-cpu.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -c toolkit/constraints-cpu.txt -e 'toolkit[test]'
+	@touch $(STAMP)
+
+demo: venv
+	$(BIN)/brainalign run $(CONFIG)
+
+test: venv
+	$(BIN)/python -m pytest -ra tests
+
+bench: venv
+	$(BIN)/python bench/ridge.py
+	@if [ -f bench/scaling.py ]; then $(BIN)/python bench/scaling.py; fi
+
+lint: venv
+	$(BIN)/python -m compileall -q toolkit/brainalign bin tests
+
+clean:
+	rm -rf results data .pytest_cache

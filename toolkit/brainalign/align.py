@@ -1,0 +1,210 @@
+"""Align stage: model features onto the TR grid and BOLD into voxel matrices, ready for the ridge fit.
+
+Per run (= episode) e with n_e TRs (features and BOLD cut to the shorter when they differ by at most
+``align.max_tr_mismatch`` TRs):
+
+1. every condition's features (n_e, hidden) per layer are z-scored within the run;
+2. residual features: target − ridge prediction from the concatenated predictor conditions, the
+   regression fitted on the *training runs of each outer fold only* (so held-out runs never inform it),
+   then z-scored within each run again;
+3. FIR delays: the row for TR t holds the features of TRs t−d for each d in ``align.delays``
+   (zeros before the run start), giving hidden × len(delays) columns;
+4. ``align.trim`` TRs are dropped at each run start and end, after delaying.
+
+BOLD is masked, cut to the same TRs, z-scored per run (constant voxels stay 0 and are scored NaN by
+the fit) and trimmed identically.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import require_file
+from .errors import DataError
+from .h5io import atomic_h5, is_complete, open_h5, read_str_attr, str_attr
+from .log import get_logger, progress
+
+log = get_logger("align")
+
+
+# ---- array functions -----------------------------------------------------------------------------
+
+def zscore(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """z-score along ``axis``; constant columns become 0 (never NaN)."""
+    x = np.asarray(x, dtype=np.float64)
+    mu = x.mean(axis=axis, keepdims=True)
+    sd = x.std(axis=axis, keepdims=True)
+    return np.divide(x - mu, sd, out=np.zeros_like(x), where=sd > 1e-12 * np.maximum(1.0, np.abs(mu)))
+
+
+def delay(x: np.ndarray, delays) -> np.ndarray:
+    """FIR delays: (n, d) -> (n, d * len(delays)); block j holds x shifted down by delays[j] rows."""
+    n, d = x.shape
+    out = np.zeros((n, d * len(delays)), dtype=x.dtype)
+    for j, k in enumerate(delays):
+        if k < n:
+            out[k:, j * d:(j + 1) * d] = x[: n - k]
+    return out
+
+
+def ridge_residual(target: np.ndarray, predictors: np.ndarray, train: np.ndarray, alpha: float) -> np.ndarray:
+    """target − ridge prediction from predictors, the map (with intercept) fitted on rows ``train`` only.
+
+    target (n, d), predictors (n, q), train bool (n,) -> residual (n, d) float64.
+    """
+    P = predictors[train]
+    mu_p = P.mean(0)
+    mu_t = target[train].mean(0)
+    Pc = P - mu_p
+    # dual or primal form, whichever is smaller
+    if Pc.shape[1] <= Pc.shape[0]:
+        W = np.linalg.solve(Pc.T @ Pc + alpha * np.eye(Pc.shape[1]), Pc.T @ (target[train] - mu_t))
+    else:
+        W = Pc.T @ np.linalg.solve(Pc @ Pc.T + alpha * np.eye(Pc.shape[0]), target[train] - mu_t)
+    return target - ((predictors - mu_p) @ W + mu_t)
+
+
+def design_from_runs(runs: list[np.ndarray], delays, trim: int, zscore_runs: bool = True) -> np.ndarray:
+    """Per-run TR-grid features [(n_e, d)] -> design (sum_e (n_e − 2·trim), d·len(delays)) float32."""
+    blocks = []
+    for x in runs:
+        x = zscore(x) if zscore_runs else np.asarray(x, np.float64)
+        xd = delay(x, delays)
+        blocks.append(xd[trim: x.shape[0] - trim])
+    return np.concatenate(blocks).astype(np.float32)
+
+
+def run_lengths_after_trim(lengths, trim):
+    return [n - 2 * trim for n in lengths]
+
+
+# ---- stage ---------------------------------------------------------------------------------------
+
+def _match_lengths(cfg, feat_lengths: dict, bold_lengths: dict) -> dict:
+    """Per episode the usable TR count; a mismatch beyond align.max_tr_mismatch names the files."""
+    out = {}
+    tol = cfg.align.max_tr_mismatch
+    for ep, nf in feat_lengths.items():
+        n = nf
+        for (sub, path), nb in bold_lengths.get(ep, {}).items():
+            if abs(nb - nf) > tol:
+                raise DataError(
+                    f"TR count mismatch for episode {ep}: features have {nf} TRs, {path} has {nb} "
+                    f"(sub-{sub}); allowed difference align.max_tr_mismatch={tol}")
+            n = min(n, nb)
+        if n - 2 * cfg.align.trim < 10:
+            raise DataError(f"episode {ep}: only {n} TRs, too few after trimming {cfg.align.trim} at each end")
+        out[ep] = n
+    return out
+
+
+def _bold_sources(cfg):
+    """{episode: {(subject, path): None}} for every subject and run, checking the files exist."""
+    from .brain.bids import find_bold
+
+    b = cfg.data.bold
+    bids_dir = require_file("data.bold.dir", cfg.path(b.dir), "fMRIPrep derivatives directory")
+    return {(s, ep): find_bold(bids_dir, s, ep, b.space, b.desc) for s in b.subjects for ep in cfg.data.episodes}
+
+
+def run_align(cfg, force: bool = False):
+    from .brain.volumes import load_mask, load_rois, read_bold_run
+    from .extract import read_features
+    from .pipeline import config_hash
+
+    out = cfg.out
+    design_path, bold_path = out / "design.h5", out / "bold.h5"
+    chash = config_hash(cfg)
+    if not force and all(is_complete(p) for p in (design_path, bold_path)):
+        with open_h5(design_path, "design file") as f:
+            if f.attrs.get("config_hash") == chash:
+                log.info("align: %s and %s are complete for this config; skipping", design_path, bold_path)
+                return design_path
+
+    feats = read_features(out / "features.h5")
+    episodes = list(cfg.data.episodes)
+    missing = [e for e in episodes if e not in feats.episodes]
+    if missing:
+        raise DataError(f"{out / 'features.h5'} lacks episodes {', '.join(missing)} (run extract)")
+    layers = list(feats.layers)
+    b = cfg.data.bold
+    mask = load_mask(require_file("data.bold.mask", cfg.path(b.mask), "brain mask"))
+    sources = _bold_sources(cfg)
+
+    # read BOLD once per run; lengths first
+    bold_runs, bold_lengths = {}, {}
+    for (s, ep), path in progress(sources.items(), desc="read BOLD"):
+        y = read_bold_run(path, mask, tr=b.tr)
+        bold_runs[(s, ep)] = y
+        bold_lengths.setdefault(ep, {})[(s, path)] = y.shape[0]
+    feat_lengths = {ep: feats.get(cfg.model.conditions[0], ep).shape[1] for ep in episodes}
+    n_use = _match_lengths(cfg, feat_lengths, bold_lengths)
+    trim, delays = cfg.align.trim, list(cfg.align.delays)
+    kept = run_lengths_after_trim([n_use[e] for e in episodes], trim)
+    runs_index = np.concatenate([np.full(k, i, np.int32) for i, k in enumerate(kept)])
+
+    # per-run, per-layer TR-grid features, z-scored within run: {cond: [ (n_layers, n_e, d) per run ]}
+    grid = {}
+    for c in cfg.model.conditions:
+        if c not in feats.conditions:
+            raise DataError(f"{out / 'features.h5'} lacks condition {c!r} (has {', '.join(feats.conditions)})")
+        grid[c] = [zscore(feats.get(c, ep)[:, : n_use[ep]], axis=1) for ep in episodes]
+
+    extra = {"config_hash": chash}
+    with atomic_h5(design_path, "align", cfg.text, extra) as f:
+        f.create_dataset("runs", data=runs_index)
+        f.attrs["episodes"] = str_attr(episodes)
+        f.attrs["folds"] = str_attr(episodes)
+        f.attrs["layers"] = np.asarray(layers, np.int64)
+        f.attrs["delays"] = np.asarray(delays, np.int64)
+        f.attrs["trim"] = trim
+        f.attrs["tr"] = b.tr
+        f.attrs["run_lengths"] = np.asarray(kept, np.int64)
+        f.attrs["feature_sets"] = str_attr(cfg.feature_sets)
+        g = f.create_group("design")
+        for c in cfg.model.conditions:
+            X = np.stack([design_from_runs([r[li] for r in grid[c]], delays, trim) for li in range(len(layers))])
+            ds = g.create_dataset(c, data=X, chunks=(1,) + X.shape[1:])
+            ds.attrs["per_fold"] = 0
+        alpha = cfg.align.residual_alpha
+        run_of_row = np.concatenate([np.full(n_use[e], i) for i, e in enumerate(episodes)])
+        splits = np.cumsum([n_use[e] for e in episodes])[:-1]
+        for res in progress(cfg.align.residuals, desc="residual features"):
+            X = np.empty((len(episodes), len(layers), len(runs_index), grid[res.target][0].shape[2] * len(delays)),
+                         np.float32)
+            for li in range(len(layers)):
+                tgt = np.concatenate([r[li] for r in grid[res.target]])
+                prd = np.concatenate([np.concatenate([r[li] for r in grid[p]]) for p in res.predictors], axis=1)
+                for k in range(len(episodes)):                   # outer fold k holds out run k
+                    resid = ridge_residual(tgt, prd, run_of_row != k, alpha)
+                    X[k, li] = design_from_runs(np.split(resid, splits), delays, trim)
+            ds = g.create_dataset(res.name, data=X, chunks=(1, 1) + X.shape[2:])
+            ds.attrs["per_fold"] = 1
+            ds.attrs["target"] = res.target
+            ds.attrs["predictors"] = str_attr(res.predictors)
+
+    labels, names = (None, None)
+    if b.rois:
+        labels, names = load_rois(require_file("data.bold.rois", cfg.path(b.rois), "ROI label image"),
+                                  require_file("data.bold.roi_names", cfg.path(b.roi_names), "ROI names TSV")
+                                  if b.roi_names else None, mask)
+    with atomic_h5(bold_path, "align", cfg.text, extra) as f:
+        f.create_dataset("runs", data=runs_index)
+        f.attrs["subjects"] = str_attr(b.subjects)
+        f.attrs["episodes"] = str_attr(episodes)
+        f.attrs["run_lengths"] = np.asarray(kept, np.int64)
+        f.attrs["tr"] = b.tr
+        m = f.create_dataset("mask", data=mask.data.astype(np.uint8))
+        m.attrs["affine"] = np.asarray(mask.affine, np.float64)
+        ids = sorted(names) if names else []
+        f.create_dataset("roi_labels", data=(labels if labels is not None else np.zeros(mask.n_voxels)).astype(np.int32))
+        f.attrs["roi_ids"] = np.asarray(ids, np.int64)
+        f.attrs["roi_names"] = str_attr([names[i] for i in ids])
+        g = f.create_group("bold")
+        for s in b.subjects:
+            Y = np.concatenate([zscore(bold_runs[(s, ep)][: n_use[ep]])[trim: n_use[ep] - trim] for ep in episodes])
+            g.create_dataset(f"sub-{s}", data=Y.astype(np.float32),
+                             chunks=(Y.shape[0], min(Y.shape[1], max(1, cfg.fit.chunk_voxels))))
+    log.info("align: %d runs, %d TRs kept, %d layers, feature sets %s, %d voxels x %d subjects",
+             len(episodes), len(runs_index), len(layers), ", ".join(cfg.feature_sets), mask.n_voxels,
+             len(b.subjects))
+    return design_path

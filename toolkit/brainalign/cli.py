@@ -1,0 +1,115 @@
+"""Command line: parsing only; every verb calls a stage function. User errors print one line, exit 2."""
+import argparse
+import os
+import sys
+
+import yaml
+
+from . import __version__
+from .errors import BrainAlignError
+from .log import get_logger, setup_logging
+
+VERBS = {
+    "simulate": "write the embedded demo dataset (episodes as mp4+wav+TSV transcripts, BIDS/fMRIPrep-named "
+                "NIfTI BOLD with planted ROIs, mask, ROI atlas, truth.json) under data.root",
+    "extract": "run the backbone on every episode's TR windows under each input condition; every layer's "
+               "pooled hidden states -> OUTPUT/features.h5 (one shard per episode, resumable)",
+    "align": "features onto the TR grid: per-run z-scoring, residual features (fitted on training runs "
+             "only), FIR delays, trimming -> OUTPUT/design.h5; masked, z-scored BOLD -> OUTPUT/bold.h5",
+    "fit": "voxel-wise ridge with nested cross-validation (outer folds = runs, per-voxel alpha from inner "
+           "folds); held-out Pearson r per subject/feature set/layer/fold -> OUTPUT/scores.h5 + NIfTI maps",
+    "stats": "group statistics: per-ROI and per-voxel contrasts across subjects (one-sample t on Fisher-z "
+             "differences, Benjamini-Hochberg FDR) -> OUTPUT/stats.h5, roi_stats.csv, group maps",
+    "report": "figures (ROI bars with significance, layer curves, brain slices) and one HTML page "
+              "-> OUTPUT/report/index.html",
+    "run": "run the config's pipeline (default: extract align fit stats report; the demo adds simulate)",
+    "validate": "check the config against the schema and print it resolved; runs nothing",
+}
+
+
+def _parse_set(items):
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise BrainAlignError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="brainalign",
+        description="Measure how a multimodal video transformer's layer-wise representations align with "
+                    "fMRI: extract features under input conditions, fit voxel-wise ridge encoding models "
+                    "with nested CV, run group statistics and write maps, tables and a report. "
+                    "Every verb takes one YAML config (see configs/demo.yaml and the README).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="verbs:\n" + "\n".join(f"  {v:<9} {h}" for v, h in VERBS.items())
+               + "\n\nexit codes: 0 ok, 2 bad input (one line names the culprit), 1 internal error",
+    )
+    p.add_argument("--version", action="version", version=f"brainalign {__version__}")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    for verb, help_text in VERBS.items():
+        sp = sub.add_parser(verb, help=help_text, description=help_text)
+        sp.add_argument("config", help="experiment YAML file")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set fit.backend=torch (repeatable)")
+        sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        if verb not in ("validate",):
+            sp.add_argument("--force", action="store_true",
+                            help="recompute even if a complete output for this config exists")
+        if verb == "extract":
+            sp.add_argument("--episodes", nargs="+", help="only these episodes (e.g. one SLURM array task)")
+            sp.add_argument("--device", help="torch device for the backbone (overrides model.device)")
+        if verb == "run":
+            sp.add_argument("--stages", nargs="+", help="run only these stages, in this order")
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help()
+        return 2
+    setup_logging("DEBUG" if getattr(args, "verbose", False) else os.environ.get("BRAINALIGN_LOG", "INFO"))
+    log = get_logger("cli")
+    try:
+        from .config import load_config
+
+        overrides = _parse_set(args.set)
+        if getattr(args, "device", None):
+            overrides["model.device"] = args.device
+        cfg = load_config(args.config, overrides)
+        if args.verb == "validate":
+            print(cfg.text if args.set else f"config {cfg.source}: ok ({cfg.name}; pipeline "
+                  f"{' '.join(cfg.pipeline)}; feature sets {' '.join(cfg.feature_sets)})")
+            return 0
+        from .pipeline import run_pipeline, run_stage
+
+        if args.verb == "run":
+            outs = run_pipeline(cfg, stages=args.stages, force=args.force)
+            print(f"brainalign: results in {cfg.out}/ (report: {cfg.out / 'report' / 'index.html'})")
+            for stage, out in outs.items():
+                print(f"  {stage:<9} {out}")
+        elif args.verb == "extract" and args.episodes:
+            from .extract import run_extract
+
+            print(run_extract(cfg, episodes=args.episodes, force=args.force))
+        else:
+            print(run_stage(cfg, args.verb, force=args.force))
+        return 0
+    except BrainAlignError as e:
+        print(f"brainalign {args.verb}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"brainalign {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        log.exception("internal error (please report it with the traceback above)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""The experiment config: a typed schema, YAML loading (safe_load only) and validation.
+
+Every problem is reported as one ConfigError line that names the key path, e.g.
+``config configs/x.yaml: fit.alphas[2]: expected a number, got 'ten'``.
+Relative paths in the config are relative to the current working directory. String paths may use the
+placeholders ``{root}`` (data.root), ``{episode}`` and ``{subject}``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+CONDITIONS = ("joint", "no_vision", "no_language", "no_audio", "vision_only", "language_only")
+
+
+@dataclass
+class StimuliConfig:
+    video: str = "{root}/stimuli/{episode}.mp4"          # mp4/mkv with or without an audio track
+    audio: Optional[str] = "{root}/stimuli/{episode}.wav"  # null: use the video's audio track
+    transcript: str = "{root}/stimuli/{episode}.tsv"     # .tsv (word onset duration) | .json (Speech2Text) | .srt
+
+
+@dataclass
+class BoldConfig:
+    format: Literal["bids", "hdf5"] = "bids"
+    dir: str = "{root}/derivatives/fmriprep"              # fMRIPrep derivatives (BIDS) root, or an HDF5 file
+    subjects: list[str] = field(default_factory=lambda: ["01", "02", "03", "04", "05"])
+    space: str = "MNI152NLin2009cAsym"
+    desc: str = "preproc"
+    tr: float = 1.49
+    mask: str = "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz"
+    rois: Optional[str] = "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-rois_dseg.nii.gz"
+    roi_names: Optional[str] = "{root}/derivatives/atlas/desc-rois_dseg.tsv"
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/demo"
+    episodes: list[str] = field(default_factory=lambda: ["s01e01a", "s01e01b", "s01e02a", "s01e02b"])
+    stimuli: StimuliConfig = field(default_factory=StimuliConfig)
+    bold: BoldConfig = field(default_factory=BoldConfig)
+
+
+@dataclass
+class SimulateConfig:
+    seed: int = 0
+    trs_per_run: int = 80                  # TRs per episode run (TR from data.bold.tr)
+    grid: list[int] = field(default_factory=lambda: [14, 14, 10])
+    fps: float = 8.0
+    frame_size: int = 64
+    audio_rate: int = 16000
+    roi_voxels: int = 40                   # voxels per planted/null ROI
+    n_null_rois: int = 2
+    effect_r: list[float] = field(default_factory=lambda: [0.15, 0.3])   # planted voxel-wise r range
+    layer: int = -1                        # layer whose features drive the planted ROIs (-1: last)
+
+
+@dataclass
+class TinyModelConfig:
+    hidden: int = 64
+    layers: int = 4
+    heads: int = 4
+    vocab: int = 4096
+    patch: int = 16
+    n_mels: int = 32
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "tiny"
+    checkpoint: Optional[str] = None
+    conditions: list[str] = field(default_factory=lambda: ["joint", "no_vision", "no_language"])
+    layers: Optional[list[int]] = None     # null: every layer
+    device: str = "cpu"
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: int = 16
+    seed: int = 0
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class WindowsConfig:
+    context: Optional[float] = None        # seconds of stimulus ending at each TR's end (null: one TR)
+    frames: int = 2                        # frames sampled evenly inside each window
+    image_size: int = 64                   # frames are resized to image_size x image_size
+    audio_rate: int = 16000                # audio is resampled to this rate
+
+
+@dataclass
+class ResidualConfig:
+    name: str = ""
+    target: str = "joint"
+    predictors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AlignConfig:
+    delays: list[int] = field(default_factory=lambda: [1, 2, 3, 4])   # FIR delays in TRs
+    zscore: bool = True
+    trim: int = 2                          # TRs dropped at each run start and end
+    max_tr_mismatch: int = 2               # features vs BOLD TR counts may differ by this much (cut to the shorter)
+    residuals: list[ResidualConfig] = field(default_factory=list)
+    residual_alpha: float = 1.0            # ridge penalty of the residual regression (z-scored features)
+
+
+@dataclass
+class FitConfig:
+    alphas: list[float] = field(default_factory=lambda: [float(a) for a in (10.0 ** i for i in range(0, 7))])
+    inner_folds: Literal["runs"] = "runs"  # inner CV leaves one training run out
+    backend: Literal["numpy", "torch", "cupy", "auto"] = "numpy"
+    chunk_voxels: int = 4096
+    feature_sets: Optional[list[str]] = None   # null: every condition and residual
+    write_maps: bool = True
+
+
+@dataclass
+class ContrastConfig:
+    name: str = ""
+    a: str = ""
+    b: Optional[str] = None                # null: a vs zero
+
+
+@dataclass
+class StatsConfig:
+    q: float = 0.05
+    contrasts: list[ContrastConfig] = field(default_factory=list)
+
+
+@dataclass
+class ReportConfig:
+    layer: Optional[int] = None            # layer for ROI bar charts (null: best mean joint layer)
+    title: str = "brainalign report"
+
+
+STAGES = ("simulate", "extract", "align", "fit", "stats", "report")
+
+
+@dataclass
+class Config:
+    name: str = "experiment"
+    output: str = "results/experiment"
+    pipeline: list[str] = field(default_factory=lambda: ["extract", "align", "fit", "stats", "report"])
+    data: DataConfig = field(default_factory=DataConfig)
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    windows: WindowsConfig = field(default_factory=WindowsConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    # not part of the schema: filled by load_config
+    source: str = field(default="", metadata={"internal": True})
+    text: str = field(default="", metadata={"internal": True})
+
+    # ---- derived names -------------------------------------------------------------------------
+    @property
+    def out(self) -> Path:
+        return Path(self.output)
+
+    @property
+    def feature_sets(self) -> list[str]:
+        names = list(self.model.conditions) + [r.name for r in self.align.residuals]
+        return list(self.fit.feature_sets) if self.fit.feature_sets else names
+
+    def path(self, template: str, **kw) -> Path:
+        return Path(template.format(root=self.data.root, **kw))
+
+
+# ---- generic validation --------------------------------------------------------------------------
+
+def _typename(tp) -> str:
+    origin = typing.get_origin(tp)
+    if tp is float:
+        return "a number"
+    if tp is int:
+        return "an integer"
+    if tp is bool:
+        return "true/false"
+    if tp is str:
+        return "a string"
+    if origin is list:
+        return f"a list ({_typename(typing.get_args(tp)[0])} each)"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return str(tp)
+
+
+def _convert(value, tp, key):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], key)
+    if value is None:
+        raise ConfigError(f"{key}: expected {_typename(tp)}, got null")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected {_typename(tp)}, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected {_typename(tp)}, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported schema type {tp} at {key}")  # pragma: no cover
+
+
+def _build(cls, data: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            raise ConfigError(f"{key}: unknown key (known here: {', '.join(sorted(fields))})")
+        kwargs[k] = _convert(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def _check_semantics(cfg: Config):
+    def err(key, msg):
+        raise ConfigError(f"{key}: {msg}")
+
+    for i, c in enumerate(cfg.model.conditions):
+        if c not in CONDITIONS:
+            err(f"model.conditions[{i}]", f"unknown condition {c!r} (known: {', '.join(CONDITIONS)})")
+    if len(set(cfg.model.conditions)) != len(cfg.model.conditions):
+        err("model.conditions", "duplicate condition")
+    names = set(cfg.model.conditions)
+    for i, r in enumerate(cfg.align.residuals):
+        key = f"align.residuals[{i}]"
+        if not r.name:
+            err(f"{key}.name", "a residual needs a name")
+        if r.name in names:
+            err(f"{key}.name", f"{r.name!r} is already a condition or residual name")
+        if r.target not in cfg.model.conditions:
+            err(f"{key}.target", f"{r.target!r} is not in model.conditions")
+        if not r.predictors:
+            err(f"{key}.predictors", "needs at least one condition")
+        for j, p in enumerate(r.predictors):
+            if p not in cfg.model.conditions:
+                err(f"{key}.predictors[{j}]", f"{p!r} is not in model.conditions")
+        names.add(r.name)
+    for i, fs in enumerate(cfg.fit.feature_sets or []):
+        if fs not in names:
+            err(f"fit.feature_sets[{i}]", f"{fs!r} is neither a condition nor a residual")
+    for i, c in enumerate(cfg.stats.contrasts):
+        key = f"stats.contrasts[{i}]"
+        if not c.name:
+            err(f"{key}.name", "a contrast needs a name")
+        for side in ("a", "b"):
+            v = getattr(c, side)
+            if v is not None and v not in cfg.feature_sets:
+                err(f"{key}.{side}", f"{v!r} is not a fitted feature set ({', '.join(cfg.feature_sets)})")
+    for i, st in enumerate(cfg.pipeline):
+        if st not in STAGES:
+            err(f"pipeline[{i}]", f"unknown stage {st!r} (known: {', '.join(STAGES)})")
+    if not cfg.data.episodes:
+        err("data.episodes", "needs at least one episode/run")
+    if len(set(cfg.data.episodes)) != len(cfg.data.episodes):
+        err("data.episodes", "duplicate episode")
+    if len(cfg.data.episodes) < 3:
+        err("data.episodes", "nested cross-validation by runs needs at least 3 runs")
+    if not cfg.data.bold.subjects:
+        err("data.bold.subjects", "needs at least one subject")
+    if cfg.data.bold.tr <= 0:
+        err("data.bold.tr", f"must be positive, got {cfg.data.bold.tr}")
+    if not cfg.fit.alphas or any(a <= 0 for a in cfg.fit.alphas):
+        err("fit.alphas", "needs one or more positive values")
+    if any(d < 0 for d in cfg.align.delays) or not cfg.align.delays:
+        err("align.delays", "needs one or more non-negative TR delays")
+    if not 0 < cfg.stats.q < 1:
+        err("stats.q", f"must lie in (0, 1), got {cfg.stats.q}")
+    if len(cfg.simulate.grid) != 3:
+        err("simulate.grid", "needs three integers (x, y, z)")
+
+
+def parse_config(data, source="<config>", text="") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {source}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        cfg = _build(Config, data, "")
+        _check_semantics(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"config {source}: {e}") from None
+    cfg.source = source
+    cfg.text = text
+    return cfg
+
+
+def load_config(path, overrides: Optional[dict] = None) -> Config:
+    """Load and validate a YAML config (``yaml.safe_load``). ``overrides`` maps dotted keys to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config {path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    for dotted, value in (overrides or {}).items():
+        node = data if isinstance(data, dict) else {}
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    if overrides:
+        text = yaml.safe_dump(data, sort_keys=False)
+    return parse_config(data, source=str(path), text=text)
+
+
+def require_file(key: str, path: Path, what: str = "file") -> Path:
+    """One line naming the config key and path when an input the config points at is missing."""
+    if not Path(path).exists():
+        raise ConfigError(f"{key}: {what} not found: {path}")
+    return Path(path)

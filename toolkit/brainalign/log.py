@@ -1,0 +1,63 @@
+"""Logging that names host, MPI rank / SLURM task in every line, and progress bars for long work."""
+import logging
+import os
+import socket
+import sys
+
+_CONFIGURED = False
+
+
+def rank_info():
+    """(rank, size) from MPI if initialised, else from the launcher's environment, else (0, 1)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None:
+        try:
+            comm = mpi.COMM_WORLD
+            return comm.Get_rank(), comm.Get_size()
+        except Exception:  # pragma: no cover - MPI not usable
+            pass
+    for r, s in (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                 ("SLURM_PROCID", "SLURM_NTASKS")):
+        if r in os.environ:
+            return int(os.environ[r]), int(os.environ.get(s, "1"))
+    return 0, 1
+
+
+class _RankFilter(logging.Filter):
+    def filter(self, record):
+        rank, size = rank_info()
+        record.rank = f"{rank}/{size}"
+        record.host = socket.gethostname()
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        record.task = f" task {task}" if task else ""
+        return True
+
+
+def setup_logging(level="INFO"):
+    global _CONFIGURED
+    root = logging.getLogger("brainalign")
+    if not _CONFIGURED:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.addFilter(_RankFilter())
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(host)s rank %(rank)s%(task)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+        root.propagate = False
+        _CONFIGURED = True
+    root.setLevel(level)
+    return root
+
+
+def get_logger(name):
+    return logging.getLogger(f"brainalign.{name}")
+
+
+def progress(iterable=None, total=None, desc=None, disable=None, **kw):
+    """A tqdm bar on rank 0 only (and only when stderr is a terminal or BRAINALIGN_PROGRESS=1)."""
+    from tqdm.auto import tqdm
+
+    if disable is None:
+        rank, _ = rank_info()
+        forced = os.environ.get("BRAINALIGN_PROGRESS")
+        disable = rank != 0 or (forced == "0") or (forced is None and not sys.stderr.isatty())
+    return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, **kw)

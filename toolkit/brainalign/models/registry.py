@@ -1,0 +1,130 @@
+"""The backbone registry: a name in ``model.backbone`` -> a :class:`Backbone` ready to encode windows.
+
+Built-in backbones are registered lazily by import path (so heavy optional dependencies of one backbone
+are imported only when it is asked for); plug-ins call :func:`register_backbone`::
+
+    @register_backbone("my_model")
+    def build(model_cfg, windows_cfg) -> Backbone: ...
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import importlib
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import CONDITIONS
+from ..errors import ConfigError
+
+#: name -> "module:function" of built-in factories, imported on first use
+_BUILTIN = {
+    "tiny": "brainalign.models.tiny:build_tiny",
+}
+_FACTORIES: dict[str, Callable] = {}
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Backbone(abc.ABC):
+    """A model that turns stimulus windows into one pooled vector per window and layer.
+
+    Attributes: ``name`` (registry name), ``n_layers``, ``hidden``, ``supported_conditions``,
+    ``device`` (torch.device), ``precision`` ("float32" | "bfloat16" | "float16": autocast dtype).
+    """
+
+    name: str = ""
+    n_layers: int = 0
+    hidden: int = 0
+    supported_conditions: tuple = CONDITIONS
+    device: torch.device = torch.device("cpu")
+    precision: str = "float32"
+
+    @abc.abstractmethod
+    def encode(self, stimuli, index, condition: str) -> torch.Tensor:
+        """Pooled hidden states of the windows ``stimuli[index]`` under ``condition``.
+
+        ``index`` is a slice or an integer array over windows. Returns float32 on the CPU,
+        shape (n_layers, batch, hidden); row b is window index[b].
+        """
+
+    def to(self, device) -> "Backbone":
+        """Move the model to ``device`` (a torch.device or a name such as "cuda:0"); returns self."""
+        self.device = torch.device(device)
+        return self
+
+    def autocast(self):
+        """The autocast context for ``precision`` on ``device`` (a no-op for float32)."""
+        if self.precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
+
+    def check_condition(self, condition: str):
+        if condition not in self.supported_conditions:
+            raise ConfigError(f"model.conditions: backbone {self.name!r} does not support condition "
+                              f"{condition!r} (supported: {', '.join(self.supported_conditions)})")
+
+    def __repr__(self):
+        return (f"<{type(self).__name__} {self.name!r}: {self.n_layers} layers x {self.hidden} hidden on "
+                f"{self.device}, {self.precision}>")
+
+
+def window_indices(index, n_windows: int) -> np.ndarray:
+    """A slice or integer array over windows -> int64 indices (1-D), bounds-checked."""
+    if isinstance(index, slice):
+        return np.arange(n_windows)[index]
+    idx = np.asarray(index).reshape(-1)
+    if idx.size and (idx.dtype.kind not in "iu" or idx.min() < -n_windows or idx.max() >= n_windows):
+        raise IndexError(f"window index out of range for {n_windows} windows: {idx.tolist()[:8]}")
+    return idx.astype(np.int64) % max(n_windows, 1)
+
+
+def register_backbone(name: str):
+    """Decorator registering ``factory(model_cfg, windows_cfg) -> Backbone`` under ``name``."""
+    def deco(factory):
+        _FACTORIES[name] = factory
+        return factory
+    return deco
+
+
+def available_backbones() -> list[str]:
+    return sorted(set(_BUILTIN) | set(_FACTORIES))
+
+
+def resolve_device(name: str, key: str = "model.device") -> torch.device:
+    """A torch.device for a config string ("cpu", "cuda", "cuda:1"); ConfigError if it is not usable here."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{key}: not a torch device: {name!r} (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}: {name!r} requested but CUDA is not available here (torch "
+                              f"{torch.__version__}, {torch.cuda.device_count()} GPUs visible); use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"{key}: {name!r} requested but only {torch.cuda.device_count()} GPU(s) "
+                              "are visible")
+    elif dev.type != "cpu":
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError(f"{key}: {name!r} requested but MPS is not available here")
+    return dev
+
+
+def get_backbone(model_cfg, windows_cfg) -> Backbone:
+    """Build the backbone named by ``model_cfg.backbone`` on ``model_cfg.device`` with ``model_cfg.precision``.
+
+    ``windows_cfg`` tells the backbone the window geometry (frames per window, image size, audio rate).
+    """
+    name = model_cfg.backbone
+    device = resolve_device(model_cfg.device)
+    if name not in _FACTORIES:
+        if name not in _BUILTIN:
+            raise ConfigError(f"model.backbone: unknown backbone {name!r} "
+                              f"(known: {', '.join(available_backbones())})")
+        module, func = _BUILTIN[name].split(":")
+        _FACTORIES[name] = getattr(importlib.import_module(module), func)
+    backbone = _FACTORIES[name](model_cfg, windows_cfg)
+    backbone.precision = model_cfg.precision
+    return backbone.to(device)

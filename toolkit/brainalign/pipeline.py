@@ -1,0 +1,44 @@
+"""Stage dispatch: each verb maps to one stage function ``f(cfg, force) -> Path``; ``run`` chains them."""
+import hashlib
+import importlib
+import time
+
+from .log import get_logger
+
+log = get_logger("pipeline")
+
+# verb -> (module, function); every function takes (cfg, force=False) and returns the path it wrote
+STAGE_FUNCS = {
+    "simulate": ("brainalign.simulate", "simulate"),
+    "extract": ("brainalign.extract", "run_extract"),
+    "align": ("brainalign.align", "run_align"),
+    "fit": ("brainalign.fit", "run_fit"),
+    "stats": ("brainalign.stats", "run_stats"),
+    "report": ("brainalign.report", "run_report"),
+}
+
+
+def config_hash(cfg) -> str:
+    return hashlib.sha256(cfg.text.encode()).hexdigest()[:16]
+
+
+def run_stage(cfg, stage, force=False):
+    mod, fn = STAGE_FUNCS[stage]
+    func = getattr(importlib.import_module(mod), fn)
+    t0 = time.perf_counter()
+    log.info("stage %s: start", stage)
+    try:
+        out = func(cfg, force=force)
+    except TypeError as e:  # stage without a force flag
+        if "force" not in str(e):
+            raise
+        out = func(cfg)
+    log.info("stage %s: done in %.1f s -> %s", stage, time.perf_counter() - t0, out)
+    return out
+
+
+def run_pipeline(cfg, stages=None, force=False):
+    outs = {}
+    for stage in stages or cfg.pipeline:
+        outs[stage] = run_stage(cfg, stage, force=force)
+    return outs

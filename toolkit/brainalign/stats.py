@@ -1,0 +1,392 @@
+"""Group statistics across subjects: Fisher z, one-sample t-tests, Benjamini–Hochberg FDR, ROI means.
+
+The array functions are pure (numpy in, numpy out, float64) and agree with scipy; ``run_stats`` is the
+stage: ``{output}/scores.h5`` -> ``{output}/stats.h5``, ``{output}/roi_stats.csv`` and group NIfTI maps
+under ``{output}/maps/group/``.
+
+stats.h5 layout (S subjects, F feature sets, L layers, R ROIs, V voxels; C = one contrast name):
+
+=============================  ===========  ============  ==================================================
+dataset                        shape        dtype         meaning
+=============================  ===========  ============  ==================================================
+/roi/mean_r                    (S, F, L, R) float64       per subject: nan-mean over the ROI's voxels of r_mean
+/roi/C/{t,p,q}                 (L, R)       float64       one-sample t on Fisher-z(ROI mean r) a − b; BH q
+                                                          over ROIs within each layer
+/roi/C/{mean,ci_low,ci_high}   (L, R)       float64       mean difference in Fisher z and its 95 % CI
+/roi/C/cohen_d                 (L, R)       float64       mean / SD of the per-subject z differences
+/roi/C/n_subjects              (L, R)       int32         subjects with a finite difference
+/roi/C/significant             (L, R)       uint8         q <= stats.q
+/voxel/mean_r                  (F, L, V)    float32       nan-mean of r_mean across subjects
+/voxel/C/{t,p,q,mean}          (L, V)       float32       same test per voxel on Fisher-z(r_mean); BH q over
+                                                          voxels within each layer
+/voxel/C/significant           (L, V)       uint8         q <= stats.q
+=============================  ===========  ============  ==================================================
+
+Root attrs: ``subjects``, ``feature_sets``, ``roi_names`` (string lists), ``layers``, ``roi_ids`` (int64),
+``contrasts``, ``contrast_a``, ``contrast_b`` (string lists, b = "" means "a vs zero"), ``q`` (float),
+``test``, ``fdr``, ``scores_file`` and the usual provenance attrs (config, git_commit, created, ...).
+Each ``/roi/C`` and ``/voxel/C`` group carries attrs ``a``, ``b``. Groups ``/noise_ceiling`` and
+``/permutation`` are reserved for later stages. NaN marks elements with fewer than 2 usable subjects.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from scipy import stats as _sps
+
+from .errors import ConfigError, DataError
+from .h5io import atomic_h5, atomic_path, open_h5, read_str_attr, str_attr
+from .log import get_logger
+
+log = get_logger("stats")
+
+R_CLIP = 1.0 - 1e-7          # |r| is clipped to this before arctanh (z <= 8.4)
+CSV_COLUMNS = ("contrast", "a", "b", "layer", "roi", "n_subjects", "mean_dz", "ci_low", "ci_high",
+               "t", "p", "q", "significant")
+ROI_STATS = ("t", "p", "q", "mean", "ci_low", "ci_high", "cohen_d")
+VOXEL_STATS = ("t", "p", "q", "mean")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+# ---- pure array functions ------------------------------------------------------------------------
+
+def fisher_z(r):
+    """Fisher z = arctanh(r) of any-shaped r (float64 out); |r| clipped to 1 - 1e-7, NaN stays NaN."""
+    r = np.asarray(r, dtype=np.float64)
+    return np.arctanh(np.clip(r, -R_CLIP, R_CLIP))
+
+
+def one_sample_t(x, axis=0, popmean=0.0, confidence=0.95):
+    """Two-sided one-sample t-test of mean(x) == popmean along ``axis``, ignoring non-finite values.
+
+    x: array (..., n, ...) with the samples (subjects) on ``axis``. Each output has x's shape without
+    ``axis``: ``t``, ``p``, ``mean``, ``ci_low``/``ci_high`` (``confidence`` interval of the mean), ``df``
+    (n - 1), ``cohen_d`` ((mean - popmean) / SD, ddof=1), all float64, and ``n`` (int64, finite samples).
+    Elements with fewer than 2 finite samples are NaN (except ``n``). Equal to
+    ``scipy.stats.ttest_1samp(..., nan_policy='omit')`` including zero-variance cases (t = ±inf, p = 0).
+    """
+    x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, 0)
+    valid = np.isfinite(x)
+    n = valid.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(valid, x, 0.0).sum(axis=0) / n
+        dev = np.where(valid, x - mean, 0.0)
+        sd = np.sqrt((dev * dev).sum(axis=0) / (n - 1))
+        se = sd / np.sqrt(n)
+        diff = mean - popmean
+        t = diff / se
+        df = (n - 1).astype(np.float64)
+        few = n < 2
+        df[few] = np.nan
+        p = 2.0 * _sps.t.sf(np.abs(t), df)
+        crit = _sps.t.ppf(0.5 + confidence / 2.0, df)
+        half = crit * se
+        cohen_d = diff / sd
+    out = {"t": t, "p": p, "mean": mean, "ci_low": mean - half, "ci_high": mean + half, "df": df,
+           "cohen_d": cohen_d}
+    for k, v in out.items():
+        v = np.array(v, dtype=np.float64)
+        v[few] = np.nan
+        out[k] = v
+    out["n"] = np.asarray(n, dtype=np.int64)
+    return out
+
+
+def fdr_bh(p, axis=-1):
+    """Benjamini–Hochberg adjusted p-values (q) along ``axis``; NaN p-values are ignored and stay NaN.
+
+    p: any-shaped array of p-values in [0, 1] (or NaN). Returns float64 of the same shape; each 1-D slice
+    along ``axis`` equals ``scipy.stats.false_discovery_control`` applied to its finite values.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim == 0:
+        return fdr_bh(p[None])[0]
+    pm = np.moveaxis(p, axis, -1)
+    shape = pm.shape
+    flat = pm.reshape(-1, shape[-1])
+    valid = np.isfinite(flat)
+    if np.any(valid & ((flat < 0) | (flat > 1))):
+        raise ValueError("fdr_bh: p-values must lie in [0, 1]")
+    q = np.full(flat.shape, np.nan)
+    if flat.size:
+        m = valid.sum(axis=1, keepdims=True)
+        order = np.argsort(np.where(valid, flat, np.inf), axis=1, kind="stable")
+        ps = np.take_along_axis(flat, order, axis=1)
+        ok = np.take_along_axis(valid, order, axis=1)
+        qs = np.where(ok, ps * m / np.arange(1, flat.shape[1] + 1), np.inf)
+        qs = np.minimum.accumulate(qs[:, ::-1], axis=1)[:, ::-1]
+        qs = np.where(ok, np.minimum(qs, 1.0), np.nan)
+        np.put_along_axis(q, order, qs, axis=1)
+    return np.moveaxis(q.reshape(shape), -1, axis)
+
+
+def roi_means(r, labels, ids):
+    """Nan-mean of r over each ROI's voxels.
+
+    r: (..., n_voxels); labels: (n_voxels,) int ROI id per voxel; ids: (n_rois,) ROI ids.
+    Returns float64 (..., n_rois); NaN for an ROI with no voxel or only NaN values.
+    """
+    r = np.asarray(r, dtype=np.float64)
+    labels = np.asarray(labels)
+    if labels.shape != r.shape[-1:]:
+        raise ValueError(f"roi_means: labels shape {labels.shape} does not match r's last axis {r.shape[-1:]}")
+    out = np.full(r.shape[:-1] + (len(ids),), np.nan)
+    for j, rid in enumerate(np.asarray(ids).ravel()):
+        vals = r[..., labels == rid]
+        ok = np.isfinite(vals)
+        cnt = ok.sum(axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[..., j] = np.where(cnt > 0, np.where(ok, vals, 0.0).sum(axis=-1) / cnt, np.nan)
+    return out
+
+
+# ---- scores.h5 reading ---------------------------------------------------------------------------
+
+@dataclass
+class ScoresMeta:
+    """What run_stats/run_report need from scores.h5 besides the big arrays."""
+    path: Path
+    subjects: list[str]
+    feature_sets: list[str]
+    layers: list[int]
+    roi_names: list[str]
+    roi_ids: np.ndarray          # (R,) int64
+    roi_labels: np.ndarray       # (V,) int32
+    mask: np.ndarray             # (X, Y, Z) bool
+    affine: np.ndarray           # (4, 4) float64
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.roi_labels.shape[0])
+
+
+def _attr_list(f, path, key, cast=str):
+    if key not in f.attrs:
+        raise DataError(f"scores file {path} lacks root attribute '{key}'")
+    if cast is str:
+        return read_str_attr(f, key)
+    return [cast(v) for v in np.atleast_1d(f.attrs[key])]
+
+
+def read_scores_meta(f, path) -> ScoresMeta:
+    """Read and cross-check the metadata of an open scores.h5 (DataError naming the file and key)."""
+    path = Path(path)
+    subjects = _attr_list(f, path, "subjects")
+    feature_sets = _attr_list(f, path, "feature_sets")
+    layers = _attr_list(f, path, "layers", int)
+    roi_names = _attr_list(f, path, "roi_names")
+    roi_ids = np.asarray(_attr_list(f, path, "roi_ids", int), dtype=np.int64)
+    if len(roi_names) != len(roi_ids):
+        raise DataError(f"scores file {path}: attrs roi_names ({len(roi_names)}) and roi_ids ({len(roi_ids)}) "
+                        "differ in length")
+    mask = f["mask"][()].astype(bool)
+    if mask.ndim != 3:
+        raise DataError(f"scores file {path}: /mask must be 3-D, got shape {mask.shape}")
+    affine = np.asarray(f["mask"].attrs.get("affine", np.eye(4)), dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise DataError(f"scores file {path}: /mask attr affine must be 4x4, got shape {affine.shape}")
+    labels = f["roi_labels"][()].astype(np.int32)
+    expect = (len(subjects), len(feature_sets), len(layers), int(mask.sum()))
+    if f["r_mean"].shape != expect:
+        raise DataError(f"scores file {path}: /r_mean has shape {f['r_mean'].shape}, expected {expect} "
+                        "(subjects, feature_sets, layers, voxels in /mask)")
+    if labels.shape != (expect[3],):
+        raise DataError(f"scores file {path}: /roi_labels has shape {labels.shape}, expected ({expect[3]},)")
+    return ScoresMeta(path, subjects, feature_sets, layers, roi_names, roi_ids, labels, mask, affine)
+
+
+# ---- contrasts -----------------------------------------------------------------------------------
+
+@dataclass
+class Contrast:
+    name: str
+    a: str
+    b: Optional[str]
+    ia: int
+    ib: Optional[int]
+
+
+def resolve_contrasts(cfg, feature_sets) -> list[Contrast]:
+    """Map cfg.stats.contrasts onto indices into scores.h5's feature sets (ConfigError naming the key)."""
+    out, seen = [], set()
+    for i, c in enumerate(cfg.stats.contrasts):
+        key = f"stats.contrasts[{i}]"
+        if not _SAFE_NAME.match(c.name or ""):
+            raise ConfigError(f"{key}.name: {c.name!r} must be letters, digits, '_', '.', '+' or '-' "
+                              "(it names HDF5 groups and files)")
+        if c.name in seen:
+            raise ConfigError(f"{key}.name: duplicate contrast name {c.name!r}")
+        seen.add(c.name)
+        for side in ("a", "b"):
+            v = getattr(c, side)
+            if (side == "a" or v is not None) and v not in feature_sets:
+                raise ConfigError(f"{key}.{side}: {v!r} is not a feature set in scores.h5 "
+                                  f"({', '.join(feature_sets)})")
+        if c.a == c.b:
+            raise ConfigError(f"{key}.b: a and b are the same feature set {c.a!r}")
+        out.append(Contrast(c.name, c.a, c.b, feature_sets.index(c.a),
+                            None if c.b is None else feature_sets.index(c.b)))
+    return out
+
+
+# ---- NIfTI ---------------------------------------------------------------------------------------
+
+def unmask(values, mask):
+    """values (V, ...) in the mask's C order -> float32 volume (X, Y, Z, ...) with NaN outside the mask."""
+    values = np.asarray(values)
+    vol = np.full(mask.shape + values.shape[1:], np.nan, dtype=np.float32)
+    vol[mask] = values
+    return vol
+
+
+def write_nifti(path, vol, affine, descrip=""):
+    """Write a float32 NIfTI-1 (.nii.gz) atomically."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(vol, dtype=np.float32), affine)
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = descrip[:79].encode()
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(gzip.compress(img.to_bytes(), mtime=0))
+    return Path(path)
+
+
+# ---- the stage -----------------------------------------------------------------------------------
+
+def _test(d, q_level, axis_fdr):
+    res = one_sample_t(d, axis=0)
+    res["q"] = fdr_bh(res["p"], axis=axis_fdr)
+    res["significant"] = (np.nan_to_num(res["q"], nan=np.inf) <= q_level).astype(np.uint8)
+    return res
+
+
+def _fmt(v):
+    return "" if v is None else (repr(float(v)) if isinstance(v, (float, np.floating)) else str(v))
+
+
+def write_roi_csv(path, rows):
+    """Tidy CSV with CSV_COLUMNS (floats at full precision, b empty = vs zero), written atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for row in rows:
+        w.writerow([_fmt(row[k]) for k in CSV_COLUMNS])
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(buf.getvalue())
+    return Path(path)
+
+
+def run_stats(cfg) -> Path:
+    """The ``stats`` stage: scores.h5 -> stats.h5 (layout in this module's docstring), roi_stats.csv and
+    maps/group/{contrast-C_t, contrast-C_q, mean-r_FS}.nii.gz (4-D, last axis = layer). Returns stats.h5."""
+    out = Path(cfg.output)
+    scores_path = out / "scores.h5"
+    q_level = float(cfg.stats.q)
+    with open_h5(scores_path, "scores file", require=("r_mean", "mask", "roi_labels")) as f:
+        meta = read_scores_meta(f, scores_path)
+        contrasts = resolve_contrasts(cfg, meta.feature_sets)
+        S, F, L, V, R = (len(meta.subjects), len(meta.feature_sets), len(meta.layers), meta.n_voxels,
+                         len(meta.roi_ids))
+        if S < 2:
+            raise DataError(f"group statistics need ≥ 2 subjects; scores.h5 has {S} ({scores_path})")
+        if not contrasts:
+            log.warning("stats.contrasts is empty: writing group means only")
+        log.info("stats: %d subjects, %d feature sets, %d layers, %d voxels, %d ROIs, %d contrasts",
+                 S, F, L, V, R, len(contrasts))
+        roi_r = np.empty((S, F, L, R))
+        vox_mean_r = np.empty((F, L, V), dtype=np.float32)
+        vox = {c.name: {k: np.empty((L, V), dtype=np.float32) for k in VOXEL_STATS} for c in contrasts}
+        for li in range(L):                      # one layer at a time keeps memory at S*F*V
+            rm = f["r_mean"][:, :, li, :].astype(np.float64)
+            roi_r[:, :, li, :] = roi_means(rm, meta.roi_labels, meta.roi_ids)
+            with np.errstate(invalid="ignore"):
+                ok = np.isfinite(rm)
+                cnt = ok.sum(axis=0)
+                vox_mean_r[:, li, :] = np.where(cnt > 0, np.where(ok, rm, 0).sum(axis=0) / cnt, np.nan)
+            z = fisher_z(rm)
+            for c in contrasts:
+                d = z[:, c.ia] - (z[:, c.ib] if c.ib is not None else 0.0)
+                res = one_sample_t(d, axis=0)
+                for k in ("t", "p", "mean"):
+                    vox[c.name][k][li] = res[k]
+    for c in contrasts:
+        v = vox[c.name]
+        v["q"][:] = fdr_bh(v["p"], axis=-1)
+        v["significant"] = (np.nan_to_num(v["q"], nan=np.inf) <= q_level).astype(np.uint8)
+
+    roi_z = fisher_z(roi_r)
+    roi = {}
+    for c in contrasts:
+        d = roi_z[:, c.ia] - (roi_z[:, c.ib] if c.ib is not None else 0.0)   # (S, L, R)
+        roi[c.name] = _test(d, q_level, axis_fdr=-1)
+
+    stats_path = out / "stats.h5"
+    with open(scores_path, "rb"):
+        pass
+    with atomic_h5(stats_path, "stats", cfg.text) as g:
+        g.attrs["subjects"] = str_attr(meta.subjects)
+        g.attrs["feature_sets"] = str_attr(meta.feature_sets)
+        g.attrs["layers"] = np.asarray(meta.layers, dtype=np.int64)
+        g.attrs["roi_names"] = str_attr(meta.roi_names)
+        g.attrs["roi_ids"] = meta.roi_ids
+        g.attrs["contrasts"] = str_attr([c.name for c in contrasts])
+        g.attrs["contrast_a"] = str_attr([c.a for c in contrasts])
+        g.attrs["contrast_b"] = str_attr([c.b or "" for c in contrasts])
+        g.attrs["q"] = q_level
+        g.attrs["test"] = ("two-sided one-sample t across subjects of Fisher-z(r) differences a - b "
+                           "(ROI: z of the ROI-mean r; voxel: z of r_mean)")
+        g.attrs["fdr"] = "Benjamini-Hochberg over ROIs (roi) or voxels (voxel), within each layer"
+        g.attrs["scores_file"] = str(scores_path)
+        groi = g.create_group("roi")
+        groi.create_dataset("mean_r", data=roi_r)
+        gvox = g.create_group("voxel")
+        gvox.create_dataset("mean_r", data=vox_mean_r, compression="gzip", shuffle=True, chunks=True)
+        for c in contrasts:
+            gr = groi.create_group(c.name)
+            gv = gvox.create_group(c.name)
+            for grp in (gr, gv):
+                grp.attrs["a"] = c.a
+                grp.attrs["b"] = c.b or ""
+            res = roi[c.name]
+            for k in ROI_STATS:
+                gr.create_dataset(k, data=res[k].astype(np.float64))
+            gr.create_dataset("n_subjects", data=res["n"].astype(np.int32))
+            gr.create_dataset("significant", data=res["significant"])
+            for k, arr in vox[c.name].items():
+                gv.create_dataset(k, data=arr, compression="gzip", shuffle=True, chunks=True)
+
+    rows = []
+    for c in contrasts:
+        res = roi[c.name]
+        for li, layer in enumerate(meta.layers):
+            for ri, name in enumerate(meta.roi_names):
+                rows.append({"contrast": c.name, "a": c.a, "b": c.b, "layer": layer, "roi": name,
+                             "n_subjects": int(res["n"][li, ri]), "mean_dz": res["mean"][li, ri],
+                             "ci_low": res["ci_low"][li, ri], "ci_high": res["ci_high"][li, ri],
+                             "t": res["t"][li, ri], "p": res["p"][li, ri], "q": res["q"][li, ri],
+                             "significant": int(res["significant"][li, ri])})
+    write_roi_csv(out / "roi_stats.csv", rows)
+
+    maps = out / "maps" / "group"
+    for fi, fs in enumerate(meta.feature_sets):
+        write_nifti(maps / f"mean-r_{_safe(fs)}.nii.gz", unmask(vox_mean_r[fi].T, meta.mask), meta.affine,
+                    f"group mean r {fs}; 4th axis = layer")
+    for c in contrasts:
+        for k in ("t", "q"):
+            write_nifti(maps / f"contrast-{c.name}_{k}.nii.gz", unmask(vox[c.name][k].T, meta.mask),
+                        meta.affine, f"{c.name} {k}; 4th axis = layer")
+    n_sig = {c.name: int(roi[c.name]["significant"].sum()) for c in contrasts}
+    log.info("stats: wrote %s, %s and %d maps; significant ROI x layer cells per contrast: %s", stats_path,
+             out / "roi_stats.csv", F + 2 * len(contrasts), n_sig)
+    return stats_path
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
