@@ -51,8 +51,10 @@ install_packages() {
     say "installing ${need[*]} (apt-get, once)"
     local t0=$SECONDS
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2 || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >&2 || die "apt-get install ${need[*]} failed"
+    local log="$DIR/log/apt.log"
+    apt-get update >"$log" 2>&1 || { tail -n 20 "$log" >&2; die "apt-get update failed (log: $log)"; }
+    apt-get install -y --no-install-recommends "${need[@]}" >>"$log" 2>&1 \
+        || { tail -n 20 "$log" >&2; die "apt-get install ${need[*]} failed (log: $log)"; }
     say "installed in $((SECONDS - t0)) s"
 }
 
@@ -90,6 +92,7 @@ else
     DIR="$(mktemp -d "${TMPDIR:-/tmp}/brainalign-slurm.XXXXXX")"
 fi
 chmod 755 "$DIR"
+mkdir -p "$DIR/log"
 
 # ---------------------------------------------------------------- already up?
 if [[ -f "$DIR/slurm.conf" ]] && pid_alive "$DIR/run/munged.pid" && pid_alive "$DIR/run/slurmctld.pid" \
@@ -106,6 +109,7 @@ for d in slurmd slurmctld munged; do
 done
 
 install_packages
+[[ "$(id -u)" -eq 0 ]] || die "must run as root (slurmd runs every job as its submitting user)"
 for exe in munged slurmctld slurmd sinfo; do
     command -v "$exe" >/dev/null 2>&1 || die "$exe not found on PATH after install"
 done

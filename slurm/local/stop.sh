@@ -34,20 +34,36 @@ if [[ ! -d "$DIR" ]]; then say "nothing to stop: $DIR does not exist"; exit 0; f
 DIR="$(cd "$DIR" && pwd)"
 [[ -f "$DIR/.brainalign-slurm" ]] || die "$DIR was not made by slurm/local/start.sh (no .brainalign-slurm marker)"
 
-stop_pidfile() {  # stop_pidfile NAME: TERM the pid in DIR/run/NAME.pid, wait, then KILL
-    local name="$1" f="$DIR/run/$1.pid" pid
+read_pid() {  # read_pid NAME: the live pid in DIR/run/NAME.pid, or nothing
+    local f="$DIR/run/$1.pid" pid
     [[ -s "$f" ]] || return 0
     pid="$(cat "$f")"
-    [[ "$pid" =~ ^[0-9]+$ ]] || { rm -f "$f"; return 0; }
-    if kill -0 "$pid" 2>/dev/null; then
+    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+    return 0
+}
+
+stop_daemons() {  # TERM all daemons at once (each takes 1-2 s to exit), wait up to 10 s, then KILL
+    local name pid pids=() names=()
+    for name in slurmd slurmctld munged; do
+        pid="$(read_pid "$name")"
+        [[ -n "$pid" ]] || continue
         kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then
-            say "$name ($pid) ignored SIGTERM for 10 s: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
+        pids+=("$pid"); names+=("$name")
+    done
+    local i alive
+    for _ in $(seq 1 100); do
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [[ $alive -eq 0 ]] && break
+        sleep 0.1
+    done
+    for i in "${!pids[@]}"; do
+        if kill -0 "${pids[$i]}" 2>/dev/null; then
+            say "${names[$i]} (${pids[$i]}) ignored SIGTERM for 10 s: SIGKILL"
+            kill -KILL "${pids[$i]}" 2>/dev/null || true
         fi
-    fi
-    rm -f "$f"
+    done
+    rm -f "$DIR"/run/{slurmd,slurmctld,munged}.pid
 }
 
 # Cancel the cluster's jobs while slurmd still runs, so their steps end with it.
@@ -64,9 +80,7 @@ if [[ -f "$DIR/slurm.conf" ]] && command -v squeue >/dev/null 2>&1; then
     fi
 fi
 
-stop_pidfile slurmd
-stop_pidfile slurmctld
-stop_pidfile munged
+stop_daemons
 
 if [[ $KEEP -eq 1 ]]; then
     say "stopped; kept $DIR"

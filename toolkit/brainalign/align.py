@@ -98,16 +98,56 @@ def _match_lengths(cfg, feat_lengths: dict, bold_lengths: dict) -> dict:
 
 
 def _bold_sources(cfg):
-    """{episode: {(subject, path): None}} for every subject and run, checking the files exist."""
+    """{(subject, episode): (path, dataset or None)} for every subject and run, checking the files exist."""
+    b = cfg.data.bold
+    if b.format == "hdf5":
+        from .brain.volumes import find_hdf5_dataset
+
+        out = {}
+        for s in b.subjects:
+            path = require_file("data.bold.dir", cfg.path(b.dir, subject=s), f"BOLD HDF5 file of sub-{s}")
+            for ep in cfg.data.episodes:
+                out[(s, ep)] = (path, find_hdf5_dataset(path, ep))
+        return out
     from .brain.bids import find_bold
 
-    b = cfg.data.bold
     bids_dir = require_file("data.bold.dir", cfg.path(b.dir), "fMRIPrep derivatives directory")
-    return {(s, ep): find_bold(bids_dir, s, ep, b.space, b.desc) for s in b.subjects for ep in cfg.data.episodes}
+    return {(s, ep): (find_bold(bids_dir, s, ep, b.space, b.desc), None)
+            for s in b.subjects for ep in cfg.data.episodes}
+
+
+def _read_space(cfg):
+    """The voxel space: (mask Mask or None, labels (n_vox,) or None, {id: name})."""
+    from .brain.volumes import load_mask, load_rois
+
+    b = cfg.data.bold
+    if b.format == "hdf5":
+        return None, None, {}
+    mask = load_mask(require_file("data.bold.mask", cfg.path(b.mask), "brain mask"))
+    if not b.rois:
+        return mask, None, {}
+    labels, names = load_rois(require_file("data.bold.rois", cfg.path(b.rois), "ROI label image"),
+                              require_file("data.bold.roi_names", cfg.path(b.roi_names), "ROI names TSV")
+                              if b.roi_names else None, mask)
+    return mask, labels, names
+
+
+def _read_run(cfg, source, mask):
+    """One run's BOLD (n_trs, n_vox) float32, confounds regressed out if the config asks."""
+    from .brain.confounds import confounds_path, read_confounds, regress_out
+    from .brain.volumes import read_bold_run, read_hdf5_bold
+
+    path, dataset = source
+    y = read_hdf5_bold(path, dataset) if dataset else read_bold_run(path, mask, tr=cfg.data.bold.tr)
+    strategy = cfg.data.bold.confounds
+    if strategy:
+        if dataset:
+            raise DataError(f"data.bold.confounds needs fMRIPrep confound TSVs; {path} is HDF5 parcel data")
+        y = regress_out(y, read_confounds(confounds_path(path), strategy))
+    return y
 
 
 def run_align(cfg, force: bool = False):
-    from .brain.volumes import load_mask, load_rois, read_bold_run
     from .extract import read_features
     from .pipeline import config_hash
 
@@ -127,15 +167,20 @@ def run_align(cfg, force: bool = False):
         raise DataError(f"{out / 'features.h5'} lacks episodes {', '.join(missing)} (run extract)")
     layers = list(feats.layers)
     b = cfg.data.bold
-    mask = load_mask(require_file("data.bold.mask", cfg.path(b.mask), "brain mask"))
+    mask, labels, names = _read_space(cfg)
     sources = _bold_sources(cfg)
 
     # read BOLD once per run; lengths first
     bold_runs, bold_lengths = {}, {}
-    for (s, ep), path in progress(sources.items(), desc="read BOLD"):
-        y = read_bold_run(path, mask, tr=b.tr)
+    for (s, ep), src in progress(sources.items(), desc="read BOLD"):
+        y = _read_run(cfg, src, mask)
         bold_runs[(s, ep)] = y
-        bold_lengths.setdefault(ep, {})[(s, path)] = y.shape[0]
+        bold_lengths.setdefault(ep, {})[(s, src[0])] = y.shape[0]
+    n_vox = {y.shape[1] for y in bold_runs.values()}
+    if len(n_vox) != 1:
+        raise DataError(f"BOLD runs disagree on their voxel/parcel count: {sorted(n_vox)} "
+                        f"({', '.join(str(src[0]) for src in sources.values())})")
+    (n_vox,) = n_vox
     feat_lengths = {ep: feats.get(cfg.model.conditions[0], ep).shape[1] for ep in episodes}
     n_use = _match_lengths(cfg, feat_lengths, bold_lengths)
     trim, delays = cfg.align.trim, list(cfg.align.delays)
@@ -182,21 +227,19 @@ def run_align(cfg, force: bool = False):
             ds.attrs["target"] = res.target
             ds.attrs["predictors"] = str_attr(res.predictors)
 
-    labels, names = (None, None)
-    if b.rois:
-        labels, names = load_rois(require_file("data.bold.rois", cfg.path(b.rois), "ROI label image"),
-                                  require_file("data.bold.roi_names", cfg.path(b.roi_names), "ROI names TSV")
-                                  if b.roi_names else None, mask)
     with atomic_h5(bold_path, "align", cfg.text, extra) as f:
         f.create_dataset("runs", data=runs_index)
         f.attrs["subjects"] = str_attr(b.subjects)
         f.attrs["episodes"] = str_attr(episodes)
         f.attrs["run_lengths"] = np.asarray(kept, np.int64)
         f.attrs["tr"] = b.tr
-        m = f.create_dataset("mask", data=mask.data.astype(np.uint8))
-        m.attrs["affine"] = np.asarray(mask.affine, np.float64)
-        ids = sorted(names) if names else []
-        f.create_dataset("roi_labels", data=(labels if labels is not None else np.zeros(mask.n_voxels)).astype(np.int32))
+        # parcel data (hdf5) has no volume: a (n_parcels, 1, 1) all-ones "mask" keeps one layout for both
+        mdata = mask.data if mask is not None else np.ones((n_vox, 1, 1), bool)
+        m = f.create_dataset("mask", data=mdata.astype(np.uint8))
+        m.attrs["affine"] = np.asarray(mask.affine if mask is not None else np.eye(4), np.float64)
+        m.attrs["volumetric"] = int(mask is not None)
+        ids = sorted(names)
+        f.create_dataset("roi_labels", data=(labels if labels is not None else np.zeros(n_vox)).astype(np.int32))
         f.attrs["roi_ids"] = np.asarray(ids, np.int64)
         f.attrs["roi_names"] = str_attr([names[i] for i in ids])
         g = f.create_group("bold")
@@ -205,6 +248,6 @@ def run_align(cfg, force: bool = False):
             g.create_dataset(f"sub-{s}", data=Y.astype(np.float32),
                              chunks=(Y.shape[0], min(Y.shape[1], max(1, cfg.fit.chunk_voxels))))
     log.info("align: %d runs, %d TRs kept, %d layers, feature sets %s, %d voxels x %d subjects",
-             len(episodes), len(runs_index), len(layers), ", ".join(cfg.feature_sets), mask.n_voxels,
+             len(episodes), len(runs_index), len(layers), ", ".join(cfg.feature_sets), n_vox,
              len(b.subjects))
     return design_path

@@ -23,6 +23,8 @@ VERBS = {
     "report": "figures (ROI bars with significance, layer curves, brain slices) and one HTML page "
               "-> OUTPUT/report/index.html",
     "run": "run the config's pipeline (default: extract align fit stats report; the demo adds simulate)",
+    "submit": "plan the study as SLURM jobs and submit them through submitit: extraction as an array, the fit "
+              "as an MPI job (srun), then stats and report, chained with afterok; --dry-run prints the plan",
     "validate": "check the config against the schema and print it resolved; runs nothing",
 }
 
@@ -64,6 +66,15 @@ def build_parser():
             sp.add_argument("--device", help="torch device for the backbone (overrides model.device)")
         if verb == "run":
             sp.add_argument("--stages", nargs="+", help="run only these stages, in this order")
+        if verb == "submit":
+            sp.add_argument("--cluster", choices=("slurm", "local", "debug"), default="slurm",
+                            help="slurm: sbatch through submitit; local: subprocesses on this machine; "
+                                 "debug: run in this process (default slurm)")
+            sp.add_argument("--profile", default=None,
+                            help="cluster profile YAML (partition, account, gpus, time, mem, nodes, tasks, "
+                                 "container image, binds); default configs/cluster/local.yaml")
+            sp.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
+            sp.add_argument("--wait", action="store_true", help="wait for the last job and report its state")
     return p
 
 
@@ -93,6 +104,11 @@ def main(argv=None):
             print(f"brainalign: results in {cfg.out}/ (report: {cfg.out / 'report' / 'index.html'})")
             for stage, out in outs.items():
                 print(f"  {stage:<9} {out}")
+        elif args.verb == "submit":
+            from .dist.submit import submit_study
+
+            submit_study(cfg, cluster=args.cluster, profile=args.profile, dry_run=args.dry_run,
+                         wait=args.wait, force=args.force)
         elif args.verb == "extract" and args.episodes:
             from .extract import run_extract
 

@@ -39,6 +39,7 @@ class BoldConfig:
     mask: str = "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz"
     rois: Optional[str] = "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-rois_dseg.nii.gz"
     roi_names: Optional[str] = "{root}/derivatives/atlas/desc-rois_dseg.tsv"
+    confounds: Optional[typing.Union[Literal["minimal"], list[str]]] = None   # see brain/confounds.py
 
 
 @dataclass
@@ -201,7 +202,17 @@ def _convert(value, tp, key):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _convert(value, args[0], key)
+        for a in args[:-1]:
+            try:
+                return _convert(value, a, key)
+            except ConfigError:
+                continue
+        try:
+            return _convert(value, args[-1], key)
+        except ConfigError:
+            if len(args) == 1:
+                raise
+            raise ConfigError(f"{key}: expected {' or '.join(_typename(a) for a in args)}, got {value!r}") from None
     if value is None:
         raise ConfigError(f"{key}: expected {_typename(tp)}, got null")
     if dataclasses.is_dataclass(tp):

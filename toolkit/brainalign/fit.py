@@ -5,27 +5,46 @@ and pick every voxel's alpha by mean inner-fold Pearson r; the model refit on th
 with that alpha is scored on the held-out run (Pearson r). The design is shared by all subjects, so the
 X-only work (decompositions) of one (feature set, layer, fold) unit serves every subject and voxel chunk.
 
-A *unit* is (feature set, layer, outer fold); it is the piece of work that a process, an MPI rank or a
-SLURM task takes (see brainalign.dist).
+A *unit* is (feature set, layer, outer fold, voxel chunk); it is the piece of work a process or an MPI
+rank takes. ``run_fit`` runs unchanged in one process or under ``mpiexec -n N`` / ``srun -n N``: ranks draw
+units dynamically (brainalign.dist.scheduler), write their results to per-rank shard files
+(brainalign.dist.shards) and rank 0 assembles ``scores.h5`` whose ``/r`` and ``/alpha`` are HDF5 virtual
+datasets over the shards. A killed job resumes from the shards it left; results never depend on the
+number of ranks.
 """
 from __future__ import annotations
 
+import json
+import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DataError
+from .errors import BrainAlignError, DataError
 from .h5io import atomic_h5, is_complete, open_h5, read_str_attr, str_attr
 from .log import get_logger, progress
 
 log = get_logger("fit")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Unit:
+    """(feature set, layer, outer fold, voxel chunk): the piece of work one process or MPI rank takes."""
+
     fs: int       # feature-set index
     layer: int    # layer index (position in design attrs 'layers')
     fold: int     # outer fold index (= held-out run index)
+    chunk: int = 0  # voxel-chunk index (FitInputs.chunks)
+
+    @property
+    def xkey(self):
+        """Units with equal xkey share the design matrix and its FoldSolver."""
+        return (self.fs, self.layer, self.fold)
+
+    @property
+    def key(self):
+        return (self.fs, self.layer, self.fold, self.chunk)
 
 
 def fold_splits(runs: np.ndarray, fold: int):
@@ -38,6 +57,7 @@ def fold_splits(runs: np.ndarray, fold: int):
 
 
 def voxel_chunks(n_vox: int, size: int):
+    """[(start, stop)] covering range(n_vox) in chunks of ``size`` voxels (the last may be shorter)."""
     size = max(1, int(size))
     return [(a, min(a + size, n_vox)) for a in range(0, n_vox, size)]
 
@@ -48,7 +68,19 @@ class FitInputs:
     def __init__(self, cfg):
         out = cfg.out
         self.design = open_h5(out / "design.h5", "design file (run align)", require=("runs", "design"))
-        self.bold = open_h5(out / "bold.h5", "BOLD file (run align)", require=("runs", "bold", "mask"))
+        try:
+            self.bold = open_h5(out / "bold.h5", "BOLD file (run align)", require=("runs", "bold", "mask"))
+        except BrainAlignError:
+            self.design.close()
+            raise
+        try:
+            self._check(cfg)
+        except BrainAlignError:
+            self.close()
+            raise
+
+    def _check(self, cfg):
+        out = cfg.out
         self.runs = self.design["runs"][()]
         if not np.array_equal(self.runs, self.bold["runs"][()]):
             raise DataError(f"{out / 'design.h5'} and {out / 'bold.h5'} disagree on their TR grid (re-run align)")
@@ -61,15 +93,27 @@ class FitInputs:
         self.subjects = read_str_attr(self.bold, "subjects")
         self.n_vox = int(self.bold["mask"][()].sum())
         for s in self.subjects:
+            if f"sub-{s}" not in self.bold["bold"]:
+                raise DataError(f"{out / 'bold.h5'} lacks /bold/sub-{s} (re-run align)")
             shape = self.bold["bold"][f"sub-{s}"].shape
             if shape != (len(self.runs), self.n_vox):
                 raise DataError(f"bold.h5 sub-{s} has shape {shape}, expected {(len(self.runs), self.n_vox)}")
+        self.chunks = voxel_chunks(self.n_vox, cfg.fit.chunk_voxels)
+        self.chunk_width = max((b - a for a, b in self.chunks), default=0)
 
     def units(self):
-        return [Unit(f, li, k) for f in range(len(self.feature_sets)) for li in range(len(self.layers))
-                for k in range(len(self.folds))]
+        """Every unit, ordered so that units sharing a design matrix (Unit.xkey) are consecutive."""
+        return [Unit(f, li, k, c) for f in range(len(self.feature_sets)) for li in range(len(self.layers))
+                for k in range(len(self.folds)) for c in range(len(self.chunks))]
+
+    def layout(self) -> str:
+        """JSON of the output geometry; shards made for another geometry are stale."""
+        return json.dumps({"subjects": self.subjects, "feature_sets": self.feature_sets, "layers": self.layers,
+                           "folds": self.folds, "n_trs": int(len(self.runs)), "n_vox": self.n_vox,
+                           "chunk_voxels": self.chunk_width}, sort_keys=True)
 
     def X(self, unit: Unit) -> np.ndarray:
+        """Design matrix of ``unit``: float32 (n_trs, n_features)."""
         ds = self.design["design"][self.feature_sets[unit.fs]]
         X = ds[unit.fold, unit.layer] if ds.attrs.get("per_fold", 0) else ds[unit.layer]
         if not np.isfinite(X).all():
@@ -77,37 +121,59 @@ class FitInputs:
                             "non-finite values (check the features file)")
         return X
 
+    def describe(self, unit: Unit) -> str:
+        a, b = self.chunks[unit.chunk]
+        return (f"{self.feature_sets[unit.fs]} layer {self.layers[unit.layer]} fold {self.folds[unit.fold]} "
+                f"voxels {a}:{b}")
+
     def close(self):
         self.design.close()
         self.bold.close()
 
 
-def compute_unit(inp: FitInputs, unit: Unit, cfg, chunks=None):
-    """Nested-CV ridge for one unit over every subject and voxel chunk.
+class SolverCache:
+    """The FoldSolver of the most recent design matrix (Unit.xkey): consecutive units of a rank share it."""
 
-    Returns (r, alpha): float32 arrays (n_subjects, n_vox) of held-out Pearson r and chosen alpha.
+    def __init__(self, inp: FitInputs, cfg):
+        self.inp, self.cfg = inp, cfg
+        self.key, self.solver, self.split, self.builds, self.build_s = None, None, None, 0, 0.0
+
+    def get(self, unit: Unit):
+        """(solver, train rows, test rows) for ``unit``; X is read and decomposed once per xkey."""
+        if unit.xkey != self.key:
+            from .ridge import FoldSolver
+
+            self.key = self.solver = None          # free the previous solver before building the next
+            t0 = time.perf_counter()
+            train, test, inner = fold_splits(self.inp.runs, unit.fold)
+            X = self.inp.X(unit)
+            self.solver = FoldSolver(X[train], X[test], np.asarray(self.cfg.fit.alphas, np.float64), inner,
+                                     backend=self.cfg.fit.backend)
+            self.key, self.split = unit.xkey, (train, test)
+            self.builds += 1
+            self.build_s += time.perf_counter() - t0
+        return self.solver, *self.split
+
+
+def compute_unit(inp: FitInputs, unit: Unit, cache: SolverCache):
+    """Nested-CV ridge for one unit (every subject, one voxel chunk).
+
+    Returns (r, alpha): float32 arrays (n_subjects, stop - start) of held-out Pearson r and chosen alpha.
     """
-    from .ridge import FoldSolver
-
-    train, test, inner = fold_splits(inp.runs, unit.fold)
-    X = inp.X(unit)
-    solver = FoldSolver(X[train], X[test], np.asarray(cfg.fit.alphas, np.float64), inner,
-                        backend=cfg.fit.backend)
-    r = np.full((len(inp.subjects), inp.n_vox), np.nan, np.float32)
+    solver, train, test = cache.get(unit)
+    a, b = inp.chunks[unit.chunk]
+    r = np.full((len(inp.subjects), b - a), np.nan, np.float32)
     alpha = np.full_like(r, np.nan)
     for si, s in enumerate(inp.subjects):
-        ds = inp.bold["bold"][f"sub-{s}"]
-        for a, b in chunks or voxel_chunks(inp.n_vox, cfg.fit.chunk_voxels):
-            Y = ds[:, a:b]
-            res = solver.score_chunk(Y[train], Y[test])
-            r[si, a:b] = res.r
-            alpha[si, a:b] = res.best_alpha
+        Y = inp.bold["bold"][f"sub-{s}"][:, a:b]
+        res = solver.score_chunk(Y[train], Y[test])
+        r[si] = res.r
+        alpha[si] = res.best_alpha
     return r, alpha
 
 
 def write_scores_header(f, inp: FitInputs, cfg):
-    """Create the datasets and attrs of scores.h5 (layout documented in the README)."""
-    S, F, L, K, V = len(inp.subjects), len(inp.feature_sets), len(inp.layers), len(inp.folds), inp.n_vox
+    """The attrs, ``/mask`` and ``/roi_labels`` of scores.h5 (layout documented in the README)."""
     f.attrs["subjects"] = str_attr(inp.subjects)
     f.attrs["feature_sets"] = str_attr(inp.feature_sets)
     f.attrs["layers"] = np.asarray(inp.layers, np.int64)
@@ -119,13 +185,10 @@ def write_scores_header(f, inp: FitInputs, cfg):
     m = f.create_dataset("mask", data=inp.bold["mask"][()])
     m.attrs["affine"] = inp.bold["mask"].attrs["affine"]
     f.create_dataset("roi_labels", data=inp.bold["roi_labels"][()])
-    chunks = (1, 1, 1, 1, min(V, 65536))
-    f.create_dataset("r", shape=(S, F, L, K, V), dtype=np.float32, chunks=chunks, fillvalue=np.nan)
-    f.create_dataset("alpha", shape=(S, F, L, K, V), dtype=np.float32, chunks=chunks, fillvalue=np.nan)
 
 
 def write_r_mean(f):
-    """``r_mean`` = NaN-aware mean of ``r`` over outer folds (all-NaN voxels stay NaN)."""
+    """``r_mean`` = NaN-aware mean of ``r`` over outer folds (all-NaN voxels stay NaN), one (S, F, L) at a time."""
     import warnings
 
     r = f["r"]
@@ -134,7 +197,9 @@ def write_r_mean(f):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)   # mean of an all-NaN (constant) voxel
         for s in range(S):
-            out[s] = np.nanmean(r[s], axis=2)
+            for fi in range(F):
+                for li in range(L):
+                    out[s, fi, li] = np.nanmean(r[s, fi, li], axis=0)
 
 
 def write_maps(cfg, scores_path):
@@ -153,31 +218,204 @@ def write_maps(cfg, scores_path):
     return paths
 
 
+# ---- scale-out: shards, resume, assembly -----------------------------------------------------------
+
+def _shard_flush_seconds(cfg) -> float:
+    """Seconds between a rank's shard parts (env BRAINALIGN_SHARD_SECONDS wins; 0: one part per unit)."""
+    env = os.environ.get("BRAINALIGN_SHARD_SECONDS")
+    return float(env) if env else float(getattr(cfg.fit, "shard_seconds", 60.0))
+
+
+def scores_complete(path, chash: str) -> bool:
+    """True if ``path`` is a complete scores file for config hash ``chash`` whose shard files all exist."""
+    from .dist.shards import virtual_files
+
+    if not is_complete(path):
+        return False
+    try:
+        with open_h5(path, "scores file") as f:
+            if f.attrs.get("config_hash") != chash:
+                return False
+            names = virtual_files(f["r"]) | virtual_files(f["alpha"])
+    except (BrainAlignError, KeyError, OSError):
+        return False
+    missing = [n for n in names if not (path.parent / n).is_file()]
+    if missing:
+        log.warning("fit: %s is complete but %d shard files are gone (e.g. %s); recomputing",
+                    path, len(missing), missing[0])
+    return not missing
+
+
+def prepare_shards(scores_path, shard_dir, attrs: dict, force: bool):
+    """Rank 0 before any unit runs: drop the old scores file, stale/partial shards; -> (epoch, done keys)."""
+    from .dist.shards import remove, scan_shards
+
+    if scores_path.exists():          # it is not complete for this config (else the fit was skipped)
+        scores_path.unlink()          # first, so no complete-looking file ever points at removed shards
+    scan = scan_shards(shard_dir, attrs)
+    if force:
+        remove(scan.files)
+        scan.entries = {}
+    if scan.stale:
+        log.info("fit: removing %d stale shards of another config or geometry from %s", len(scan.stale), shard_dir)
+    remove(scan.stale + scan.incomplete)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    return scan.max_epoch + 1, set(scan.entries)
+
+
+def assemble_scores(cfg, inp: FitInputs, path, shard_dir, attrs: dict, chash: str):
+    """Write ``scores.h5``: /r and /alpha virtual over the shards, /r_mean, /mask, /roi_labels, attrs."""
+    from .dist.shards import scan_shards, virtual_dataset
+
+    scan = scan_shards(shard_dir, attrs)
+    units = inp.units()
+    missing = [u for u in units if u.key not in scan.entries]
+    if missing:
+        raise DataError(f"fit: {len(missing)} of {len(units)} units have no shard in {shard_dir} "
+                        f"(first: {inp.describe(missing[0])}); run fit again to compute them")
+    entries = {u.key: scan.entries[u.key] for u in units}
+    shape = (len(inp.subjects), len(inp.feature_sets), len(inp.layers), len(inp.folds), inp.n_vox)
+    rel = os.path.relpath(shard_dir, path.parent)
+    with atomic_h5(path, "fit", cfg.text, {"config_hash": chash}) as f:
+        write_scores_header(f, inp, cfg)
+        for name in ("r", "alpha"):
+            virtual_dataset(f, name, shape, entries, index=lambda k: k[:3], shard_dir=rel)
+        write_r_mean(f)
+    log.info("fit: assembled %s over %d shard files", path, len({e.file for e in entries.values()}))
+    return path
+
+
+def _on_root(comm, fn):
+    """Run ``fn`` on rank 0 only and return its result on every rank; its exception is raised on every rank."""
+    res, err = None, None
+    if comm.rank == 0:
+        try:
+            res = ("ok", fn())
+        except Exception as e:
+            err, res = e, ("err", _portable(e))
+    shared = comm.bcast(res, root=0)
+    if shared[0] == "err":
+        raise err if err is not None else shared[1]
+    return shared[1]
+
+
+def _on_all(comm, fn):
+    """Run ``fn`` on every rank; if one fails, every rank raises (its own error, or one naming that rank)."""
+    try:
+        val, err = fn(), None
+    except Exception as e:
+        val, err = None, e
+    errs = comm.allgather(None if err is None else f"{err}" if isinstance(err, BrainAlignError)
+                          else f"{type(err).__name__}: {err}")
+    if err is not None:
+        raise err
+    for rank, e in enumerate(errs):
+        if e:
+            raise BrainAlignError(f"fit failed on rank {rank}: {e}")
+    return val
+
+
+def _portable(err):
+    """An exception that survives pickling to other ranks (user errors keep their type and message)."""
+    if isinstance(err, BrainAlignError):
+        return type(err)(str(err))
+    return BrainAlignError(f"fit failed on rank 0: {type(err).__name__}: {err}")
+
+
+def _raise(err):
+    if err is not None:
+        raise err
+
+
+def work(inp: FitInputs, cfg, source, writer):
+    """Compute units from ``source`` until it is empty; results go to ``writer`` (a ShardWriter).
+
+    Returns None, or the exception that stopped this worker (after telling ``source`` and saving the
+    units already computed).
+    """
+    cache = SolverCache(inp, cfg)
+    slow = float(os.environ.get("BRAINALIGN_TEST_SLOW_UNIT") or 0)   # test plumbing: make units slow
+    t_wall, t_cpu, n_units = time.perf_counter(), time.process_time(), 0
+    try:
+        while (u := source.next()) is not None:
+            n_units += 1
+            t0, builds, build_s = time.perf_counter(), cache.builds, cache.build_s
+            r, alpha = compute_unit(inp, u, cache)
+            if slow:
+                time.sleep(slow)
+            a, b = inp.chunks[u.chunk]
+            writer.add(u.key, a, b, r, alpha)
+            dt, db = time.perf_counter() - t0, cache.build_s - build_s
+            source.done(u, dt - db, db, cache.builds - builds)
+            log.info("unit %s done in %.2f s%s", inp.describe(u), dt, f" (solver built in {db:.2f} s)" if db else "")
+        writer.close()
+    except Exception as e:
+        source.fail(str(e) if isinstance(e, BrainAlignError) else f"{type(e).__name__}: {e}")
+        try:
+            writer.close()           # keep what was computed
+        except Exception:  # pragma: no cover
+            pass
+        return e
+    log.info("rank done: %d units in %.1f s wall, %.1f s cpu; %d solver builds, %d shard parts", n_units,
+             time.perf_counter() - t_wall, time.process_time() - t_cpu, cache.builds, len(writer.written))
+    return None
+
+
+def _warn_oversubscription(comm):
+    local = int(os.environ.get("MPI_LOCALNRANKS") or os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]
+                or 1)
+    if comm.rank == 0 and local > 1 and not os.environ.get("OMP_NUM_THREADS"):
+        log.warning("fit: %d ranks share this node and OMP_NUM_THREADS is unset: BLAS threads will oversubscribe "
+                    "the cores (set OMP_NUM_THREADS to cores / ranks)", local)
+
+
 def run_fit(cfg, force: bool = False):
+    """The fit stage in this process, or as one rank of an MPI job (same command, same results)."""
+    from .dist.comm import world
+    from .dist.scheduler import Coordinator, LocalSource, RemoteSource, UnitScheduler
+    from .dist.shards import SHARD_DIR, ShardWriter
     from .pipeline import config_hash
 
+    comm = world(getattr(cfg.fit, "mpi", "auto"))
     path = cfg.out / "scores.h5"
     chash = config_hash(cfg)
-    if not force and is_complete(path):
-        with open_h5(path, "scores file") as f:
-            if f.attrs.get("config_hash") == chash:
-                log.info("fit: %s is complete for this config; skipping", path)
-                return path
-    inp = FitInputs(cfg)
+    if _on_root(comm, lambda: not force and scores_complete(path, chash)):
+        log.info("fit: %s is complete for this config; skipping", path)
+        return path
+    _warn_oversubscription(comm)
+    inp = _on_all(comm, lambda: FitInputs(cfg))
     try:
+        shard_dir = cfg.out / SHARD_DIR
+        attrs = {"config_hash": chash, "layout": inp.layout()}
+        epoch, done = _on_root(comm, lambda: prepare_shards(path, shard_dir, attrs, force))
         units = inp.units()
-        log.info("fit: %d units (feature sets %d x layers %d x folds %d), %d subjects x %d voxels, backend %s",
-                 len(units), len(inp.feature_sets), len(inp.layers), len(inp.folds), len(inp.subjects),
-                 inp.n_vox, cfg.fit.backend)
-        with atomic_h5(path, "fit", cfg.text, {"config_hash": chash}) as f:
-            write_scores_header(f, inp, cfg)
-            for u in progress(units, desc="fit units", unit="unit"):
-                r, alpha = compute_unit(inp, u, cfg)
-                f["r"][:, u.fs, u.layer, u.fold] = r
-                f["alpha"][:, u.fs, u.layer, u.fold] = alpha
-            write_r_mean(f)
+        pending = [u for u in units if u.key not in done]
+        if comm.rank == 0:
+            log.info("fit: %d units (feature sets %d x layers %d x folds %d x voxel chunks %d), %d subjects x %d "
+                     "voxels, backend %s; %d done in shards, %d to compute on %d rank(s)", len(units),
+                     len(inp.feature_sets), len(inp.layers), len(inp.folds), len(inp.chunks), len(inp.subjects),
+                     inp.n_vox, cfg.fit.backend, len(units) - len(pending), len(pending), comm.size)
+        writer = ShardWriter(shard_dir, epoch, comm.rank, len(inp.subjects), inp.chunk_width, attrs, cfg.text,
+                             flush_s=_shard_flush_seconds(cfg))
+        coordinator = bar = None
+        if comm.rank == 0:
+            bar = progress(total=len(pending), desc="fit units", unit="unit")
+            scheduler = UnitScheduler(pending, on_done=bar.update)
+            source = LocalSource(scheduler)
+            if comm.size > 1:
+                coordinator = Coordinator(comm, scheduler)
+                coordinator.start()
+        else:
+            source = RemoteSource(comm)
+        err = work(inp, cfg, source, writer)
+        if coordinator is not None:
+            coordinator.join()
+        if bar is not None:
+            bar.close()
+        _on_all(comm, lambda: _raise(err))
+        _on_root(comm, lambda: assemble_scores(cfg, inp, path, shard_dir, attrs, chash))
     finally:
         inp.close()
     if cfg.fit.write_maps:
-        write_maps(cfg, path)
+        _on_root(comm, lambda: write_maps(cfg, path))
     return path

@@ -2,7 +2,9 @@
 
 The array functions are pure (numpy in, numpy out, float64) and agree with scipy; ``run_stats`` is the
 stage: ``{output}/scores.h5`` -> ``{output}/stats.h5``, ``{output}/roi_stats.csv`` and group NIfTI maps
-under ``{output}/maps/group/``.
+``{output}/maps/group/group_feat-<FS>_stat-r_bold.nii.gz`` (mean r across subjects) and
+``group_contrast-<C>_stat-{t,q}_bold.nii.gz``: float32 (X, Y, Z, L), last axis = layer (order of the
+``layers`` attr), NaN outside the mask and where fewer than 2 subjects are finite.
 
 stats.h5 layout (S subjects, F feature sets, L layers, R ROIs, V voxels; C = one contrast name):
 
@@ -24,14 +26,14 @@ dataset                        shape        dtype         meaning
 
 Root attrs: ``subjects``, ``feature_sets``, ``roi_names`` (string lists), ``layers``, ``roi_ids`` (int64),
 ``contrasts``, ``contrast_a``, ``contrast_b`` (string lists, b = "" means "a vs zero"), ``q`` (float),
-``test``, ``fdr``, ``scores_file`` and the usual provenance attrs (config, git_commit, created, ...).
+``test``, ``fdr``, ``scores_file``, ``scores_created`` (the ``created`` attr of the scores.h5 used),
+``config_hash`` and the usual provenance attrs (config, git_commit, created, host, packages, ...).
 Each ``/roi/C`` and ``/voxel/C`` group carries attrs ``a``, ``b``. Groups ``/noise_ceiling`` and
 ``/permutation`` are reserved for later stages. NaN marks elements with fewer than 2 usable subjects.
 """
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import re
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ import numpy as np
 from scipy import stats as _sps
 
 from .errors import ConfigError, DataError
-from .h5io import atomic_h5, atomic_path, open_h5, read_str_attr, str_attr
+from .h5io import atomic_h5, atomic_path, is_complete, open_h5, read_str_attr, str_attr
 from .log import get_logger
 
 log = get_logger("stats")
@@ -110,6 +112,8 @@ def fdr_bh(p, axis=-1):
         return fdr_bh(p[None])[0]
     pm = np.moveaxis(p, axis, -1)
     shape = pm.shape
+    if p.size == 0:
+        return np.full(p.shape, np.nan)
     flat = pm.reshape(-1, shape[-1])
     valid = np.isfinite(flat)
     if np.any(valid & ((flat < 0) | (flat > 1))):
@@ -246,25 +250,10 @@ def unmask(values, mask):
     return vol
 
 
-def write_nifti(path, vol, affine, descrip=""):
-    """Write a float32 NIfTI-1 (.nii.gz) atomically."""
-    import nibabel as nib
-
-    img = nib.Nifti1Image(np.asarray(vol, dtype=np.float32), affine)
-    img.header.set_xyzt_units("mm")
-    img.header["descrip"] = descrip[:79].encode()
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(gzip.compress(img.to_bytes(), mtime=0))
-    return Path(path)
-
-
 # ---- the stage -----------------------------------------------------------------------------------
 
-def _test(d, q_level, axis_fdr):
-    res = one_sample_t(d, axis=0)
-    res["q"] = fdr_bh(res["p"], axis=axis_fdr)
-    res["significant"] = (np.nan_to_num(res["q"], nan=np.inf) <= q_level).astype(np.uint8)
-    return res
+def _significant(q, q_level):
+    return (np.nan_to_num(q, nan=np.inf) <= q_level).astype(np.uint8)
 
 
 def _fmt(v):
@@ -283,14 +272,42 @@ def write_roi_csv(path, rows):
     return Path(path)
 
 
-def run_stats(cfg) -> Path:
+def map_paths(out, feature_sets, contrasts) -> list[Path]:
+    """The group NIfTI maps run_stats writes (4-D float32, last axis = layer, NaN outside the mask)."""
+    d = Path(out) / "maps" / "group"
+    return ([d / f"group_feat-{_safe(fs)}_stat-r_bold.nii.gz" for fs in feature_sets]
+            + [d / f"group_contrast-{c}_stat-{k}_bold.nii.gz" for c in contrasts for k in ("t", "q")])
+
+
+def _up_to_date(cfg, stats_path, scores_created) -> bool:
+    from .pipeline import config_hash
+
+    if not is_complete(stats_path) or not (Path(cfg.output) / "roi_stats.csv").is_file():
+        return False
+    with open_h5(stats_path, "stats file") as g:
+        if g.attrs.get("config_hash") != config_hash(cfg) or g.attrs.get("scores_created") != scores_created:
+            return False
+        maps = map_paths(cfg.output, read_str_attr(g, "feature_sets"), read_str_attr(g, "contrasts"))
+    return all(p.is_file() for p in maps)
+
+
+def run_stats(cfg, force: bool = False) -> Path:
     """The ``stats`` stage: scores.h5 -> stats.h5 (layout in this module's docstring), roi_stats.csv and
-    maps/group/{contrast-C_t, contrast-C_q, mean-r_FS}.nii.gz (4-D, last axis = layer). Returns stats.h5."""
+    the group maps of ``map_paths``. Skipped when stats.h5 is complete for this config and this scores.h5
+    (unless ``force``). Returns the stats.h5 path."""
+    from .brain.volumes import write_nifti
+    from .pipeline import config_hash
+
     out = Path(cfg.output)
     scores_path = out / "scores.h5"
+    stats_path = out / "stats.h5"
     q_level = float(cfg.stats.q)
     with open_h5(scores_path, "scores file", require=("r_mean", "mask", "roi_labels")) as f:
         meta = read_scores_meta(f, scores_path)
+        scores_created = str(f.attrs.get("created", ""))
+        if not force and _up_to_date(cfg, stats_path, scores_created):
+            log.info("stats: %s is complete for this config and scores file; skipping", stats_path)
+            return stats_path
         contrasts = resolve_contrasts(cfg, meta.feature_sets)
         S, F, L, V, R = (len(meta.subjects), len(meta.feature_sets), len(meta.layers), meta.n_voxels,
                          len(meta.roi_ids))
@@ -319,18 +336,36 @@ def run_stats(cfg) -> Path:
     for c in contrasts:
         v = vox[c.name]
         v["q"][:] = fdr_bh(v["p"], axis=-1)
-        v["significant"] = (np.nan_to_num(v["q"], nan=np.inf) <= q_level).astype(np.uint8)
+        v["significant"] = _significant(v["q"], q_level)
 
     roi_z = fisher_z(roi_r)
     roi = {}
     for c in contrasts:
         d = roi_z[:, c.ia] - (roi_z[:, c.ib] if c.ib is not None else 0.0)   # (S, L, R)
-        roi[c.name] = _test(d, q_level, axis_fdr=-1)
+        res = roi[c.name] = one_sample_t(d, axis=0)
+        res["q"] = fdr_bh(res["p"], axis=-1)                                 # across ROIs, per layer
+        res["significant"] = _significant(res["q"], q_level)
 
-    stats_path = out / "stats.h5"
-    with open(scores_path, "rb"):
-        pass
-    with atomic_h5(stats_path, "stats", cfg.text) as g:
+    # CSV and maps first, stats.h5 (with its completion marker) last: a killed job never looks done
+    rows = []
+    for c in contrasts:
+        res = roi[c.name]
+        for li, layer in enumerate(meta.layers):
+            for ri, name in enumerate(meta.roi_names):
+                rows.append({"contrast": c.name, "a": c.a, "b": c.b, "layer": layer, "roi": name,
+                             "n_subjects": int(res["n"][li, ri]), "mean_dz": res["mean"][li, ri],
+                             "ci_low": res["ci_low"][li, ri], "ci_high": res["ci_high"][li, ri],
+                             "t": res["t"][li, ri], "p": res["p"][li, ri], "q": res["q"][li, ri],
+                             "significant": int(res["significant"][li, ri])})
+    write_roi_csv(out / "roi_stats.csv", rows)
+
+    vols = [(vox_mean_r[fi], f"group mean r {fs}") for fi, fs in enumerate(meta.feature_sets)]
+    vols += [(vox[c.name][k], f"{c.name} {k}") for c in contrasts for k in ("t", "q")]
+    for path, (values, what) in zip(map_paths(out, meta.feature_sets, [c.name for c in contrasts]), vols):
+        descrip = f"{what}; axis 4 = layers {','.join(map(str, meta.layers))}"[:79]
+        write_nifti(path, unmask(values.T, meta.mask), meta.affine, extra_header={"descrip": descrip})
+    extra = {"config_hash": config_hash(cfg), "scores_created": scores_created}
+    with atomic_h5(stats_path, "stats", cfg.text, extra) as g:
         g.attrs["subjects"] = str_attr(meta.subjects)
         g.attrs["feature_sets"] = str_attr(meta.feature_sets)
         g.attrs["layers"] = np.asarray(meta.layers, dtype=np.int64)
@@ -362,26 +397,6 @@ def run_stats(cfg) -> Path:
             for k, arr in vox[c.name].items():
                 gv.create_dataset(k, data=arr, compression="gzip", shuffle=True, chunks=True)
 
-    rows = []
-    for c in contrasts:
-        res = roi[c.name]
-        for li, layer in enumerate(meta.layers):
-            for ri, name in enumerate(meta.roi_names):
-                rows.append({"contrast": c.name, "a": c.a, "b": c.b, "layer": layer, "roi": name,
-                             "n_subjects": int(res["n"][li, ri]), "mean_dz": res["mean"][li, ri],
-                             "ci_low": res["ci_low"][li, ri], "ci_high": res["ci_high"][li, ri],
-                             "t": res["t"][li, ri], "p": res["p"][li, ri], "q": res["q"][li, ri],
-                             "significant": int(res["significant"][li, ri])})
-    write_roi_csv(out / "roi_stats.csv", rows)
-
-    maps = out / "maps" / "group"
-    for fi, fs in enumerate(meta.feature_sets):
-        write_nifti(maps / f"mean-r_{_safe(fs)}.nii.gz", unmask(vox_mean_r[fi].T, meta.mask), meta.affine,
-                    f"group mean r {fs}; 4th axis = layer")
-    for c in contrasts:
-        for k in ("t", "q"):
-            write_nifti(maps / f"contrast-{c.name}_{k}.nii.gz", unmask(vox[c.name][k].T, meta.mask),
-                        meta.affine, f"{c.name} {k}; 4th axis = layer")
     n_sig = {c.name: int(roi[c.name]["significant"].sum()) for c in contrasts}
     log.info("stats: wrote %s, %s and %d maps; significant ROI x layer cells per contrast: %s", stats_path,
              out / "roi_stats.csv", F + 2 * len(contrasts), n_sig)

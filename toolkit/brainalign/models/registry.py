@@ -124,7 +124,10 @@ def get_backbone(model_cfg, windows_cfg) -> Backbone:
             raise ConfigError(f"model.backbone: unknown backbone {name!r} "
                               f"(known: {', '.join(available_backbones())})")
         module, func = _BUILTIN[name].split(":")
-        _FACTORIES[name] = getattr(importlib.import_module(module), func)
+        try:
+            _FACTORIES[name] = getattr(importlib.import_module(module), func)
+        except ImportError as e:
+            raise ConfigError(f"model.backbone: backbone {name!r} is not usable here: {e}") from None
     backbone = _FACTORIES[name](model_cfg, windows_cfg)
     backbone.precision = model_cfg.precision
     return backbone.to(device)

@@ -1,0 +1,89 @@
+"""Config schema: defaults, types, key paths in messages, CLI exit codes."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from brainalign.config import load_config, parse_config
+from brainalign.errors import ConfigError
+
+
+def _write(tmp_path, data):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return p
+
+
+def test_demo_config_validates(repo_root):
+    cfg = load_config(repo_root / "configs" / "demo.yaml")
+    assert cfg.feature_sets == ["joint", "no_vision", "no_language", "crossmodal"]
+    assert cfg.data.bold.tr == 1.49
+    assert cfg.pipeline[0] == "simulate"
+    assert "crossmodal" in cfg.text
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"fit": {"alphass": [1]}}, "fit.alphass: unknown key"),
+    ({"fit": {"alphas": "ten"}}, "fit.alphas: expected a list"),
+    ({"fit": {"alphas": [1, "x"]}}, "fit.alphas[1]: expected a number, got 'x'"),
+    ({"fit": {"alphas": [1, -2]}}, "fit.alphas: needs one or more positive values"),
+    ({"fit": {"backend": "jax"}}, "fit.backend: expected one of"),
+    ({"model": {"conditions": ["joint", "no_smell"]}}, "model.conditions[1]: unknown condition 'no_smell'"),
+    ({"model": {"batch_size": 1.5}}, "model.batch_size: expected an integer, got 1.5"),
+    ({"align": {"zscore": "yes"}}, "align.zscore: expected true/false"),
+    ({"align": {"residuals": [{"name": "r", "target": "joint", "predictors": ["no_audio"]}]}},
+     "align.residuals[0].predictors[0]: 'no_audio' is not in model.conditions"),
+    ({"stats": {"contrasts": [{"name": "c", "a": "joint", "b": "nope"}]}}, "stats.contrasts[0].b: 'nope'"),
+    ({"data": {"episodes": ["a", "b"]}}, "data.episodes: nested cross-validation by runs needs at least 3"),
+    ({"pipeline": ["extract", "dance"]}, "pipeline[1]: unknown stage 'dance'"),
+    ({"data": {"bold": {"tr": 0}}}, "data.bold.tr: must be positive"),
+    ({"data": {"bold": 5}}, "data.bold: expected a mapping"),
+])
+def test_bad_config_names_key(data, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config(data, source="x.yaml")
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith("config x.yaml: ")
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    p = _write(tmp_path, "fit: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"line \d+: not valid YAML"):
+        load_config(p)
+    p = _write(tmp_path, "- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(p)
+
+
+def test_yaml_is_safe_loaded(tmp_path):
+    p = _write(tmp_path, "name: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+
+
+def test_overrides(tmp_path):
+    p = _write(tmp_path, {"name": "x"})
+    cfg = load_config(p, {"fit.backend": "torch", "fit.alphas": [1, 2]})
+    assert cfg.fit.backend == "torch" and cfg.fit.alphas == [1.0, 2.0]
+    assert "torch" in cfg.text
+
+
+def test_cli_exit_codes(tmp_path, repo_root):
+    p = _write(tmp_path, {"fit": {"nope": 1}})
+    out = subprocess.run([sys.executable, str(repo_root / "bin" / "brainalign"), "validate", str(p)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "fit.nope: unknown key" in out.stderr
+    assert "Traceback" not in out.stderr
+    ok = subprocess.run([sys.executable, str(repo_root / "bin" / "brainalign"), "validate",
+                         str(repo_root / "configs" / "demo.yaml")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    helptext = subprocess.run([sys.executable, str(repo_root / "bin" / "brainalign"), "--help"],
+                              capture_output=True, text=True).stdout
+    for verb in ("simulate", "extract", "align", "fit", "stats", "report", "run"):
+        assert f"  {verb}" in helptext

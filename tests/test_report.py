@@ -1,0 +1,129 @@
+"""The report stage: figures, index.html with tables, links and provenance; errors on bad inputs."""
+import html
+import struct
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_stats import ROI_NAMES, make_config, make_scores  # noqa: E402
+
+from brainalign import h5io  # noqa: E402
+from brainalign.errors import ConfigError, DataError  # noqa: E402
+from brainalign.report import load_report_data, run_report  # noqa: E402
+from brainalign.stats import run_stats  # noqa: E402
+
+CONTRASTS = [{"name": "joint-vs-novision", "a": "joint", "b": "no_vision"},
+             {"name": "joint-vs-zero", "a": "joint", "b": None}]
+PNGS = ["roi_bars.png", "layer_curves.png", "map_mean-r_joint.png", "map_contrast-joint-vs-novision_t.png",
+        "map_contrast-joint-vs-zero_t.png"]
+
+
+def png_size(path):
+    head = Path(path).read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rep")
+    make_scores(out, seed=1, config_text="name: fit-config\nfit: {alphas: [1, 10]}\n")
+    cfg = make_config(out, contrasts=CONTRASTS, report={"title": "Vision & language <test>"})
+    run_stats(cfg)
+    return cfg, run_report(cfg)
+
+
+def test_report_writes_all_figures(report):
+    cfg, rep = report
+    assert rep == Path(cfg.output) / "report"
+    assert sorted(p.name for p in rep.glob("*.png")) == sorted(PNGS)
+    from matplotlib.image import imread
+    for name in PNGS:
+        w, h = png_size(rep / name)
+        assert 400 <= w <= 4000 and 250 <= h <= 4000, (name, w, h)
+        img = imread(rep / name)
+        assert img[..., :3].std() > 0.02, f"{name} looks blank"
+    assert not list(rep.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_index_html_links_tables_and_provenance(report):
+    cfg, rep = report
+    text = (rep / "index.html").read_text()
+    assert html.escape(cfg.report.title) in text and "<test>" not in text
+    for name in PNGS:
+        assert f'src="{name}"' in text
+    for href in ("../roi_stats.csv", "../stats.h5", "../scores.h5",
+                 "../maps/group/group_contrast-joint-vs-novision_stat-t_bold.nii.gz",
+                 "../maps/group/group_feat-joint_stat-r_bold.nii.gz"):
+        assert f'href="{href}"' in text, href
+        assert (rep / href).resolve().is_file(), href
+    out = Path(cfg.output)
+    for fname in ("scores.h5", "stats.h5"):
+        with h5io.open_h5(out / fname) as f:
+            for key in ("git_commit", "created", "host", "brainalign_version", "version_numpy"):
+                assert html.escape(str(f.attrs[key])) in text, (fname, key)
+            assert html.escape(f.attrs["config"]) in text, fname
+    assert "name: fit-config" in text                       # the fit stage's config, not only ours
+    # the ROI table: every significant (layer, ROI) cell of stats.h5 is highlighted, at the report layer
+    # and once more in the all-layers table
+    data = load_report_data(cfg)
+    with h5py.File(out / "stats.h5", "r") as f:
+        sig = np.stack([f[f"roi/{c['name']}/significant"][()] for c in CONTRASTS])   # (C, L, R)
+        t = f["roi/joint-vs-novision/t"][data.layer_index, ROI_NAMES.index("planted")]
+    assert text.count("<tr class=sig>") == sig.sum() + sig[:, data.layer_index].sum()
+    assert f"<td>{t:.3g}</td>" in text
+
+
+def test_report_layer_choice(report, tmp_path):
+    cfg, _ = report
+    data = load_report_data(cfg)
+    with h5py.File(Path(cfg.output) / "stats.h5", "r") as f:
+        joint = f["roi/mean_r"][:, 0]                      # (S, L, R)
+    assert data.layer_index == int(np.argmax(joint.mean(axis=(0, 2))))
+    assert "best mean r of 'joint'" in data.layer_how
+    make_scores(tmp_path, seed=1)
+    c2 = make_config(tmp_path, contrasts=CONTRASTS, report={"layer": 1})
+    run_stats(c2)
+    assert load_report_data(c2).layer_index == 1
+    with pytest.raises(ConfigError, match=r"report\.layer: 7 is not a layer in .*scores\.h5 \(layers: 0, 1, 2\)"):
+        load_report_data(make_config(tmp_path, contrasts=CONTRASTS, report={"layer": 7}))
+
+
+def test_missing_stats_names_the_file(tmp_path):
+    make_scores(tmp_path)
+    with pytest.raises(DataError, match=f"stats file not found: {tmp_path / 'stats.h5'}"):
+        run_report(make_config(tmp_path))
+    assert not (tmp_path / "report" / "index.html").exists()
+
+
+def test_stale_stats_is_rejected(tmp_path):
+    make_scores(tmp_path)
+    cfg = make_config(tmp_path, contrasts=CONTRASTS)
+    run_stats(cfg)
+    make_scores(tmp_path, n_subjects=4)                  # scores.h5 rewritten after stats ran
+    with pytest.raises(DataError, match=r"stats file .*stats\.h5: attr subjects differs"):
+        run_report(cfg)
+
+
+def test_report_without_contrasts(tmp_path):
+    make_scores(tmp_path)
+    cfg = make_config(tmp_path, contrasts=[])
+    run_stats(cfg)
+    rep = run_report(cfg)
+    assert sorted(p.name for p in rep.glob("*.png")) == ["layer_curves.png", "map_mean-r_joint.png",
+                                                         "roi_bars.png"]
+    assert "No contrasts" in (rep / "index.html").read_text()
+
+
+def test_report_without_rois(tmp_path):
+    make_scores(tmp_path, rois=False)
+    cfg = make_config(tmp_path, contrasts=CONTRASTS)
+    run_stats(cfg)
+    rep = run_report(cfg)
+    assert sorted(p.name for p in rep.glob("*.png")) == sorted(PNGS[2:])
+    assert html.escape("best mean r of 'joint' across voxels") in (rep / "index.html").read_text()

@@ -1,0 +1,358 @@
+"""Extract stage: run the backbone over every episode's TR windows under each input condition.
+
+Per episode one shard ``{output}/features/{episode}.h5`` (the unit of work: a SLURM array task or an MPI
+rank extracts a subset with ``run_extract(cfg, episodes=[...])`` / ``extract_one``); then
+``{output}/features.h5`` assembles the shards as HDF5 virtual datasets (relative file names, so the
+output directory can be moved as a whole).
+
+Shard ``features/{episode}.h5``:
+  ``/{condition}`` float32 (n_layers, n_windows, hidden); ``/windows`` float64 (n_windows, 2);
+  attrs episode, extract_key and the same descriptive attrs as features.h5.
+features.h5:
+  ``/{condition}/{episode}`` float32 (n_layers, n_windows, hidden), virtual over the shard's ``/{condition}``;
+  ``/windows/{episode}`` float64 (n_windows, 2) [start, end) seconds (a copy);
+  attrs conditions, episodes, layers, hidden, n_layers, backbone_layers, backbone, tr, window_context,
+  frames_per_window, extract_key + provenance (see brainalign.h5io.atomic_h5).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import ConfigError, DataError
+from .h5io import atomic_h5, is_complete, open_h5, read_str_attr, str_attr
+from .log import get_logger, progress
+
+log = get_logger("extract")
+
+SHARD_DIR = "features"
+FEATURES_FILE = "features.h5"
+
+
+# ---- settings -----------------------------------------------------------------------------------
+
+def resolve_layers(layers, n_layers: int, backbone: str = "") -> list[int]:
+    """``model.layers`` (None = all; negative counts from the end) -> sorted-as-given non-negative indices."""
+    if layers is None:
+        return list(range(n_layers))
+    out = []
+    for i, layer in enumerate(layers):
+        if not -n_layers <= layer < n_layers:
+            raise ConfigError(f"model.layers[{i}]: layer {layer} out of range for backbone {backbone!r} with "
+                              f"{n_layers} layers (0..{n_layers - 1} or -{n_layers}..-1)")
+        idx = layer % n_layers
+        if idx in out:
+            raise ConfigError(f"model.layers[{i}]: layer {layer} is listed twice")
+        out.append(idx)
+    if not out:
+        raise ConfigError("model.layers: empty list (use null for every layer)")
+    return out
+
+
+def _conditions(cfg, conditions) -> list[str]:
+    from .models.conditions import modalities
+
+    conds = list(cfg.model.conditions if conditions is None else conditions)
+    if not conds:
+        raise ConfigError("model.conditions: needs at least one condition")
+    for c in conds:
+        modalities(c)
+    return conds
+
+
+def _check_batch_size(cfg):
+    if cfg.model.batch_size < 1:
+        raise ConfigError(f"model.batch_size: must be positive, got {cfg.model.batch_size}")
+
+
+def window_context(cfg) -> float:
+    """Seconds of stimulus per window (windows.context, default one TR)."""
+    return float(cfg.windows.context) if cfg.windows.context else float(cfg.data.bold.tr)
+
+
+def extract_key(cfg) -> str:
+    """Fingerprint of every setting that changes the features (a shard made otherwise is redone)."""
+    m = cfg.model
+    ckpt = None
+    if m.checkpoint:
+        p = Path(m.checkpoint)
+        st = p.stat() if p.exists() else None
+        ckpt = [str(p.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None]
+    settings = {
+        "backbone": m.backbone, "checkpoint": ckpt, "seed": m.seed, "precision": m.precision,
+        "conditions": list(m.conditions), "layers": m.layers,
+        "backbone_cfg": dataclasses.asdict(getattr(m, m.backbone)) if dataclasses.is_dataclass(
+            getattr(m, m.backbone, None)) else None,
+        "windows": dataclasses.asdict(cfg.windows), "tr": cfg.data.bold.tr,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---- encoding ----------------------------------------------------------------------------------
+
+def check_stimuli(stimuli):
+    """One-line DataError if an EpisodeStimuli's parts disagree in window count or hold non-finite audio."""
+    n = stimuli.windows.shape[0] if stimuli.windows.ndim == 2 else -1
+    counts = {"windows": n, "frames": len(stimuli.frames), "words": len(stimuli.words),
+              "audio": len(stimuli.audio)}
+    if n < 1 or stimuli.windows.shape[1] != 2 or len(set(counts.values())) != 1:
+        raise DataError(f"episode {stimuli.episode}: stimuli disagree on the number of windows ("
+                        + ", ".join(f"{k} {v}" for k, v in counts.items())
+                        + f"; windows shape {tuple(stimuli.windows.shape)})")
+    if not np.isfinite(stimuli.audio).all():
+        bad = int(np.flatnonzero(~np.isfinite(stimuli.audio).all(axis=1))[0])
+        raise DataError(f"episode {stimuli.episode}: audio has non-finite samples (first in window {bad})")
+
+
+def encode_stimuli(backbone, stimuli, conditions, layers, batch_size: int) -> dict[str, np.ndarray]:
+    """{condition: float32 (len(layers), n_windows, hidden)} for one episode's stimuli, in window batches."""
+    check_stimuli(stimuli)
+    n = stimuli.n_windows
+    sel = np.asarray(layers, dtype=np.int64)
+    out = {}
+    for c in conditions:
+        backbone.check_condition(c)
+        feats = np.empty((len(sel), n, backbone.hidden), dtype=np.float32)
+        for start in range(0, n, batch_size):
+            part = slice(start, min(start + batch_size, n))
+            feats[:, part] = backbone.encode(stimuli, part, c).numpy()[sel]
+        if not np.isfinite(feats).all():
+            raise DataError(f"episode {stimuli.episode}: backbone {backbone.name!r} gave non-finite features "
+                            f"under {c!r} (model.precision {backbone.precision!r} overflow?)")
+        out[c] = feats
+    return out
+
+
+def extract_episode_features(cfg, episode, conditions=None, backbone=None) -> dict[str, np.ndarray]:
+    """Load ``episode``'s stimuli and encode them: {condition: float32 (n_layers, n_windows, hidden)}.
+
+    ``conditions`` defaults to cfg.model.conditions; layers are cfg.model.layers (None: every layer).
+    ``backbone`` defaults to ``get_backbone(cfg.model, cfg.windows)`` (pass one to reuse it).
+    """
+    from .models import get_backbone
+    from .stimuli.windows import load_episode_stimuli
+
+    conds = _conditions(cfg, conditions)
+    _check_batch_size(cfg)
+    backbone = backbone or get_backbone(cfg.model, cfg.windows)
+    layers = resolve_layers(cfg.model.layers, backbone.n_layers, backbone.name)
+    stimuli = load_episode_stimuli(cfg, episode)
+    return encode_stimuli(backbone, stimuli, conds, layers, cfg.model.batch_size)
+
+
+# ---- shards --------------------------------------------------------------------------------------
+
+def shard_path(cfg, episode) -> Path:
+    if not episode or "/" in episode or episode.startswith("."):
+        raise ConfigError(f"data.episodes: {episode!r} cannot name a file (no '/', no leading '.')")
+    return cfg.out / SHARD_DIR / f"{episode}.h5"
+
+
+def shard_status(cfg, episode) -> str:
+    """"complete", "missing", "incomplete" (no marker / unreadable) or "stale" (other settings)."""
+    path = shard_path(cfg, episode)
+    if not path.exists():
+        return "missing"
+    if not is_complete(path):
+        return "incomplete"
+    with h5py.File(path, "r") as f:
+        return "complete" if f.attrs.get("extract_key") == extract_key(cfg) else "stale"
+
+
+def _descriptive_attrs(cfg, backbone, layers) -> dict:
+    return {"layers": np.asarray(layers, np.int64), "n_layers": len(layers), "hidden": backbone.hidden,
+            "backbone_layers": backbone.n_layers, "backbone": backbone.name, "tr": float(cfg.data.bold.tr),
+            "window_context": window_context(cfg), "frames_per_window": cfg.windows.frames,
+            "extract_key": extract_key(cfg)}
+
+
+def extract_one(cfg, episode, backbone=None, force=False) -> Path:
+    """Write ``{output}/features/{episode}.h5`` (atomically) unless it is complete for these settings."""
+    from .models import get_backbone
+    from .stimuli.windows import load_episode_stimuli
+
+    path = shard_path(cfg, episode)
+    status = shard_status(cfg, episode)
+    if status == "complete" and not force:
+        log.info("extract %s: shard %s is complete; skipping", episode, path)
+        return path
+    if status in ("incomplete", "stale"):
+        log.info("extract %s: redoing %s shard %s", episode, status, path)
+    conds = _conditions(cfg, None)
+    _check_batch_size(cfg)
+    backbone = backbone or get_backbone(cfg.model, cfg.windows)
+    layers = resolve_layers(cfg.model.layers, backbone.n_layers, backbone.name)
+    t0 = time.perf_counter()
+    stimuli = load_episode_stimuli(cfg, episode)
+    t1 = time.perf_counter()
+    feats = encode_stimuli(backbone, stimuli, conds, layers, cfg.model.batch_size)
+    t2 = time.perf_counter()
+    with atomic_h5(path, "extract", config_text=cfg.text) as f:
+        for c, x in feats.items():
+            f.create_dataset(c, data=x, chunks=(1,) + x.shape[1:])
+        f.create_dataset("windows", data=np.asarray(stimuli.windows, np.float64))
+        f.attrs.update(_descriptive_attrs(cfg, backbone, layers))
+        f.attrs["episode"] = episode
+        f.attrs["conditions"] = str_attr(conds)
+    n = stimuli.n_windows
+    log.info("extract %s: %d windows x %d conditions: stimuli %.1f s, model %.1f s (%.1f windows/s) -> %s",
+             episode, n, len(conds), t1 - t0, t2 - t1, n * len(conds) / max(t2 - t1, 1e-9), path)
+    return path
+
+
+def assemble_features(cfg) -> Path:
+    """Write ``{output}/features.h5``: virtual datasets over every episode's complete shard."""
+    episodes = list(cfg.data.episodes)
+    status = {ep: shard_status(cfg, ep) for ep in episodes}
+    bad = {s: [ep for ep in episodes if status[ep] == s] for s in ("missing", "incomplete", "stale")}
+    if any(bad.values()):
+        what = "; ".join(f"{s if s != 'stale' else 'made with other settings'}: {', '.join(eps)}"
+                         for s, eps in bad.items() if eps)
+        raise DataError(f"cannot assemble {cfg.out / FEATURES_FILE}: shards under {cfg.out / SHARD_DIR} "
+                        f"{what} (run `brainalign extract`)")
+    conds = list(cfg.model.conditions)
+    path = cfg.out / FEATURES_FILE
+    shapes, windows, attrs = {}, {}, None
+    for ep in episodes:
+        with h5py.File(shard_path(cfg, ep), "r") as f:
+            shapes[ep] = f[conds[0]].shape
+            windows[ep] = f["windows"][()]
+            mine = {k: f.attrs[k] for k in ("layers", "hidden", "n_layers", "backbone_layers", "backbone", "tr",
+                                            "window_context", "frames_per_window", "extract_key")}
+            attrs = attrs or mine
+            if any(f[c].shape != shapes[ep] for c in conds) or shapes[ep][1] != len(windows[ep]):
+                raise DataError(f"shard {shard_path(cfg, ep)}: conditions disagree in shape")
+    with atomic_h5(path, "extract", config_text=cfg.text) as f:
+        f.attrs.update(attrs)
+        f.attrs["conditions"] = str_attr(conds)
+        f.attrs["episodes"] = str_attr(episodes)
+        for c in conds:
+            g = f.create_group(c)
+            for ep in episodes:
+                layout = h5py.VirtualLayout(shape=shapes[ep], dtype=np.float32)
+                layout[...] = h5py.VirtualSource(f"{SHARD_DIR}/{ep}.h5", c, shape=shapes[ep])
+                g.create_virtual_dataset(ep, layout, fillvalue=np.float32(np.nan))
+        g = f.create_group("windows")
+        for ep in episodes:
+            g.create_dataset(ep, data=windows[ep])
+    log.info("extract: assembled %d episodes x %d conditions -> %s", len(episodes), len(conds), path)
+    return path
+
+
+def run_extract(cfg, episodes=None, force=False) -> Path:
+    """Extract every episode (or the subset ``episodes``), resuming per episode; returns features.h5.
+
+    With ``episodes`` (e.g. one SLURM array task) only those shards are written and the shard directory
+    is returned: a later call without ``episodes`` skips the complete shards and assembles features.h5.
+    """
+    from .models import get_backbone
+
+    known = list(cfg.data.episodes)
+    todo_eps = known if episodes is None else list(episodes)
+    unknown = [e for e in todo_eps if e not in known]
+    if unknown:
+        raise ConfigError(f"episodes: {', '.join(unknown)} not in data.episodes ({', '.join(known)})")
+    needs = [ep for ep in todo_eps if force or shard_status(cfg, ep) != "complete"]
+    log.info("extract: %d of %d episodes to do (%s)", len(needs), len(todo_eps),
+             "forced" if force else "complete shards are kept")
+    backbone = get_backbone(cfg.model, cfg.windows) if needs else None
+    for ep in progress(todo_eps, desc="extract", unit="episode"):
+        extract_one(cfg, ep, backbone=backbone, force=ep in needs)
+    if episodes is not None:
+        return cfg.out / SHARD_DIR
+    return assemble_features(cfg)
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+
+class FeatureStore:
+    """Read access to features.h5: ``get(condition, episode)`` -> float32 (n_layers, n_windows, hidden).
+
+    Attributes: path, conditions, episodes, layers (backbone layer indices of axis 0), tr, hidden,
+    n_layers, backbone, window_context, frames_per_window. The file is opened per call (no handle kept).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        with open_h5(self.path, "features file", require=("windows",)) as f:
+            try:
+                self.conditions = read_str_attr(f, "conditions")
+                self.episodes = read_str_attr(f, "episodes")
+                self.layers = [int(x) for x in np.atleast_1d(f.attrs["layers"])]
+                self.tr = float(f.attrs["tr"])
+                self.hidden = int(f.attrs["hidden"])
+                self.n_layers = int(f.attrs["n_layers"])
+                self.backbone = str(f.attrs["backbone"])
+                self.window_context = float(f.attrs["window_context"])
+                self.frames_per_window = int(f.attrs["frames_per_window"])
+            except KeyError as e:
+                raise DataError(f"features file {self.path} lacks attribute {e} (not written by extract?)") from None
+            seen = {}
+            for c in self.conditions:
+                for ep in self.episodes:
+                    self._check(f, c, ep, seen)
+
+    def _check(self, f, c, ep, seen):
+        """Dataset c/ep exists with the right shape; a virtual one's shard exists, is complete and fits."""
+        name = f"{c}/{ep}"
+        if name not in f or f"windows/{ep}" not in f:
+            raise DataError(f"features file {self.path} lacks dataset '{name}' or 'windows/{ep}'")
+        ds = f[name]
+        if ds.shape != (self.n_layers, f[f"windows/{ep}"].shape[0], self.hidden):
+            raise DataError(f"features file {self.path}: '{name}' has shape {ds.shape}, expected "
+                            f"({self.n_layers}, n_windows, {self.hidden})")
+        if not ds.is_virtual:
+            return
+        for src in ds.virtual_sources():
+            shard = Path(src.file_name)
+            shard = shard if shard.is_absolute() else self.path.parent / shard
+            if shard not in seen:
+                seen[shard] = ("is missing" if not shard.exists() else
+                               None if is_complete(shard) else "is incomplete or corrupt")
+            problem = seen[shard]
+            if problem is None:
+                with h5py.File(shard, "r") as s:
+                    ok = src.dset_name in s and s[src.dset_name].shape == ds.shape
+                problem = None if ok else f"does not match (no '{src.dset_name}' of shape {ds.shape})"
+            if problem:
+                raise DataError(f"features file {self.path}: shard {shard} for '{name}' {problem} "
+                                "(re-run `brainalign extract`)")
+
+    def get(self, condition, episode) -> np.ndarray:
+        if condition not in self.conditions:
+            raise DataError(f"features file {self.path} has no condition {condition!r} "
+                            f"(has: {', '.join(self.conditions)})")
+        if episode not in self.episodes:
+            raise DataError(f"features file {self.path} has no episode {episode!r} "
+                            f"(has: {', '.join(self.episodes)})")
+        with h5py.File(self.path, "r") as f:
+            return f[f"{condition}/{episode}"][()].astype(np.float32, copy=False)
+
+    def windows(self, episode) -> np.ndarray:
+        """float64 (n_windows, 2): [start, end) seconds of each window of ``episode``."""
+        if episode not in self.episodes:
+            raise DataError(f"features file {self.path} has no episode {episode!r} "
+                            f"(has: {', '.join(self.episodes)})")
+        with h5py.File(self.path, "r") as f:
+            return f[f"windows/{episode}"][()]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __repr__(self):
+        return (f"<FeatureStore {self.path}: {len(self.conditions)} conditions x {len(self.episodes)} episodes, "
+                f"layers {self.layers}, hidden {self.hidden}>")
+
+
+def read_features(path) -> FeatureStore:
+    """Open features.h5 for reading, checking it and every shard it points at (one-line DataError)."""
+    return FeatureStore(path)

@@ -1,0 +1,128 @@
+"""Nested cross-validation and voxel-chunk streaming (HDF5 datasets or in-memory arrays).
+
+Memory does not grow with the number of voxels beyond the small per-voxel outputs: targets are
+read ``chunk`` columns at a time, scored, and dropped.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .checks import check_alphas, check_finite_X, check_matrix
+from .cv import kfold_splits, resolve_cv
+from .solver import ChunkResult, FoldSolver
+
+NestedResult = namedtuple("NestedResult", ["r", "best_alpha", "cv_scores", "outer_splits"])
+NestedResult.__doc__ = """Result of :func:`nested_cv`: r (n_folds, v) float32 test Pearson r per outer fold,
+best_alpha (n_folds, v) float32, cv_scores (n_folds, n_alphas, v) float32 or None, outer_splits list."""
+
+_TARGET_CHUNK_BYTES = 64 * 2**20
+
+
+def default_chunk(n_rows):
+    """Voxels per streamed chunk: about 64 MiB of float32 targets, at least 256."""
+    return int(max(256, _TARGET_CHUNK_BYTES // (4 * max(1, n_rows))))
+
+
+def stream_chunks(data, chunk=None, rows=None):
+    """Yield ``(cols, block)`` over column chunks of a (n_samples, n_voxels) array or h5py dataset.
+
+    ``cols`` is a slice into the voxel axis; ``block`` a float32 ndarray (n_rows, width) holding
+    ``data[rows, cols]`` (all rows if ``rows`` is None). Only one chunk is in memory at a time.
+    """
+    shape = getattr(data, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise DataError(f"stream_chunks: expected a 2-D (samples, voxels) array or dataset, got shape {shape}")
+    n, v = shape
+    chunk = default_chunk(n) if chunk is None else int(chunk)
+    if chunk < 1:
+        raise ConfigError(f"chunk must be >= 1, got {chunk}")
+    for c0 in range(0, v, chunk):
+        cols = slice(c0, min(v, c0 + chunk))
+        block = np.asarray(data[:, cols], dtype=np.float32)
+        if rows is not None:
+            block = block[rows]
+        yield cols, block
+
+
+def score_stream(solver, Y, train_rows, test_rows, chunk=None, sink=None):
+    """Score every voxel of ``Y`` (n, v) (array or h5py dataset) with ``solver`` chunk by chunk.
+
+    ``train_rows`` / ``test_rows`` index the rows of Y that match the solver's X_train / X_test.
+    With ``sink`` (callable ``sink(cols, ChunkResult)``) nothing is accumulated and None is
+    returned; otherwise the concatenated :class:`ChunkResult` over all voxels is returned.
+    """
+    n, v = Y.shape
+    train_rows = np.asarray(train_rows, dtype=np.int64)
+    test_rows = np.asarray(test_rows, dtype=np.int64)
+    if train_rows.size != solver.n_train or test_rows.size != solver.n_test:
+        raise DataError(f"score_stream: {train_rows.size} train / {test_rows.size} test rows given, "
+                        f"solver expects {solver.n_train} / {solver.n_test}")
+    if sink is None:
+        r = np.empty(v, np.float32)
+        alpha = np.empty(v, np.float32)
+        cv = np.empty((solver.alphas.size, v), np.float32)
+    for cols, block in stream_chunks(Y, chunk):
+        res = solver.score_chunk(block[train_rows], block[test_rows])
+        if sink is not None:
+            sink(cols, res)
+        else:
+            r[cols], alpha[cols], cv[:, cols] = res
+    return None if sink is not None else ChunkResult(r, alpha, cv)
+
+
+def _inner_splits(inner_cv, train_idx, X_train, groups):
+    if callable(inner_cv) and not hasattr(inner_cv, "split"):
+        return inner_cv(train_idx)
+    g = None if groups is None else np.asarray(groups)[train_idx]
+    return resolve_cv(inner_cv, train_idx.size, X_train, groups=g)
+
+
+def nested_cv(X, Y, outer_splits, alphas, inner_cv=5, backend="numpy", chunk_size=None,
+              groups=None, dtype="float32", scoring="r", method="eigh", return_cv_scores=False):
+    """Nested cross-validation of voxel-wise ridge.
+
+    Parameters
+    ----------
+    X : (n, p) features. Y : (n, v) targets, an array or an h5py dataset (streamed by voxel chunk).
+    outer_splits : int (contiguous K-fold), a splitter (``split(X, groups=groups)``) or
+        (train, test) pairs.
+    alphas : candidate penalties. inner_cv : int (contiguous K-fold within each outer training
+        set), a splitter (gets the outer-train part of ``groups``, e.g. LeaveOneGroupOut for
+        leave-one-run-out), or a callable ``f(outer_train_idx) -> [(train, val), ...]`` in local rows.
+    chunk_size : voxels per streamed chunk (None: about 64 MiB of targets).
+
+    Returns :class:`NestedResult` with r and best_alpha of shape (n_folds, v).
+    """
+    X = check_matrix(X, "X")
+    check_finite_X(X, "X")
+    n, v = Y.shape if hasattr(Y, "shape") and len(Y.shape) == 2 else (None, None)
+    if n is None:
+        raise DataError(f"Y: expected a 2-D (samples, voxels) array or dataset, got shape {getattr(Y, 'shape', None)}")
+    if n != X.shape[0]:
+        raise DataError(f"X has {X.shape[0]} rows but Y has {n} (shapes {X.shape}, {Y.shape})")
+    alphas = check_alphas(alphas)
+    outer = resolve_cv(outer_splits, n, X, groups=groups)
+    nf = len(outer)
+    r = np.full((nf, v), np.nan, np.float32)
+    best = np.full((nf, v), np.nan, np.float32)
+    cvs = np.full((nf, alphas.size, v), np.nan, np.float32) if return_cv_scores else None
+    for k, (tr, te) in enumerate(outer):
+        tr = np.asarray(tr, dtype=np.int64)
+        te = np.asarray(te, dtype=np.int64)
+        inner = _inner_splits(inner_cv, tr, X[tr], groups)
+        solver = FoldSolver(X[tr], X[te], alphas, inner, backend=backend, dtype=dtype,
+                            scoring=scoring, method=method)
+
+        def sink(cols, res, k=k):
+            r[k, cols], best[k, cols] = res.r, res.best_alpha
+            if cvs is not None:
+                cvs[k, :, cols] = res.cv_scores
+
+        score_stream(solver, Y, tr, te, chunk=chunk_size, sink=sink)
+    return NestedResult(r, best, cvs, outer)
+
+
+__all__ = ["NestedResult", "default_chunk", "kfold_splits", "nested_cv", "score_stream", "stream_chunks"]

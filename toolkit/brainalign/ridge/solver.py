@@ -1,0 +1,376 @@
+"""The ridge core: one decomposition per (inner) training set serves every alpha and every voxel chunk.
+
+For a centred training design ``Xc = U diag(s) V^T`` (thin, rank-truncated), ridge predictions on
+rows ``X_eval`` (centred with the *training* means) are, for penalty ``a``::
+
+    Y_hat(a) = M diag(s / (s^2 + a)) Z + mean(Y_train),   M = X_eval_c V,  Z = U^T Y_train_c
+
+``U``, ``s`` and ``M`` depend on X only, so :class:`FoldSolver` computes them once (in float64, then
+stores them in the working dtype). Per voxel chunk the cost is one GEMM ``Z = U^T Y`` per inner fold
+and one GEMM ``(M * d_a) @ Z`` per (fold, alpha), each followed by a single column-reduction pass
+that yields ``sum(P^2)`` and ``sum(P * Y_val)``; predictions for all alphas are never held at once.
+
+Decomposition (``method``): ``"eigh"`` (default) diagonalises the float64 Gram matrix ``Xc^T Xc``
+when p <= n_train, or the float64 linear kernel ``Xc Xc^T`` when p > n_train (dual form, so FIR-
+delayed designs with more features than TRs cost O(n^2 p)); ``"svd"`` uses a float64 thin SVD
+(slower, more accurate for near-singular designs). Components with eigenvalue below
+``max_eig * max(n, p) * eps64`` are dropped (their exact contribution to every prediction is zero).
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from ..errors import DataError
+from .backend import get_backend
+from .checks import check_alphas, check_finite_X, check_matrix, check_splits, contiguous_runs
+
+ChunkResult = namedtuple("ChunkResult", ["r", "best_alpha", "cv_scores"])
+ChunkResult.__doc__ = """Result of :meth:`FoldSolver.score_chunk` (numpy float32 arrays).
+
+r : (v,) Pearson r on the test rows of the model refit on all training rows with each voxel's best alpha.
+best_alpha : (v,) the alpha chosen by the inner CV.
+cv_scores : (n_alphas, v) mean inner-fold score per alpha (Pearson r, or R^2 with scoring='r2').
+"""
+FitResult = namedtuple("FitResult", ["best_alpha", "cv_scores", "coef", "intercept", "r"])
+FitResult.__doc__ = """Result of :meth:`FoldSolver.fit_chunk`: best_alpha (v,), cv_scores (n_alphas, v),
+coef (p, v), intercept (v,), r (v,) test Pearson r or None without test rows (numpy float32)."""
+
+SCORINGS = ("r", "r2")
+METHODS = ("eigh", "svd")
+_RUN_LIMIT = 4  # at most this many contiguous row runs are used as slices; more -> one gather
+
+
+def factorize(B, Xc, method="eigh"):
+    """Thin rank-truncated factorisation of a centred float64 design ``Xc`` (n, p) on backend ``B``.
+
+    Returns ``U`` (n, r) orthonormal, ``s`` (r,) numpy float64 > 0, ``V`` (p, r) orthonormal with
+    ``Xc ~= U diag(s) V^T``. Row order of the components is irrelevant to the solver.
+    """
+    n, p = Xc.shape
+    eps = np.finfo(np.float64).eps
+    if method == "svd":
+        U, s, Vt = B.svd(Xc)
+        s_np = B.to_numpy(s).astype(np.float64)
+        keep_np = s_np > (s_np.max() if s_np.size else 0.0) * max(n, p) * eps
+        keep = B.index(np.flatnonzero(keep_np))
+        return U[:, keep], s_np[keep_np], Vt[keep].T
+    gram = Xc.T @ Xc if p <= n else Xc @ Xc.T
+    lam, vecs = B.eigh(gram)
+    lam_np = B.to_numpy(lam).astype(np.float64)
+    keep_np = lam_np > (lam_np.max() if lam_np.size else 0.0) * max(n, p) * eps
+    keep = B.index(np.flatnonzero(keep_np))
+    s_np = np.sqrt(lam_np[keep_np])
+    vecs = vecs[:, keep]
+    s_b = B.asarray(s_np, "float64")
+    if p <= n:
+        return (Xc @ vecs) / s_b, s_np, vecs
+    return vecs, s_np, (Xc.T @ vecs) / s_b
+
+
+class _Rows:
+    """Row selection of a (n, v) array as a few slices (no copy) or one integer gather."""
+
+    def __init__(self, B, idx):
+        self.B = B
+        self.idx = np.asarray(idx, dtype=np.int64)
+        self.n = self.idx.size
+        runs = contiguous_runs(self.idx)
+        self.runs = runs if len(runs) <= _RUN_LIMIT else None
+        self.gather = B.index(self.idx)
+
+    def single(self, Y):
+        """The selected rows as one array (a view when they form one run)."""
+        if self.runs is not None and len(self.runs) == 1:
+            a, b, _ = self.runs[0]
+            return Y[a:b]
+        return Y[self.gather]
+
+    def left_gemm(self, Ut, Y):
+        """``Ut @ Y[rows]`` for ``Ut`` (r, n_sel) without copying Y when the rows are a few runs."""
+        if self.runs is None:
+            return Ut @ Y[self.gather]
+        out = None
+        for a, b, off in self.runs:
+            part = Ut[:, off:off + b - a] @ Y[a:b]
+            if out is None:
+                out = part
+            else:
+                out += part
+        return out
+
+    def colsum(self, Y):
+        """Column sums over the selected rows, float64 (v,)."""
+        f64 = self.B.dtype("float64")
+        if self.runs is None:
+            return Y[self.gather].sum(0, dtype=f64)
+        out = None
+        for a, b, _ in self.runs:
+            part = Y[a:b].sum(0, dtype=f64)
+            out = part if out is None else out + part
+        return out
+
+
+class _Factors:
+    """X-only quantities of one training set: left factor, evaluation map, shrinkage table."""
+
+    def __init__(self, B, Xtr, Xev, alphas, method, dtype, center_eval, normalize, keep_v=False,
+                 tr_idx=None, ev_idx=None, label="training set"):
+        n, p = Xtr.shape
+        mu = Xtr.mean(0)
+        Xc = Xtr - mu
+        U, s, V = factorize(B, Xc, method)
+        if s.size == 0:
+            raise DataError(f"X ({label}, shape {tuple(Xtr.shape)}): every feature is constant; "
+                            "nothing to fit")
+        self.rank = s.size
+        self.s = s
+        self.mu_x = mu
+        self.U = B.cast(U, dtype)
+        self.UT = self.U.T  # (r, n) view; GEMMs read it transposed without copying
+        # U^T 1 in the stored precision, for the exact inner-train mean correction.
+        self.u1 = B.cast(self.U.sum(0, dtype=B.dtype("float64")), dtype)
+        self.M = None
+        if Xev is not None:
+            M = (Xev - mu) @ V
+            if center_eval:
+                M = M - M.mean(0)
+            self.M = B.cast(M, dtype)
+        self.V = B.cast(V, dtype) if keep_v else None
+        shrink = s[None, :] / (s[None, :] ** 2 + alphas[:, None])  # (n_alphas, r) float64
+        if normalize:  # Pearson r is scale-free: keep every alpha's factors O(1) in float32
+            shrink = shrink / shrink.max(1, keepdims=True)
+        self.D = B.asarray(shrink, dtype)             # (n_alphas, r)
+        self.DT = B.asarray(np.ascontiguousarray(shrink.T), dtype)  # (r, n_alphas)
+        self.tr = _Rows(B, tr_idx) if tr_idx is not None else None
+        self.ev = _Rows(B, ev_idx) if ev_idx is not None else None
+
+
+class FoldSolver:
+    """Voxel-wise ridge with per-voxel alpha chosen by inner CV, for one outer fold.
+
+    Parameters
+    ----------
+    X_train : (n_train, p) float array; X_test : (n_test, p) float array or None.
+    alphas : (n_alphas,) positive floats.
+    inner_splits : list of (train_idx, val_idx) integer arrays into the rows of X_train.
+    backend : 'numpy' | 'torch' | 'torch-cpu' | 'torch-cuda' | 'cupy' | 'auto' or a backend object.
+    dtype : working dtype of the per-chunk GEMMs ('float32' or 'float64'); decompositions are float64.
+    scoring : inner-CV criterion, 'r' (Pearson, default) or 'r2' (coefficient of determination,
+        himalaya's ``r2_score``).
+    method : 'eigh' (float64 Gram/kernel eigendecomposition, default) or 'svd' (float64 thin SVD).
+    targets_batch : voxels processed per internal batch (None: automatic, about 2048).
+
+    All X-only work (centring, decompositions, evaluation maps) happens here; :meth:`score_chunk`
+    is then called for successive voxel chunks. The intercept is handled as scikit-learn's
+    ``fit_intercept=True``: X and Y are centred with the training means (inner: inner-train means).
+
+    Invalid targets: a target column that contains NaN/inf (in Y_train or Y_test) or is constant
+    over the training rows or over the test rows gets ``r = NaN``, ``best_alpha = NaN`` and
+    ``cv_scores = NaN`` -- never a crash and never a silent 0. Within the inner CV, a fold whose
+    validation target or prediction has zero variance is left out of that alpha's mean (if every
+    fold is left out, the score is NaN). Ties between alphas go to the largest alpha.
+    NaN/inf in X raises :class:`~brainalign.errors.DataError` naming the array and position.
+    """
+
+    def __init__(self, X_train, X_test, alphas, inner_splits, backend="numpy", dtype="float32",
+                 scoring="r", method="eigh", targets_batch=None, keep_coef=False):
+        from ..errors import ConfigError
+
+        if scoring not in SCORINGS:
+            raise ConfigError(f"ridge scoring {scoring!r} unknown; choose one of {SCORINGS}")
+        if method not in METHODS:
+            raise ConfigError(f"ridge method {method!r} unknown; choose one of {METHODS}")
+        if str(np.dtype(dtype)) not in ("float32", "float64"):
+            raise ConfigError(f"ridge dtype {dtype!r}: choose float32 or float64")
+        self.B = B = get_backend(backend)
+        self.dtype = str(np.dtype(dtype))
+        self.scoring = scoring
+        self.alphas = check_alphas(alphas)
+        Xtr = check_matrix(X_train, "X_train")
+        check_finite_X(Xtr, "X_train")
+        self.n_train, self.n_features = Xtr.shape
+        Xte = None
+        if X_test is not None:
+            Xte = check_matrix(X_test, "X_test")
+            check_finite_X(Xte, "X_test")
+            if Xte.shape[1] != self.n_features:
+                raise DataError(f"X_test has {Xte.shape[1]} features but X_train has "
+                                f"{self.n_features} (shapes {Xte.shape} vs {Xtr.shape})")
+        self.n_test = 0 if Xte is None else Xte.shape[0]
+        if self.n_test == 1:
+            raise DataError("X_test has 1 row; Pearson r needs at least 2 test rows")
+        self.splits = check_splits(inner_splits, self.n_train)
+        self.targets_batch = int(targets_batch) if targets_batch else 2048
+        X64 = B.asarray(Xtr, "float64")
+        normalize = scoring == "r"
+        self.folds = []
+        for k, (tr, va) in enumerate(self.splits):
+            gtr, gva = B.index(tr), B.index(va)
+            self.folds.append(_Factors(B, X64[gtr], X64[gva], self.alphas, method, self.dtype,
+                                       center_eval=normalize, normalize=normalize,
+                                       tr_idx=tr, ev_idx=va, label=f"inner fold {k} train rows"))
+        Xte64 = None if Xte is None else B.asarray(Xte, "float64")
+        self.full = _Factors(B, X64, Xte64, self.alphas, method, self.dtype, center_eval=True,
+                             normalize=False, keep_v=keep_coef, label="X_train")
+        self._order = np.argsort(-self.alphas, kind="stable")  # tie -> largest alpha
+        self._mu_x = B.to_numpy(self.full.mu_x)
+
+    # ------------------------------------------------------------------ public per-chunk API
+    def score_chunk(self, Y_train, Y_test):
+        """Score one voxel chunk: Y_train (n_train, v), Y_test (n_test, v) -> :class:`ChunkResult`."""
+        if self.n_test == 0:
+            raise DataError("score_chunk needs X_test; this FoldSolver was built with X_test=None")
+        res = self._run(Y_train, Y_test, want_coef=False)
+        return ChunkResult(res.r, res.best_alpha, res.cv_scores)
+
+    def fit_chunk(self, Y_train, Y_test=None, want_coef=True):
+        """Like :meth:`score_chunk` but also returns coefficients (needs ``keep_coef=True``)."""
+        return self._run(Y_train, Y_test, want_coef=want_coef)
+
+    # ------------------------------------------------------------------ internals
+    def _run(self, Y_train, Y_test, want_coef):
+        B = self.B
+        Yt_np = check_matrix(Y_train, "Y_train")
+        if Yt_np.shape[0] != self.n_train:
+            raise DataError(f"Y_train has {Yt_np.shape[0]} rows but X_train has {self.n_train} "
+                            f"(shapes {Yt_np.shape} vs ({self.n_train}, {self.n_features}))")
+        v = Yt_np.shape[1]
+        Ys_np = None
+        if Y_test is not None:
+            if self.n_test == 0:
+                raise DataError("Y_test given but this FoldSolver was built with X_test=None")
+            Ys_np = check_matrix(Y_test, "Y_test")
+            if Ys_np.shape != (self.n_test, v):
+                raise DataError(f"Y_test has shape {Ys_np.shape}; expected ({self.n_test}, {v}) "
+                                "to match X_test rows and Y_train columns")
+        if want_coef and self.full.V is None:
+            raise DataError("coefficients requested but the FoldSolver was built with keep_coef=False")
+        A = self.alphas.size
+        out_r = np.full(v, np.nan, np.float32) if Ys_np is not None else None
+        out_a = np.full(v, np.nan, np.float32)
+        out_cv = np.full((A, v), np.nan, np.float32)
+        out_coef = np.zeros((self.n_features, v), np.float32) if want_coef else None
+        out_b = np.zeros(v, np.float32) if want_coef else None
+        tb = self.targets_batch
+        for c0 in range(0, v, tb):
+            cols = slice(c0, min(v, c0 + tb))
+            ys = None if Ys_np is None else Ys_np[:, cols]
+            res = self._batch(Yt_np[:, cols], ys, want_coef)
+            out_cv[:, cols], out_a[cols] = res[0], res[1]
+            if out_r is not None:
+                out_r[cols] = res[2]
+            if want_coef:
+                out_coef[:, cols], out_b[cols] = res[3], res[4]
+        return FitResult(out_a, out_cv, out_coef, out_b, out_r)
+
+    def _batch(self, Yt_np, Ys_np, want_coef):
+        B, dt = self.B, self.dtype
+        Yt = B.asarray(np.array(Yt_np, dtype=dt, order="C", copy=True), dt)
+        valid = B.all0(B.isfinite(Yt)) & (B.amax0(Yt) != B.amin0(Yt))
+        Ys = None
+        if Ys_np is not None:
+            Ys = B.asarray(np.array(Ys_np, dtype=dt, order="C", copy=True), dt)
+            valid = valid & B.all0(B.isfinite(Ys)) & (B.amax0(Ys) != B.amin0(Ys))
+        valid_np = B.to_numpy(valid).astype(bool)
+        if not valid_np.all():
+            bad = B.index(np.flatnonzero(~valid_np))
+            Yt[:, bad] = 0
+            if Ys is not None:
+                Ys[:, bad] = 0
+        mu_y = B.mean0_64(Yt)
+        Yt -= B.cast(mu_y, dt)
+        total = B.to_numpy(Yt.sum(0, dtype=B.dtype("float64")))
+        cv = self._inner_cv(Yt, total)
+        cv_np = B.to_numpy(cv).astype(np.float64)
+        cv_np[:, ~valid_np] = np.nan
+        best = self._select(cv_np)
+        ok = valid_np & (best >= 0)
+        best_safe = np.where(ok, best, 0)
+        alpha = np.where(ok, self.alphas[best_safe], np.nan).astype(np.float32)
+        full = self.full
+        W = full.UT @ Yt                                 # (r, vb), Yt has mean ~0 already
+        mean_rest = B.asarray(total / self.n_train, dt)
+        W -= full.u1[:, None] * mean_rest[None, :]
+        W *= B.gather_rows(full.DT, B.index(best_safe))  # per-voxel shrinkage
+        r = None
+        if Ys is not None:
+            P = full.M @ W                              # (n_test, vb), M centred over test rows
+            Ysc = Ys - B.cast(B.mean0_64(Ys), dt)
+            pp, py = B.colsums2(P, Ysc)
+            yy = B.colsumsq(Ysc)
+            r = _pearson_from_sums(B, pp, py, yy)
+            r[~ok] = np.nan
+        coef = intercept = None
+        if want_coef:
+            coef_b = full.V @ W                         # (p, vb)
+            coef = B.to_numpy(coef_b).astype(np.float64)
+            coef[:, ~ok] = np.nan
+            mu_np = B.to_numpy(mu_y)
+            intercept = mu_np - self._mu_x @ np.where(np.isfinite(coef), coef, 0.0)
+            intercept[~ok] = np.nan
+        cv_np[:, ~ok] = np.nan
+        return cv_np.astype(np.float32), alpha, r, coef, intercept
+
+    def _inner_cv(self, Yt, total):
+        """Mean inner-fold score per alpha, (n_alphas, vb) backend float64 (NaN where undefined)."""
+        B, dt = self.B, self.dtype
+        A = self.alphas.size
+        vb = Yt.shape[1]
+        acc = B.zeros((A, vb), "float64")
+        cnt = B.zeros((A, vb), "float64")
+        buf = None
+        for f in self.folds:
+            W = f.tr.left_gemm(f.UT, Yt)                  # (r, vb) = U^T Y_tr
+            sum_va = f.ev.colsum(Yt)
+            mean_tr = (B.asarray(total, "float64") - sum_va) / f.tr.n  # inner-train mean (centred Y)
+            W -= f.u1[:, None] * B.cast(mean_tr, dt)[None, :]
+            Yv = f.ev.single(Yt)
+            mean_va = sum_va / f.ev.n
+            Yvc = Yv - B.cast(mean_va, dt)
+            vy = B.cast(B.colsumsq(Yvc), "float64")
+            if self.scoring == "r2":
+                Yvp = Yv - B.cast(mean_tr, dt)              # target relative to the inner-train mean
+                yy = B.cast(B.colsumsq(Yvp), "float64")
+                target = Yvp
+            else:
+                target = Yv                                 # P is centred, so sum(P*Yv) = sum(P*Yvc)
+            if buf is None or buf.shape != f.M.shape:
+                buf = B.zeros(f.M.shape, dt)
+            for a in range(A):
+                B.xp.multiply(f.M, f.D[a], out=buf)
+                P = buf @ W                                 # (n_val, vb) predictions for this alpha
+                pp, py = B.colsums2(P, target)
+                pp = B.cast(pp, "float64")
+                py = B.cast(py, "float64")
+                if self.scoring == "r2":
+                    good = vy > 0
+                    sse = yy - 2 * py + pp
+                    score = 1 - sse / B.where(good, vy, 1.0)
+                else:
+                    den = pp * vy
+                    good = den > 0
+                    score = py / B.sqrt(B.where(good, den, 1.0))
+                acc[a] += B.where(good, score, 0.0)
+                cnt[a] += B.cast(good, "float64")
+        return B.where(cnt > 0, acc / B.where(cnt > 0, cnt, 1.0), float("nan"))
+
+    def _select(self, cv):
+        """Index of the best alpha per voxel (ties -> largest alpha); -1 where all scores are NaN."""
+        filled = np.where(np.isnan(cv), -np.inf, cv)[self._order]
+        pos = filled.argmax(0)
+        best = self._order[pos]
+        best[np.all(np.isnan(cv), 0)] = -1
+        return best
+
+
+def _pearson_from_sums(B, pp, py, yy):
+    """Pearson r (numpy float32) from sum(P^2), sum(P*Yc), sum(Yc^2); 0-variance -> NaN."""
+    pp = B.to_numpy(pp).astype(np.float64)
+    py = B.to_numpy(py).astype(np.float64)
+    yy = B.to_numpy(yy).astype(np.float64)
+    den = pp * yy
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(den > 0, py / np.sqrt(np.where(den > 0, den, 1.0)), np.nan)
+    return r.astype(np.float32)

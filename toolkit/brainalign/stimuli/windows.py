@@ -1,0 +1,97 @@
+"""One model window per fMRI TR: frames, words and audio of an episode (see EpisodeStimuli)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..config import require_file
+from ..errors import DataError
+from ..log import get_logger
+from .audio import read_audio
+from .episode import EpisodeStimuli
+from .transcript import read_transcript
+from .video import sample_frames, video_info
+
+log = get_logger("stimuli")
+
+
+def window_bounds(n_windows: int, tr: float, context: float) -> np.ndarray:
+    """float64 (n_windows, 2): window i = [end_i - context, end_i) with end_i = (i + 1) * tr."""
+    ends = (np.arange(n_windows, dtype=np.float64) + 1.0) * tr
+    return np.stack([ends - context, ends], axis=1)
+
+
+def frame_times(windows: np.ndarray, n_frames: int, duration: float) -> np.ndarray:
+    """float64 (n_windows, n_frames): centres of n_frames equal parts of each window, clipped to [0, duration)."""
+    start, end = windows[:, :1], windows[:, 1:]
+    frac = (np.arange(n_frames, dtype=np.float64) + 0.5) / n_frames
+    t = start + (end - start) * frac[None, :]
+    return np.clip(t, 0.0, np.nextafter(duration, 0.0))
+
+
+def window_words(words, windows: np.ndarray) -> list[list[str]]:
+    """For each window, the words whose onset lies in [start, end), in onset order."""
+    onsets = np.array([w.onset for w in words], dtype=np.float64)
+    lo = np.searchsorted(onsets, windows[:, 0], side="left")
+    hi = np.searchsorted(onsets, windows[:, 1], side="left")
+    return [[words[j].word for j in range(a, b)] for a, b in zip(lo, hi)]
+
+
+def window_audio(audio: np.ndarray, rate: int, windows: np.ndarray) -> np.ndarray:
+    """float32 (n_windows, round(context * rate)): samples from round(start * rate) on, zero outside the track."""
+    n = int(round((windows[0, 1] - windows[0, 0]) * rate))
+    out = np.zeros((len(windows), n), dtype=np.float32)
+    for i, start in enumerate(windows[:, 0]):
+        s0 = int(round(start * rate))
+        a, b = max(s0, 0), min(s0 + n, len(audio))
+        if b > a:
+            out[i, a - s0:b - s0] = audio[a:b]
+    return out
+
+
+def load_episode_stimuli(cfg, episode: str) -> EpisodeStimuli:
+    """Read and window one episode's video, audio and transcript as configured in ``cfg.data.stimuli``."""
+    st = cfg.data.stimuli
+    tr = float(cfg.data.bold.tr)
+    video = require_file("data.stimuli.video", cfg.path(st.video, episode=episode), "video")
+    transcript = require_file("data.stimuli.transcript", cfg.path(st.transcript, episode=episode), "transcript")
+    audio_path = (require_file("data.stimuli.audio", cfg.path(st.audio, episode=episode), "audio")
+                  if st.audio else None)
+
+    duration, _fps, has_audio = video_info(video)
+    n_windows = int(math.floor(duration / tr + 1e-6))
+    if n_windows < 1:
+        raise DataError(f"video {video}: {duration:.3f} s is shorter than one TR ({tr} s)")
+    context = float(cfg.windows.context) if cfg.windows.context else tr
+    if context <= 0:
+        raise DataError(f"windows.context must be positive, got {context}")
+    windows = window_bounds(n_windows, tr, context)
+
+    # audio
+    rate = int(cfg.windows.audio_rate)
+    if audio_path is None and not has_audio:
+        raise DataError(f"video {video} has no audio track and data.stimuli.audio is null")
+    audio = read_audio(audio_path if audio_path is not None else video, rate)
+    audio_s = len(audio) / rate
+    if audio_s < duration - tr:
+        raise DataError(f"audio {audio_path or video} is unsynchronised with video {video}: "
+                        f"{audio_s:.2f} s of audio for {duration:.2f} s of video (tolerance one TR, {tr} s)")
+
+    # transcript
+    words = read_transcript(transcript)
+    if not words:
+        raise DataError(f"transcript {transcript} has no words")
+    last = words[-1].onset
+    if last > duration + tr:
+        raise DataError(f"transcript {transcript} is unsynchronised with video {video}: a word at {last:.2f} s "
+                        f"but the video ends at {duration:.2f} s (tolerance one TR, {tr} s)")
+
+    times = frame_times(windows, int(cfg.windows.frames), duration)
+    size = int(cfg.windows.image_size)
+    frames = sample_frames(video, times.reshape(-1), size).reshape(n_windows, times.shape[1], size, size, 3)
+    log.debug("episode %s: %d windows of %.2f s, %d words, %.1f s audio", episode, n_windows, context,
+              len(words), audio_s)
+    return EpisodeStimuli(episode=episode, tr=tr, windows=windows, frames=frames,
+                          words=window_words(words, windows), audio=window_audio(audio, rate, windows),
+                          audio_rate=rate)
