@@ -156,34 +156,57 @@ def time_unit(n_trs, p, v, n_runs=8, seed=0):
             "t_chunk_s": t_c, "mem_solver_MiB": mem_x / 2 ** 20, "mem_chunk_MiB": mem_c / 2 ** 20}
 
 
-SIZING_GRID = ([(n, 256, 1000) for n in (1000, 2000, 4000)] + [(2000, p, 1000) for p in (128, 512, 1024)]
-               + [(2000, 256, v) for v in (500, 2000, 4000)] + [(4000, 1024, 2000)])
+# (n_trs, p, voxels, runs): runs - 1 inner folds
+SIZING_GRID = ([(n, 256, 1000, 8) for n in (1000, 2000, 4000)] + [(2000, p, 1000, 8) for p in (128, 512, 1024)]
+               + [(2000, 256, v, 8) for v in (500, 2000, 4000)] + [(4000, 1024, 2000, 8)]
+               + [(2000, 512, 1000, n_runs) for n_runs in (4, 16)])
+VALIDATION = (3000, 1536, 1000, 8)      # held out of the model fit: checks the extrapolation in p
+
+
+def _n_train(row):
+    k = row["inner_folds"]
+    return row["n_trs"] * k / (k + 1)
+
+
+def _features(k, n, p, v):
+    """Flop-count terms of the two costs (k inner folds, n training TRs, p features <= n, v voxels, A alphas)."""
+    A = len(ALPHAS)
+    solver = [(k + 1) * n * p * p, (k + 1) * p ** 3, (k + 1) * n * p]       # Gram, eigh, centring/copies
+    chunk = [(k + 1) * n * p * v, A * p * v, n * v]                        # U^T Y per fold, per-alpha maps, Y copies
+    return solver, chunk
 
 
 def fit_cost_model(rows):
-    """Least-squares constants of a flop model (seconds per flop, one thread):
+    """Non-negative least-squares seconds per term (relative error), one thread; see _features."""
+    from scipy.optimize import nnls
 
-    solver: t = (k+1) * (a * n * p^2 + b * p^3)      chunk: t = (k+1) * c * n * p * v + d * A * p * v
-    with k inner folds, n training TRs, p features, v voxels, A alphas (for p <= n: primal form).
-    """
-    A = len(ALPHAS)
-    feats_x, tx, feats_c, tc = [], [], [], []
+    fx, tx, fc, tc = [], [], [], []
     for r in rows:
-        k, n, p, v = r["inner_folds"], r["n_trs"] * 7 / 8, r["p"], r["voxels"]
-        feats_x.append([(k + 1) * n * p * p, (k + 1) * p ** 3])
-        tx.append(r["t_solver_s"])
-        feats_c.append([(k + 1) * n * p * v, A * p * v])
-        tc.append(r["t_chunk_s"])
-    (a, b), *_ = np.linalg.lstsq(np.array(feats_x) / np.array(tx)[:, None], np.ones(len(tx)), rcond=None)
-    (c, d), *_ = np.linalg.lstsq(np.array(feats_c) / np.array(tc)[:, None], np.ones(len(tc)), rcond=None)
-    return {"a": a, "b": b, "c": c, "d": d}
+        sx, sc = _features(r["inner_folds"], _n_train(r), r["p"], r["voxels"])
+        fx.append(np.array(sx) / r["t_solver_s"])
+        fc.append(np.array(sc) / r["t_chunk_s"])
+    cx, _ = nnls(np.array(fx), np.ones(len(rows)))
+    cc, _ = nnls(np.array(fc), np.ones(len(rows)))
+    return {"solver": cx.tolist(), "chunk": cc.tolist()}
 
 
 def predict(model, k, n, p, v):
-    A = len(ALPHAS)
-    t_x = (k + 1) * (model["a"] * n * p * p + model["b"] * p ** 3)
-    t_c = (k + 1) * model["c"] * n * p * v + model["d"] * A * p * v
-    return t_x, t_c
+    sx, sc = _features(k, n, p, v)
+    return float(np.dot(model["solver"], sx)), float(np.dot(model["chunk"], sc))
+
+
+def predict_memory(rows, k, n_tr, p, v, n):
+    """Peak MiB of a solver ~ (k+1) p^2, n p, const and of one subject's chunk ~ n v, p v, const (nnls fits)."""
+    from scipy.optimize import nnls
+
+    def fit(feats, y):
+        coef, _ = nnls(np.array(feats) / np.array(y)[:, None], np.ones(len(y)))
+        return coef
+
+    cx = fit([[(r["inner_folds"] + 1) * r["p"] ** 2, _n_train(r) * r["p"], 1.0] for r in rows],
+             [r["mem_solver_MiB"] for r in rows])
+    cc = fit([[r["n_trs"] * r["voxels"], r["p"] * r["voxels"], 1.0] for r in rows], [r["mem_chunk_MiB"] for r in rows])
+    return float(np.dot(cx, [(k + 1) * p * p, n_tr * p, 1.0])), float(np.dot(cc, [n * v, p * v, 1.0]))
 
 
 def friends_estimate(model, rows, K=10, S=6, V=250_000, n=10_000, p=768 * 4, F=5, L=12, chunk=4096,
@@ -195,17 +218,15 @@ def friends_estimate(model, rows, K=10, S=6, V=250_000, n=10_000, p=768 * 4, F=5
     groups = F * L * K
     per_group = t_x + S * chunks * t_c
     core_h = groups * per_group / 3600
-    # memory per rank, scaled from the largest measured point: solver ~ (k+1) p^2 (+ n p), chunk ~ n v
-    big = max(rows, key=lambda r: r["p"] * r["n_trs"])
-    mem_x = big["mem_solver_MiB"] * ((k + 1) * p * p + n_tr * p) / (
-        (big["inner_folds"] + 1) * big["p"] ** 2 + big["n_trs"] * 7 / 8 * big["p"])
-    mem_c = big["mem_chunk_MiB"] * (n * chunk) / (big["n_trs"] * big["voxels"])
+    # memory per rank: non-negative least squares over the measured peaks (tracemalloc, MiB)
+    mem_x, mem_c = predict_memory(rows, k, n_tr, p, chunk, n)
     mem_rank_gib = (mem_x + mem_c + n * p * 4 / 2 ** 20) / 1024     # + the design matrix as read
     ranks_per_node = min(cores_per_node, int(mem_per_node_gib * 0.8 // mem_rank_gib))
     nodes = math.ceil(core_h / (ranks_per_node * wall_h * efficiency))
     return {"K": K, "S": S, "V": V, "n": n, "p": p, "F": F, "L": L, "chunk": chunk, "t_solver_s": t_x,
             "t_chunk_s": t_c, "chunks": chunks, "groups": groups, "units": groups * chunks,
-            "per_group_s": per_group, "core_h": core_h, "mem_rank_GiB": mem_rank_gib,
+            "per_group_s": per_group, "core_h": core_h, "mem_solver_GiB": mem_x / 1024, "mem_chunk_GiB": mem_c / 1024,
+            "mem_rank_GiB": mem_rank_gib,
             "ranks_per_node": ranks_per_node, "wall_h": wall_h, "efficiency": efficiency, "nodes": nodes}
 
 
@@ -242,7 +263,7 @@ def main(argv=None):
               "cpu_speedup: CPU of 1 rank / CPU of the busiest rank (the speedup on otherwise idle cores)")
         print()
     if args.part in ("sizing", "all"):
-        rows = [time_unit(n, p, v) for n, p, v in SIZING_GRID]
+        rows = [time_unit(n, p, v, runs) for n, p, v, runs in SIZING_GRID]
         results["sizing"] = rows
         print("## one unit, one thread: solver build (per feature set x layer x fold) and one subject's chunk\n")
         print(_table(rows, ["n_trs", "p", "voxels", "inner_folds", "t_solver_s", "t_chunk_s", "mem_solver_MiB",
@@ -251,12 +272,16 @@ def main(argv=None):
                                                                                              "mem_chunk_MiB")}))
         model = fit_cost_model(rows)
         results["model"] = model
-        print("\ncost model (s/flop, one thread): " + ", ".join(f"{k}={v:.3g}" for k, v in model.items()))
-        print("check: " + ", ".join(
-            f"n={r['n_trs']} p={r['p']} v={r['voxels']}: solver {r['t_solver_s']:.2f}/"
-            f"{predict(model, r['inner_folds'], r['n_trs'] * 7 / 8, r['p'], r['voxels'])[0]:.2f} s, chunk "
-            f"{r['t_chunk_s']:.2f}/{predict(model, r['inner_folds'], r['n_trs'] * 7 / 8, r['p'], r['voxels'])[1]:.2f} s"
-            for r in rows[-3:]) + "  (measured/model)")
+        print("\ncost model, seconds per term (one thread): solver (k+1)*[n p^2, p^3, n p] = "
+              + ", ".join(f"{c:.3g}" for c in model["solver"]) + "; chunk [(k+1) n p v, A p v, n v] = "
+              + ", ".join(f"{c:.3g}" for c in model["chunk"]))
+        val = time_unit(*VALIDATION)
+        pred = predict(model, val["inner_folds"], _n_train(val), val["p"], val["voxels"])
+        results["validation"] = dict(val, model_solver_s=pred[0], model_chunk_s=pred[1])
+        print(f"held-out check n={val['n_trs']} p={val['p']} v={val['voxels']}: solver {val['t_solver_s']:.2f} s "
+              f"measured / {pred[0]:.2f} s model, chunk {val['t_chunk_s']:.2f} / {pred[1]:.2f} s; memory solver "
+              f"{val['mem_solver_MiB']:.0f} MiB, chunk {val['mem_chunk_MiB']:.0f} MiB")
+        rows = rows + [val]
         for K in (10, 70):
             est = friends_estimate(model, rows, K=K)
             results[f"friends_K{K}"] = est

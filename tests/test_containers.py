@@ -160,12 +160,12 @@ def test_cpu_recipe_install_steps_into_fresh_venv(tmp_path):
     root = tmp_path / "root"
     _copy_files_section(rec, root)
     where = {name: str(root / value.lstrip("/")) for name, value in post_vars.items()}  # PREFIX, VENV
-    subprocess.run([sys.executable, "-m", "venv", where["VENV"]], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", where["VENV"]], check=True, timeout=600)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     env.update(where)
     script = "\n".join(cr.pip_install_lines(rec))
     proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=170)
+                          capture_output=True, text=True, timeout=1200)  # a hang guard, not a speed check
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     def in_tmp(text: str) -> str:  # the image's absolute paths -> their copies under tmp_path

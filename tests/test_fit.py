@@ -3,7 +3,6 @@
 The fixture writes design.h5 / bold.h5 in align's documented layout (no other stage runs). Helpers here
 (make_fit_fixture, reference_nested_cv, ...) are also used by tests/test_mpi.py.
 """
-import json
 import os
 import sys
 import warnings
@@ -283,28 +282,44 @@ def test_chunking_does_not_change_results(tmp_path):
                         read_scores(run_fit(fit_config(b, chunk_voxels=37))), atol=1e-5)
 
 
-def test_rerun_skips_and_resume_uses_existing_shards(fixture_dir, monkeypatch):
+def test_rerun_skips_and_a_failed_fit_resumes_from_its_shards(fixture_dir, monkeypatch):
     from brainalign import fit
 
     out, _ = fixture_dir
     monkeypatch.setenv("BRAINALIGN_SHARD_SECONDS", "0")                # one shard part per unit
-    cfg = fit_config(out)
-    ref = read_scores(fit.run_fit(cfg))
-    assert len(list((out / "fit_shards").glob("*.h5"))) == 64
-    # complete for this config: nothing is recomputed
     real_compute = fit.compute_unit
+    calls = []
+
+    def crash_after_40(inp, u, cache):
+        if len(calls) == 40:
+            raise RuntimeError("node lost")
+        calls.append(u)
+        return real_compute(inp, u, cache)
+
+    monkeypatch.setattr(fit, "compute_unit", crash_after_40)
+    cfg = fit_config(out)
+    with pytest.raises(RuntimeError, match="node lost"):
+        fit.run_fit(cfg)
+    assert not (out / "scores.h5").exists()
+    parts = list((out / "fit_shards").glob("e*.h5"))
+    assert len(parts) == 1 and is_complete(parts[0])                   # 40 parts merged into one
+    with h5py.File(parts[0], "r") as f:
+        assert f["units"].shape == (40, 4)
+    calls.clear()
+    monkeypatch.setattr(fit, "compute_unit", lambda inp, u, c: calls.append(u) or real_compute(inp, u, c))
+    s = read_scores(fit.run_fit(cfg))
+    assert len(calls) == 24 and not {u.key for u in calls} & {tuple(k) for k in h5py.File(parts[0])["units"][()]}
+    ref = out.parent / "ref"
+    make_fit_fixture(ref)
+    assert_scores_equal(s, read_scores(fit.run_fit(fit_config(ref))), atol=0)
+    # complete for this config: the same call computes nothing
     monkeypatch.setattr(fit, "compute_unit", lambda *a, **k: pytest.fail("recomputed a finished fit"))
     fit.run_fit(cfg)
-    monkeypatch.setattr(fit, "compute_unit", real_compute)
-    # scores.h5 lost and half of the shards lost: only the missing units run, results equal
-    (out / "scores.h5").unlink()
-    shards = sorted((out / "fit_shards").glob("*.h5"))
-    for p in shards[::2]:
+    # a complete scores.h5 whose shards vanished is not trusted
+    for p in (out / "fit_shards").glob("e*.h5"):
         p.unlink()
-    calls = []
-    monkeypatch.setattr(fit, "compute_unit", lambda inp, u, c: calls.append(u) or real_compute(inp, u, c))
-    assert_scores_equal(read_scores(fit.run_fit(cfg)), ref, atol=0)
-    assert len(calls) == 32
+    monkeypatch.setattr(fit, "compute_unit", real_compute)
+    assert_scores_equal(read_scores(fit.run_fit(cfg)), s, atol=0)
 
 
 def test_stale_shards_of_another_config_are_ignored(fixture_dir):
@@ -372,7 +387,7 @@ def test_unknown_mpi_mode_and_singleton_under_launcher(monkeypatch):
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
     assert isinstance(world("auto"), LocalComm)
     assert isinstance(world("off"), LocalComm)
-    with pytest.raises(BrainAlignError, match="fit.mpi: expected one of auto, on, off"):
+    with pytest.raises(BrainAlignError, match=r"BRAINALIGN_MPI \(fit.mpi\): expected one of auto, on, off"):
         world("sometimes")
 
 
@@ -416,13 +431,19 @@ def test_shard_writer_parts_are_atomic_and_complete(tmp_path):
     assert not list(tmp_path.glob("*.h5"))                                # buffered, nothing written yet
     w.add((0, 0, 0, 1), 4, 6, np.zeros((2, 2)), np.ones((2, 2)))          # max_units reached: one part
     w.add((0, 0, 1, 0), 0, 4, np.ones((2, 4)) * 2, np.ones((2, 4)))
-    w.close()
+    w.flush()
     names = sorted(p.name for p in tmp_path.glob("*.h5"))
     assert names == ["e0003-rank-0001-part-00000.h5", "e0003-rank-0001-part-00001.h5"]
     assert all(is_complete(tmp_path / n) for n in names)
     with h5py.File(tmp_path / names[0], "r") as f:
         assert f["r"].shape == (2, 2, 4) and np.isnan(f["r"][1, :, 2:]).all()
         assert f["voxels"][1].tolist() == [4, 6] and f.attrs["config_hash"] == "abc"
+    assert len(scan_shards(tmp_path, {"config_hash": "xyz"}).stale) == 2
+    w.close()                                                             # merges the rank's parts
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["e0003-rank-0001-part-00002.h5"]
     scan = scan_shards(tmp_path, {"config_hash": "abc", "layout": "L"})
     assert set(scan.entries) == {(0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 1, 0)} and scan.max_epoch == 3
-    assert len(scan_shards(tmp_path, {"config_hash": "xyz"}).stale) == 2
+    with h5py.File(tmp_path / "e0003-rank-0001-part-00002.h5", "r") as f:
+        np.testing.assert_array_equal(f["r"][2, :, :4], 2.0)
+        np.testing.assert_array_equal(f["alpha"][1, :, :2], 1.0)
+        assert np.isnan(f["r"][1, :, 2:]).all() and f["units"][1].tolist() == [0, 0, 0, 1]

@@ -16,7 +16,7 @@ from brainalign.models.merlot.convert import (convert, convert_flax_checkpoint, 
 from brainalign.models.merlot.inputs import apply_condition, pack_windows
 from brainalign.models.merlot.model import (AUDIOSPAN, MASK, PADDING, MerlotConfig, apply_rotary, build_model,
                                             count_parameters, rotary_coordinates, rotary_coordinates_2d,
-                                            rotary_sinusoids)
+                                            rotary_factor, rotary_sinusoids)
 
 TINY = dict(hidden_size=96, size_per_head=48, rotary_hsize=32, vocab_size=64, joint_num_layers=2,
             vit_num_layers=2, audio_num_layers=2, span_num_layers=2, vit_patch_size=4, output_grid=(4, 6),
@@ -227,7 +227,7 @@ def test_single_joint_layer_matches_numpy(tiny_model):
     valid = torch.tensor([[True] * 7, [True] * 5 + [False] * 2])
     from brainalign.models.merlot.model import mask_bias
     with torch.no_grad():
-        y = model.joint_transformer.layers[1](x, rotary_sinusoids(coords, 32), mask_bias(valid))
+        y = model.joint_transformer.layers[1](x, rotary_factor(rotary_sinusoids(coords, 32), 48), mask_bias(valid))
     ry = ref.layer(p["joint_transformer"]["layer_01"], x.double().numpy(), ref.sinusoids(coords.double().numpy()),
                    np.where(valid.numpy()[:, None, :, None] & valid.numpy()[:, None, None, :], 0.0, -1e10))
     close(y[valid], ry[valid.numpy()])
@@ -282,6 +282,19 @@ def test_converter_errors_name_the_parameter(tiny_ckpt, tmp_path):
     with pytest.raises(DataError, match="MERLOT checkpoint not found"):
         convert(tmp_path / "nope", tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_convert_tvqa_finetuned_layout(tmp_path):
+    # the original's TVQA fine-tuning drops 'head' and 'span_encoder' and adds 'proj' (H, 1)
+    cfg = MerlotConfig(**TINY)
+    params = flax_tree(cfg, random_maker(2))
+    del params["head"], params["span_encoder"]
+    params["proj"] = {"kernel": np.arange(96, dtype=np.float16).reshape(96, 1)}
+    sd = convert_flax_checkpoint(_write(tmp_path / "tvqa", params), **NON_PARAM)
+    assert "head.weight" not in sd and not any(k.startswith("span_encoder") for k in sd)
+    np.testing.assert_array_equal(sd["proj.weight"].numpy(), np.arange(96, dtype=np.float32)[None])
+    model = load_converted(convert(tmp_path / "tvqa", tmp_path / "tvqa.pt", **NON_PARAM))
+    assert model.cfg.qa_head and not model.cfg.joint_head and model.cfg.span_num_layers == 0
 
 
 # -------------------------------------------------------------------------------- base / large sizes

@@ -17,6 +17,15 @@ from brainalign.models.tiny import TinyBackbone, TinySpec, pool, save_checkpoint
 CONDS = ("joint", "no_vision", "no_language", "no_audio", "vision_only", "language_only")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model's tensors are small: one intra-op thread is faster and does not spin on a busy CI box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_cfg(**tiny):
     cfg = Config()
     cfg.model.tiny = TinyModelConfig(**{**dict(hidden=32, layers=2, heads=4, vocab=512, patch=8, n_mels=16),

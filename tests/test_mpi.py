@@ -176,3 +176,14 @@ def test_resume_after_sigkill_of_one_rank(tmp_path, reference):
             proc.wait()
     _assert_interrupted_state(out)
     _resume_and_compare(out, cfg, reference)
+
+
+def test_srun_without_mpi_plugin_is_refused(tmp_path):
+    """srun -n 2 without a PMI plugin starts singletons: each would redo the whole fit; say so and stop."""
+    out, cfg = _setup(tmp_path, "singleton")
+    env = _env(SLURM_STEP_NUM_TASKS=2, SLURM_PROCID=0)
+    p = subprocess.run([sys.executable, str(cfg.parent / "driver.py"), "fit", str(cfg)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "launched as one of 2 tasks but MPI sees a single process" in p.stderr
+    assert not (out / "fit_shards").exists()

@@ -127,3 +127,39 @@ def test_report_without_rois(tmp_path):
     rep = run_report(cfg)
     assert sorted(p.name for p in rep.glob("*.png")) == sorted(PNGS[2:])
     assert html.escape("best mean r of 'joint' across voxels") in (rep / "index.html").read_text()
+
+
+def test_report_shows_noise_ceiling_and_permutation_counts(tmp_path):
+    from test_ceiling import write_bold
+
+    arrays = make_scores(tmp_path, seed=1)
+    write_bold(tmp_path, arrays["mask"])
+    V = int(arrays["mask"].sum())
+    sig = np.zeros((5, 2, V), np.uint8)
+    sig[:, 0, :7] = 1
+    sig[3, 1, :2] = 1
+    csig = np.zeros((5, V), np.uint8)
+    csig[2, :4] = 1
+    with h5io.atomic_h5(tmp_path / "permutation.h5", "permutation") as g:     # permutation.h5 layout
+        g.attrs["subjects"] = h5io.str_attr([f"{i + 1:02d}" for i in range(5)])
+        g.attrs["feature_sets"] = h5io.str_attr(["joint", "no_vision"])
+        g.attrs["contrasts"] = h5io.str_attr(["jv"])
+        g.attrs["layer"], g.attrs["n_perm"], g.attrs["q"] = 2, 999, 0.05
+        g.create_dataset("r/significant", data=sig)
+        g.create_dataset("contrast/jv/significant", data=csig)
+        g["contrast/jv"].attrs["a"], g["contrast/jv"].attrs["b"] = "joint", "no_vision"
+    cfg = make_config(tmp_path, contrasts=CONTRASTS)
+    run_stats(cfg)
+    rep = run_report(cfg)
+    assert (rep / "map_noise-ceiling.png").is_file()
+    text = (rep / "index.html").read_text()
+    assert "Noise-normalised alignment" in text and 'href="../roi_scores.csv"' in text
+    data = load_report_data(cfg)
+    with h5py.File(tmp_path / "stats.h5", "r") as f:
+        rn = f["noise_ceiling/roi_normalised"][:, 0, data.layer_index, 0]
+        rc = f["noise_ceiling/roi_ceiling"][:, 0]
+    assert f"<td>{rc.mean():.3g} ± {rc.std(ddof=1) / np.sqrt(5):.2g}</td>" in text
+    assert f"<td>{rn.mean():.3g} ± {rn.std(ddof=1) / np.sqrt(5):.2g}</td>" in text
+    assert "Per-subject permutation tests, layer 2" in text and "999 within-run circular shifts" in text
+    assert "<tr><td class=l>sub-04</td><td>7</td><td>2</td><td>0</td></tr>" in text
+    assert "<tr><td class=l>sub-03</td><td>7</td><td>0</td><td>4</td></tr>" in text

@@ -8,6 +8,28 @@ from brainalign.ridge import (BandedRidgeCV, FoldSolver, RidgeCV, get_backend, k
 from brainalign.ridge.backend import cupy_works
 
 
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """These fixtures are tiny: multi-threaded BLAS only adds synchronisation cost, and on a busy
+    2-core machine OpenBLAS's spinning threads slow tiny GEMMs down by an order of magnitude."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        yield
+        return
+    torch = None
+    try:
+        import torch
+        old = torch.get_num_threads()
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+    with threadpool_limits(limits=1):
+        yield
+    if torch is not None:
+        torch.set_num_threads(old)
+
+
 def make_data(n, p, v, seed=0, noise=1.0, sparse_signal=True):
     """Targets with voxel-varying signal strength so the best alpha differs across voxels."""
     rng = np.random.default_rng(seed)
@@ -152,6 +174,8 @@ def test_cupy_backend_matches_numpy():  # pragma: no cover - runs only on a GPU 
 
 
 def test_auto_backend_without_gpu_is_usable():
+    import brainalign.ridge.cuda_kernels  # noqa: F401  importable without a GPU (compiles lazily)
+
     B = get_backend("auto")
     assert B.name in ("numpy", "cupy", "torch")
     if not cupy_works():
@@ -186,6 +210,25 @@ def test_matches_himalaya_ridgecv_float32():
     both = np.isclose(est.best_alphas_, him.best_alphas_, rtol=1e-4)
     np.testing.assert_allclose(est.coef_[:, both], np.asarray(him.coef_)[:, both], atol=2e-4, rtol=2e-3)
     np.testing.assert_allclose(est.score(Xte, Yte), ours.r, atol=1e-5)
+
+
+def test_r2_scoring_matches_himalaya_r2():
+    himalaya_ridge = pytest.importorskip("himalaya.ridge")
+    from himalaya.backend import set_backend
+    from himalaya.scoring import r2_score
+
+    set_backend("numpy", on_error="raise")
+    X, Y = make_data(200, 30, 200, seed=12)
+    X, Y = X.astype(np.float32), Y.astype(np.float32)
+    alphas = np.logspace(-1, 4, 11)
+    splits = kfold_splits(200, 5)
+    ours = RidgeCV(alphas=alphas, cv=splits, scoring="r2").fit(X, Y)
+    him = himalaya_ridge.RidgeCV(alphas=alphas, fit_intercept=True, cv=splits,
+                                 solver_params=dict(score_func=r2_score)).fit(X, Y)
+    agree = np.isclose(ours.best_alphas_, him.best_alphas_, rtol=1e-4)
+    assert agree.mean() >= 0.99, agree.mean()
+    best = ours.cv_scores_.max(0)
+    np.testing.assert_allclose(best, np.asarray(him.cv_scores_), atol=2e-5)
 
 
 def test_ridgecv_sklearn_protocol_and_cv_forms():

@@ -57,9 +57,11 @@ def test_scale_for_r_gives_the_exact_correlation():
     rng = np.random.default_rng(3)
     s, n = rng.normal(size=(200, 5)), rng.normal(size=(200, 5)) + 0.3 * rng.normal(size=(200, 1))
     r = np.array([0.05, 0.15, 0.3, 0.6, 0.9])
+    n[:, 4] += 3 * s[:, 4]                # noise correlated with the signal: needs a negative a
     a = scale_for_r(s, n, r)
-    got = [np.corrcoef(s[:, k], a[k] * s[:, k] + n[:, k])[0, 1] for k in range(5)]
+    got = [np.corrcoef(a[k] * s[:, k], a[k] * s[:, k] + n[:, k])[0, 1] for k in range(5)]
     np.testing.assert_allclose(got, r, atol=1e-10)
+    assert (a[:4] > 0).all() and a[4] < 0
 
 
 def test_crossmodal_residual_matches_sklearn():
@@ -200,12 +202,12 @@ def test_simulate_config_errors(tmp_path):
 
 
 def test_simulate_with_the_demo_model(tmp_path):
-    """End to end with the real extractor: planted ROIs are predicted by their driver features."""
+    """End to end with the real extractor (tiny backbone): features feed the BOLD synthesis; layout and marker."""
     pytest.importorskip("brainalign.extract")
-    cfg = tiny_cfg(tmp_path / "demo", trs_per_run=40)
+    cfg = tiny_cfg(tmp_path / "demo", trs_per_run=25)
     root = simulate(cfg)
     truth = json.loads((root / "truth.json").read_text())
     assert truth["model"] == "tiny" and (root / ".complete").read_text().split("\n")[0] == truth["config_hash"]
     mask = load_mask(cfg.path(cfg.data.bold.mask))
     x = read_bold_run(find_bold(cfg.path(cfg.data.bold.dir), "01", "s01e02a", cfg.data.bold.space), mask, tr=1.5)
-    assert x.shape == (40, mask.n_voxels)
+    assert x.shape == (25, mask.n_voxels)

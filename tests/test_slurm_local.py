@@ -1,7 +1,7 @@
 """The single-node SLURM cluster of slurm/local/: srun, sbatch, arrays, submitit, MPI over srun.
 
 Real daemons (munged, slurmctld, slurmd) started by slurm/local/start.sh; skipped when not root
-(fails under CI=true instead). About 25 s after the one-time apt install.
+(fails under CI=true instead). About 30 s after the one-time apt install (~11 s).
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import pytest
 from slurm_fixture import START, STOP, slurm_cluster  # noqa: F401  (fixture, reference counted)
 
 
-
 @pytest.fixture
 def slurm_env(slurm_cluster, monkeypatch):  # noqa: F811
     """The cluster with SLURM_CONF/PATH in os.environ (submitit calls sbatch through it)."""
@@ -29,6 +28,20 @@ def slurm_env(slurm_cluster, monkeypatch):  # noqa: F811
 
 def _pids(cluster) -> dict[str, int]:
     return {name: int((cluster.dir / "run" / f"{name}.pid").read_text()) for name in ("munged", "slurmctld", "slurmd")}
+
+
+def _procs_using(d: Path) -> list[int]:
+    """Pids of processes whose command line or environment mentions directory d."""
+    key = str(d).encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if key in (proc / "cmdline").read_bytes() or key in (proc / "environ").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
 
 
 def test_node_idle_and_start_is_idempotent(slurm_cluster):  # noqa: F811
@@ -137,10 +150,12 @@ def test_second_cluster_and_stop(tmp_path):
         env = {**os.environ, "SLURM_CONF": str(d / "slurm.conf")}
         assert subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True).stdout.strip() == "idle"
         pids = [int((d / "run" / f"{n}.pid").read_text()) for n in ("munged", "slurmctld", "slurmd")]
+        assert set(pids) <= set(_procs_using(d))  # (+ slurmctld's helper slurmscriptd)
     finally:
         down = subprocess.run(["bash", str(STOP), str(d)], capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
     assert not d.exists()
+    assert _procs_using(d) == []
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -164,3 +179,35 @@ def test_start_rejects_untraversable_dir(tmp_path):
     assert proc.returncode != 0
     assert f"directory {locked} (mode 700) is not world-executable" in proc.stderr
     assert not (target / "run" / "munged.pid").exists()
+
+
+def test_failed_start_prints_logs_and_stops_its_daemons():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    d = Path("/tmp") / f"brainalign-slurm-failtest-{os.getpid()}"
+    d.mkdir(mode=0o755)
+    try:
+        env = {**os.environ, "SLURM_LOCAL_WAIT_S": "0"}  # no time to become idle: a bring-up failure
+        proc = subprocess.run(["bash", str(START), str(d)], capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 1
+        assert proc.stdout == ""  # nothing to `eval`
+        assert f"----- {d}/log/slurmctld.log" in proc.stderr and f"----- {d}/log/slurmd.log" in proc.stderr
+        assert "error: node localhost not idle after 0 s" in proc.stderr
+        assert (d / "log" / "slurmctld.log").exists()  # DIR kept for the post-mortem
+        assert not list((d / "run").glob("*.pid"))
+        assert _procs_using(d) == []  # every daemon it started was stopped
+    finally:
+        subprocess.run(["bash", str(STOP), str(d)], capture_output=True, timeout=120)
+    assert not d.exists()
+
+
+def test_fixture_skips_without_root_but_fails_under_ci(monkeypatch):
+    import slurm_fixture
+
+    monkeypatch.setattr(slurm_fixture.os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="needs root"):
+        slurm_fixture._start()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: the local SLURM cluster must run here, but .*needs root"):
+        slurm_fixture._start()

@@ -19,7 +19,6 @@ import yaml
 
 from brainalign.cli import main as cli_main
 from brainalign.config import load_config
-from brainalign.dist import plan as plan_mod
 from brainalign.dist.plan import BIN, build_plan
 from brainalign.dist.profile import load_profile, mem_gb, parse_profile, time_minutes
 from brainalign.dist.submit import CheckpointableStageTask, JobFailed, StageFailed, StageTask, submit_study
@@ -104,6 +103,32 @@ def test_plan_force_and_pipeline_without_simulate(tmp_path):
     assert all(t[0][-1] == "--force" for t in plan.job("extract").tasks)
     extract_cmd, align_cmd = plan.job("align").tasks[0]
     assert "--force" not in extract_cmd and align_cmd[-1] == "--force"   # re-assemble, never re-extract
+
+
+def test_plan_resume_skips_complete_extraction_shards(tmp_path, monkeypatch):
+    import brainalign.extract as extract
+
+    cfg = load_config(DEMO, {"pipeline": ["extract", "align"]})
+    eps = cfg.data.episodes
+    seen = []
+
+    def status(c, ep):
+        seen.append((Path.cwd(), ep))
+        return "complete" if ep in eps[:3] else "missing"
+
+    monkeypatch.setattr(extract, "shard_status", status)
+    prof = parse_profile({"stages": {"extract": {"episodes_per_task": 2}}}, "p.yaml")
+    plan = build_plan(cfg, prof, "slurm", config_path=tmp_path / "c.yaml", folder=tmp_path, cwd=tmp_path)
+    assert plan.job("extract").episodes == [[eps[3]]]
+    assert seen == [(tmp_path, e) for e in eps] and Path.cwd() != tmp_path   # looked up in the job's cwd
+    assert any("3 of 4 episode shards are complete" in n for n in plan.notes)
+    monkeypatch.setattr(extract, "shard_status", lambda c, ep: "complete")
+    plan = build_plan(cfg, prof, "slurm", config_path=tmp_path / "c.yaml", folder=tmp_path, cwd=tmp_path)
+    assert [j.name for j in plan.jobs] == ["align"] and plan.jobs[0].after == []
+    assert [c[-2] for c in plan.jobs[0].tasks[0]] == ["extract", "align"]   # features.h5 still assembled
+    plan = build_plan(cfg, prof, "slurm", config_path=tmp_path / "c.yaml", folder=tmp_path, cwd=tmp_path,
+                      force=True)
+    assert len(plan.job("extract").tasks) == 2                       # --force redoes every shard
 
 
 def test_plan_container_wrapping(tmp_path):
@@ -395,3 +420,54 @@ def test_slurm_submit_matches_local_run(slurm_cluster, tmp_path):  # noqa: F811
         with h5py.File(out / name, "r") as f:
             assert json.loads(f.attrs["slurm"])["slurm_job_id"] == ids["stats"]
     assert (out / "report" / "index.html").is_file()
+
+
+def test_debug_cluster_runs_plan_in_process(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(small_config(tmp_path, "dbg", pipeline=["simulate"]))
+    submit_study(cfg, cluster="debug", profile="local")
+    out = capsys.readouterr().out
+    assert "simulate  COMPLETED" in out
+    assert len(list((tmp_path / "dbg" / "data" / "stimuli").glob("*.mp4"))) == 3
+    rec = json.loads(next((tmp_path / "dbg" / "results" / "submit").glob("*/jobs.json")).read_text())
+    assert [(j["name"], j["state"]) for j in rec["jobs"]] == [("simulate", "COMPLETED")]
+
+
+def test_sbatch_template_requeues_on_usr2(slurm_cluster, tmp_path):  # noqa: F811
+    """The emitted job script traps USR2 (sent with --signal=B:USR2@S before the time limit), requeues
+    itself and runs its command again."""
+    from brainalign.dist.sbatch import render_job
+
+    cfg = load_config(small_config(tmp_path, "trap", pipeline=["simulate"]))
+    plan = build_plan(cfg, load_profile("local"), "slurm", config_path=tmp_path / "c.yaml", folder=tmp_path / "sb",
+                      cwd=tmp_path)
+    job = plan.job("simulate")
+    marker = tmp_path / "runs.txt"
+    job.tasks = [[["bash", "-c", f'echo "run ${{SLURM_RESTART_COUNT:-0}}" >> {marker}; '
+                   f'[ "${{SLURM_RESTART_COUNT:-0}}" -ge 1 ] || sleep 100']]]
+    script = tmp_path / "job.sbatch"
+    script.write_text(render_job(plan, job))
+    (tmp_path / "sb" / "logs").mkdir(parents=True)
+    jid = slurm_cluster.run(["sbatch", "--parsable", str(script)]).stdout.strip()
+    t0 = time.time()
+    while not marker.exists() and time.time() - t0 < 60:
+        time.sleep(0.3)
+    slurm_cluster.run(["scancel", "--batch", "--signal=USR2", jid])
+    while marker.read_text().count("run") < 2 and time.time() - t0 < 90:
+        time.sleep(0.5)
+    assert marker.read_text() == "run 0\nrun 1\n"
+    assert f"brainalign: requeued {jid}" in (tmp_path / "sb" / "logs" / f"simulate_{jid}.err").read_text()
+
+
+def test_preflight_names_missing_image_and_sbatch(tmp_path, monkeypatch):
+    from brainalign.errors import BrainAlignError
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(small_config(tmp_path, "pre", pipeline=["simulate"]))
+    prof = write_profile(tmp_path, {"container": {"image": str(tmp_path / "missing.sif")}})
+    with pytest.raises(ConfigError, match=rf"^profile {prof}: container.image: not found: .*missing.sif$"):
+        submit_study(cfg, cluster="local", profile=str(prof))
+    monkeypatch.setenv("PATH", str(tmp_path))          # no SLURM client commands
+    with pytest.raises(BrainAlignError, match=r"--cluster slurm: `sbatch` not found on PATH"):
+        submit_study(cfg, cluster="slurm", profile="local")
+    assert not (tmp_path / "pre" / "results").exists()  # nothing written before the checks pass

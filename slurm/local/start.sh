@@ -7,6 +7,9 @@
 # stdout carries only the `export ...` lines; progress and errors go to stderr.
 # Installs Debian's munge/slurm packages first when slurmctld is missing (root only).
 # Running it again on a DIR whose cluster is up returns at once. Stop with slurm/local/stop.sh DIR.
+# On failure it prints the daemon logs, stops what it started (DIR is kept) and exits 1.
+# Environment: SLURM_LOCAL_WAIT_S (default 60) bounds the wait for the node to become idle;
+# SLURM_LOCAL_PORT (default 6817) is where the search for a free slurmctld/slurmd port pair starts.
 # No slurmdbd: `sacct` does not work on this cluster.
 set -euo pipefail
 
@@ -27,6 +30,12 @@ print_logs() {
     done
 }
 
+fail_started() {  # fail_started MESSAGE: show the logs, stop what this run started (keep DIR), exit 1
+    print_logs
+    bash "$HERE/stop.sh" --keep "$DIR" >&2 || true
+    die "$1"
+}
+
 pid_alive() {  # pid_alive PIDFILE: the process named in PIDFILE is running
     local pid
     [[ -s "$1" ]] || return 1
@@ -37,8 +46,9 @@ pid_alive() {  # pid_alive PIDFILE: the process named in PIDFILE is running
 install_packages() {
     local need=()
     command -v slurmctld >/dev/null 2>&1 || need+=(munge slurmctld slurmd slurm-client)
-    # srun --mpi=pmix hangs without the PMIx library; it must be there before slurmd starts.
-    if ! ldconfig -p 2>/dev/null | grep -q 'libpmix\.so\.2'; then need+=(libpmix2); fi
+    # Without the PMIx library srun --mpi=pmix was seen to hang; it must be there before slurmd
+    # starts. (grep without -q: with pipefail, an early exit would SIGPIPE ldconfig.)
+    if ! ldconfig -p 2>/dev/null | grep 'libpmix\.so\.2' >/dev/null; then need+=(libpmix2); fi
     [[ ${#need[@]} -eq 0 ]] && return 0
     if [[ "$(id -u)" -ne 0 ]]; then
         if command -v slurmctld >/dev/null 2>&1; then
@@ -52,8 +62,8 @@ install_packages() {
     local t0=$SECONDS
     export DEBIAN_FRONTEND=noninteractive
     local log="$DIR/log/apt.log"
-    apt-get update >"$log" 2>&1 || { tail -n 20 "$log" >&2; die "apt-get update failed (log: $log)"; }
-    apt-get install -y --no-install-recommends "${need[@]}" >>"$log" 2>&1 \
+    apt-get -o DPkg::Lock::Timeout=300 update >"$log" 2>&1 || { tail -n 20 "$log" >&2; die "apt-get update failed (log: $log)"; }
+    apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${need[@]}" >>"$log" 2>&1 \
         || { tail -n 20 "$log" >&2; die "apt-get install ${need[*]} failed (log: $log)"; }
     say "installed in $((SECONDS - t0)) s"
 }
@@ -97,7 +107,7 @@ mkdir -p "$DIR/log"
 # ---------------------------------------------------------------- already up?
 if [[ -f "$DIR/slurm.conf" ]] && pid_alive "$DIR/run/munged.pid" && pid_alive "$DIR/run/slurmctld.pid" \
     && pid_alive "$DIR/run/slurmd.pid" \
-    && SLURM_CONF="$DIR/slurm.conf" sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated|completing)'; then
+    && SLURM_CONF="$DIR/slurm.conf" sinfo -h -o '%T' 2>/dev/null | grep -E '^(idle|mixed|allocated|completing)' >/dev/null; then
     say "already running in $DIR"
     emit_env
     exit 0
@@ -150,12 +160,12 @@ say "starting munged, slurmctld, slurmd in $DIR (CPUs=$CPUS RealMemory=$REAL_MEM
 rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
 munged --force --key-file="$DIR/munge/munge.key" --socket="$MUNGE_SOCKET" \
     --pid-file="$DIR/run/munged.pid" --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/munge.seed" \
-    || { print_logs; die "munged failed to start"; }
+    || fail_started "munged failed to start"
 for _ in $(seq 1 50); do [[ -S "$MUNGE_SOCKET" ]] && break; sleep 0.1; done
-[[ -S "$MUNGE_SOCKET" ]] || { print_logs; die "munged socket $MUNGE_SOCKET did not appear"; }
+[[ -S "$MUNGE_SOCKET" ]] || fail_started "munged socket $MUNGE_SOCKET did not appear"
 
-slurmctld || { print_logs; die "slurmctld failed to start"; }
-slurmd -N localhost || { print_logs; die "slurmd failed to start"; }
+slurmctld || fail_started "slurmctld failed to start"
+slurmd -N localhost || fail_started "slurmd failed to start"
 
 state=""
 while (( SECONDS - t0 < WAIT_S )); do
@@ -164,8 +174,7 @@ while (( SECONDS - t0 < WAIT_S )); do
     sleep 0.5
 done
 if [[ "$state" != "idle" ]]; then
-    print_logs
-    die "node localhost not idle after ${WAIT_S} s (state: '${state:-no answer}'); logs above, files in $DIR"
+    fail_started "node localhost not idle after ${WAIT_S} s (state: '${state:-no answer}'); logs above, kept in $DIR/log"
 fi
 say "cluster up in $((SECONDS - t0)) s; source $DIR/env.sh (stop: slurm/local/stop.sh $DIR)"
 emit_env

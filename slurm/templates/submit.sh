@@ -18,4 +18,4 @@ submit() {  # submit NAME SCRIPT [AFTER_ID]: prints the job id
     echo "$id"
 }
 @CHAIN@
-echo "monitor: squeue -u $USER   logs: $HERE/logs/" >&2
+echo "monitor: squeue -u ${USER:-$(id -un)}   logs: $HERE/logs/   job ids: $HERE/jobs.txt" >&2

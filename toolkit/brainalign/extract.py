@@ -83,7 +83,8 @@ def extract_key(cfg) -> str:
     if m.checkpoint:
         p = Path(m.checkpoint)
         st = p.stat() if p.exists() else None
-        ckpt = [str(p.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None]
+        # name, size and mtime (not the absolute path: nodes and containers may mount it elsewhere)
+        ckpt = [p.name, st.st_size if st else None, st.st_mtime_ns if st else None]
     settings = {
         "backbone": m.backbone, "checkpoint": ckpt, "seed": m.seed, "precision": m.precision,
         "conditions": list(m.conditions), "layers": m.layers,
@@ -101,12 +102,14 @@ def check_stimuli(stimuli):
     n = stimuli.windows.shape[0] if stimuli.windows.ndim == 2 else -1
     counts = {"windows": n, "frames": len(stimuli.frames), "words": len(stimuli.words),
               "audio": len(stimuli.audio)}
-    if n < 1 or stimuli.windows.shape[1] != 2 or len(set(counts.values())) != 1:
+    if n == 0:
+        raise DataError(f"episode {stimuli.episode}: no stimulus windows (shorter than one TR?)")
+    if n < 0 or stimuli.windows.shape[1] != 2 or len(set(counts.values())) != 1:
         raise DataError(f"episode {stimuli.episode}: stimuli disagree on the number of windows ("
                         + ", ".join(f"{k} {v}" for k, v in counts.items())
                         + f"; windows shape {tuple(stimuli.windows.shape)})")
     if not np.isfinite(stimuli.audio).all():
-        bad = int(np.flatnonzero(~np.isfinite(stimuli.audio).all(axis=1))[0])
+        bad = int(np.flatnonzero(~np.isfinite(stimuli.audio.reshape(n, -1)).all(axis=1))[0])
         raise DataError(f"episode {stimuli.episode}: audio has non-finite samples (first in window {bad})")
 
 

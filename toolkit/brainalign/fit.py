@@ -265,9 +265,11 @@ def prepare_shards(scores_path, shard_dir, attrs: dict, force: bool):
 
 def assemble_scores(cfg, inp: FitInputs, path, shard_dir, attrs: dict, chash: str):
     """Write ``scores.h5``: /r and /alpha virtual over the shards, /r_mean, /mask, /roi_labels, attrs."""
-    from .dist.shards import scan_shards, virtual_dataset
+    from .dist.shards import compact_all, scan_shards, virtual_dataset
 
     scan = scan_shards(shard_dir, attrs)
+    if compact_all(scan, attrs, cfg.text):      # parts left by killed attempts: few files under the VDS
+        scan = scan_shards(shard_dir, attrs)
     units = inp.units()
     missing = [u for u in units if u.key not in scan.entries]
     if missing:
@@ -376,7 +378,7 @@ def run_fit(cfg, force: bool = False):
     from .dist.shards import SHARD_DIR, ShardWriter
     from .pipeline import config_hash
 
-    comm = world(getattr(cfg.fit, "mpi", "auto"))
+    comm = world(os.environ.get("BRAINALIGN_MPI") or getattr(cfg.fit, "mpi", "auto"))
     path = cfg.out / "scores.h5"
     chash = config_hash(cfg)
     if _on_root(comm, lambda: not force and scores_complete(path, chash)):

@@ -7,7 +7,10 @@ Reads ``{output}/scores.h5`` and ``{output}/stats.h5`` and writes ``{output}/rep
 - ``layer_curves.png``   mean r vs layer per ROI (one panel each), SEM bands
 - ``map_mean-r_<fs>.png`` axial mosaic of the group mean r of the joint feature set at the report layer
 - ``map_contrast-<c>_t.png`` axial mosaic of each contrast's voxel-wise t, shown where q <= stats.q
-- ``index.html``         every figure, the ROI table, links to the CSV / HDF5 / NIfTI files, provenance
+- ``map_noise-ceiling.png`` axial mosaic of the subject-mean noise ceiling (when stats.h5 has one)
+- ``index.html``         every figure, the ROI table, the noise-normalised table (r, ceiling, r / ceiling) when
+                         stats.h5 has ``/noise_ceiling``, per-subject permutation counts when a complete
+                         ``permutation.h5`` exists, links to the CSV / HDF5 / NIfTI files, provenance
 
 Every file is written atomically. The report layer is ``report.layer`` or, when null, the layer with the
 best mean r of the ``joint`` feature set (first feature set if there is no ``joint``) across ROIs.
@@ -54,6 +57,9 @@ class ReportData:
     layer_how: str
     contrasts: list[ContrastStats] = field(default_factory=list)
     attrs: dict = field(default_factory=dict)   # file label -> {attr: str}
+    ceiling: dict | None = None  # /noise_ceiling of stats.h5: roi_ceiling (S, R), roi_normalised (S, F, L, R),
+    #                              voxel (V,) subject-mean ceiling, method, formula, floor
+    permutation: dict | None = None   # permutation.h5 summary (see _load_permutation)
 
     @property
     def joint(self) -> int:
@@ -124,9 +130,40 @@ def load_report_data(cfg) -> ReportData:
             roi = {k: gr[k][()] for k in ROI_STATS + ("n_subjects", "significant")}
             contrasts.append(ContrastStats(name, a, b or None, roi, gv["t"][li].astype(np.float64),
                                            gv["q"][li].astype(np.float64)))
+        ceiling = None
+        if "noise_ceiling" in g:
+            gc = g["noise_ceiling"]
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                voxel = np.nanmean(gc["ceiling"][()].astype(np.float64), axis=0)
+            ceiling = {"roi_ceiling": gc["roi_ceiling"][()], "roi_normalised": gc["roi_normalised"][()],
+                       "voxel": voxel, **_attrs_as_text(gc)}
         data = ReportData(meta, roi_r, vox_all[:, li], float(g.attrs["q"]), li, how, contrasts,
-                          {"scores.h5": scores_attrs, "stats.h5": _attrs_as_text(g)})
+                          {"scores.h5": scores_attrs, "stats.h5": _attrs_as_text(g)}, ceiling,
+                          _load_permutation(out / "permutation.h5", meta))
     return data
+
+
+def _load_permutation(path, meta: ScoresMeta):
+    """Summary of a complete permutation.h5 that matches scores.h5 (None otherwise): per subject and feature
+    set (and contrast) the number of voxels with q <= q, plus the file's attrs."""
+    from .h5io import is_complete
+
+    if not is_complete(path):
+        return None
+    with open_h5(path, "permutation file") as g:
+        if read_str_attr(g, "subjects") != meta.subjects:
+            log.warning("report: %s is for other subjects than scores.h5; not shown", path)
+            return None
+        names = read_str_attr(g, "contrasts") if len(g.attrs.get("contrasts", [])) else []
+        return {"feature_sets": read_str_attr(g, "feature_sets"), "layer": int(g.attrs["layer"]),
+                "n_perm": int(g.attrs["n_perm"]), "q": float(g.attrs["q"]),
+                "r_sig": g["r/significant"][()].sum(axis=-1),                       # (S, F)
+                "contrasts": {n: (g[f"contrast/{n}"].attrs["a"], g[f"contrast/{n}"].attrs["b"],
+                                  g[f"contrast/{n}/significant"][()].sum(axis=-1)) for n in names},
+                "n_voxels": meta.n_voxels}
 
 
 # ---- figures -------------------------------------------------------------------------------------
@@ -363,6 +400,49 @@ def _provenance_html(label, attrs) -> str:
             "</pre></details>")
 
 
+def _mean_sem_txt(x):
+    mean, sem = _sem(np.asarray(x, dtype=np.float64)[:, None], axis=0)
+    return f"{_fmt(mean[0])} ± {_fmt(sem[0], '.2g')}"
+
+
+def _ceiling_html(data: ReportData) -> str:
+    """Raw r beside the noise ceiling and r / ceiling per ROI and feature set at the report layer."""
+    c = data.ceiling
+    if c is None or not data.meta.roi_names:
+        return ""
+    meta, li = data.meta, data.layer_index
+    head = ("<tr><th class=l>ROI</th><th>ceiling</th>" + "".join(
+        f"<th>r {_fmt(fs)}</th><th>r / ceiling {_fmt(fs)}</th>" for fs in meta.feature_sets) + "</tr>")
+    rows = []
+    for ri, roi in enumerate(meta.roi_names):
+        cells = [f"<td class=l>{_fmt(roi)}</td><td>{_mean_sem_txt(c['roi_ceiling'][:, ri])}</td>"]
+        for fi in range(len(meta.feature_sets)):
+            cells.append(f"<td>{_mean_sem_txt(data.roi_r[:, fi, li, ri])}</td>"
+                         f"<td>{_mean_sem_txt(c['roi_normalised'][:, fi, li, ri])}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (f"<h2>Noise-normalised alignment, layer {meta.layers[li]}</h2><p>Noise ceiling: "
+            f"{html.escape(c.get('method', ''))} ({html.escape(c.get('formula', ''))}). r / ceiling is computed per "
+            f"subject from the ROI-mean r and ROI-mean ceiling (NaN where the ceiling is ≤ {html.escape(c.get('floor', ''))})"
+            f"; mean ± SEM across subjects. All layers: roi_scores.csv.</p><table>{head}{''.join(rows)}</table>")
+
+
+def _permutation_html(data: ReportData) -> str:
+    """Per-subject voxel counts significant by circular-shift permutation (permutation.h5)."""
+    pm = data.permutation
+    if pm is None:
+        return ""
+    cols = list(pm["feature_sets"]) + [f"{n} ({a} − {b})" for n, (a, b, _) in pm["contrasts"].items()]
+    head = "<tr><th class=l>subject</th>" + "".join(f"<th>{_fmt(c)}</th>" for c in cols) + "</tr>"
+    rows = []
+    for si, s in enumerate(data.meta.subjects):
+        vals = list(pm["r_sig"][si]) + [sig[si] for _, _, sig in pm["contrasts"].values()]
+        rows.append(f"<tr><td class=l>sub-{_fmt(s)}</td>" + "".join(f"<td>{int(v)}</td>" for v in vals) + "</tr>")
+    return (f"<h2>Per-subject permutation tests, layer {pm['layer']}</h2><p>Voxels (of {pm['n_voxels']}) with "
+            f"BH q ≤ {pm['q']:g} against {pm['n_perm']} within-run circular shifts of the BOLD (one-sided, r "
+            "greater than under misalignment); see permutation.h5.</p>"
+            f"<table>{head}{''.join(rows)}</table>")
+
+
 def build_html(cfg, data: ReportData, figures, links) -> str:
     """figures: [(file name, caption)]; links: [(relative href, label)]."""
     meta = data.meta
@@ -375,6 +455,7 @@ def build_html(cfg, data: ReportData, figures, links) -> str:
                   f"{_roi_table(data, range(len(meta.layers)))}</details>" if n_rows <= 5000 else
                   "<p>All layers: see roi_stats.csv.</p>")
     own = provenance(cfg.text, "report")
+    extra_sections = _ceiling_html(data) + _permutation_html(data)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(cfg.report.title)}</title>
 <style>{_CSS}</style></head><body>
 <h1>{html.escape(cfg.report.title)}</h1>
@@ -388,6 +469,7 @@ def build_html(cfg, data: ReportData, figures, links) -> str:
 <p>Two-sided one-sample t-test across subjects of the Fisher-z difference (a − b, or a − 0) of each
 subject's ROI-mean r; q = Benjamini–Hochberg across ROIs within the layer. Highlighted: q &le; {data.q:g}.</p>
 {_roi_table(data, [data.layer_index])}{all_layers}
+{extra_sections}
 <h2>Files</h2><ul>{link_html}</ul>
 <h2>Provenance</h2>
 {_provenance_html("scores.h5", data.attrs["scores.h5"])}
@@ -431,8 +513,18 @@ def run_report(cfg, force: bool = False) -> Path:
                             "t", note), rep / name)
         figures.append((name, f"Voxel-wise t of {c.a} − {c.b or '0'} (Fisher z) at layer {layer}, shown where "
                         f"q ≤ {data.q:g}; {note}."))
+    if data.ceiling is not None:
+        name = "map_noise-ceiling.png"
+        save_png(fig_mosaic(data.ceiling["voxel"], meta, f"noise ceiling ({data.ceiling.get('method', '')}), "
+                            "mean across subjects", "ceiling (r)"), rep / name)
+        figures.append((name, "Noise ceiling: the highest r a model could reach per voxel "
+                        f"({data.ceiling.get('formula', '')}); mean across subjects."))
     links = [("../roi_stats.csv", "roi_stats.csv — tidy ROI statistics, all contrasts and layers"),
              ("../stats.h5", "stats.h5 — group statistics"), ("../scores.h5", "scores.h5 — encoding scores")]
+    if (out / "roi_scores.csv").is_file() and data.ceiling is not None:
+        links.insert(1, ("../roi_scores.csv", "roi_scores.csv — mean r, noise ceiling and r / ceiling per ROI"))
+    if data.permutation is not None:
+        links.append(("../permutation.h5", "permutation.h5 — per-subject circular-shift permutation tests"))
     maps = sorted((out / "maps" / "group").glob("*.nii.gz"))
     links += [(f"../maps/group/{p.name}", f"maps/group/{p.name}") for p in maps]
     with atomic_path(rep / "index.html") as tmp:

@@ -12,7 +12,8 @@ Layout under ``data.root`` (default templates of config.py)::
 
 Planted ROIs (compact blobs): ``language`` (driven by language_only features), ``vision`` (vision_only),
 ``crossmodal`` (the part of joint features the unimodal/ablated ones cannot linearly predict), ``null_k``
-(nothing). Per voxel: BOLD = baseline + scale * (a * HRF * (Z @ w) + noise), with ``a`` set so that the
+(nothing). Per voxel: BOLD = baseline + scale * (a * HRF * (Z @ w) + noise), Z the per-run z-scored driver,
+w random weights in Z's top principal subspace, noise AR(1) + slow drift, and ``a`` set so that the
 noiseless signal correlates with the voxel's BOLD exactly at a target r drawn from simulate.effect_r.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,7 @@ PLANTED = {  # roi -> (driver, expected contrast (a, b); b None = a vs zero)
     "crossmodal": ("joint_residual", ("residual", None)),
 }
 AR1 = 0.3
+WEIGHT_RANK = 8        # voxel weights live in the driver's top principal subspace (learnable from few TRs)
 EPISODES_PER_SESSION = 2
 VOXEL_MM = 4.0
 
@@ -147,6 +150,8 @@ def write_mp4(path, frames: np.ndarray, fps: float, audio: np.ndarray, rate: int
                 vs.options = {"crf": "18", "preset": "veryfast"}
                 aus = c.add_stream("aac", rate=rate)
                 aus.layout = "mono"
+                aus.bit_rate = 64000
+                aus.options = {"aac_coder": "fast"}
                 for i, img in enumerate(frames):
                     f = av.VideoFrame.from_ndarray(img, format="rgb24")
                     f.pts = i
@@ -316,15 +321,17 @@ def planted_drivers(features: dict, layer: int) -> dict[str, list[np.ndarray]]:
 
 
 def scale_for_r(s: np.ndarray, n: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Per column a >= 0 such that corr(s, a * s + n) == r exactly (sample correlation over rows).
+    """Per column a (signed) such that corr(a * s, a * s + n) == r exactly (sample correlation over rows).
 
-    s, n: (T, V); r: (V,) in (0, 1). With S = |s|^2, N = |n|^2, c = <s, n> (centred):
-    a = (-c + r * sqrt((S N - c^2) / (1 - r^2))) / S.
+    s, n: (T, V); r: (V,) in (0, 1). With S = |s|^2, N = |n|^2, c = <s, n> (centred) and
+    q = r * sqrt((S N - c^2) / (1 - r^2)): a = (q - c) / S if that is positive, else -(q + c) / S
+    (flipping the sign of a voxel's weights, which are random anyway, keeps the correlation at +r).
     """
     s = s - s.mean(0)
     n = n - n.mean(0)
     S, N, c = (s * s).sum(0), (n * n).sum(0), (s * n).sum(0)
-    return (-c + r * np.sqrt(np.maximum(S * N - c * c, 0.0) / (1 - r * r))) / S
+    q = r * np.sqrt(np.maximum(S * N - c * c, 0.0) / (1 - r * r))
+    return np.where(q - c > 0, (q - c) / S, -(q + c) / S)
 
 
 def ar1_noise(n_trs: int, n_vox: int, rng, phi: float = AR1) -> np.ndarray:
@@ -357,6 +364,8 @@ def synthesize_bold(drivers: dict[str, list[np.ndarray]], roi_index: dict[str, n
                     tr: float, effect_r, rng) -> SimulatedBold:
     """BOLD for one subject: voxels of roi_index[name] follow HRF * (drivers[name] @ w) at a target r.
 
+    Each voxel's weights w are random (Gaussian) within the top WEIGHT_RANK principal directions of its
+    ROI's driver features (all runs pooled), so an encoding model can learn them from a short demo.
     drivers: {roi: per run (T_r, H)} (ROIs without drivers, e.g. nulls, get noise only); roi_index: {roi:
     int voxel indices}; effect_r: [lo, hi] range of the per-voxel target r. Deterministic given rng.
     """
@@ -372,7 +381,9 @@ def synthesize_bold(drivers: dict[str, list[np.ndarray]], roi_index: dict[str, n
         if name not in drivers:
             continue
         runs = drivers[name]
-        w = rng.standard_normal((runs[0].shape[1], len(idx))) / math.sqrt(runs[0].shape[1])
+        _, _, vt = np.linalg.svd(np.concatenate(runs), full_matrices=False)
+        k = min(WEIGHT_RANK, vt.shape[0])
+        w = vt[:k].T @ rng.standard_normal((k, len(idx))) / math.sqrt(k)
         raw = [np.apply_along_axis(lambda v: np.convolve(v, hrf)[:len(v)], 0, d @ w) for d in runs]
         r = rng.uniform(lo, hi, size=len(idx))
         a = scale_for_r(np.concatenate(raw), np.concatenate([n[:, idx] for n in noise]), r)
@@ -440,10 +451,11 @@ def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
     sim, b = cfg.simulate, cfg.data.bold
     tr = float(b.tr)
 
+    t0 = time.perf_counter()
     for i, ep in enumerate(cfg.data.episodes):
         write_episode_stimuli(cfg, ep, i)
-    log.info("simulate: wrote %d episodes of %d TRs to %s", len(cfg.data.episodes), sim.trs_per_run,
-             cfg.path(cfg.data.stimuli.video, episode="*").parent)
+    log.info("simulate: wrote %d episodes of %d TRs to %s in %.1f s", len(cfg.data.episodes), sim.trs_per_run,
+             cfg.path(cfg.data.stimuli.video, episode="*").parent, time.perf_counter() - t0)
 
     grid = [int(g) for g in sim.grid]
     if min(grid) < 4:
@@ -459,6 +471,7 @@ def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
     labels = labels3d[mask]
     roi_index = {n: np.flatnonzero(labels == k) for k, n in enumerate(names, start=1)}
 
+    t0 = time.perf_counter()
     if features is None:
         from .extract import extract_episode_features
         from .models import get_backbone
@@ -466,6 +479,9 @@ def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
         backbone = get_backbone(cfg.model, cfg.windows)
         features = {ep: extract_episode_features(cfg, ep, SIM_CONDITIONS, backbone=backbone)
                     for ep in cfg.data.episodes}
+        log.info("simulate: %s features of %d conditions in %.1f s", cfg.model.backbone, len(SIM_CONDITIONS),
+                 time.perf_counter() - t0)
+    t0 = time.perf_counter()
     for ep in cfg.data.episodes:
         n_win = features[ep]["joint"].shape[1]
         if n_win != sim.trs_per_run:
@@ -496,7 +512,8 @@ def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
         "episodes": list(cfg.data.episodes), "subjects": list(b.subjects), "effect_r": list(sim.effect_r),
         "conditions": SIM_CONDITIONS, "crossmodal_predictors": CROSSMODAL_PREDICTORS,
         "noise": {"ar1": AR1, "drift": "linear trend + slow cosine per run", "sd_percent_of_baseline": 1.0},
-        "hrf": "SPM canonical double gamma", "model": cfg.model.backbone, "config_hash": h,
+        "hrf": "SPM canonical double gamma", "weights": f"Gaussian in the driver's top {WEIGHT_RANK} principal "
+                                                         "directions, per voxel and subject", "model": cfg.model.backbone, "config_hash": h,
         "rois": [],
     }
     for k, n in enumerate(names, start=1):
@@ -510,5 +527,6 @@ def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
     _write_json(root / "truth.json", truth)
     with atomic_path(marker) as tmp:
         tmp.write_text(h + "\n" + json.dumps(provenance(cfg.text or None, "simulate"), default=str) + "\n")
-    log.info("simulate: %d subjects x %d runs of BOLD in %s", len(b.subjects), len(cfg.data.episodes), bold_dir)
+    log.info("simulate: %d subjects x %d runs of BOLD in %s in %.1f s", len(b.subjects), len(cfg.data.episodes),
+             bold_dir, time.perf_counter() - t0)
     return root

@@ -28,8 +28,26 @@ Root attrs: ``subjects``, ``feature_sets``, ``roi_names`` (string lists), ``laye
 ``contrasts``, ``contrast_a``, ``contrast_b`` (string lists, b = "" means "a vs zero"), ``q`` (float),
 ``test``, ``fdr``, ``scores_file``, ``scores_created`` (the ``created`` attr of the scores.h5 used),
 ``config_hash`` and the usual provenance attrs (config, git_commit, created, host, packages, ...).
-Each ``/roi/C`` and ``/voxel/C`` group carries attrs ``a``, ``b``. Groups ``/noise_ceiling`` and
-``/permutation`` are reserved for later stages. NaN marks elements with fewer than 2 usable subjects.
+Each ``/roi/C`` and ``/voxel/C`` group carries attrs ``a``, ``b``. The group ``/permutation`` is reserved
+(per-subject permutation tests live in permutation.h5, see brainalign.permutation). NaN marks elements with
+fewer than 2 usable subjects.
+
+Noise ceiling (``stats.noise_ceiling``: ``auto`` (default: ``isc`` when bold.h5 matches scores.h5, else none),
+``isc``, ``repeats`` or ``none``; formulas in brainalign.ceiling), written when a ceiling is computed:
+
+=================================  ============  ========  ===============================================
+/noise_ceiling/ceiling             (S, V)        float32   per-subject ceiling in r units
+/noise_ceiling/isc | ncsnr         (S, V)        float32   leave-one-subject-out ISC (isc) or NC-SNR (repeats)
+/noise_ceiling/roi_ceiling         (S, R)        float64   nan-mean of the ceiling over the ROI's voxels
+/noise_ceiling/roi_normalised      (S, F, L, R)  float64   /roi/mean_r / roi_ceiling (NaN: ceiling <= floor)
+/noise_ceiling/voxel_normalised    (F, L, V)     float32   nan-mean over subjects of r_mean / ceiling (NaN
+                                                           where the subject's ceiling <= floor)
+=================================  ============  ========  ===============================================
+
+attrs ``method`` (isc | repeats), ``formula``, ``floor``, ``spearman_brown`` (isc), ``n_avg`` (repeats).
+With a ceiling, ``roi_scores.csv`` (FS_COLUMNS: group mean r, its SEM, the group mean ceiling and the group
+mean of the per-subject normalised r per feature set, layer and ROI) and the map
+``maps/group/group_stat-ceiling_bold.nii.gz`` (3-D, subject-mean ceiling) are written too.
 """
 from __future__ import annotations
 
@@ -52,6 +70,8 @@ log = get_logger("stats")
 R_CLIP = 1.0 - 1e-7          # |r| is clipped to this before arctanh (z <= 8.4)
 CSV_COLUMNS = ("contrast", "a", "b", "layer", "roi", "n_subjects", "mean_dz", "ci_low", "ci_high",
                "t", "p", "q", "significant")
+FS_COLUMNS = ("feature_set", "layer", "roi", "n_subjects", "mean_r", "sem_r", "ceiling", "normalised_r",
+              "sem_normalised_r")
 ROI_STATS = ("t", "p", "q", "mean", "ci_low", "ci_high", "cohen_d")
 VOXEL_STATS = ("t", "p", "q", "mean")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -250,6 +270,123 @@ def unmask(values, mask):
     return vol
 
 
+# ---- noise ceiling -------------------------------------------------------------------------------
+
+@dataclass
+class Ceiling:
+    method: str                  # "isc" | "repeats"
+    ceiling: np.ndarray          # (S, V) float64, r units
+    raw_name: str                # "isc" | "ncsnr"
+    raw: np.ndarray              # (S, V) float64
+    attrs: dict
+
+
+def _ceiling_keys(cfg):
+    st = cfg.stats
+    method = getattr(st, "noise_ceiling", "auto") or "none"
+    if method not in ("auto", "isc", "repeats", "none"):
+        raise ConfigError(f"stats.noise_ceiling: expected one of 'auto', 'isc', 'repeats', 'none', got {method!r}")
+    return (method, float(getattr(st, "ceiling_floor", 0.1)), bool(getattr(st, "ceiling_spearman_brown", True)),
+            getattr(st, "noise_ceiling_repeats", None), int(getattr(st, "noise_ceiling_n_avg", 1)))
+
+
+def _isc_from_bold(cfg, meta: ScoresMeta, required: bool, spearman_brown: bool):
+    from .ceiling import loso_isc, spearman_brown_isc
+
+    bold_path = Path(cfg.output) / "bold.h5"
+    if not required and not is_complete(bold_path):
+        log.info("stats: no complete %s; no ISC noise ceiling (stats.noise_ceiling: auto)", bold_path)
+        return None
+    with open_h5(bold_path, "BOLD file (noise ceiling)", require=("runs", "bold")) as f:
+        subjects = read_str_attr(f, "subjects")
+        runs = f["runs"][()]
+        shapes = {s: f["bold"][f"sub-{s}"].shape if f"sub-{s}" in f["bold"] else None for s in meta.subjects}
+        mismatch = subjects != meta.subjects or any(sh != (len(runs), meta.n_voxels) for sh in shapes.values())
+        if mismatch:
+            msg = (f"{bold_path} does not match {meta.path} (subjects {subjects} vs {meta.subjects}, or voxel "
+                   f"count differs from {meta.n_voxels})")
+            if required:
+                raise DataError(msg + "; re-run align or set stats.noise_ceiling: none")
+            log.warning("stats: %s; no ISC noise ceiling", msg)
+            return None
+        if len(meta.subjects) < 2:
+            return None
+        isc = np.empty((len(meta.subjects), meta.n_voxels))
+        step = max(1, int(cfg.fit.chunk_voxels))
+        for a in range(0, meta.n_voxels, step):
+            b = min(a + step, meta.n_voxels)
+            Y = np.stack([f["bold"][f"sub-{s}"][:, a:b] for s in meta.subjects])
+            isc[:, a:b] = loso_isc(Y, runs)
+    S = len(meta.subjects)
+    ceiling = spearman_brown_isc(isc, S) if spearman_brown else np.where(isc > 0, isc, np.where(np.isnan(isc),
+                                                                                                   np.nan, 0.0))
+    formula = ("leave-one-subject-out ISC averaged over runs" + (
+        f", Spearman-Brown corrected: sqrt(rho), isc^2 = k rho^2 / (1 + (k-1) rho), k = {S - 1}"
+        if spearman_brown else ", uncorrected (ceiling = max(isc, 0))"))
+    return Ceiling("isc", ceiling, "isc", isc, {"formula": formula, "spearman_brown": int(spearman_brown),
+                                                "bold_file": str(bold_path)})
+
+
+def _ceiling_from_repeats(cfg, meta: ScoresMeta, template, n_avg: int):
+    from .ceiling import ceiling_from_ncsnr, ncsnr
+
+    if not template:
+        raise ConfigError("stats.noise_ceiling: repeats needs stats.noise_ceiling_repeats (an HDF5 path per "
+                          "subject, {subject} placeholder, holding /repeats (n_rep, n_trs, n_voxels))")
+    snr = np.empty((len(meta.subjects), meta.n_voxels))
+    for si, s in enumerate(meta.subjects):
+        path = cfg.path(template, subject=s)
+        with open_h5(path, f"noise-ceiling repeats of sub-{s}", require=("repeats",)) as f:
+            shape = f["repeats"].shape
+            if len(shape) != 3 or shape[2] != meta.n_voxels:
+                raise DataError(f"{path}: /repeats has shape {shape}, expected (n_rep, n_trs, {meta.n_voxels}) "
+                                "in the voxel order of bold.h5")
+            reps = f["repeats"][()]
+        if not np.isfinite(reps).all():
+            raise DataError(f"{path}: /repeats contains NaN/inf")
+        snr[si] = ncsnr(reps)["ncsnr"]
+    formula = (f"NC-SNR (Allen et al. 2022): ceiling = sqrt(ncsnr^2 / (ncsnr^2 + 1/n_avg)), n_avg = {n_avg}")
+    return Ceiling("repeats", ceiling_from_ncsnr(snr, n_avg), "ncsnr", snr,
+                   {"formula": formula, "n_avg": n_avg, "repeats_files": str(template)})
+
+
+def compute_ceiling(cfg, meta: ScoresMeta) -> Optional[Ceiling]:
+    """The noise ceiling chosen by ``stats.noise_ceiling`` (None when off or, for ``auto``, unavailable)."""
+    method, floor, sb, template, n_avg = _ceiling_keys(cfg)
+    if method == "none":
+        return None
+    if method == "repeats":
+        c = _ceiling_from_repeats(cfg, meta, template, n_avg)
+    else:
+        c = _isc_from_bold(cfg, meta, required=method == "isc", spearman_brown=sb)
+    if c is not None:
+        c.attrs["floor"] = floor
+    return c
+
+
+def write_fs_csv(path, rows):
+    """roi_scores.csv with FS_COLUMNS, written atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(FS_COLUMNS)
+    for row in rows:
+        w.writerow([_fmt(row[k]) for k in FS_COLUMNS])
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(buf.getvalue())
+    return Path(path)
+
+
+def _mean_sem(x):
+    """nan-mean and SEM over axis 0 (NaN with < 1 / < 2 finite values) and the finite count."""
+    ok = np.isfinite(x)
+    n = ok.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(ok, x, 0.0).sum(axis=0) / n
+        var = np.where(ok, x - mean, 0.0) ** 2
+        sem = np.sqrt(var.sum(axis=0) / (n - 1) / n)
+    return mean, np.where(n > 1, sem, np.nan), n
+
+
 # ---- the stage -----------------------------------------------------------------------------------
 
 def _significant(q, q_level):
@@ -272,11 +409,13 @@ def write_roi_csv(path, rows):
     return Path(path)
 
 
-def map_paths(out, feature_sets, contrasts) -> list[Path]:
-    """The group NIfTI maps run_stats writes (4-D float32, last axis = layer, NaN outside the mask)."""
+def map_paths(out, feature_sets, contrasts, ceiling: bool = False) -> list[Path]:
+    """The group NIfTI maps run_stats writes (4-D float32, last axis = layer, NaN outside the mask), then
+    (with a noise ceiling) the 3-D subject-mean ceiling map."""
     d = Path(out) / "maps" / "group"
     return ([d / f"group_feat-{_safe(fs)}_stat-r_bold.nii.gz" for fs in feature_sets]
-            + [d / f"group_contrast-{c}_stat-{k}_bold.nii.gz" for c in contrasts for k in ("t", "q")])
+            + [d / f"group_contrast-{c}_stat-{k}_bold.nii.gz" for c in contrasts for k in ("t", "q")]
+            + ([d / "group_stat-ceiling_bold.nii.gz"] if ceiling else []))
 
 
 def _up_to_date(cfg, stats_path, scores_created) -> bool:
@@ -287,14 +426,18 @@ def _up_to_date(cfg, stats_path, scores_created) -> bool:
     with open_h5(stats_path, "stats file") as g:
         if g.attrs.get("config_hash") != config_hash(cfg) or g.attrs.get("scores_created") != scores_created:
             return False
-        maps = map_paths(cfg.output, read_str_attr(g, "feature_sets"), read_str_attr(g, "contrasts"))
+        maps = map_paths(cfg.output, read_str_attr(g, "feature_sets"), read_str_attr(g, "contrasts"),
+                         "noise_ceiling" in g)
+        if "noise_ceiling" in g and not (Path(cfg.output) / "roi_scores.csv").is_file():
+            return False
     return all(p.is_file() for p in maps)
 
 
 def run_stats(cfg, force: bool = False) -> Path:
     """The ``stats`` stage: scores.h5 -> stats.h5 (layout in this module's docstring), roi_stats.csv and
-    the group maps of ``map_paths``. Skipped when stats.h5 is complete for this config and this scores.h5
-    (unless ``force``). Returns the stats.h5 path."""
+    the group maps of ``map_paths`` (+ roi_scores.csv with a noise ceiling; + permutation.h5 when
+    ``stats.permutations`` > 0, see brainalign.permutation). Skipped when stats.h5 is complete for this
+    config and this scores.h5 (unless ``force``). Returns the stats.h5 path."""
     from .brain.volumes import write_nifti
     from .pipeline import config_hash
 
@@ -302,6 +445,10 @@ def run_stats(cfg, force: bool = False) -> Path:
     scores_path = out / "scores.h5"
     stats_path = out / "stats.h5"
     q_level = float(cfg.stats.q)
+    if int(getattr(cfg.stats, "permutations", 0) or 0) > 0:
+        from .permutation import run_permutation
+
+        run_permutation(cfg, force=force)        # per-subject tests -> permutation.h5 (skipped when complete)
     with open_h5(scores_path, "scores file", require=("r_mean", "mask", "roi_labels")) as f:
         meta = read_scores_meta(f, scores_path)
         scores_created = str(f.attrs.get("created", ""))
@@ -317,6 +464,9 @@ def run_stats(cfg, force: bool = False) -> Path:
             log.warning("stats.contrasts is empty: writing group means only")
         log.info("stats: %d subjects, %d feature sets, %d layers, %d voxels, %d ROIs, %d contrasts",
                  S, F, L, V, R, len(contrasts))
+        ceil = compute_ceiling(cfg, meta)
+        floor = float(ceil.attrs["floor"]) if ceil is not None else 0.0
+        vox_norm = np.empty((F, L, V), dtype=np.float32) if ceil is not None else None
         roi_r = np.empty((S, F, L, R))
         vox_mean_r = np.empty((F, L, V), dtype=np.float32)
         vox = {c.name: {k: np.empty((L, V), dtype=np.float32) for k in VOXEL_STATS} for c in contrasts}
@@ -327,6 +477,10 @@ def run_stats(cfg, force: bool = False) -> Path:
                 ok = np.isfinite(rm)
                 cnt = ok.sum(axis=0)
                 vox_mean_r[:, li, :] = np.where(cnt > 0, np.where(ok, rm, 0).sum(axis=0) / cnt, np.nan)
+            if ceil is not None:
+                from .ceiling import normalise
+
+                vox_norm[:, li, :] = _mean_sem(normalise(rm, ceil.ceiling[:, None, :], floor))[0]
             z = fisher_z(rm)
             for c in contrasts:
                 d = z[:, c.ia] - (z[:, c.ib] if c.ib is not None else 0.0)
@@ -358,12 +512,31 @@ def run_stats(cfg, force: bool = False) -> Path:
                              "t": res["t"][li, ri], "p": res["p"][li, ri], "q": res["q"][li, ri],
                              "significant": int(res["significant"][li, ri])})
     write_roi_csv(out / "roi_stats.csv", rows)
+    if ceil is not None:
+        from .ceiling import normalise
+
+        roi_ceil = roi_means(ceil.ceiling, meta.roi_labels, meta.roi_ids)                 # (S, R)
+        roi_norm = normalise(roi_r, roi_ceil[:, None, None, :], floor)                   # (S, F, L, R)
+        m_r, s_r, n_r = _mean_sem(roi_r)
+        m_n, s_n, _ = _mean_sem(roi_norm)
+        m_c = _mean_sem(roi_ceil)[0]
+        write_fs_csv(out / "roi_scores.csv", [
+            {"feature_set": fs, "layer": layer, "roi": name, "n_subjects": int(n_r[fi, li, ri]),
+             "mean_r": m_r[fi, li, ri], "sem_r": s_r[fi, li, ri], "ceiling": m_c[ri],
+             "normalised_r": m_n[fi, li, ri], "sem_normalised_r": s_n[fi, li, ri]}
+            for fi, fs in enumerate(meta.feature_sets) for li, layer in enumerate(meta.layers)
+            for ri, name in enumerate(meta.roi_names)])
 
     vols = [(vox_mean_r[fi], f"group mean r {fs}") for fi, fs in enumerate(meta.feature_sets)]
     vols += [(vox[c.name][k], f"{c.name} {k}") for c in contrasts for k in ("t", "q")]
-    for path, (values, what) in zip(map_paths(out, meta.feature_sets, [c.name for c in contrasts]), vols):
-        descrip = f"{what}; axis 4 = layers {','.join(map(str, meta.layers))}"[:79]
-        write_nifti(path, unmask(values.T, meta.mask), meta.affine, extra_header={"descrip": descrip})
+    if ceil is not None:
+        vols.append((_mean_sem(ceil.ceiling)[0].astype(np.float32)[None], f"subject-mean noise ceiling ({ceil.method})"))
+    for path, (values, what) in zip(map_paths(out, meta.feature_sets, [c.name for c in contrasts], ceil is not None),
+                                    vols):
+        descrip = (f"{what}; axis 4 = layers {','.join(map(str, meta.layers))}" if values.shape[0] == L
+                   and "ceiling" not in what else what)[:79]
+        vol = unmask(values.T, meta.mask)
+        write_nifti(path, vol[..., 0] if "ceiling" in what else vol, meta.affine, extra_header={"descrip": descrip})
     extra = {"config_hash": config_hash(cfg), "scores_created": scores_created}
     with atomic_h5(stats_path, "stats", cfg.text, extra) as g:
         g.attrs["subjects"] = str_attr(meta.subjects)
@@ -396,6 +569,18 @@ def run_stats(cfg, force: bool = False) -> Path:
             gr.create_dataset("significant", data=res["significant"])
             for k, arr in vox[c.name].items():
                 gv.create_dataset(k, data=arr, compression="gzip", shuffle=True, chunks=True)
+
+        if ceil is not None:
+            gc = g.create_group("noise_ceiling")
+            gc.attrs["method"] = ceil.method
+            for k, v in ceil.attrs.items():
+                gc.attrs[k] = v
+            kw = dict(compression="gzip", shuffle=True, chunks=True)
+            gc.create_dataset("ceiling", data=ceil.ceiling.astype(np.float32), **kw)
+            gc.create_dataset(ceil.raw_name, data=ceil.raw.astype(np.float32), **kw)
+            gc.create_dataset("roi_ceiling", data=roi_ceil)
+            gc.create_dataset("roi_normalised", data=roi_norm)
+            gc.create_dataset("voxel_normalised", data=vox_norm, **kw)
 
     n_sig = {c.name: int(roi[c.name]["significant"].sum()) for c in contrasts}
     log.info("stats: wrote %s, %s and %d maps; significant ROI x layer cells per contrast: %s", stats_path,

@@ -1,7 +1,9 @@
 """Which processes share a fit: MPI launcher detection and a communicator (MPI or one local process).
 
 mpi4py is imported only when a launcher started us (``mpiexec``/``mpirun``: PMI_SIZE, OMPI_COMM_WORLD_SIZE,
-PMIX_RANK; ``srun -n N``: SLURM_STEP_NUM_TASKS > 1) or when ``fit.mpi: on``; a plain run needs no MPI.
+PMIX_RANK; ``srun -n N``: SLURM_STEP_NUM_TASKS > 1) or when the mode is ``on``; a plain run needs no MPI.
+The mode comes from the environment variable BRAINALIGN_MPI (auto | on | off; default auto), so that it
+never changes the config hash that the shards and scores.h5 are keyed by.
 """
 from __future__ import annotations
 
@@ -51,18 +53,18 @@ def world(mode: str = "auto"):
     redo the whole fit), and ConfigError for an unknown mode or ``on`` without mpi4py.
     """
     if mode not in MODES:
-        raise ConfigError(f"fit.mpi: expected one of {', '.join(MODES)}, got {mode!r}")
+        raise ConfigError(f"BRAINALIGN_MPI (fit.mpi): expected one of {', '.join(MODES)}, got {mode!r}")
     n = launcher_size()
     if mode == "off" or (mode == "auto" and (n is None or n == 1)):
         return LocalComm()
     try:
         from mpi4py import MPI
     except ImportError:
-        raise ConfigError("fit.mpi: running under an MPI launcher (or fit.mpi=on) but mpi4py is not installed "
+        raise ConfigError("running under an MPI launcher (or BRAINALIGN_MPI=on) but mpi4py is not installed "
                           "(pip install 'brainalign[mpi]')") from None
     comm = MPI.COMM_WORLD
     if comm.Get_size() == 1 and n and n > 1:
         raise BrainAlignError(
             f"launched as one of {n} tasks but MPI sees a single process, so every task would redo the whole "
-            "fit (under srun use --mpi=pmi2 with the MPICH wheel, or run with fit.mpi=off)")
+            "fit (under srun use --mpi=pmi2 with the MPICH wheel, or set BRAINALIGN_MPI=off)")
     return comm if comm.Get_size() > 1 else LocalComm()

@@ -130,6 +130,8 @@ class Plan:
         ]
         subs = []
         for key, prefix in self.launch.items():
+            if any(shlex.join(prefix) == a for a, _ in subs):
+                continue
             if any(c[:len(prefix)] == prefix for j in self.jobs for t in j.tasks for c in t):
                 lines.append(f"  {key:<8} = {shlex.join(prefix)}")
                 subs.append((shlex.join(prefix), "$" + key))
@@ -211,6 +213,18 @@ def _mpiexec() -> Optional[str]:
     return str(here) if here.exists() else shutil.which("mpiexec")
 
 
+def complete_episodes(cfg, cwd: Path) -> list[str]:
+    """Episodes whose extraction shard is complete for this config (paths resolved in ``cwd``)."""
+    from ..extract import shard_status
+
+    here = Path.cwd()
+    try:
+        os.chdir(cwd)
+        return [e for e in cfg.data.episodes if shard_status(cfg, e) == "complete"]
+    finally:
+        os.chdir(here)
+
+
 def build_plan(cfg, profile: Profile, cluster: str = "slurm", *, config_path, folder, force: bool = False,
                cwd=None, git_commit: str = "unknown") -> Plan:
     """The jobs for ``cfg.pipeline`` on ``cluster`` with ``profile``'s resources (nothing is written)."""
@@ -247,6 +261,14 @@ def build_plan(cfg, profile: Profile, cluster: str = "slurm", *, config_path, fo
         if stage == "extract":
             per = res.episodes_per_task
             eps = list(cfg.data.episodes)
+            if not force and "simulate" not in order:   # resume: complete shards need no array task
+                done = complete_episodes(cfg, cwd)
+                if done:
+                    notes.append(f"extract: {len(done)} of {len(eps)} episode shards are complete for this "
+                                 f"config and are kept ({', '.join(done)})")
+                eps = [e for e in eps if e not in done]
+                if not eps:
+                    continue
             groups = [eps[i:i + per] for i in range(0, len(eps), per)]
             tasks = [[cmd(stage, ["extract", conf, "--episodes", *g] + force_arg, gpus)] for g in groups]
             jobs.append(PlannedJob("extract", stage, tasks, res, after, episodes=groups,

@@ -10,6 +10,8 @@ completion records of the units it holds. Layout (n units, S subjects, W = chunk
 - ``/r``, ``/alpha`` float32 (n, S, W)   per-subject values; columns >= stop - start are NaN padding
 - attrs: ``config_hash``, ``layout`` (JSON of the output geometry), ``epoch``, ``rank``, ``part`` + provenance
 
+At the end of its work each rank merges its parts of the epoch into one file (:func:`compact`), and the
+assembly merges leftovers of killed attempts, so ``scores.h5`` rests on about ranks x attempts files.
 A shard whose ``config_hash`` or ``layout`` differ from the current fit is stale and ignored (and removed
 by the next fit); a unit found in two shards is taken from the first by file name (identical values).
 """
@@ -85,7 +87,68 @@ class ShardWriter:
         self._buf = []
         return path
 
-    close = flush
+    def close(self):
+        """Write the buffered units, then merge this rank's parts of this epoch into one file."""
+        self.flush()
+        if len(self.written) > 1:
+            self.written = [compact(self.written, self.attrs, self.config_text, self.stage)]
+
+
+def parse_name(name):
+    """(epoch, rank, part) of a shard file name, or None."""
+    m = _NAME.match(name)
+    return None if m is None else tuple(int(g) for g in m.groups())
+
+
+def compact(files, attrs, config_text=None, stage="fit-shard"):
+    """Merge complete shard parts of one (epoch, rank) into one part numbered after them; remove the inputs.
+
+    HDF5 opens every source file a virtual-dataset read touches at once, and a source it cannot open
+    (e.g. past the open-file limit) silently reads as the fill value; so scores.h5 must rest on few files.
+    Killed between the rename and the removals, the units exist twice with equal values (harmless).
+    """
+    files = sorted(Path(p) for p in files)
+    keys = {parse_name(p.name)[:2] for p in files}
+    if len(keys) != 1:
+        raise ValueError(f"compact: parts of several (epoch, rank) pairs: {sorted(keys)}")
+    (epoch, rank), = keys
+    part = max(parse_name(p.name)[2] for p in files) + 1
+    sizes = []
+    for p in files:
+        with h5py.File(p, "r") as g:
+            sizes.append((g["r"].shape, g["units"].shape[1]))
+    (_, S, W), k = sizes[0]
+    n = sum(sh[0] for sh, _ in sizes)
+    path = files[0].parent / shard_name(epoch, rank, part)
+    extra = dict(attrs, epoch=str(epoch), rank=str(rank), part=str(part), compacted_from=str(len(files)))
+    with atomic_h5(path, stage, config_text, extra) as f:
+        units = f.create_dataset("units", (n, k), np.int32)
+        voxels = f.create_dataset("voxels", (n, 2), np.int64)
+        r = f.create_dataset("r", (n, S, W), np.float32)
+        alpha = f.create_dataset("alpha", (n, S, W), np.float32)
+        o = 0
+        for p in files:
+            with h5py.File(p, "r") as g:
+                m = g["units"].shape[0]
+                for dst, name in ((units, "units"), (voxels, "voxels"), (r, "r"), (alpha, "alpha")):
+                    dst[o:o + m] = g[name][()]
+                o += m
+    remove(files)
+    log.debug("compacted %d parts into %s", len(files), path.name)
+    return path
+
+
+def compact_all(scan: "ShardScan", attrs, config_text=None, stage="fit-shard"):
+    """Compact every (epoch, rank) of ``scan.files`` that has several parts; True if anything changed."""
+    groups: dict = {}
+    for p in scan.files:
+        groups.setdefault(parse_name(p.name)[:2], []).append(p)
+    changed = False
+    for files in groups.values():
+        if len(files) > 1:
+            compact(files, attrs, config_text, stage)
+            changed = True
+    return changed
 
 
 @dataclass(frozen=True)

@@ -190,9 +190,15 @@ class TinyMultimodal(nn.Module):
         return x + sinusoid(x.shape[1], self.spec.hidden, x.device)[None] + self.type_embed[TYPE_AUDIO]
 
     def forward(self, frames=None, ids=None, wave=None, sample_rate=None, batch=None) -> TinyOutput:
-        """Run the modalities given (None = absent). Returns every layer's hidden states and masks."""
-        parts = [(frames, TYPE_VISION), (ids, TYPE_LANGUAGE), (wave, TYPE_AUDIO)]
-        b = batch if batch is not None else next(x.shape[0] for x, _ in parts if x is not None)
+        """Run the modalities given (None = absent) and return every layer's hidden states and masks.
+
+        frames uint8 (B, F, S, S, 3); ids int64 (B, W), PAD-padded; wave float32 (B, n_samples) at
+        ``sample_rate``. Sequence order: CLS, vision, words, audio.
+        """
+        given = [x for x in (frames, ids, wave) if x is not None]
+        if batch is None and not given:
+            raise ValueError("TinyMultimodal: pass batch= when no modality is given (a CLS-only run)")
+        b = batch if batch is not None else given[0].shape[0]
         dev = self.type_embed.device
         cls = (self.tok_embed.weight[CLS] + self.type_embed[TYPE_CLS]).expand(b, 1, -1)
         seq, valid, types = [cls], [torch.ones(b, 1, dtype=torch.bool, device=dev)], [TYPE_CLS]

@@ -2,7 +2,8 @@
 
 After the GEMM ``P = (M * d_a) @ Z`` for one alpha, scoring needs ``sum_i P_ij^2`` and
 ``sum_i P_ij * Y_ij`` per column j. ``colsums2`` computes both in ONE read of P and Y (one thread
-per column, rows walked in order so neighbouring threads read neighbouring addresses: coalesced),
+per column, rows walked in order so neighbouring threads read neighbouring addresses: coalesced;
+float64 accumulators),
 instead of materialising ``P * P`` and ``P * Y``. Nothing is compiled until first use, so importing
 this module without a GPU is harmless.
 """
@@ -18,14 +19,14 @@ __device__ void colsums2_impl(const T* __restrict__ P, const T* __restrict__ Y,
                               const long long ldp, const long long ldy) {
     long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= v) return;
-    T a = 0, b = 0;
+    double a = 0, b = 0;  // accumulate in double: n can be thousands of rows
     for (long long i = 0; i < n; ++i) {
-        T p = P[i * ldp + j];
+        double p = (double)P[i * ldp + j];
         a += p * p;
-        b += p * Y[i * ldy + j];
+        b += p * (double)Y[i * ldy + j];
     }
-    pp[j] = a;
-    py[j] = b;
+    pp[j] = (T)a;
+    py[j] = (T)b;
 }
 extern "C" __global__ void colsums2_f32(const float* P, const float* Y, float* pp, float* py,
                                         long long n, long long v, long long ldp, long long ldy) {

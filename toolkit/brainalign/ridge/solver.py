@@ -42,11 +42,12 @@ METHODS = ("eigh", "svd")
 _RUN_LIMIT = 4  # at most this many contiguous row runs are used as slices; more -> one gather
 
 
-def factorize(B, Xc, method="eigh"):
+def factorize(B, Xc, method="eigh", gram=None):
     """Thin rank-truncated factorisation of a centred float64 design ``Xc`` (n, p) on backend ``B``.
 
     Returns ``U`` (n, r) orthonormal, ``s`` (r,) numpy float64 > 0, ``V`` (p, r) orthonormal with
     ``Xc ~= U diag(s) V^T``. Row order of the components is irrelevant to the solver.
+    ``gram`` optionally supplies ``Xc^T Xc`` (p <= n only), e.g. downdated from a larger Gram matrix.
     """
     n, p = Xc.shape
     eps = np.finfo(np.float64).eps
@@ -56,7 +57,8 @@ def factorize(B, Xc, method="eigh"):
         keep_np = s_np > (s_np.max() if s_np.size else 0.0) * max(n, p) * eps
         keep = B.index(np.flatnonzero(keep_np))
         return U[:, keep], s_np[keep_np], Vt[keep].T
-    gram = Xc.T @ Xc if p <= n else Xc @ Xc.T
+    if gram is None or p > n:
+        gram = Xc.T @ Xc if p <= n else Xc @ Xc.T
     lam, vecs = B.eigh(gram)
     lam_np = B.to_numpy(lam).astype(np.float64)
     keep_np = lam_np > (lam_np.max() if lam_np.size else 0.0) * max(n, p) * eps
@@ -116,11 +118,13 @@ class _Factors:
     """X-only quantities of one training set: left factor, evaluation map, shrinkage table."""
 
     def __init__(self, B, Xtr, Xev, alphas, method, dtype, center_eval, normalize, keep_v=False,
-                 tr_idx=None, ev_idx=None, label="training set"):
+                 tr_idx=None, ev_idx=None, label="training set", gram=None):
         n, p = Xtr.shape
         mu = Xtr.mean(0)
         Xc = Xtr - mu
-        U, s, V = factorize(B, Xc, method)
+        if gram is not None:  # gram holds the UNcentred X^T X of these rows (X globally centred)
+            gram = gram - n * (mu[:, None] * mu[None, :])
+        U, s, V = factorize(B, Xc, method, gram=gram)
         if s.size == 0:
             raise DataError(f"X ({label}, shape {tuple(Xtr.shape)}): every feature is constant; "
                             "nothing to fit")
@@ -203,19 +207,31 @@ class FoldSolver:
             raise DataError("X_test has 1 row; Pearson r needs at least 2 test rows")
         self.splits = check_splits(inner_splits, self.n_train)
         self.targets_batch = int(targets_batch) if targets_batch else 2048
-        X64 = B.asarray(Xtr, "float64")
+        # Centre X once globally (float64): fold means are then small corrections, so Gram
+        # matrices can be downdated (X^T X - X_val^T X_val) without cancellation.
+        shift = Xtr.mean(0, dtype=np.float64)
+        X64 = B.asarray(np.asarray(Xtr, dtype=np.float64) - shift, "float64")
+        p = self.n_features
+        use_gram = method == "eigh" and p <= self.n_train
+        S_all = X64.T @ X64 if use_gram else None
         normalize = scoring == "r"
         self.folds = []
         for k, (tr, va) in enumerate(self.splits):
             gtr, gva = B.index(tr), B.index(va)
-            self.folds.append(_Factors(B, X64[gtr], X64[gva], self.alphas, method, self.dtype,
+            Xva = X64[gva]
+            gram = None
+            if use_gram and p <= tr.size and va.size < tr.size and np.unique(tr).size == tr.size \
+                    and np.intersect1d(tr, va).size == 0 and tr.size + va.size == self.n_train:
+                gram = S_all - Xva.T @ Xva   # exact when (train, val) partition the rows
+            self.folds.append(_Factors(B, X64[gtr], Xva, self.alphas, method, self.dtype,
                                        center_eval=normalize, normalize=normalize,
-                                       tr_idx=tr, ev_idx=va, label=f"inner fold {k} train rows"))
-        Xte64 = None if Xte is None else B.asarray(Xte, "float64")
+                                       tr_idx=tr, ev_idx=va, label=f"inner fold {k} train rows",
+                                       gram=gram))
+        Xte64 = None if Xte is None else B.asarray(np.asarray(Xte, dtype=np.float64) - shift, "float64")
         self.full = _Factors(B, X64, Xte64, self.alphas, method, self.dtype, center_eval=True,
-                             normalize=False, keep_v=keep_coef, label="X_train")
+                             normalize=False, keep_v=keep_coef, label="X_train", gram=S_all)
         self._order = np.argsort(-self.alphas, kind="stable")  # tie -> largest alpha
-        self._mu_x = B.to_numpy(self.full.mu_x)
+        self._mu_x = B.to_numpy(self.full.mu_x) + shift
 
     # ------------------------------------------------------------------ public per-chunk API
     def score_chunk(self, Y_train, Y_test):
@@ -228,6 +244,19 @@ class FoldSolver:
     def fit_chunk(self, Y_train, Y_test=None, want_coef=True):
         """Like :meth:`score_chunk` but also returns coefficients (needs ``keep_coef=True``)."""
         return self._run(Y_train, Y_test, want_coef=want_coef)
+
+    def flops_per_target(self, with_test=True):
+        """Floating-point operations of the per-chunk GEMMs for one target (for benchmarks):
+        per inner fold ``2 r n_tr`` (U^T Y) + ``n_alphas * 2 n_val r`` (scoring), then the refit
+        ``2 r n_train`` + ``2 n_test r``."""
+        A = self.alphas.size
+        total = 0
+        for f in self.folds:
+            total += 2 * f.rank * f.tr.n + A * 2 * f.ev.n * f.rank
+        total += 2 * self.full.rank * self.n_train
+        if with_test and self.n_test:
+            total += 2 * self.n_test * self.full.rank
+        return float(total)
 
     # ------------------------------------------------------------------ internals
     def _run(self, Y_train, Y_test, want_coef):
@@ -320,7 +349,7 @@ class FoldSolver:
         vb = Yt.shape[1]
         acc = B.zeros((A, vb), "float64")
         cnt = B.zeros((A, vb), "float64")
-        buf = None
+        buf = pbuf = None
         for f in self.folds:
             W = f.tr.left_gemm(f.UT, Yt)                  # (r, vb) = U^T Y_tr
             sum_va = f.ev.colsum(Yt)
@@ -338,9 +367,11 @@ class FoldSolver:
                 target = Yv                                 # P is centred, so sum(P*Yv) = sum(P*Yvc)
             if buf is None or buf.shape != f.M.shape:
                 buf = B.zeros(f.M.shape, dt)
+            if pbuf is None or pbuf.shape != (f.M.shape[0], vb):
+                pbuf = B.zeros((f.M.shape[0], vb), dt)   # reused: no page faults per GEMM
             for a in range(A):
                 B.xp.multiply(f.M, f.D[a], out=buf)
-                P = buf @ W                                 # (n_val, vb) predictions for this alpha
+                P = B.xp.matmul(buf, W, out=pbuf)           # (n_val, vb) predictions, this alpha
                 pp, py = B.colsums2(P, target)
                 pp = B.cast(pp, "float64")
                 py = B.cast(py, "float64")

@@ -1,8 +1,8 @@
 """Mono audio at a requested sample rate, from a wav file or any container's audio track (PyAV).
 
-Sample 0 of the result is t = 0 s on the container's presentation timeline. Decoded frames are placed by
-their pts, so encoder priming (AAC) or a late-starting track is handled: samples before t = 0 are dropped,
-a track starting after t = 0 is zero-padded in front.
+Sample 0 of the result is t = 0 s on the container's presentation timeline. A container's track is decoded
+and resampled as one stream placed by its first frame's pts, so encoder priming (AAC, negative pts) is
+dropped and a track starting after t = 0 is zero-padded in front. (Gaps inside a track are not re-timed.)
 """
 from __future__ import annotations
 

@@ -175,7 +175,8 @@ def infer_config(flat: dict, src="<params>", **overrides) -> MerlotConfig:
                  joint_num_layers=_n_layers(flat, "joint_transformer"),
                  vit_num_layers=_n_layers(flat, "vision_encoder/transformer"),
                  audio_num_layers=_n_layers(flat, "audio_encoder/transformer"),
-                 span_num_layers=_n_layers(flat, "span_encoder/transformer"))
+                 span_num_layers=_n_layers(flat, "span_encoder/transformer"),
+                 joint_head="head/kernel" in flat, qa_head="proj/kernel" in flat)
     sizes.update(overrides)
     try:
         return MerlotConfig(**sizes)

@@ -17,7 +17,8 @@ Components (B = batch of windows):
   tokens], 4-D rotary coordinates (h, w, segment/16, token index/1024).
 * ``span_encoder``: 4-layer transformer with CLS over text spans (rotary coordinates 1..L / 16).
 * ``head`` (the original's ``joint_proj``) and ``contrastive_scales``: pretraining heads, loaded but not
-  used by :meth:`MerlotReserve.forward`.
+  used by :meth:`MerlotReserve.forward`; ``proj`` (H -> 1): the TVQA fine-tuning scorer (fine-tuned
+  checkpoints have ``proj`` and lack ``head`` and ``span_encoder``).
 
 Every transformer: LayerNorm eps 1e-5, pre-LN blocks (x += attn(LN(x)); x += mlp(LN(x))), a LayerNorm
 on the embeddings (``pre_ln``) and one after the last block (``final_ln``), MLP expansion 4 with the
@@ -68,6 +69,8 @@ class MerlotConfig:
     size_per_head: int = 64
     rotary_hsize: int = 32
     expansion_mult: int = 4
+    joint_head: bool = True         # the pretraining projection 'head' (absent in the TVQA/VCR fine-tuned files)
+    qa_head: bool = False           # the TVQA fine-tuning scorer 'proj' (H -> 1, no bias)
 
     def __post_init__(self):
         object.__setattr__(self, "output_grid", tuple(int(v) for v in self.output_grid))
@@ -152,18 +155,29 @@ def rotary_sinusoids(coords: torch.Tensor, rotary_hsize: int, max_freq: float = 
     return sinus.repeat_interleave(2, dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, sinusoids: torch.Tensor) -> torch.Tensor:
-    """The original's rotary map on (B, L, heads, d) queries/keys; sinusoids (2, L, R) or (B, 2, L, R).
+def rotary_factor(sinusoids: torch.Tensor, size_per_head: int) -> torch.Tensor:
+    """The original's rotary map as a per-dim multiplier (..., L, 1, size_per_head) for (..., L, heads, d).
 
-    Elementwise: first R dims x_j -> x_j * (sin_j + s_j cos_j) with s_j = -1 for even j, +1 for odd j.
+    First R = rotary_hsize dims: sin + s_j cos with s_j = -1 for even j, +1 for odd j; the rest: 1.
     """
     r = sinusoids.shape[-1]
     cos_t = sinusoids[..., 0, :, None, :]
     sin_t = sinusoids[..., 1, :, None, :]
-    sign = torch.ones(r, dtype=x.dtype, device=x.device)
+    sign = torch.ones(r, dtype=sinusoids.dtype, device=sinusoids.device)
     sign[0::2] = -1.0
-    factor = (sin_t + sign * cos_t).to(x.dtype)
-    return torch.cat([x[..., :r] * factor, x[..., r:]], dim=-1)
+    factor = sin_t + sign * cos_t
+    if size_per_head > r:
+        factor = torch.cat([factor, factor.new_ones(*factor.shape[:-1], size_per_head - r)], dim=-1)
+    return factor
+
+
+def apply_rotary(x: torch.Tensor, sinusoids: torch.Tensor) -> torch.Tensor:
+    """The original's rotary map on (B, L, heads, d) queries/keys; sinusoids (2, L, R) or (B, 2, L, R).
+
+    Elementwise: first R dims x_j -> x_j * (sin_j + s_j cos_j) with s_j = -1 for even j, +1 for odd j
+    (the original's ``x * cos + [-x0, x1, -x2, ...] * sin`` with its names swapped); other dims unchanged.
+    """
+    return x * rotary_factor(sinusoids, x.shape[-1]).to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------------- building blocks
@@ -186,11 +200,14 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.attn_proj = nn.Linear(hidden, hidden, bias=False)
 
-    def forward(self, x, sinusoids=None, bias=None):
+    def forward(self, x, rot=None, bias=None):
+        """x (..., L, H); rot: rotary multiplier (..., L, 1, d) from :func:`rotary_factor`; bias (..., 1, L, L)."""
         *lead, n, _ = x.shape
-        q, k, v = self.qkv(x).view(*lead, n, 3 * self.heads, self.d).split(self.heads, dim=-2)
-        if sinusoids is not None:
-            q, k = apply_rotary(q, sinusoids), apply_rotary(k, sinusoids)
+        qkv = self.qkv(x).view(*lead, n, 3 * self.heads, self.d)
+        qk, v = qkv[..., :2 * self.heads, :], qkv[..., 2 * self.heads:, :]
+        if rot is not None:
+            qk = qk * rot.to(qk.dtype)
+        q, k = qk.split(self.heads, dim=-2)
         o = F.scaled_dot_product_attention(q.transpose(-3, -2), k.transpose(-3, -2), v.transpose(-3, -2),
                                            attn_mask=None if bias is None else bias.to(q.dtype))
         return self.attn_proj(o.transpose(-3, -2).reshape(*lead, n, self.heads * self.d))
@@ -215,8 +232,8 @@ class TransformerLayer(nn.Module):
         self.pre_mlp_ln = nn.LayerNorm(h, eps=LN_EPS)
         self.mlp_layer = MLP(h, cfg.expansion_mult)
 
-    def forward(self, x, sinusoids=None, bias=None):
-        x = x + self.attention_layer(self.pre_attn_ln(x), sinusoids, bias)
+    def forward(self, x, rot=None, bias=None):
+        x = x + self.attention_layer(self.pre_attn_ln(x), rot, bias)
         return x + self.mlp_layer(self.pre_mlp_ln(x))
 
 
@@ -226,7 +243,7 @@ class TransformerEncoder(nn.Module):
     def __init__(self, cfg: MerlotConfig, num_layers: int, add_cls: bool):
         super().__init__()
         h = cfg.hidden_size
-        self.rotary_hsize = cfg.rotary_hsize
+        self.rotary_hsize, self.size_per_head = cfg.rotary_hsize, cfg.size_per_head
         self.add_cls = add_cls
         if add_cls:
             self.cls = nn.Parameter(torch.zeros(h))
@@ -249,11 +266,11 @@ class TransformerEncoder(nn.Module):
                 is_valid = torch.cat([is_valid.new_ones(n, 1), is_valid], dim=1)
         if bias is None and is_valid is not None:
             bias = mask_bias(is_valid)
-        sinus = rotary_sinusoids(coords, self.rotary_hsize)
+        rot = rotary_factor(rotary_sinusoids(coords, self.rotary_hsize), self.size_per_head)
         x = self.pre_ln(x)
         layers = []
         for layer in self.layers:
-            x = layer(x, sinus, bias)
+            x = layer(x, rot, bias)
             if keep_layers:
                 layers.append(x)
         x = self.final_ln(x)
@@ -374,9 +391,13 @@ class MerlotReserve(nn.Module):
         self.vision_encoder = VisionEncoder(cfg)
         self.audio_encoder = AudioEncoder(cfg)
         self.token_encoder = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.span_encoder = SpanEncoder(cfg)
+        if cfg.span_num_layers > 0:           # fine-tuned checkpoints drop the span encoder
+            self.span_encoder = SpanEncoder(cfg)
         self.joint_transformer = TransformerEncoder(cfg, cfg.joint_num_layers, add_cls=False)
-        self.head = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        if cfg.joint_head:
+            self.head = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        if cfg.qa_head:
+            self.proj = nn.Linear(cfg.hidden_size, 1, bias=False)
         self.contrastive_scales = nn.Parameter(torch.ones(3))
 
     # -- encoders -----------------------------------------------------------------------------------
@@ -443,6 +464,8 @@ class MerlotReserve(nn.Module):
 
     def embed_text_spans(self, spans: torch.Tensor) -> torch.Tensor:
         """spans int64 (N, L < 16) -> (N, H) span-encoder CLS vectors (not normalised)."""
+        if not hasattr(self, "span_encoder"):
+            raise ValueError("this checkpoint has no span encoder (fine-tuned checkpoints drop it)")
         return self.span_encoder(self.token_encoder(spans), spans != PADDING)
 
 

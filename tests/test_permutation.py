@@ -1,0 +1,247 @@
+"""Circular-shift permutation tests: brute-force equality, calibration on null data, power on planted data,
+held-out ridge predictions against scikit-learn, and the permutation stage on a real fit."""
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from scipy import stats as sps
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_fit import RUN_LENGTHS, SUBJECTS, fit_config_data, make_fit_fixture  # noqa: E402
+
+from brainalign.config import parse_config  # noqa: E402
+from brainalign.errors import ConfigError, DataError  # noqa: E402
+from brainalign.permutation import (circular_shift_null, draw_shifts, heldout_predictions, lagged_r,  # noqa: E402
+                                    perm_pvalues, run_bounds, run_permutation)
+
+
+def ar1(rng, n, v, phi=0.7):
+    from scipy.signal import lfilter
+
+    return lfilter([1.0], [1.0, -phi], rng.standard_normal((n, v)), axis=0)
+
+
+def pearson_cols(a, b):
+    return np.array([np.corrcoef(a[:, j], b[:, j])[0, 1] if a[:, j].std() > 0 and b[:, j].std() > 0 else np.nan
+                     for j in range(a.shape[1])])
+
+
+def brute_null(pred, y, runs, shifts):
+    """Loop reference: roll y within each run by shifts[i, k], per-run Pearson r, nan-mean over runs."""
+    out = np.empty((shifts.shape[0], y.shape[1]))
+    labels = list(dict.fromkeys(runs.tolist()))
+    for i in range(shifts.shape[0]):
+        per_run = []
+        for k, lab in enumerate(labels):
+            m = runs == lab
+            per_run.append(pearson_cols(pred[m], np.roll(y[m], shifts[i, k], axis=0)))
+        per_run = np.array(per_run)
+        with np.errstate(invalid="ignore"):
+            out[i] = np.nanmean(per_run, axis=0) if np.isfinite(per_run).any() else np.nan
+    return out
+
+
+def test_lagged_r_equals_np_roll_for_every_lag():
+    rng = np.random.default_rng(0)
+    p, y = rng.standard_normal((17, 4)), rng.standard_normal((17, 4))
+    y[:, 2] = 3.0                                           # constant voxel -> NaN at every lag
+    got = lagged_r(p, y)
+    assert got.shape == (17, 4)
+    for k in range(17):
+        np.testing.assert_allclose(got[k, [0, 1, 3]], pearson_cols(p, np.roll(y, k, axis=0))[[0, 1, 3]], atol=1e-12)
+    assert np.all(np.isnan(got[:, 2]))
+
+
+def test_circular_shift_null_equals_brute_force_loop():
+    rng = np.random.default_rng(1)
+    runs = np.repeat([0, 1, 2], [30, 25, 28])
+    n = runs.size
+    pred, y = rng.standard_normal((n, 6)), rng.standard_normal((n, 6))
+    y[runs == 1, 4] = 0.0                                  # constant in one run only: that run is left out
+    shifts = draw_shifts([30, 25, 28], 40, np.random.default_rng(2), min_shift=3)
+    assert shifts.shape == (40, 3) and shifts.min() >= 3 and np.all(shifts <= np.array([27, 22, 25]))
+    got = circular_shift_null(pred, y, runs, 40, None, shifts=shifts)
+    np.testing.assert_allclose(got, brute_null(pred, y, runs, shifts), atol=1e-12)
+    # drawing inside the function with the same generator state gives the same null
+    again = circular_shift_null(pred, y, runs, 40, np.random.default_rng(2), min_shift=3)
+    np.testing.assert_allclose(again, got, atol=0)
+
+
+def test_perm_pvalues_plus_one_correction_against_loop():
+    rng = np.random.default_rng(3)
+    null = rng.standard_normal((99, 5))
+    null[7, 1] = np.nan
+    obs = np.array([0.0, 0.5, 3.5, -3.5, np.nan])
+    got = perm_pvalues(obs, null)
+    for j in range(4):
+        col = null[:, j][np.isfinite(null[:, j])]
+        assert got[j] == pytest.approx((1 + (col >= obs[j]).sum()) / (1 + col.size), rel=1e-14)
+    assert got[2] == pytest.approx(1 / 100) and np.isnan(got[4])
+    two = perm_pvalues(obs, null, tail="two-sided")
+    assert two[3] == pytest.approx((1 + (np.abs(null[:, 3]) >= 3.5).sum()) / 100)
+    with pytest.raises(ConfigError, match="tail"):
+        perm_pvalues(obs, null, tail="less")
+    with pytest.raises(DataError, match="null"):
+        perm_pvalues(obs, null[:, :3])
+
+
+def test_null_data_gives_uniform_pvalues_and_nominal_false_positive_rate():
+    rng = np.random.default_rng(4)
+    runs = np.repeat(np.arange(4), 400)                     # CNeuroMod-like run length (~450 TRs)
+    v = 1500
+    pred, y = ar1(rng, runs.size, v), ar1(rng, runs.size, v)   # autocorrelated (phi 0.7), independent
+    null = circular_shift_null(pred, y, runs, 499, rng, min_shift=10)
+    obs = circular_shift_null(pred, y, runs, 1, None, shifts=np.zeros((1, 4), int))[0]
+    p = perm_pvalues(obs, null)
+    assert sps.kstest(p, "uniform").pvalue > 1e-3
+    fpr = (p <= 0.05).mean()
+    assert 0.035 <= fpr <= 0.065, fpr
+    # the reason for circular shifts: shuffling TRs ignores autocorrelation and is anti-conservative
+    z = lambda a: (a - a.mean(0)) / a.std(0)                # noqa: E731
+    pz, yz = z(pred[:, :300]), z(y[:, :300])
+    naive = np.stack([(pz * yz[rng.permutation(runs.size)]).mean(0) for _ in range(199)])
+    p_naive = perm_pvalues((pz * yz).mean(0), naive)
+    assert (p_naive <= 0.05).mean() > 2 * fpr
+
+
+def test_planted_effect_is_detected_and_contrast_null_is_paired():
+    rng = np.random.default_rng(5)
+    runs = np.repeat(np.arange(3), 150)
+    v = 400
+    signal = ar1(rng, runs.size, v)
+    y = signal + 2.0 * ar1(rng, runs.size, v)
+    y[:, 200:] = ar1(rng, runs.size, 200)                   # null voxels
+    pred_a = signal + 0.5 * rng.standard_normal(signal.shape)
+    pred_b = ar1(rng, runs.size, v)                         # a model that does not predict
+    shifts = draw_shifts([150] * 3, 300, rng, min_shift=10)
+    za = circular_shift_null(pred_a, y, runs, 0, None, shifts=np.zeros((1, 3), int))[0]
+    zb = circular_shift_null(pred_b, y, runs, 0, None, shifts=np.zeros((1, 3), int))[0]
+    na = circular_shift_null(pred_a, y, runs, 0, None, shifts=shifts)
+    nb = circular_shift_null(pred_b, y, runs, 0, None, shifts=shifts)
+    p = perm_pvalues(za, na)
+    assert (p[:200] <= 0.05).mean() > 0.95
+    assert (p[200:] <= 0.05).mean() < 0.1
+    pd = perm_pvalues(za - zb, na - nb)
+    assert (pd[:200] <= 0.05).mean() > 0.95 and (pd[200:] <= 0.05).mean() < 0.1
+
+
+def test_heldout_predictions_match_sklearn_ridge():
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(6)
+    runs = np.repeat([0, 1, 2], [20, 18, 22])
+    X = rng.standard_normal((runs.size, 7)) + 3.0
+    Y = X @ rng.standard_normal((7, 5)) + rng.standard_normal((runs.size, 5)) + 1.0
+    alphas = np.array([[0.1, 10, 1000, 10, np.nan]] * 3, dtype=float)
+    alphas[1, 0] = 100.0
+    got = heldout_predictions(X, Y, runs, alphas)
+    for k in range(3):
+        te = runs == k
+        for j in range(4):
+            m = Ridge(alpha=alphas[k, j]).fit(X[~te], Y[~te, j])
+            np.testing.assert_allclose(got[te, j], m.predict(X[te]), rtol=1e-9, atol=1e-9)
+    assert np.all(np.isnan(got[:, 4]))
+    fold_X = [X + k for k in range(3)]                      # fold-specific designs through a callable
+    got2 = heldout_predictions(lambda k: fold_X[k], Y, runs, alphas)
+    m = Ridge(alpha=alphas[2, 1]).fit(fold_X[2][runs != 2], Y[runs != 2, 1])
+    np.testing.assert_allclose(got2[runs == 2, 1], m.predict(fold_X[2][runs == 2]), rtol=1e-9)
+
+
+def test_bad_inputs_one_line_errors():
+    with pytest.raises(DataError, match="contiguous"):
+        run_bounds(np.array([0, 0, 1, 1, 0]))
+    with pytest.raises(DataError, match="too short.*permutation_min_shift"):
+        draw_shifts([30, 12], 5, np.random.default_rng(0), min_shift=7)
+    with pytest.raises(DataError, match="pred"):
+        circular_shift_null(np.zeros((10, 2)), np.zeros((10, 3)), np.zeros(10), 5, np.random.default_rng(0))
+
+
+# ---- the stage on a real fit ---------------------------------------------------------------------
+
+def _config(out, **stats_extra):
+    data = fit_config_data(out)
+    data["stats"] = {"contrasts": [{"name": "j-vs-x", "a": "joint", "b": "crossmodal"},
+                                   {"name": "j0", "a": "joint", "b": None}]}
+    cfg = parse_config(data, text=yaml.safe_dump(data, sort_keys=False))
+    for k, v in stats_extra.items():
+        setattr(cfg.stats, k, v)                 # keys the lead adds to StatsConfig; read with getattr
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    from brainalign.fit import run_fit
+
+    out = tmp_path_factory.mktemp("perm") / "out"
+    data = make_fit_fixture(out, seed=3)
+    cfg = _config(out, permutations=99, permutation_min_shift=4, permutation_seed=7)
+    run_fit(cfg)
+    return cfg, data, run_permutation(cfg)
+
+
+def test_stage_layout_and_observed_equals_scores(fitted):
+    cfg, data, path = fitted
+    S, V, K = len(SUBJECTS), data["n_vox"], len(RUN_LENGTHS)
+    with h5py.File(path, "r") as g, h5py.File(cfg.out / "scores.h5", "r") as f:
+        assert g.attrs["brainalign_complete"] == 1 and g.attrs["n_perm"] == 99 and g.attrs["layer"] == 1
+        assert [x.decode() if isinstance(x, bytes) else x for x in g.attrs["feature_sets"]] == ["joint", "crossmodal"]
+        assert list(g.attrs["contrasts"]) == ["j-vs-x"]          # "a vs zero" is the r test itself
+        for k in ("observed", "p", "q"):
+            assert g[f"r/{k}"].shape == (S, 2, V) and g[f"r/{k}"].dtype == np.float32
+            assert g[f"contrast/j-vs-x/{k}"].shape == (S, V)
+        assert g["r/significant"].dtype == np.uint8 and g["shifts"].shape == (S, 99, K)
+        obs, p = g["r/observed"][()], g["r/p"][()]
+        ref = f["r_mean"][:, :, 1, :]
+        np.testing.assert_allclose(obs, ref, atol=2e-5, equal_nan=True)
+        assert np.all(np.isnan(obs[:, :, 3])) and np.all(np.isnan(p[:, :, 3]))   # the constant voxel
+        ok = np.isfinite(p)
+        assert np.all((p[ok] >= 1 / 100) & (p[ok] <= 1))
+        np.testing.assert_allclose(g["contrast/j-vs-x/observed"][()], obs[:, 0] - obs[:, 1], atol=1e-6,
+                                   equal_nan=True)
+        # strong planted voxels (r > 0.5) are significant against the circular-shift null
+        strong = obs[:, 0] > 0.5
+        assert strong.sum() >= 5 and np.all(p[:, 0][strong] <= 0.02)
+        sh = g["shifts"][()]
+        assert sh.min() >= 4 and np.all(sh <= np.array(RUN_LENGTHS) - 4)
+
+
+def test_stage_pvalues_equal_independent_recomputation(fitted):
+    cfg, data, path = fitted
+    runs = data["runs"]
+    with h5py.File(path, "r") as g, h5py.File(cfg.out / "scores.h5", "r") as f:
+        shifts = g["shifts"][1]
+        alphas = f["alpha"][1, 1, 1]                        # subject 02, crossmodal, layer 1: (K, V)
+        Y = data["bold"]["02"].astype(np.float64)
+        X = data["crossmodal"][:, 1].astype(np.float32)     # (K, n, p): fold-specific residual design
+        pred = heldout_predictions(lambda k: X[k], Y, runs, alphas)
+        null = brute_null(pred, Y, runs, shifts)
+        obs = brute_null(pred, Y, runs, np.zeros((1, len(RUN_LENGTHS)), int))[0]
+        np.testing.assert_allclose(g["r/p"][1, 1], perm_pvalues(obs, null), atol=1e-12, equal_nan=True)
+
+
+def test_stage_off_skip_and_bad_keys(fitted, caplog):
+    cfg, data, path = fitted
+    mtime = path.stat().st_mtime_ns
+    assert run_permutation(cfg) == path and path.stat().st_mtime_ns == mtime       # complete: skipped
+    assert run_permutation(_config(cfg.out)) is None                                   # default 0: off
+    with pytest.raises(ConfigError, match="stats.permutation_layer: 5 is not a layer"):
+        run_permutation(_config(cfg.out, permutations=9, permutation_layer=5), force=True)
+    with pytest.raises(ConfigError, match=r"stats.permutation_feature_sets\[0\]: 'nope'"):
+        run_permutation(_config(cfg.out, permutations=9, permutation_feature_sets=["nope"]), force=True)
+    assert not list(cfg.out.glob(".permutation-scratch*"))
+
+
+def test_stats_stage_runs_the_permutation_tests(fitted):
+    from brainalign.stats import run_stats
+
+    cfg, data, path = fitted
+    mtime = path.stat().st_mtime_ns
+    stats_path = run_stats(cfg)                 # permutations > 0: run_stats calls run_permutation (complete: kept)
+    assert path.stat().st_mtime_ns == mtime and stats_path.is_file()
+    path.unlink()
+    run_stats(cfg, force=True)
+    with h5py.File(path, "r") as g:
+        assert g.attrs["n_perm"] == 99
