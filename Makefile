@@ -33,6 +33,17 @@ bench: venv
 	$(BIN)/python bench/ridge.py
 	@if [ -f bench/scaling.py ]; then $(BIN)/python bench/scaling.py; fi
 
+SLURM_DIR ?= /tmp/brainalign-slurm
+slurm-up:
+	slurm/local/start.sh $(SLURM_DIR)
+	@echo "now: source $(SLURM_DIR)/env.sh"
+
+slurm-down:
+	slurm/local/stop.sh $(SLURM_DIR)
+
+container: venv
+	containers/build.sh --if-available
+
 lint: venv
 	$(BIN)/python -m compileall -q toolkit/brainalign bin tests
 

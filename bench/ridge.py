@@ -188,7 +188,7 @@ def blas_info():
         return f"threadpoolctl unavailable ({err})"
 
 
-def main_bench(sizes, peers, timeout, threads=0):
+def main_bench(sizes, peers, timeout, threads=0, repeat=1):
     print(f"# brainalign ridge benchmark  host={os.uname().nodename} cpus={os.cpu_count()} "
           f"load={os.getloadavg()[0]:.1f}")
     print(f"# BLAS: {blas_info()}")
@@ -203,6 +203,7 @@ def main_bench(sizes, peers, timeout, threads=0):
     print(f"# float32 GEMM rate (2048x2048 @ 2048x4096): {peak:.0f} GFLOP/s wall, "
           f"{peak_cpu:.0f} GFLOP per CPU-second")
     print("# alphas logspace(1,5,10); 5-fold contiguous inner CV; fit on first 80 %, score on last 20 %")
+    print(f"# each peer runs {max(1, repeat)}x round-robin in fresh subprocesses; fastest run shown")
     for k, note in NOTES.items():
         if k in peers:
             print(f"# {k}: {note}")
@@ -215,8 +216,21 @@ def main_bench(sizes, peers, timeout, threads=0):
             print(f"\n## {size}: n={n} p={p} v={v} (load {os.getloadavg()[0]:.1f})")
             print(header)
             ref = None
+            results = {peer: (None, "not run") for peer in peers}
+            for _ in range(max(1, repeat)):  # round-robin repeats; keep each peer's fastest run
+                for peer in peers:
+                    res, err = run_peer(peer, size, tmp, timeout, threads)
+                    old = results[peer][0]
+                    if res is not None and (old is None or res["wall"] < old["wall"]):
+                        results[peer] = (res, "")
+                    elif old is None:
+                        results[peer] = (None, err)
+            g, gc = gemm_rate()  # re-measure after the runs; keep the best (least disturbed)
+            peak, peak_cpu = max(peak, g), max(peak_cpu, gc)
+            print(f"# GEMM peak used: {peak:.0f} GFLOP/s wall, {peak_cpu:.0f} per CPU-second; "
+                  f"load now {os.getloadavg()[0]:.1f}")
             for peer in peers:
-                res, err = run_peer(peer, size, tmp, timeout, threads)
+                res, err = results[peer]
                 if res is None:
                     print(f"{size:7s} {peer:15s} {'-':>8s}  {err}")
                     continue
@@ -276,6 +290,7 @@ def main():
     ap.add_argument("--sizes", default="small,medium")
     ap.add_argument("--peers", default=",".join(PEERS))
     ap.add_argument("--timeout", type=int, default=1800)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per peer (fastest kept)")
     ap.add_argument("--threads", type=int, default=0, help="BLAS/OpenMP threads per worker (0: default)")
     ap.add_argument("--stream", action="store_true", help="HDF5 streaming peak-RSS run instead")
     ap.add_argument("--stream-voxels", type=int, default=200_000)
@@ -295,7 +310,7 @@ def main():
         return stream_worker(args.stream_worker, args.p, args.out, args.chunk or None)
     if args.stream:
         return main_stream(args.stream_voxels, args.stream_rows, args.p, args.chunk, args.keep)
-    return main_bench(args.sizes.split(","), args.peers.split(","), args.timeout, args.threads)
+    return main_bench(args.sizes.split(","), args.peers.split(","), args.timeout, args.threads, args.repeat)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Fit scale-out benchmark: wall time of `brainalign fit` on 1 vs N MPI ranks, and per-unit cost vs size.
 
-    python bench/scaling.py                 # both parts (about 5 min on 2 cores)
+    python bench/scaling.py                 # both parts (about 7 min on 2 cores)
     python bench/scaling.py --part ranks    # 1 vs 2 ranks only
     python bench/scaling.py --part sizing   # per-unit time/memory vs n_trs, p, voxels + the Friends estimate
 

@@ -12,3 +12,7 @@ os.environ.setdefault("BRAINALIGN_PROGRESS", "0")
 @pytest.fixture(scope="session")
 def repo_root():
     return ROOT
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes-long install test (deselect: -m 'not slow')")

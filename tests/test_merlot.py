@@ -406,18 +406,26 @@ def test_backbone_encode_pools_language_positions():
                                                         "vision_only", "language_only")}
     for c, v in out.items():
         assert v.shape == (2, 3, 96) and v.dtype == torch.float32 and torch.isfinite(v).all(), c
-    batch = bb.prepare(st, slice(None), "joint")
-    assert batch.frames.shape == (3, 2, 16, 24, 3) and batch.audio.shape == (3, 1, 60, 65)
+    batch, vis, aud = bb.prepare(st, slice(None), "joint")
+    assert vis.shape == (3, 2 * 6, 96) and aud.shape == (3, 1, 6, 96)
     assert batch.tokens[1, 0] == MASK and batch.language[1].sum() == 1     # window without words
-    with torch.no_grad():
-        hs = bb.model(**batch.model_kwargs())["hidden_states"]
+    frames = bb._frames(st.frames)
+    assert frames.shape == (3, 2, 16, 24, 3)
+    from brainalign.models.merlot.spectrogram import audio_clips
+    clips = torch.from_numpy(np.stack([audio_clips(a, 16000) for a in st.audio]))
+    with torch.no_grad():                   # from raw frames and clips: the cached encoder outputs agree
+        hs = bb.model(tokens=batch.tokens, frames=frames, audio=clips, audio_ptr=batch.audio_ptr)["hidden_states"]
     m = batch.language
     want = torch.stack([hs[:, b, :m.shape[1]][:, m[b]].mean(1) for b in range(3)], 1)
-    torch.testing.assert_close(out["joint"], want)
+    torch.testing.assert_close(out["joint"], want, rtol=1e-5, atol=1e-5)
     # a window's vector does not depend on the batch it is in
     torch.testing.assert_close(bb.encode(st, [2], "no_audio")[:, 0], out["no_audio"][:, 2], rtol=1e-5, atol=1e-5)
     for c in ("no_vision", "no_language", "no_audio"):
         assert not torch.allclose(out[c], out["joint"], atol=1e-4), c
+    other = _stimuli(seed=1)                 # another episode: the encoder cache must not be reused
+    other.words = st.words
+    assert not torch.allclose(bb.encode(other, slice(None), "vision_only"), out["vision_only"], atol=1e-4)
+    torch.testing.assert_close(bb.encode(other, slice(None), "language_only"), out["language_only"])
 
 
 def test_backbone_factory_errors(tiny_ckpt, tmp_path):

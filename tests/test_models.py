@@ -260,11 +260,16 @@ def test_pooled_positions_and_windows_without_words(bb):
     with torch.inference_mode():
         out = bb.module(**kw)
         n_words = [len(w) for w in s.words]
-        # pooled = CLS + 32 vision tokens + the real words; audio tokens and padding are not pooled
-        assert out.pooled_mask.sum(1).tolist() == [33 + n for n in n_words]
+        # pooled = 32 vision tokens + the real words; CLS, audio tokens and padding are not pooled
+        assert out.pooled_mask.sum(1).tolist() == [32 + n for n in n_words]
         h = out.hidden[:, 1]                                   # window 1 has no words
-        manual = h[:, :33].mean(1)                             # CLS + 32 vision tokens
+        manual = h[:, 1:33].mean(1)                            # the 32 vision tokens alone
         np.testing.assert_allclose(pool(out)[:, 1].numpy(), manual.numpy(), atol=1e-6)
+        # a window with words: vision mean and word mean weigh equally, whatever the token counts
+        b = int(np.argmax(n_words))
+        words = out.hidden[:, b, 33:33 + n_words[b]].mean(1)
+        balanced = 0.5 * (out.hidden[:, b, 1:33].mean(1) + words)
+        np.testing.assert_allclose(pool(out)[:, b].numpy(), balanced.numpy(), atol=1e-6)
         # language_only for a window without words is exactly the CLS token run alone
         lang = bb.encode(s, [1], "language_only")
         cls_only = bb.module(batch=1).hidden[:, 0, 0]

@@ -187,3 +187,20 @@ def test_srun_without_mpi_plugin_is_refused(tmp_path):
     assert p.returncode == 2
     assert "launched as one of 2 tasks but MPI sees a single process" in p.stderr
     assert not (out / "fit_shards").exists()
+
+
+def test_bad_input_on_one_rank_stops_every_rank_with_one_line(tmp_path):
+    """A unit that fails (non-finite design) on any rank ends the job: no hang, exit 2, no scores.h5."""
+    out, cfg = _setup(tmp_path, "bad")
+    with h5py.File(out / "design.h5", "a") as f:
+        X = f["design/crossmodal"][()]
+        X[2, 1, 0, 0] = float("nan")                  # only fold 2 of layer 1: a few units, mid-run
+        f["design/crossmodal"][...] = X
+    p = subprocess.run(_cmd(2, cfg), env=_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    # one error line per rank (lines of two ranks may interleave on the shared stderr)
+    assert p.stderr.count("brainalign fit: error:") == 2
+    assert p.stderr.count("design for crossmodal layer 1 has non-finite values") == 2
+    assert "Traceback" not in p.stderr
+    assert not (out / "scores.h5").exists()
+    assert list((out / "fit_shards").glob("e*.h5"))              # finished units were kept for the rerun

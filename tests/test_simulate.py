@@ -65,21 +65,21 @@ def test_scale_for_r_gives_the_exact_correlation():
 
 
 def test_crossmodal_residual_matches_sklearn():
-    from sklearn.linear_model import LinearRegression
+    from sklearn.linear_model import Ridge
 
     rng = np.random.default_rng(0)
     lens = [20, 25, 15]
     preds = [[rng.normal(size=(T, 4)) for T in lens] for _ in range(3)]
     joint = [p0 @ rng.normal(size=(4, 5)) + 0.5 * rng.normal(size=(T, 5)) for p0, T in zip(preds[0], lens)]
-    res = crossmodal_residual(joint, preds)
+    res = crossmodal_residual(joint, preds, alpha=2.0)
     assert [r.shape for r in res] == [(T, 5) for T in lens]
     X = np.concatenate([np.concatenate(p) for p in preds], axis=1)
     Y = np.concatenate(joint)
-    ref = Y - LinearRegression().fit(X, Y).predict(X)
+    ref = Y - Ridge(alpha=2.0).fit(X, Y).predict(X)
     np.testing.assert_allclose(np.concatenate(res), ref, atol=1e-10)
     few = [[rng.normal(size=(T, 30)) for T in lens] for _ in range(2)]
-    with pytest.raises(ConfigError, match=r"crossmodal residual is zero: 60 TRs .* 61 predictor columns"):
-        crossmodal_residual(joint, few)
+    with pytest.raises(ConfigError, match=r"crossmodal residual is zero: 60 TRs .* 60 predictor columns"):
+        crossmodal_residual(joint, few, alpha=1e-12)
 
 
 def test_planted_drivers_are_z_scored_per_run_and_use_the_layer():

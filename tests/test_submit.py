@@ -278,6 +278,10 @@ def test_stage_task_runs_commands_in_order_and_fails_loudly(tmp_path, monkeypatc
     with pytest.raises(StageFailed, match=r"job k: `brainalign align` exited with status 3"):
         bad()
     assert "never" not in log.read_text()
+    killed = StageTask("m", [py + ["import os, signal; os.kill(os.getpid(), signal.SIGTERM)", "fit"]], str(tmp_path))
+    killed.signal_grace_s = 0.2          # (SLURM would requeue or kill the job within the grace period)
+    with pytest.raises(StageFailed, match=r"`brainalign fit` exited with status -15 \(killed by SIGTERM\)"):
+        killed()
 
 
 def test_checkpoint_resubmits_same_commands_without_force(tmp_path):
@@ -348,8 +352,10 @@ def test_slurm_failure_cancels_dependents(slurm_cluster, tmp_path):  # noqa: F81
 
 
 def test_slurm_checkpoint_requeue_resumes(slurm_cluster, tmp_path, monkeypatch):  # noqa: F811
-    """A preempted job (submitit job._interrupt(): SIGTERM + USR2) is requeued by our checkpoint and its
-    command runs again, without --force, to completion."""
+    """A job that reaches its time limit (submitit job._interrupt(timeout=True): USR2) is requeued by our
+    checkpoint and its command runs again, without --force, to completion. (The preemption variant,
+    SIGTERM then USR2, also works but races here: proctrack/linuxproc delivers the SIGTERM to every process
+    of the step, sometimes to submitit's own `scontrol requeue` child.)"""
     import submitit
 
     for k, v in slurm_cluster.env.items():
@@ -372,7 +378,7 @@ def test_slurm_checkpoint_requeue_resumes(slurm_cluster, tmp_path, monkeypatch):
         time.sleep(0.3)
     assert marker.exists(), job.stderr()
     time.sleep(0.5)
-    job._interrupt()
+    job._interrupt(timeout=True)
     res = job.result()
     runs = json.loads(marker.read_text())
     assert [r["argv"] for r in runs] == [["--force"], []]

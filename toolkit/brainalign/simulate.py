@@ -35,7 +35,7 @@ from .log import get_logger
 log = get_logger("simulate")
 
 SIM_CONDITIONS = ["joint", "vision_only", "language_only", "no_vision", "no_language"]
-CROSSMODAL_PREDICTORS = ["vision_only", "language_only", "no_vision", "no_language"]
+CROSSMODAL_PREDICTORS = ["no_vision", "no_language"]   # default when the config defines no residual
 PLANTED = {  # roi -> (driver, expected contrast (a, b); b None = a vs zero)
     "language": ("language_only", ("joint", "no_language")),
     "vision": ("vision_only", ("joint", "no_vision")),
@@ -280,18 +280,21 @@ def zscore_runs(runs: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def crossmodal_residual(joint: list[np.ndarray], predictors: list[list[np.ndarray]]) -> list[np.ndarray]:
-    """joint minus its least-squares prediction (with intercept) from the concatenated predictor features.
+def crossmodal_residual(joint: list[np.ndarray], predictors: list[list[np.ndarray]],
+                        alpha: float = 1.0) -> list[np.ndarray]:
+    """joint minus its ridge prediction (with intercept) from the concatenated predictor features.
 
-    joint: per run (T_r, H); predictors: per predictor set, per run (T_r, H_p). The fit pools all runs.
-    Returns per run (T_r, H). ConfigError if the residual vanishes (too few TRs for the predictors).
+    The same map as align's residual features (``align.ridge_residual``, penalty ``align.residual_alpha``),
+    here fitted on all runs pooled, so the planted signal is what the analysis's residual isolates.
+    joint: per run (T_r, H); predictors: per predictor set, per run (T_r, H_p). Returns per run (T_r, H).
+    ConfigError if the residual vanishes (too few TRs for the predictors).
     """
+    from .align import ridge_residual
+
     lens = [len(j) for j in joint]
     y = np.concatenate(joint).astype(np.float64)
     x = np.concatenate([np.concatenate(p) for p in predictors], axis=1).astype(np.float64)
-    x = np.column_stack([np.ones(len(x)), x])
-    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
-    res = y - x @ beta
+    res = ridge_residual(y, x, np.ones(len(y), bool), alpha)
     if np.linalg.norm(res) <= 1e-6 * max(np.linalg.norm(y - y.mean(0)), 1e-12):
         raise ConfigError(f"simulate: the crossmodal residual is zero: {len(y)} TRs in all runs cannot leave a "
                           f"residual after {x.shape[1]} predictor columns; raise simulate.trs_per_run or add "
@@ -299,10 +302,13 @@ def crossmodal_residual(joint: list[np.ndarray], predictors: list[list[np.ndarra
     return np.split(res, np.cumsum(lens)[:-1])
 
 
-def planted_drivers(features: dict, layer: int) -> dict[str, list[np.ndarray]]:
+def planted_drivers(features: dict, layer: int, predictors=tuple(CROSSMODAL_PREDICTORS),
+                    alpha: float = 1.0) -> dict[str, list[np.ndarray]]:
     """Per planted ROI, per run (episode order of ``features``): float64 (T, H) z-scored driver features.
 
-    features: {episode: {condition: (n_layers, n_windows, hidden)}} with at least SIM_CONDITIONS.
+    features: {episode: {condition: (n_layers, n_windows, hidden)}} with at least SIM_CONDITIONS. The
+    crossmodal driver is joint minus its ridge prediction from ``predictors`` (features z-scored per run
+    first, as align does).
     """
     eps = list(features)
     missing = [c for c in SIM_CONDITIONS if c not in features[eps[0]]]
@@ -313,11 +319,19 @@ def planted_drivers(features: dict, layer: int) -> dict[str, list[np.ndarray]]:
         raise ConfigError(f"simulate.layer: {layer} is out of range for a model with {n_layers} layers")
 
     def runs(cond):
-        return [np.asarray(features[e][cond][layer], dtype=np.float64) for e in eps]
+        return zscore_runs([np.asarray(features[e][cond][layer], dtype=np.float64) for e in eps])
 
-    resid = crossmodal_residual(runs("joint"), [runs(c) for c in CROSSMODAL_PREDICTORS])
-    return {"language": zscore_runs(runs("language_only")), "vision": zscore_runs(runs("vision_only")),
-            "crossmodal": zscore_runs(resid)}
+    resid = crossmodal_residual(runs("joint"), [runs(c) for c in predictors], alpha)
+    return {"language": runs("language_only"), "vision": runs("vision_only"), "crossmodal": zscore_runs(resid)}
+
+
+def crossmodal_definition(cfg) -> tuple[list[str], float]:
+    """The predictors and penalty of the planted crossmodal signal: the config's first residual feature set
+    whose target is ``joint`` (so the analysis measures exactly what was planted), else the default."""
+    for res in cfg.align.residuals:
+        if res.target == "joint" and all(p in SIM_CONDITIONS for p in res.predictors):
+            return list(res.predictors), float(cfg.align.residual_alpha)
+    return list(CROSSMODAL_PREDICTORS), float(cfg.align.residual_alpha)
 
 
 def scale_for_r(s: np.ndarray, n: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -486,7 +500,8 @@ def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
         n_win = features[ep]["joint"].shape[1]
         if n_win != sim.trs_per_run:
             raise ConfigError(f"simulate: features of {ep} have {n_win} windows, expected {sim.trs_per_run}")
-    drivers = planted_drivers({ep: features[ep] for ep in cfg.data.episodes}, sim.layer)
+    cm_predictors, cm_alpha = crossmodal_definition(cfg)
+    drivers = planted_drivers({ep: features[ep] for ep in cfg.data.episodes}, sim.layer, cm_predictors, cm_alpha)
 
     bold_dir = cfg.path(b.dir)
     _write_json(bold_dir / "dataset_description.json", {
@@ -510,7 +525,8 @@ def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
     truth = {
         "seed": sim.seed, "layer": sim.layer, "tr": tr, "trs_per_run": sim.trs_per_run,
         "episodes": list(cfg.data.episodes), "subjects": list(b.subjects), "effect_r": list(sim.effect_r),
-        "conditions": SIM_CONDITIONS, "crossmodal_predictors": CROSSMODAL_PREDICTORS,
+        "conditions": SIM_CONDITIONS, "crossmodal_predictors": cm_predictors,
+        "crossmodal_alpha": cm_alpha,
         "noise": {"ar1": AR1, "drift": "linear trend + slow cosine per run", "sd_percent_of_baseline": 1.0},
         "hrf": "SPM canonical double gamma", "weights": f"Gaussian in the driver's top {WEIGHT_RANK} principal "
                                                          "directions, per voxel and subject", "model": cfg.model.backbone, "config_hash": h,

@@ -86,7 +86,11 @@ def run_command(argv: list[str], cwd: str, env: Optional[dict] = None) -> int:
 
 
 class StageTask:
-    """Run ``commands`` (argv lists) in order in ``cwd``; raise :class:`StageFailed` on the first failure."""
+    """Run ``commands`` (argv lists) in order in ``cwd``; raise :class:`StageFailed` on the first failure.
+
+    ``env`` is added to the commands' environment (the caller's own values win)."""
+
+    signal_grace_s = 90.0   # a child killed by SIGTERM/USR2: wait this long for the requeue before failing
 
     def __init__(self, name: str, commands: list[list[str]], cwd: str, env: Optional[dict] = None):
         self.name = name
@@ -100,11 +104,16 @@ class StageTask:
             print(f"brainalign submit: job {self.name}: $ {' '.join(argv)}", flush=True)
             rc = run_command(argv, self.cwd, self.env)
             if rc != 0:
-                if rc < 0:   # killed by a signal: leave time for submitit's USR2 handler to requeue us
-                    time.sleep(5)
+                if rc in (-signal.SIGTERM, -signal.SIGUSR2):
+                    # SLURM stopped the step (preemption, time limit, scancel): give submitit's USR2 handler
+                    # time to requeue us, or SLURM time to kill this job, rather than record a failure
+                    deadline = time.time() + self.signal_grace_s
+                    while time.time() < deadline:
+                        time.sleep(0.5)
                 verb = next((a for a in argv if a in ("simulate", "extract", "align", "fit", "stats", "report")),
                             argv[-1])
-                raise StageFailed(f"job {self.name}: `brainalign {verb}` exited with status {rc}")
+                how = f" (killed by {signal.Signals(-rc).name})" if rc < 0 else ""
+                raise StageFailed(f"job {self.name}: `brainalign {verb}` exited with status {rc}{how}")
         return {"job": self.name, "seconds": round(time.time() - t0, 3),
                 "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
                 "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID", ""),

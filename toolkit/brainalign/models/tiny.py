@@ -14,11 +14,13 @@ Sequence per window (modalities dropped by the condition are absent, not blanked
 * every token gets a learned modality-type embedding (CLS, vision, language, audio).
 
 ``encode`` returns, for each of the ``layers`` transformer layers (layer l = the residual stream after
-block l; the embeddings themselves are not returned), the mean over the POOLED positions: CLS, every
-vision token present and every real (non-pad) word token present. Audio tokens are context only (they
-are attended to, not pooled). So ``joint``/``no_audio`` pool CLS+vision+words, ``no_vision`` CLS+words,
-``no_language``/``vision_only`` CLS+vision, ``language_only`` CLS+words; a window without words still
-gets a defined vector (CLS is always pooled).
+block l; the embeddings themselves are not returned), a modality-balanced mean: the average of the mean over
+the vision tokens present and the mean over the real (non-pad) word tokens present, each modality weighted
+equally whatever its token count (32 patches vs a few words per TR would otherwise drown the language
+positions). Audio tokens are context only (attended to, not pooled). So ``joint``/``no_audio`` pool
+vision + words, ``no_vision``/``language_only`` words, ``no_language``/``vision_only`` vision; a window in
+which no pooled modality is present (e.g. ``language_only`` without words) gets the CLS state, so every
+window has a defined vector.
 
 Weights: drawn from ``torch.Generator().manual_seed(model.seed)`` on the CPU (linear weights
 N(0, 1/fan_in), except query/key rows N(0, 4/fan_in) so that attention is selective and the modalities
@@ -133,7 +135,12 @@ class TinyOutput:
     hidden: torch.Tensor   # (layers, B, T, H): residual stream after each block
     valid: torch.Tensor    # bool (B, T): real tokens (False for word padding)
     types: torch.Tensor    # int64 (T,): TYPE_* of each position
-    pooled_mask: torch.Tensor  # bool (B, T): positions averaged by ``pool``
+    pool_weights: torch.Tensor  # float32 (B, T): weight of each position in ``pool`` (rows sum to 1)
+
+    @property
+    def pooled_mask(self) -> torch.Tensor:
+        """bool (B, T): positions that ``pool`` averages."""
+        return self.pool_weights > 0
 
 
 class TinyMultimodal(nn.Module):
@@ -223,18 +230,30 @@ class TinyMultimodal(nn.Module):
             x = block(x, attend)
             hidden.append(x)
         types_t = torch.tensor(types, device=dev)
-        pooled = attend & (types_t != TYPE_AUDIO)[None]
-        return TinyOutput(torch.stack(hidden), attend, types_t, pooled)
+        return TinyOutput(torch.stack(hidden), attend, types_t, pool_weights(attend, types_t))
 
     def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Word logits (…, vocab) from hidden states (…, H), tied to the token embedding (for MLM)."""
         return F.layer_norm(hidden.float(), hidden.shape[-1:]) @ self.tok_embed.weight.float().T
 
 
+def pool_weights(valid: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+    """float32 (B, T) position weights of the modality-balanced mean (see the module docstring)."""
+    w = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
+    groups = torch.zeros(valid.shape[0], dtype=torch.float32, device=valid.device)
+    for t in (TYPE_VISION, TYPE_LANGUAGE):
+        m = (valid & (types == t)[None]).to(torch.float32)
+        n = m.sum(1, keepdim=True)
+        w += m / n.clamp(min=1)
+        groups += (n[:, 0] > 0).to(torch.float32)
+    w = w / groups.clamp(min=1)[:, None]
+    w[:, 0] += (groups == 0).to(torch.float32)      # nothing pooled: the CLS state (position 0)
+    return w
+
+
 def pool(out: TinyOutput) -> torch.Tensor:
-    """Mean over the pooled positions: float32 (layers, B, H)."""
-    m = out.pooled_mask.to(torch.float32)
-    return torch.einsum("lbth,bt->lbh", out.hidden.float(), m) / m.sum(1)[None, :, None]
+    """Modality-balanced mean over the pooled positions: float32 (layers, B, H)."""
+    return torch.einsum("lbth,bt->lbh", out.hidden.float(), out.pool_weights)
 
 
 class TinyBackbone(Backbone):

@@ -22,7 +22,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .backend import get_backend
 from .checks import check_alphas, check_finite_X, check_matrix, check_splits, contiguous_runs
 
@@ -180,8 +180,6 @@ class FoldSolver:
 
     def __init__(self, X_train, X_test, alphas, inner_splits, backend="numpy", dtype="float32",
                  scoring="r", method="eigh", targets_batch=None, keep_coef=False):
-        from ..errors import ConfigError
-
         if scoring not in SCORINGS:
             raise ConfigError(f"ridge scoring {scoring!r} unknown; choose one of {SCORINGS}")
         if method not in METHODS:

@@ -13,7 +13,9 @@ Per window (see :mod:`.inputs` for the token layout and the conditions):
 ``encode`` returns, for every joint-transformer layer, the mean of the residual stream (after that
 layer) over the window's language positions: its word tokens (MASK tokens in the conditions without
 language; one MASK slot for a window without words). Windows are padded to the longest in the batch;
-padding is masked, so a window's vector does not depend on the batch it is in.
+padding is masked, so a window's vector does not depend on the batch it is in. The vision and audio
+encoders do not depend on the condition: their outputs are cached per window for the current episode
+(~180 KB per frame for base) and shared by the conditions, so each frame and clip is encoded once.
 """
 from __future__ import annotations
 
@@ -24,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
+from ..conditions import modalities
 from ..registry import Backbone, window_indices
 from .convert import model_from_payload, read_converted
 from .inputs import apply_condition, pack_windows
 from .model import MAX_SEGMENT, MerlotReserve
-from .spectrogram import audio_clips
+from .spectrogram import audio_clips, n_clips
 
 MAX_SLOTS = 160
 
@@ -57,6 +60,7 @@ class MerlotBackbone(Backbone):
         self.n_frames = n_frames
         self.n_layers = self.cfg.joint_num_layers
         self.hidden = self.cfg.hidden_size
+        self._cache_key, self._cache = None, {}
 
     def to(self, device) -> "MerlotBackbone":
         super().to(device)
@@ -71,30 +75,58 @@ class MerlotBackbone(Backbone):
         x = F.interpolate(x, size=self.cfg.image_size, mode="bilinear", align_corners=False, antialias=True)
         return x.permute(0, 2, 3, 1).reshape(b, t, *self.cfg.image_size, 3).clamp_(0.0, 1.0)
 
+    def _cached(self, stimuli, idx, kind: str, compute) -> torch.Tensor:
+        """Per-window encoder outputs, computed once per episode: the encoders do not depend on the
+        condition, so the vision / audio tokens of a window are shared by every condition that keeps them."""
+        key = (id(stimuli), stimuli.episode, stimuli.n_windows, str(self.device), self.precision)
+        if self._cache_key != key:
+            self._cache_key, self._cache = key, {"vision": {}, "audio": {}}
+        store = self._cache[kind]
+        todo = [int(i) for i in idx if int(i) not in store]
+        if todo:
+            with self.autocast():
+                out = compute(np.asarray(todo))
+            for j, i in enumerate(todo):
+                store[i] = out[j]
+        return torch.stack([store[int(i)] for i in idx])
+
+    def _vision_tokens(self, stimuli, idx) -> torch.Tensor:
+        return self._cached(stimuli, idx, "vision",
+                            lambda sel: self.model.vision_tokens(self._frames(stimuli.frames[sel])))
+
+    def _audio_tokens(self, stimuli, idx) -> torch.Tensor:
+        def compute(sel):
+            clips = np.stack([audio_clips(stimuli.audio[i], stimuli.audio_rate, clip_frames=self.cfg.audio_seq_length)
+                              for i in sel])
+            return self.model.audio_tokens(torch.from_numpy(clips).to(self.device))
+        return self._cached(stimuli, idx, "audio", compute)
+
     def prepare(self, stimuli, index, condition: str):
-        """The :class:`.inputs.WindowBatch` of windows ``stimuli[index]`` under ``condition`` (on the device)."""
+        """(WindowBatch on the device with the condition applied, vision tokens or None, audio tokens or None)."""
         idx = window_indices(index, stimuli.n_windows)
         if stimuli.frames.shape[1] != self.n_frames:
             raise ConfigError(f"windows.frames: backbone built for {self.n_frames} frames per window, "
                               f"stimuli of {stimuli.episode} have {stimuli.frames.shape[1]}")
+        keep = modalities(condition)
         ids = [self.tokenize(" ".join(stimuli.words[i])) for i in idx]
-        clips = np.stack([audio_clips(stimuli.audio[i], stimuli.audio_rate, clip_frames=self.cfg.audio_seq_length)
-                          for i in idx])
-        n_audio = clips.shape[1] * self.cfg.audio_token_length
+        S = n_clips(stimuli.audio.shape[1], stimuli.audio_rate, self.cfg.audio_seq_length)
+        n_audio = S * self.cfg.audio_token_length
         length = min(MAX_SLOTS, max(max(len(r), 1) for r in ids) + n_audio)
-        batch = pack_windows(ids, self._frames(stimuli.frames[idx]), torch.from_numpy(clips).to(self.device),
-                             self.cfg.audio_token_length, length=length)
-        batch = apply_condition(batch, condition)
+        batch = apply_condition(pack_windows(ids, None, None, self.cfg.audio_token_length, length=length,
+                                             n_clips=S), condition)
         for k in ("tokens", "token_segment", "audio_ptr", "language"):
             setattr(batch, k, getattr(batch, k).to(self.device))
-        return batch
+        vis = self._vision_tokens(stimuli, idx) if "vision" in keep else None
+        aud = self._audio_tokens(stimuli, idx) if "audio" in keep else None
+        return batch, vis, aud
 
     @torch.no_grad()
     def encode(self, stimuli, index, condition: str) -> torch.Tensor:
         self.check_condition(condition)
-        batch = self.prepare(stimuli, index, condition)
+        batch, vis, aud = self.prepare(stimuli, index, condition)
         with self.autocast():
-            out = self.model(**batch.model_kwargs())
+            out = self.model(tokens=batch.tokens, token_segment=batch.token_segment, audio_ptr=batch.audio_ptr,
+                             vision_tokens=vis, audio_tokens=aud)
         L = batch.tokens.shape[1]
         hs = out["hidden_states"][:, :, :L].float()                         # (layers, b, L, H)
         w = batch.language.float()

@@ -55,15 +55,17 @@ class WindowBatch:
 
 
 def pack_windows(word_ids: list, frames: Optional[torch.Tensor], audio: Optional[torch.Tensor],
-                 audio_token_length: int = 6, length: Optional[int] = None) -> WindowBatch:
+                 audio_token_length: int = 6, length: Optional[int] = None,
+                 n_clips: Optional[int] = None) -> WindowBatch:
     """word_ids: per window a list of BPE ids (all segment 0); frames (B, T, ...); audio (B, S, T_a, C).
+    ``n_clips`` sets S when ``audio`` is not given (the slots are laid out, the clips encoded elsewhere).
 
     Row b: its ids (or [MASK] if none), then S runs of ``audio_token_length`` AUDIOSPAN slots
     (clip s -> audio_ptr s), then PADDING up to ``length`` (default: the longest row). Words longer
     than the room left are truncated from the START (the most recent words are kept).
     """
     B = len(word_ids)
-    S = 0 if audio is None else int(audio.shape[1])
+    S = int(audio.shape[1]) if audio is not None else int(n_clips or 0)
     n_audio = S * audio_token_length
     rows = [list(ids) if len(ids) else [MASK] for ids in word_ids]
     L = length if length is not None else max(len(r) for r in rows) + n_audio

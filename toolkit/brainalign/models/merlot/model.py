@@ -165,7 +165,7 @@ def rotary_factor(sinusoids: torch.Tensor, size_per_head: int) -> torch.Tensor:
     sin_t = sinusoids[..., 1, :, None, :]
     sign = torch.ones(r, dtype=sinusoids.dtype, device=sinusoids.device)
     sign[0::2] = -1.0
-    factor = sin_t + sign * cos_t
+    factor = cos_t + sign * sin_t
     if size_per_head > r:
         factor = torch.cat([factor, factor.new_ones(*factor.shape[:-1], size_per_head - r)], dim=-1)
     return factor
@@ -409,20 +409,32 @@ class MerlotReserve(nn.Module):
                              f"{self.cfg.output_grid} needs {want}")
         return self.vision_encoder(patchify(frames, self.cfg.vit_patch_size))
 
-    def embed_inputs(self, tokens, token_segment=None, frames=None, audio=None, audio_ptr=None) -> dict:
+    def vision_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, T, h*P, w*P, 3) in [0, 1] -> pooled vision tokens (B, T * h/2 * w/2, H)."""
+        B, T = frames.shape[:2]
+        vis = self.encode_frames(frames.reshape(B * T, *frames.shape[2:]))["seq_attnpool"]
+        return vis.reshape(B, T * vis.shape[1], -1)
+
+    def audio_tokens(self, audio: torch.Tensor) -> torch.Tensor:
+        """audio (B, S, audio_seq_length, num_mels + 1) -> pooled audio tokens (B, S, audio_token_length, H)."""
+        B, S = audio.shape[:2]
+        enc = self.audio_encoder(audio.reshape(B * S, *audio.shape[2:]))["seq_attnpool"]
+        return enc.reshape(B, S, self.cfg.audio_token_length, -1)
+
+    def embed_inputs(self, tokens, token_segment=None, frames=None, audio=None, audio_ptr=None,
+                     vision_tokens=None, audio_tokens=None) -> dict:
         """The joint transformer's input: {'x': (B, N, H), 'coords': (B, N, 4), 'is_valid': bool (B, N),
-        'n_tokens': L, 'n_vision': T * pooled patches}."""
+        'n_tokens': L, 'n_vision': T * pooled patches}. ``vision_tokens`` / ``audio_tokens`` (outputs of
+        :meth:`vision_tokens` / :meth:`audio_tokens`) replace ``frames`` / ``audio`` when already encoded."""
         cfg = self.cfg
         B, L = tokens.shape
         dev = tokens.device
         x = self.token_encoder(tokens)
         is_audio = tokens == AUDIOSPAN
         if bool(is_audio.any()):
-            if audio is None or audio_ptr is None:
+            if (audio is None and audio_tokens is None) or audio_ptr is None:
                 raise ValueError("tokens contain AUDIOSPAN slots but no audio / audio_ptr was given")
-            S = audio.shape[1]
-            enc = self.audio_encoder(audio.reshape(B * S, *audio.shape[2:]))["seq_attnpool"]
-            enc = enc.reshape(B, S, cfg.audio_token_length, -1)
+            enc = self.audio_tokens(audio) if audio_tokens is None else audio_tokens
             sub = (is_audio.long().cumsum(-1) - 1).clamp(min=0) % cfg.audio_token_length
             ptr = audio_ptr.clamp(min=0)
             picked = enc[torch.arange(B, device=dev)[:, None], ptr, sub]
@@ -433,22 +445,22 @@ class MerlotReserve(nn.Module):
         coords = torch.stack([zeros, zeros, seg / MAX_SEGMENT, tok_idx / MAX_TOKEN], -1)
         is_valid = tokens != PADDING
         n_vision = 0
-        if frames is not None:
-            T = frames.shape[1]
-            vis = self.encode_frames(frames.reshape(B * T, *frames.shape[2:]))["seq_attnpool"]
-            n_per = vis.shape[1]
-            vis = vis.reshape(B, T * n_per, -1)
+        if frames is not None or vision_tokens is not None:
+            vis = self.vision_tokens(frames) if vision_tokens is None else vision_tokens
+            n_per = cfg.pooled_grid[0] * cfg.pooled_grid[1]
+            nv = vis.shape[1]
+            T = nv // n_per
             hw = rotary_coordinates_2d(*cfg.pooled_grid).to(dev).repeat(T, 1)          # (T*n_per, 2)
             vseg = torch.arange(T, device=dev, dtype=torch.float32).repeat_interleave(n_per)
-            vcoords = torch.cat([hw, (vseg / MAX_SEGMENT)[:, None], torch.zeros(T * n_per, 1, device=dev)], -1)
+            vcoords = torch.cat([hw, (vseg / MAX_SEGMENT)[:, None], torch.zeros(nv, 1, device=dev)], -1)
             x = torch.cat([x, vis.to(x.dtype)], 1)
             coords = torch.cat([coords, vcoords.expand(B, -1, -1)], 1)
-            is_valid = torch.cat([is_valid, is_valid.new_ones(B, T * n_per)], 1)
-            n_vision = T * n_per
+            is_valid = torch.cat([is_valid, is_valid.new_ones(B, nv)], 1)
+            n_vision = nv
         return {"x": x, "coords": coords, "is_valid": is_valid, "n_tokens": L, "n_vision": n_vision}
 
     def forward(self, tokens, token_segment=None, frames=None, audio=None, audio_ptr=None,
-                keep_layers: bool = True) -> dict:
+                keep_layers: bool = True, vision_tokens=None, audio_tokens=None) -> dict:
         """Run the joint transformer (input contract in the class docstring).
 
         Returns {'hidden_states': (n_layers, B, N, H) residual stream after each joint layer (before
@@ -456,7 +468,7 @@ class MerlotReserve(nn.Module):
         (B, N), 'n_tokens': L (slots [0, L) are the token slots), 'n_vision': number of vision tokens
         (slots [L, N))}.
         """
-        inp = self.embed_inputs(tokens, token_segment, frames, audio, audio_ptr)
+        inp = self.embed_inputs(tokens, token_segment, frames, audio, audio_ptr, vision_tokens, audio_tokens)
         out = self.joint_transformer(inp["x"], inp["coords"], is_valid=inp["is_valid"], keep_layers=keep_layers)
         hidden = torch.stack(out["layers"]) if keep_layers else None
         return {"hidden_states": hidden, "seq": out["seq"], "is_valid": inp["is_valid"],

@@ -76,21 +76,28 @@ def resample(wave: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarr
     return resample_poly(np.asarray(wave, dtype=np.float64), target // g, rate // g, axis=-1).astype(np.float32)
 
 
-def audio_clips(wave: np.ndarray, rate: int, n_clips: int | None = None, clip_frames: int = CLIP_FRAMES,
+def n_clips(n_samples: int, rate: int, clip_frames: int = CLIP_FRAMES) -> int:
+    """Clips for a window of ``n_samples`` at ``rate``: its frames / clip_frames, an overhang under 20% of a
+    clip cut (5 s -> 188 frames -> 3 clips, as in the original), at least one."""
+    n_target = math.ceil(n_samples * SAMPLE_RATE / rate)      # the length resample_poly returns
+    frames = 1 + max(n_target, N_FFT // 2 + 1) // HOP
+    return max(1, math.ceil(frames / clip_frames - 0.2))
+
+
+def audio_clips(wave: np.ndarray, rate: int, count: int | None = None, clip_frames: int = CLIP_FRAMES,
                 n_mels: int = N_MELS) -> np.ndarray:
     """float32 (n_clips, clip_frames, n_mels + 1) model input for one window's waveform (n_samples,) at ``rate``.
 
-    ``n_clips`` default: enough clips to hold the window (at least one; an overhang under 20% of a clip is cut, as 5 s -> 188 frames -> 3 clips in the original). Frames past the audio are silence (0).
+    ``count`` default: :func:`n_clips`. Frames past the audio are silence (0).
     """
     if n_mels != N_MELS:
         raise ValueError(f"MERLOT Reserve takes {N_MELS} mel bands, not {n_mels}")
     spec = log_mel(resample(wave, rate))
-    if n_clips is None:
-        n_clips = max(1, math.ceil(spec.shape[0] / clip_frames - 0.2))     # ignore a <20% overhang
-    out = np.zeros((n_clips, clip_frames, n_mels + 1), dtype=np.float32)
-    flat = out[..., :n_mels].reshape(n_clips * clip_frames, n_mels)
+    count = n_clips(len(wave), rate, clip_frames) if count is None else count
+    out = np.zeros((count, clip_frames, n_mels + 1), dtype=np.float32)
+    flat = out[..., :n_mels].reshape(count * clip_frames, n_mels)
     k = min(flat.shape[0], spec.shape[0])
     flat[:k] = spec[:k]
-    out[..., :n_mels] = flat.reshape(n_clips, clip_frames, n_mels)
+    out[..., :n_mels] = flat.reshape(count, clip_frames, n_mels)
     out[..., n_mels] = 1.0                      # playback speed
     return out
