@@ -64,3 +64,21 @@ def test_residual_does_not_leak_held_out_run():
     # a leaky version (fitted on all rows) would have moved the training rows
     leaky = ridge_residual(T2, P2, np.ones(n, bool), 1.0)
     assert not np.allclose(leaky[~held_out], base[~held_out], atol=1e-3)
+
+
+def test_fold_groups_and_grouped_splits():
+    from brainalign.align import fold_groups
+    from brainalign.fit import fold_splits
+
+    eps = ["a", "b", "c", "d", "e", "f", "g"]
+    fold_of_run, names = fold_groups(eps)
+    assert list(fold_of_run) == list(range(7)) and names == eps
+    fold_of_run, names = fold_groups(eps, 3)
+    assert list(fold_of_run) == [0, 0, 0, 1, 1, 2, 2] and names == ["a+b+c", "d+e", "f+g"]
+    runs = np.repeat(np.arange(7), 5)
+    groups = fold_of_run[runs]
+    train, test, inner = fold_splits(groups, 1)
+    np.testing.assert_array_equal(test, np.flatnonzero((runs == 3) | (runs == 4)))
+    assert len(inner) == 2                      # inner folds leave one training group out
+    held = [set(runs[train][v]) for _, v in inner]
+    assert held == [{0, 1, 2}, {5, 6}]

@@ -91,7 +91,9 @@ def to64(tree):
 def tiny_ckpt(tmp_path_factory):
     cfg = MerlotConfig(**TINY)
     params = flax_tree(cfg, random_maker(0))
-    state = {"step": np.int32(1234), "params": params, "opt_state": None}   # a flax TrainState's state dict
+    # a flax TrainState's state dict: optax state tuples become {"0": ..., "1": ...}; only params are read
+    opt = {"0": {"count": np.int32(5), "mu": {"joint_transformer": {"x": np.zeros(3, np.float16)}}}, "1": {}}
+    state = {"step": np.int32(1234), "params": params, "opt_state": opt}
     path = tmp_path_factory.mktemp("merlot") / "base"
     path.write_bytes(flaxmsgpack.serialize(state))
     return cfg, to64(params), path

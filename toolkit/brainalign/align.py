@@ -77,6 +77,20 @@ def run_lengths_after_trim(lengths, trim):
     return [n - 2 * trim for n in lengths]
 
 
+def fold_groups(episodes, n_folds=None):
+    """Outer CV folds: fold index of each run and the folds' names.
+
+    One fold per run by default; with ``n_folds`` consecutive runs are grouped into that many folds of
+    near-equal size (np.array_split order), e.g. runs of one episode or season stay together.
+    """
+    n = len(episodes)
+    groups = np.array_split(np.arange(n), n_folds or n)
+    fold_of_run = np.empty(n, np.int32)
+    for k, g in enumerate(groups):
+        fold_of_run[g] = k
+    return fold_of_run, ["+".join(episodes[i] for i in g) for g in groups]
+
+
 # ---- stage ---------------------------------------------------------------------------------------
 
 def _match_lengths(cfg, feat_lengths: dict, bold_lengths: dict) -> dict:
@@ -186,6 +200,7 @@ def run_align(cfg, force: bool = False):
     trim, delays = cfg.align.trim, list(cfg.align.delays)
     kept = run_lengths_after_trim([n_use[e] for e in episodes], trim)
     runs_index = np.concatenate([np.full(k, i, np.int32) for i, k in enumerate(kept)])
+    fold_of_run, fold_names = fold_groups(episodes, cfg.align.outer_folds)
 
     # per-run, per-layer TR-grid features, z-scored within run: {cond: [ (n_layers, n_e, d) per run ]}
     grid = {}
@@ -197,8 +212,9 @@ def run_align(cfg, force: bool = False):
     extra = {"config_hash": chash}
     with atomic_h5(design_path, "align", cfg.text, extra) as f:
         f.create_dataset("runs", data=runs_index)
+        f.create_dataset("cv_groups", data=fold_of_run[runs_index])
         f.attrs["episodes"] = str_attr(episodes)
-        f.attrs["folds"] = str_attr(episodes)
+        f.attrs["folds"] = str_attr(fold_names)
         f.attrs["layers"] = np.asarray(layers, np.int64)
         f.attrs["delays"] = np.asarray(delays, np.int64)
         f.attrs["trim"] = trim
@@ -211,16 +227,16 @@ def run_align(cfg, force: bool = False):
             ds = g.create_dataset(c, data=X, chunks=(1,) + X.shape[1:])
             ds.attrs["per_fold"] = 0
         alpha = cfg.align.residual_alpha
-        run_of_row = np.concatenate([np.full(n_use[e], i) for i, e in enumerate(episodes)])
+        fold_of_row = np.concatenate([np.full(n_use[e], fold_of_run[i]) for i, e in enumerate(episodes)])
         splits = np.cumsum([n_use[e] for e in episodes])[:-1]
         for res in progress(cfg.align.residuals, desc="residual features"):
-            X = np.empty((len(episodes), len(layers), len(runs_index), grid[res.target][0].shape[2] * len(delays)),
+            X = np.empty((len(fold_names), len(layers), len(runs_index), grid[res.target][0].shape[2] * len(delays)),
                          np.float32)
             for li in range(len(layers)):
                 tgt = np.concatenate([r[li] for r in grid[res.target]])
                 prd = np.concatenate([np.concatenate([r[li] for r in grid[p]]) for p in res.predictors], axis=1)
-                for k in range(len(episodes)):                   # outer fold k holds out run k
-                    resid = ridge_residual(tgt, prd, run_of_row != k, alpha)
+                for k in range(len(fold_names)):                 # fitted without outer fold k's runs
+                    resid = ridge_residual(tgt, prd, fold_of_row != k, alpha)
                     X[k, li] = design_from_runs(np.split(resid, splits), delays, trim)
             ds = g.create_dataset(res.name, data=X, chunks=(1, 1) + X.shape[2:])
             ds.attrs["per_fold"] = 1

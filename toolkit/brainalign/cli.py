@@ -7,7 +7,7 @@ import yaml
 
 from . import __version__
 from .errors import BrainAlignError
-from .log import get_logger, setup_logging
+from .log import get_logger, rank_info, setup_logging
 
 VERBS = {
     "simulate": "write the embedded demo dataset (episodes as mp4+wav+TSV transcripts, BIDS/fMRIPrep-named "
@@ -75,6 +75,9 @@ def build_parser():
                                  "container image, binds); default configs/cluster/local.yaml")
             sp.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
             sp.add_argument("--wait", action="store_true", help="wait for the last job and report its state")
+            sp.add_argument("--emit-sbatch", metavar="DIR",
+                            help="write the plan as sbatch scripts + submit.sh (+ frozen config) into DIR "
+                                 "instead of submitting (with --cluster slurm)")
     return p
 
 
@@ -108,13 +111,15 @@ def main(argv=None):
             from .dist.submit import submit_study
 
             submit_study(cfg, cluster=args.cluster, profile=args.profile, dry_run=args.dry_run,
-                         wait=args.wait, force=args.force)
+                         wait=args.wait, force=args.force, emit_sbatch=args.emit_sbatch)
         elif args.verb == "extract" and args.episodes:
             from .extract import run_extract
 
             print(run_extract(cfg, episodes=args.episodes, force=args.force))
         else:
-            print(run_stage(cfg, args.verb, force=args.force))
+            out = run_stage(cfg, args.verb, force=args.force)
+            if rank_info()[0] == 0:          # under MPI only rank 0 reports
+                print(out)
         return 0
     except BrainAlignError as e:
         print(f"brainalign {args.verb}: error: {e}", file=sys.stderr)

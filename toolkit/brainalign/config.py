@@ -110,6 +110,7 @@ class AlignConfig:
     max_tr_mismatch: int = 2               # features vs BOLD TR counts may differ by this much (cut to the shorter)
     residuals: list[ResidualConfig] = field(default_factory=list)
     residual_alpha: float = 1.0            # ridge penalty of the residual regression (z-scored features)
+    outer_folds: Optional[int] = None      # group consecutive runs into this many CV folds (null: one per run)
 
 
 @dataclass
@@ -136,6 +137,30 @@ class StatsConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    data: str = "{root}/tvqa"              # dir with tvqa_train.jsonl, tvqa_val.jsonl, frames/, subtitles/
+    output: Optional[str] = None           # fine-tuned checkpoint (null: OUTPUT/finetune/model.pt)
+    epochs: int = 4
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    seed: int = 0
+    device: str = "cpu"
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"
+    n_train: int = 400                     # synthetic TVQA set written by `brainalign simulate` (demo)
+    n_val: int = 100
+
+
+@dataclass
+class MlmConfig:
+    conditions: list[str] = field(default_factory=lambda: ["joint", "no_vision"])
+    mask_fraction: float = 0.15            # share of transcript words masked per window
+    bootstrap: int = 1000                  # bootstrap resamples for the confidence intervals
+    seed: int = 0
+
+
+@dataclass
 class ReportConfig:
     layer: Optional[int] = None            # layer for ROI bar charts (null: best mean joint layer)
     title: str = "brainalign report"
@@ -156,6 +181,8 @@ class Config:
     align: AlignConfig = field(default_factory=AlignConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    mlm: MlmConfig = field(default_factory=MlmConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     # not part of the schema: filled by load_config
     source: str = field(default="", metadata={"internal": True})
@@ -311,6 +338,9 @@ def _check_semantics(cfg: Config):
         err("fit.alphas", "needs one or more positive values")
     if any(d < 0 for d in cfg.align.delays) or not cfg.align.delays:
         err("align.delays", "needs one or more non-negative TR delays")
+    k = cfg.align.outer_folds
+    if k is not None and not 3 <= k <= len(cfg.data.episodes):
+        err("align.outer_folds", f"needs 3 to {len(cfg.data.episodes)} folds (the number of runs), got {k}")
     if not 0 < cfg.stats.q < 1:
         err("stats.q", f"must lie in (0, 1), got {cfg.stats.q}")
     if len(cfg.simulate.grid) != 3:

@@ -1,6 +1,7 @@
 """Fit stage: voxel-wise ridge encoding models with nested cross-validation.
 
-Outer folds leave one run out; inside each outer training set the inner folds leave one training run out
+Outer folds leave one run (or one group of runs, align.outer_folds) out; inside each outer training set the
+inner folds leave one training run (group) out
 and pick every voxel's alpha by mean inner-fold Pearson r; the model refit on the whole outer training set
 with that alpha is scored on the held-out run (Pearson r). The design is shared by all subjects, so the
 X-only work (decompositions) of one (feature set, layer, fold) unit serves every subject and voxel chunk.
@@ -47,12 +48,16 @@ class Unit:
         return (self.fs, self.layer, self.fold, self.chunk)
 
 
-def fold_splits(runs: np.ndarray, fold: int):
-    """Outer split for ``fold`` and its inner leave-one-training-run-out splits (indices into train rows)."""
-    train = np.flatnonzero(runs != fold)
-    test = np.flatnonzero(runs == fold)
-    tr_runs = runs[train]
-    inner = [(np.flatnonzero(tr_runs != j), np.flatnonzero(tr_runs == j)) for j in np.unique(tr_runs)]
+def fold_splits(groups: np.ndarray, fold: int):
+    """Outer split for ``fold`` and its inner leave-one-training-fold-out splits (indices into train rows).
+
+    ``groups`` is the CV group of each row: the run index, or the outer fold index when runs are grouped
+    (design.h5 ``/cv_groups``).
+    """
+    train = np.flatnonzero(groups != fold)
+    test = np.flatnonzero(groups == fold)
+    tr_groups = groups[train]
+    inner = [(np.flatnonzero(tr_groups != j), np.flatnonzero(tr_groups == j)) for j in np.unique(tr_groups)]
     return train, test, inner
 
 
@@ -82,6 +87,8 @@ class FitInputs:
     def _check(self, cfg):
         out = cfg.out
         self.runs = self.design["runs"][()]
+        # CV group of each row: one fold per run unless align grouped runs (align.outer_folds)
+        self.groups = self.design["cv_groups"][()] if "cv_groups" in self.design else self.runs
         if not np.array_equal(self.runs, self.bold["runs"][()]):
             raise DataError(f"{out / 'design.h5'} and {out / 'bold.h5'} disagree on their TR grid (re-run align)")
         self.feature_sets = list(cfg.feature_sets)
@@ -145,7 +152,7 @@ class SolverCache:
 
             self.key = self.solver = None          # free the previous solver before building the next
             t0 = time.perf_counter()
-            train, test, inner = fold_splits(self.inp.runs, unit.fold)
+            train, test, inner = fold_splits(self.inp.groups, unit.fold)
             X = self.inp.X(unit)
             self.solver = FoldSolver(X[train], X[test], np.asarray(self.cfg.fit.alphas, np.float64), inner,
                                      backend=self.cfg.fit.backend)

@@ -22,6 +22,7 @@ from ..errors import ConfigError
 #: name -> "module:function" of built-in factories, imported on first use
 _BUILTIN = {
     "tiny": "brainalign.models.tiny:build_tiny",
+    "merlot_reserve": "brainalign.models.merlot.backbone:build_merlot_reserve",
 }
 _FACTORIES: dict[str, Callable] = {}
 

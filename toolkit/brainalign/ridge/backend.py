@@ -90,11 +90,11 @@ class NumpyBackend:
         return a[:, idx]
 
     def colsums2(self, p, y):
-        """Column sums of p*p and p*y in one call: p, y (n, v) -> ((v,), (v,)).
+        """Column sums of p*p and p*y: p (k, n, v) stacked predictions, y (n, v) -> ((k, v), (k, v)).
 
         This is the per-alpha scoring pass; the cupy backend fuses both sums into one kernel.
         """
-        return np.einsum("ij,ij->j", p, p), np.einsum("ij,ij->j", p, y)
+        return np.einsum("kij,kij->kj", p, p), np.einsum("kij,ij->kj", p, y)
 
     def colsumsq(self, a):
         return np.einsum("ij,ij->j", a, a)
@@ -187,7 +187,7 @@ class TorchBackend:
 
     def colsums2(self, p, y):
         vd = self.torch.linalg.vecdot
-        return vd(p, p, dim=0), vd(p, y, dim=0)
+        return vd(p, p, dim=1), vd(p, y[None], dim=1)
 
     def colsumsq(self, a):
         return self.torch.linalg.vecdot(a, a, dim=0)

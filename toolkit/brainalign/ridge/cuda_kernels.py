@@ -64,6 +64,17 @@ def _row_major_ld(a):
 
 
 def colsums2(P, Y):
+    """Fused column sums for stacked predictions: P (k, n, v), Y (n, v) -> (sum P*P, sum P*Y),
+    each (k, v); one kernel launch per stacked alpha, each reading P and Y once."""
+    import cupy
+
+    if P.ndim == 3:
+        pairs = [colsums2_2d(P[i], Y) for i in range(P.shape[0])]
+        return cupy.stack([a for a, _ in pairs]), cupy.stack([b for _, b in pairs])
+    return colsums2_2d(P, Y)
+
+
+def colsums2_2d(P, Y):
     """(sum(P*P, 0), sum(P*Y, 0)) for cupy arrays P, Y of equal shape (n, v), in one fused pass."""
     import cupy
 

@@ -7,8 +7,11 @@ rows ``X_eval`` (centred with the *training* means) are, for penalty ``a``::
 
 ``U``, ``s`` and ``M`` depend on X only, so :class:`FoldSolver` computes them once (in float64, then
 stores them in the working dtype). Per voxel chunk the cost is one GEMM ``Z = U^T Y`` per inner fold
-and one GEMM ``(M * d_a) @ Z`` per (fold, alpha), each followed by a single column-reduction pass
-that yields ``sum(P^2)`` and ``sum(P * Y_val)``; predictions for all alphas are never held at once.
+and, per fold, GEMMs ``[M d_a1; M d_a2; ...] @ Z`` over small groups of alphas (as many as fit a
+48 MiB prediction buffer), each followed by one column-reduction pass that yields ``sum(P^2)`` and
+``sum(P * Y_val)``; predictions for all alphas of a whole chunk are never held at once.
+Inner scores use the alpha-normalised shrinkage ``d_a / max(d_a)`` (Pearson r is scale-free), so
+alphas from 1e-3 to 1e9 stay well inside float32 range.
 
 Decomposition (``method``): ``"eigh"`` (default) diagonalises the float64 Gram matrix ``Xc^T Xc``
 when p <= n_train, or the float64 linear kernel ``Xc Xc^T`` when p > n_train (dual form, so FIR-
@@ -39,6 +42,7 @@ coef (p, v), intercept (v,), r (v,) test Pearson r or None without test rows (nu
 
 SCORINGS = ("r", "r2")
 METHODS = ("eigh", "svd")
+_GROUP_BYTES = 48 * 2**20  # predictions held at once by the stacked scoring GEMM
 _RUN_LIMIT = 4  # at most this many contiguous row runs are used as slices; more -> one gather
 
 
@@ -164,7 +168,7 @@ class FoldSolver:
     scoring : inner-CV criterion, 'r' (Pearson, default) or 'r2' (coefficient of determination,
         himalaya's ``r2_score``).
     method : 'eigh' (float64 Gram/kernel eigendecomposition, default) or 'svd' (float64 thin SVD).
-    targets_batch : voxels processed per internal batch (None: automatic, about 2048).
+    targets_batch : voxels processed per internal batch (None: 4096).
 
     All X-only work (centring, decompositions, evaluation maps) happens here; :meth:`score_chunk`
     is then called for successive voxel chunks. The intercept is handled as scikit-learn's
@@ -204,7 +208,7 @@ class FoldSolver:
         if self.n_test == 1:
             raise DataError("X_test has 1 row; Pearson r needs at least 2 test rows")
         self.splits = check_splits(inner_splits, self.n_train)
-        self.targets_batch = int(targets_batch) if targets_batch else 2048
+        self.targets_batch = int(targets_batch) if targets_batch else 4096
         # Centre X once globally (float64): fold means are then small corrections, so Gram
         # matrices can be downdated (X^T X - X_val^T X_val) without cancellation.
         shift = Xtr.mean(0, dtype=np.float64)
@@ -325,7 +329,8 @@ class FoldSolver:
         if Ys is not None:
             P = full.M @ W                              # (n_test, vb), M centred over test rows
             Ysc = Ys - B.cast(B.mean0_64(Ys), dt)
-            pp, py = B.colsums2(P, Ysc)
+            pp, py = B.colsums2(P[None], Ysc)
+            pp, py = pp[0], py[0]
             yy = B.colsumsq(Ysc)
             r = _pearson_from_sums(B, pp, py, yy)
             r[~ok] = np.nan
@@ -363,27 +368,41 @@ class FoldSolver:
                 target = Yvp
             else:
                 target = Yv                                 # P is centred, so sum(P*Yv) = sum(P*Yvc)
-            if buf is None or buf.shape != f.M.shape:
-                buf = B.zeros(f.M.shape, dt)
-            if pbuf is None or pbuf.shape != (f.M.shape[0], vb):
-                pbuf = B.zeros((f.M.shape[0], vb), dt)   # reused: no page faults per GEMM
-            for a in range(A):
-                B.xp.multiply(f.M, f.D[a], out=buf)
-                P = B.xp.matmul(buf, W, out=pbuf)           # (n_val, vb) predictions, this alpha
-                pp, py = B.colsums2(P, target)
+            n_va, r = f.M.shape
+            g = self._alpha_group(n_va, vb)
+            if buf is None or buf.shape != (g * n_va, r):
+                buf = B.zeros((g * n_va, r), dt)             # alpha-scaled evaluation maps, stacked
+            if pbuf is None or pbuf.shape != (g * n_va, vb):
+                pbuf = B.zeros((g * n_va, vb), dt)           # reused: no page faults per GEMM
+            for a0 in range(0, A, g):
+                k = min(g, A - a0)
+                for i in range(k):
+                    B.xp.multiply(f.M, f.D[a0 + i], out=buf[i * n_va:(i + 1) * n_va])
+                # one GEMM for k alphas: (k*n_val, r) @ (r, vb) -> predictions of this group only
+                P = B.xp.matmul(buf[:k * n_va], W, out=pbuf[:k * n_va])
+                pp, py = B.colsums2(P.reshape(k, n_va, vb), target)   # (k, vb) each
                 pp = B.cast(pp, "float64")
                 py = B.cast(py, "float64")
                 if self.scoring == "r2":
-                    good = vy > 0
-                    sse = yy - 2 * py + pp
-                    score = 1 - sse / B.where(good, vy, 1.0)
+                    good = (vy > 0)[None, :] & (pp == pp)
+                    sse = yy[None, :] - 2 * py + pp
+                    score = 1 - sse / B.where(vy > 0, vy, 1.0)[None, :]
                 else:
-                    den = pp * vy
+                    den = pp * vy[None, :]
                     good = den > 0
                     score = py / B.sqrt(B.where(good, den, 1.0))
-                acc[a] += B.where(good, score, 0.0)
-                cnt[a] += B.cast(good, "float64")
+                acc[a0:a0 + k] += B.where(good, score, 0.0)
+                cnt[a0:a0 + k] += B.cast(good, "float64")
         return B.where(cnt > 0, acc / B.where(cnt > 0, cnt, 1.0), float("nan"))
+
+    def _alpha_group(self, n_val, vb):
+        """Alphas per stacked GEMM: as many as fit ``_GROUP_BYTES`` of predictions (at least 1),
+        balanced over groups. Memory is bounded by the batch size, never by n_alphas x v."""
+        A = self.alphas.size
+        item = np.dtype(self.dtype).itemsize
+        g = int(max(1, min(A, _GROUP_BYTES // max(1, n_val * vb * item))))
+        groups = -(-A // g)
+        return -(-A // groups)
 
     def _select(self, cv):
         """Index of the best alpha per voxel (ties -> largest alpha); -1 where all scores are NaN."""

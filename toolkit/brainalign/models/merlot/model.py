@@ -35,7 +35,7 @@ cosine/sine), i.e. ``x_2k * (sin - cos)`` and ``x_2k+1 * (sin + cos)``; other di
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -165,7 +165,7 @@ def rotary_factor(sinusoids: torch.Tensor, size_per_head: int) -> torch.Tensor:
     sin_t = sinusoids[..., 1, :, None, :]
     sign = torch.ones(r, dtype=sinusoids.dtype, device=sinusoids.device)
     sign[0::2] = -1.0
-    factor = cos_t + sign * sin_t
+    factor = sin_t + sign * cos_t
     if size_per_head > r:
         factor = torch.cat([factor, factor.new_ones(*factor.shape[:-1], size_per_head - r)], dim=-1)
     return factor
@@ -191,6 +191,12 @@ def mask_bias(is_valid: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, 0.0, MASK_BIAS).to(torch.float32)
 
 
+def _bias_as(bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The -1e10 bias in ``dtype``, clamped to its finite range (float16: -65504, not -inf, so padded
+    query rows stay finite and never put NaN into the valid rows)."""
+    return bias.clamp(min=torch.finfo(dtype).min).to(dtype)
+
+
 class SelfAttention(nn.Module):
     """Fused qkv projection (heads: queries, keys, values), rotary on queries and keys, no output bias."""
 
@@ -209,7 +215,7 @@ class SelfAttention(nn.Module):
             qk = qk * rot.to(qk.dtype)
         q, k = qk.split(self.heads, dim=-2)
         o = F.scaled_dot_product_attention(q.transpose(-3, -2), k.transpose(-3, -2), v.transpose(-3, -2),
-                                           attn_mask=None if bias is None else bias.to(q.dtype))
+                                           attn_mask=None if bias is None else _bias_as(bias, q.dtype))
         return self.attn_proj(o.transpose(-3, -2).reshape(*lead, n, self.heads * self.d))
 
 

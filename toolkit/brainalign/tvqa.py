@@ -1,0 +1,255 @@
+"""TVQA-format video question answering data: reader, validation, clip access, and a synthetic set.
+
+Layout of a data directory (``finetune.data``), as TVQA ships it (frames at 3 fps, 1-based names)::
+
+    tvqa_train.jsonl, tvqa_val.jsonl     one JSON object per line:
+        qid (int|str), q (str), a0 … a4 (str), answer_idx (int 0..4), ts ("start-end" seconds in the clip),
+        vid_name (str), optional show_name
+    frames/{vid_name}/00001.jpg …        the clip's frames (.jpg/.jpeg/.png) at ``fps``; file k (sorted by
+                                          name) is shown from (k - 1) / fps seconds
+    subtitles/{vid_name}.srt             the clip's subtitles (SRT; words get times spread over their block)
+
+Every problem is one DataError line naming the file, the line number and the field.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .h5io import atomic_path
+
+N_ANSWERS = 5
+TVQA_FPS = 3.0                       # TVQA's released frames: 3 per second
+SPLIT_FILES = {"train": "tvqa_train.jsonl", "val": "tvqa_val.jsonl"}
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+REQUIRED = ("qid", "q", *(f"a{i}" for i in range(N_ANSWERS)), "answer_idx", "ts", "vid_name")
+
+
+@dataclass(frozen=True)
+class QAItem:
+    qid: str
+    question: str
+    answers: tuple          # N_ANSWERS strings
+    answer_idx: int         # 0..N_ANSWERS-1
+    ts: tuple               # (start, end) seconds within the clip, 0 <= start <= end
+    vid_name: str
+
+
+_TS = re.compile(r"\s*([^-\s]+)\s*-\s*([^-\s]+)\s*")
+
+
+def parse_ts(text, where: str) -> tuple:
+    """TVQA's ``"start-end"`` (seconds) -> (start, end); DataError naming ``where`` if malformed."""
+    m = _TS.fullmatch(str(text))
+    try:
+        start, end = (float(g) for g in m.groups()) if m else (None, None)
+    except ValueError:
+        start = end = None
+    if start is None or not (math.isfinite(start) and math.isfinite(end)):
+        raise DataError(f"{where}: ts {text!r} is not 'start-end' in seconds (finite numbers)")
+    if start < 0 or end < start:
+        raise DataError(f"{where}: ts {text!r} needs 0 <= start <= end")
+    return start, end
+
+
+def read_tvqa(path) -> list[QAItem]:
+    """Questions of one TVQA jsonl file (blank lines skipped), validated field by field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"TVQA file not found: {path}")
+    items, seen = [], set()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"TVQA {path} line {n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in REQUIRED if k not in row]
+        if missing:
+            raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+        for k in ("q", "vid_name", *(f"a{i}" for i in range(N_ANSWERS))):
+            if not isinstance(row[k], str) or (k in ("q", "vid_name") and not row[k].strip()):
+                raise DataError(f"{where}: field {k} must be a non-empty string, got {row[k]!r}")
+        idx = row["answer_idx"]
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < N_ANSWERS:
+            raise DataError(f"{where}: answer_idx {idx!r} out of range (an integer 0..{N_ANSWERS - 1})")
+        vid = row["vid_name"].strip()
+        if "/" in vid or "\\" in vid or vid in (".", ".."):
+            raise DataError(f"{where}: vid_name {vid!r} must be a plain clip name")
+        qid = str(row["qid"])
+        if qid in seen:
+            raise DataError(f"{where}: duplicate qid {qid}")
+        seen.add(qid)
+        items.append(QAItem(qid, row["q"], tuple(row[f"a{i}"] for i in range(N_ANSWERS)), idx,
+                            parse_ts(row["ts"], where), vid))
+    if not items:
+        raise DataError(f"TVQA {path}: no questions")
+    return items
+
+
+def frame_files(root, vid_name: str) -> list[Path]:
+    """The clip's frame images (``frames/{vid_name}/``), sorted by name; DataError if none."""
+    d = Path(root) / "frames" / vid_name
+    files = sorted(p for p in d.glob("*") if p.suffix.lower() in FRAME_SUFFIXES) if d.is_dir() else []
+    if not files:
+        raise DataError(f"TVQA clip {vid_name}: no frames (.jpg/.png) in {d}")
+    return files
+
+
+def subtitle_path(root, vid_name: str) -> Path:
+    return Path(root) / "subtitles" / f"{vid_name}.srt"
+
+
+def check_clips(root, items, split: str) -> None:
+    """Every clip the questions name has frames and a subtitle file (one DataError for the first missing)."""
+    for vid in sorted({it.vid_name for it in items}):
+        frame_files(root, vid)
+        p = subtitle_path(root, vid)
+        if not p.is_file():
+            raise DataError(f"TVQA {split} clip {vid}: subtitles not found: {p}")
+
+
+def frame_times(ts: tuple, n: int) -> np.ndarray:
+    """float64 (n,): centres of n equal parts of [start, end] (n frames sampled evenly inside ts)."""
+    start, end = ts
+    return start + (np.arange(n) + 0.5) * (end - start) / n
+
+
+def load_frames(files: list, ts: tuple, n: int, size: int, fps: float = TVQA_FPS) -> np.ndarray:
+    """uint8 (n, size, size, 3): the frames shown at ``frame_times(ts, n)`` (clamped to the clip), resized."""
+    from PIL import Image
+
+    idx = np.clip(np.floor(frame_times(ts, n) * fps + 1e-9).astype(np.int64), 0, len(files) - 1)
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    cache = {}
+    for k, i in enumerate(idx):
+        if i not in cache:
+            try:
+                with Image.open(files[i]) as im:
+                    im = im.convert("RGB")
+                    if im.size != (size, size):
+                        im = im.resize((size, size), Image.BILINEAR)
+                    cache[i] = np.asarray(im, dtype=np.uint8)
+            except OSError as e:
+                raise DataError(f"TVQA frame {files[i]}: cannot be decoded ({e})") from None
+        out[k] = cache[i]
+    return out
+
+
+_PUNCT = re.compile(r"[^\w']+")
+
+
+def normalise_words(text: str) -> list[str]:
+    """Lower-cased words without punctuation ("(Ross:) Hi!" -> ["ross", "hi"])."""
+    return [w for w in _PUNCT.sub(" ", str(text).lower()).split() if w.strip("'")]
+
+
+def subtitle_words(words, ts: tuple) -> list[str]:
+    """Normalised words of a subtitle (list of stimuli Word) whose onset lies in [start, end]."""
+    start, end = ts
+    out = []
+    for w in words:
+        if start <= w.onset <= end:
+            out += normalise_words(w.word)
+    return out
+
+
+# ---- the synthetic demo set ----------------------------------------------------------------------
+
+#: the friends always sit in this order on the couch (left to right); a clip shows all four
+SEATS = ("ross", "rachel", "monica", "joey")
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40),
+           "purple": (150, 50, 190), "orange": (240, 140, 30)}
+QUESTIONS = ("What colour is the shirt of the person talking?", "What colour was the speaker wearing?",
+             "Which colour is the shirt of whoever speaks here?")
+FILLER = ("hey", "okay", "coffee", "really", "wait", "come", "on", "that", "is", "so", "great", "no", "way",
+          "i", "know", "you", "we", "the", "apartment", "again", "sorry", "look", "what")
+CLIP_SECONDS = 4.0          # two subtitle lines: [0.2, 1.8] and [2.2, 3.8]
+LINES = ((0.2, 1.8), (2.2, 3.8))
+
+
+def _render(shirts: list, size: int, rng) -> np.ndarray:
+    """uint8 (size, size, 3): four people side by side (seat k in column stripe k), each a skin-toned
+    head over a shirt of the given RGB colour, on a noisy background; small random jitter."""
+    img = np.full((size, size, 3), 70, dtype=np.float64) + rng.normal(0, 6, (size, size, 3))
+    w = size // len(SEATS)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for k, rgb in enumerate(shirts):
+        dy = int(rng.integers(-size // 32, size // 32 + 1))
+        x0, x1 = k * w + w // 8, (k + 1) * w - w // 8
+        img[max(0, size * 9 // 20 + dy):, x0:x1] = rgb
+        cx, cy, r = (x0 + x1) / 2, size * 0.28 + dy, w * 0.3
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = (225, 185, 150)
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+def _srt_time(t: float) -> str:
+    ms = int(round(t * 1000))
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
+def write_synthetic_tvqa(root, n_train: int = 400, n_val: int = 100, seed: int = 0, size: int = 64,
+                         fps: float = TVQA_FPS) -> Path:
+    """Write a small TVQA-format set under ``root`` whose answers need BOTH the frames and the subtitles.
+
+    Each clip (CLIP_SECONDS long, ``fps`` PNG frames of size x size) shows the four friends of SEATS side by
+    side, always in that order, in shirts of four distinct colours of COLOURS; its subtitles hold two lines
+    by two different friends (``"Monica: …"``). Each clip carries two questions, one per line, whose ts
+    covers that line only: "What colour is the shirt of the person talking?". The five answers are the four
+    visible shirt colours plus one colour not in the clip (shuffled), so the frames alone narrow the answer to
+    4 (25 %) and the subtitles alone to none (20 %); the speaker (subtitle) + seat -> shirt (frame) gives it.
+    Returns ``root``.
+    """
+    if n_train < 1 or n_val < 1:
+        raise DataError(f"write_synthetic_tvqa: n_train and n_val must be >= 1, got {n_train}, {n_val}")
+    if size % len(SEATS):
+        raise DataError(f"write_synthetic_tvqa: size {size} must be a multiple of {len(SEATS)}")
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    names = list(COLOURS)
+    n_frames = int(round(CLIP_SECONDS * fps))
+    for split, n in (("train", n_train), ("val", n_val)):
+        rows = []
+        for c in range((n + len(LINES) - 1) // len(LINES)):
+            vid = f"synth_{split}_{c:05d}"
+            shirts = [names[i] for i in rng.permutation(len(names))[: len(SEATS)]]
+            absent = [x for x in names if x not in shirts]
+            fdir = root / "frames" / vid
+            fdir.mkdir(parents=True, exist_ok=True)
+            for k in range(n_frames):
+                Image.fromarray(_render([COLOURS[s] for s in shirts], size, rng)).save(fdir / f"{k + 1:05d}.png")
+            speakers = [SEATS[i] for i in rng.choice(len(SEATS), size=len(LINES), replace=False)]
+            blocks = []
+            for j, ((t0, t1), who) in enumerate(zip(LINES, speakers)):
+                text = " ".join(rng.choice(FILLER, size=int(rng.integers(2, 5))))
+                blocks.append(f"{j + 1}\n{_srt_time(t0)} --> {_srt_time(t1)}\n{who.capitalize()}: {text}\n")
+                if len(rows) < n:
+                    answers = shirts + [absent[int(rng.integers(len(absent)))]]
+                    order = rng.permutation(N_ANSWERS)
+                    answers = [answers[i] for i in order]
+                    half = CLIP_SECONDS / len(LINES)
+                    start = j * half + float(rng.uniform(0, 0.15))
+                    end = (j + 1) * half - float(rng.uniform(0, 0.15))
+                    row = {"qid": f"{split}-{len(rows)}", "q": QUESTIONS[int(rng.integers(len(QUESTIONS)))],
+                           "answer_idx": answers.index(shirts[SEATS.index(who)]), "ts": f"{start:.2f}-{end:.2f}",
+                           "vid_name": vid, "show_name": "Synthetic Friends"}
+                    row.update({f"a{i}": a for i, a in enumerate(answers)})
+                    rows.append(row)
+            sub = root / "subtitles" / f"{vid}.srt"
+            sub.parent.mkdir(parents=True, exist_ok=True)
+            sub.write_text("\n".join(blocks), encoding="utf-8")
+        with atomic_path(root / SPLIT_FILES[split]) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return root
