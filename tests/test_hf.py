@@ -235,3 +235,101 @@ def test_errors(tmp_path, s):
         load(notok)
     with pytest.raises(DataError, match="frames have shape"):
         load(bare, frames=2).encode(stim(2, frames=1), [0], "joint")
+
+
+def test_mlm_stage_with_git(bb, s, tmp_path, monkeypatch):
+    """`brainalign mlm` through the GIT LM head: per-word loss = -log p(word | left context) from a direct
+    GitForCausalLM forward; no_vision scores the same words without frames."""
+    from brainalign import mlm
+
+    cfg = cfg_for(bb.source)
+    cfg.output = str(tmp_path / "out")
+    cfg.data.episodes = ["a", "b", "c"]
+    cfg.mlm.conditions = ["joint", "no_vision"]
+    cfg.mlm.bootstrap = 50
+    monkeypatch.setattr("brainalign.stimuli.windows.load_episode_stimuli",
+                        lambda c, ep: dataclasses.replace(s, episode=ep))
+    path = mlm.run_mlm(cfg, backbone=bb)
+    import h5py
+    with h5py.File(path, "r") as f:
+        ep, win, wi = f["episode_index"][()], f["window_index"][()], f["word_index"][()]
+        loss = {c: f[f"{c}/loss"][()] for c in ("joint", "no_vision")}
+        assert f.attrs["backbone"] == "hf" and (f["n_tokens"][()] == 1).all()
+    assert not np.allclose(loss["joint"], loss["no_vision"])
+    model = transformers.GitForCausalLM.from_pretrained(bb.source).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(bb.source)
+    ip = transformers.AutoImageProcessor.from_pretrained(bb.source)
+    k = int(np.flatnonzero(ep == 1)[0])
+    i, w = int(win[k]), int(wi[k])
+    ids = tok(" ".join(s.words[i]))["input_ids"]
+    pv = ip(images=list(s.frames[i]), return_tensors="pt")["pixel_values"][None]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids]), pixel_values=pv).logits[0], -1)
+    assert loss["joint"][k] == pytest.approx(-float(logp[10 + w, ids[1 + w]]), rel=1e-4)
+
+
+# ---- TVP (TvpModel: [10 text-prompt tokens ; text ; visual grid], bidirectional, no LM head) ---------------
+
+def tvp_dir(path, num_frames=2, processor=True):
+    tok = word_tokenizer()
+    backbone = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                         out_features=["stage2"])
+    cfg = transformers.TvpConfig(backbone_config=backbone, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=4, intermediate_size=64, vocab_size=len(tok),
+                                 max_position_embeddings=64, visual_prompt_size=4, max_img_size=32,
+                                 num_frames=num_frames, max_grid_row_position_embeddings=8,
+                                 max_grid_col_position_embeddings=8)
+    torch.manual_seed(1)
+    transformers.TvpModel(cfg).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    if processor:
+        transformers.TvpImageProcessor(size={"longest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                       pad_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tvp(tmp_path_factory):
+    return load(tvp_dir(tmp_path_factory.mktemp("tvp")))
+
+
+def test_tvp_matches_direct_forward(tvp, s):
+    out = tvp.encode(s, slice(0, 4), "joint")
+    assert out.shape == (2, 4, 32) and tvp.n_layers == 2
+    torch.testing.assert_close(torch.cat([tvp.encode(s, [i], "joint") for i in range(4)], 1), out,
+                               atol=1e-5, rtol=1e-5)
+    model = transformers.TvpModel.from_pretrained(tvp.source).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tvp.source)
+    ip = transformers.AutoImageProcessor.from_pretrained(tvp.source)
+    for i in range(4):
+        ids = torch.tensor([tok(" ".join(s.words[i]))["input_ids"]])
+        pv = ip([list(s.frames[i])], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            hs = torch.stack(model(input_ids=ids, pixel_values=pv, attention_mask=torch.ones_like(ids),
+                                   output_hidden_states=True).hidden_states[1:])[:, 0]
+        n_text, n = ids.shape[1], len(s.words[i])
+        vis = hs[:, 10 + n_text:].mean(1)
+        ref = (vis + hs[:, 11: 11 + n].mean(1)) / 2 if n else vis
+        torch.testing.assert_close(out[:, i], ref, atol=1e-5, rtol=1e-4)
+
+
+def test_tvp_conditions_and_no_lm_head(tvp, s):
+    other = dataclasses.replace(s, frames=stim(8, seed=5).frames)
+    other_words = dataclasses.replace(s, words=[list(reversed(w)) + ["okay"] for w in s.words])
+    enc = lambda st, c: tvp.encode(st, slice(0, 8), c)          # noqa: E731
+    assert torch.equal(enc(s, "no_vision"), enc(other, "no_vision"))         # null (zero) frames
+    assert torch.equal(enc(s, "no_language"), enc(other_words, "no_language"))
+    assert torch.equal(enc(s, "vision_only"), enc(s, "no_language"))
+    assert not torch.allclose(enc(s, "joint"), enc(other, "joint"))
+    assert not torch.allclose(enc(s, "joint")[:, 1:], enc(other_words, "joint")[:, 1:])
+    with pytest.raises(ConfigError, match=r"backbone 'hf' \(TvpModel from .*\) has no language-model head"):
+        tvp.masked_word_logits(s, [1], "joint", [[0]])
+
+
+def test_tvp_frames_repeated_to_num_frames_and_fallback(tmp_path, s):
+    bb = load(tvp_dir(tmp_path / "t4", num_frames=4, processor=False))
+    assert bb.frame_sel == [0, 0, 1, 1] and bb.image_processor is None
+    pv = bb.pixel_values(s.frames[:1])
+    x = s.frames[0, 1].astype(np.float64) / 255.0
+    np.testing.assert_allclose(pv[0, 3].numpy(), ((x - 0.5) / 0.5)[..., ::-1].transpose(2, 0, 1), atol=1e-6)
+    assert bb.encode(s, slice(0, 3), "joint").shape == (2, 3, 32)

@@ -1,6 +1,7 @@
 """Circular-shift permutation tests: brute-force equality, calibration on null data, power on planted data,
 held-out ridge predictions against scikit-learn, and the permutation stage on a real fit."""
 import sys
+import warnings
 from pathlib import Path
 
 import h5py
@@ -29,18 +30,21 @@ def pearson_cols(a, b):
                      for j in range(a.shape[1])])
 
 
-def brute_null(pred, y, runs, shifts):
-    """Loop reference: roll y within each run by shifts[i, k], per-run Pearson r, nan-mean over runs."""
+def brute_null(pred, y, runs, shifts, groups=None):
+    """Loop reference: roll y within each run by shifts[i, k], Pearson r over each fold's rows, nan-mean over
+    folds (groups None: one fold per run)."""
+    groups = runs if groups is None else groups
     out = np.empty((shifts.shape[0], y.shape[1]))
     labels = list(dict.fromkeys(runs.tolist()))
     for i in range(shifts.shape[0]):
-        per_run = []
+        ys = y.copy()
         for k, lab in enumerate(labels):
             m = runs == lab
-            per_run.append(pearson_cols(pred[m], np.roll(y[m], shifts[i, k], axis=0)))
-        per_run = np.array(per_run)
-        with np.errstate(invalid="ignore"):
-            out[i] = np.nanmean(per_run, axis=0) if np.isfinite(per_run).any() else np.nan
+            ys[m] = np.roll(y[m], shifts[i, k], axis=0)
+        per_fold = np.array([pearson_cols(pred[groups == g], ys[groups == g]) for g in np.unique(groups)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[i] = np.nanmean(per_fold, axis=0)
     return out
 
 
@@ -68,6 +72,21 @@ def test_circular_shift_null_equals_brute_force_loop():
     # drawing inside the function with the same generator state gives the same null
     again = circular_shift_null(pred, y, runs, 40, np.random.default_rng(2), min_shift=3)
     np.testing.assert_allclose(again, got, atol=0)
+
+
+def test_grouped_folds_null_equals_brute_force_loop():
+    rng = np.random.default_rng(11)
+    runs = np.repeat([0, 1, 2, 3, 4], [20, 24, 18, 22, 26])
+    groups = np.repeat([0, 0, 1, 2, 2], [20, 24, 18, 22, 26])    # align.outer_folds: consecutive runs grouped
+    pred = rng.standard_normal((runs.size, 5))
+    y = pred * 0.3 + rng.standard_normal((runs.size, 5)) + runs[:, None]   # run means differ within a fold
+    shifts = draw_shifts([20, 24, 18, 22, 26], 30, rng, min_shift=2)
+    got = circular_shift_null(pred, y, runs, 0, None, shifts=shifts, groups=groups)
+    np.testing.assert_allclose(got, brute_null(pred, y, runs, shifts, groups), atol=1e-12)
+    zero = circular_shift_null(pred, y, runs, 0, None, shifts=np.zeros((1, 5), int), groups=groups)[0]
+    np.testing.assert_allclose(zero, brute_null(pred, y, runs, np.zeros((1, 5), int), groups)[0], atol=1e-12)
+    with pytest.raises(DataError, match="run 1 spans several outer folds"):
+        circular_shift_null(pred, y, runs, 3, rng, groups=np.repeat([0, 1], [30, 80]))
 
 
 def test_perm_pvalues_plus_one_correction_against_loop():
@@ -245,3 +264,31 @@ def test_stats_stage_runs_the_permutation_tests(fitted):
     run_stats(cfg, force=True)
     with h5py.File(path, "r") as g:
         assert g.attrs["n_perm"] == 99
+
+
+def test_stage_with_grouped_outer_folds(tmp_path):
+    """align.outer_folds groups consecutive runs: design.h5 /cv_groups; the fold r spans several runs."""
+    from brainalign.fit import run_fit
+    from brainalign.h5io import str_attr
+
+    out = tmp_path / "out"
+    data = make_fit_fixture(out, seed=4)
+    runs = data["runs"]
+    groups = np.array([0, 0, 1, 2], np.int32)[runs]
+    with h5py.File(out / "design.h5", "a") as f:
+        f.create_dataset("cv_groups", data=groups)
+        f.attrs["folds"] = str_attr(["e1+e2", "e3", "e4"])
+    d = fit_config_data(out)
+    d["fit"]["feature_sets"] = ["joint"]
+    cfg = parse_config(d, text=yaml.safe_dump(d, sort_keys=False))
+    cfg.stats.permutations, cfg.stats.permutation_min_shift = 49, 3
+    run_fit(cfg)
+    path = run_permutation(cfg)
+    with h5py.File(path, "r") as g, h5py.File(out / "scores.h5", "r") as f:
+        assert f["r"].shape[3] == 3 and g["shifts"].shape == (2, 49, 4)     # 3 folds, shifts per run
+        np.testing.assert_allclose(g["r/observed"][:, 0], f["r_mean"][:, 0, 1], atol=2e-5, equal_nan=True)
+        alphas = f["alpha"][0, 0, 1]
+        pred = heldout_predictions(data["joint"][1], data["bold"]["01"], groups, alphas)
+        null = brute_null(pred, data["bold"]["01"].astype(np.float64), runs, g["shifts"][0], groups)
+        obs = brute_null(pred, data["bold"]["01"].astype(np.float64), runs, np.zeros((1, 4), int), groups)[0]
+        np.testing.assert_allclose(g["r/p"][0, 0], perm_pvalues(obs, null), atol=1e-12, equal_nan=True)

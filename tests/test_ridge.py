@@ -103,6 +103,16 @@ def test_float32_extreme_alphas_match_float64(n, p):
     np.testing.assert_allclose(r32.cv_scores, ref, atol=2e-5)
 
 
+def test_results_do_not_depend_on_parallel_jobs():
+    X, Y = make_data(130, 20, 50, seed=13)
+    args = (X[:100], X[100:], np.logspace(-1, 4, 6), kfold_splits(100, 5))
+    one = FoldSolver(*args, n_jobs=1, targets_batch=17).score_chunk(Y[:100], Y[100:])
+    two = FoldSolver(*args, n_jobs=2).score_chunk(Y[:100], Y[100:])
+    np.testing.assert_allclose(one.cv_scores, two.cv_scores, atol=1e-6)
+    np.testing.assert_allclose(one.r, two.r, atol=1e-6)
+    np.testing.assert_array_equal(one.best_alpha, two.best_alpha)
+
+
 def test_invalid_targets_get_nan_and_never_crash():
     X, Y = make_data(70, 10, 8, seed=1)
     Y[:, 1] = 4.0                    # constant everywhere

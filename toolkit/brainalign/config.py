@@ -53,14 +53,14 @@ class DataConfig:
 @dataclass
 class SimulateConfig:
     seed: int = 0
-    trs_per_run: int = 80                  # TRs per episode run (TR from data.bold.tr)
+    trs_per_run: int = 100                 # TRs per episode run (TR from data.bold.tr)
     grid: list[int] = field(default_factory=lambda: [14, 14, 10])
     fps: float = 8.0
     frame_size: int = 64
     audio_rate: int = 16000
     roi_voxels: int = 40                   # voxels per planted/null ROI
     n_null_rois: int = 2
-    effect_r: list[float] = field(default_factory=lambda: [0.15, 0.3])   # planted voxel-wise r range
+    effect_r: list[float] = field(default_factory=lambda: [0.25, 0.45])   # planted voxel-wise r range
     layer: int = -1                        # layer whose features drive the planted ROIs (-1: last)
 
 

@@ -57,6 +57,7 @@ from .models.tiny import PAD, TinyMultimodal, TinySpec, load_checkpoint, save_ch
 log = get_logger("finetune")
 
 MAX_WORDS = 96                  # words per answer sequence (subtitle words are cut first)
+CACHE_BYTES = 512 * 2 ** 20     # decoded frames of a split are kept in memory when they fit in this
 CHECKPOINT_FORMAT = "brainalign-finetune/1"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -76,6 +77,8 @@ class TVQADataset(Dataset):
         self.n_frames, self.size, self.vocab, self.fps, self.max_words = n_frames, size, vocab, fps, max_words
         self.use_frames, self.use_subtitles = use_frames, use_subtitles
         self._subs: dict = {}
+        per_item = n_frames * size * size * 3 if use_frames else 0
+        self._cache = {} if per_item * len(self.items) <= CACHE_BYTES else None
 
     def __len__(self):
         return len(self.items)
@@ -98,6 +101,14 @@ class TVQADataset(Dataset):
         return out
 
     def __getitem__(self, i):
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        out = self._load(i)
+        if self._cache is not None:
+            self._cache[i] = out
+        return out
+
+    def _load(self, i):
         it = self.items[i]
         frames = None
         if self.use_frames:

@@ -1,7 +1,8 @@
 """Per-subject voxel-wise significance of encoding scores by blocked (circular-shift) permutation.
 
-The statistic is the fit stage's score: the mean over held-out runs of the per-run Pearson r between the
-held-out prediction and the BOLD (``r_mean`` in scores.h5). Its null distribution comes from circularly
+The statistic is the fit stage's score: the mean over outer folds of the Pearson r between the held-out
+prediction and the BOLD over the fold's rows (``r_mean`` in scores.h5; a fold is one run, or several
+consecutive runs with ``align.outer_folds``). Its null distribution comes from circularly
 shifting the BOLD of each run against the prediction by a random lag (one lag per run and permutation,
 shared by every voxel, so spatial correlation is kept; the shift keeps the BOLD's autocorrelation,
 which shuffling TRs would destroy). Lags closer than ``min_shift`` TRs to 0 (mod the run length) are
@@ -24,12 +25,12 @@ run and voxel), so the cost does not grow with the number of permutations beyond
 
 ``run_permutation`` is the stage: per subject and requested feature set it recomputes the held-out
 predictions at one layer from design.h5 / bold.h5 with each voxel's alpha from scores.h5 (a float64 ridge
-refit, the same model the fit scored) and writes ``{output}/permutation.h5``:
+refit on the same folds, the same model the fit scored) and writes ``{output}/permutation.h5``:
 
 ================================  ==============  ========  ==========================================
 dataset                           shape           dtype     meaning
 ================================  ==============  ========  ==========================================
-/r/observed                       (S, F, V)       float32   mean over held-out runs of per-run r (= the
+/r/observed                       (S, F, V)       float32   mean over outer folds of the held-out r (= the
                                                             layer's r_mean in scores.h5 up to float32)
 /r/p                              (S, F, V)       float32   one-sided (r > null) permutation p, +1 corrected
 /r/q                              (S, F, V)       float32   BH-FDR of p over voxels, per subject and F
@@ -61,17 +62,6 @@ log = get_logger("permutation")
 
 # ---- pure array functions ------------------------------------------------------------------------
 
-def _zscore_cols(a):
-    """Columns centred and scaled to unit norm (float64); constant or non-finite columns -> NaN."""
-    a = np.asarray(a, dtype=np.float64)
-    ok = np.isfinite(a).all(axis=0)
-    with np.errstate(invalid="ignore"):
-        c = a - a.mean(axis=0)
-        norm = np.sqrt((c * c).sum(axis=0))
-    ok &= norm > 0
-    return np.where(ok, c / np.where(ok, norm, 1.0), np.nan)
-
-
 def run_bounds(runs):
     """(start, stop) row ranges of the contiguous runs in ``runs`` (n,) int; DataError if a run is split."""
     runs = np.asarray(runs)
@@ -86,19 +76,53 @@ def run_bounds(runs):
     return list(zip(starts.tolist(), stops.tolist()))
 
 
-def lagged_r(pred, y):
-    """Pearson r of ``pred`` with ``np.roll(y, k, axis=0)`` for every lag k, by FFT.
+def fold_lagged(pred, y, runs, groups=None):
+    """Per-run lagged contributions to the per-fold Pearson r, for every lag, by FFT.
 
-    pred, y: (n, v). Returns float64 (n, v): row k = r at lag k. NaN for a constant/non-finite column.
+    pred, y: (n, v); runs: (n,) run label per row (runs contiguous); groups: (n,) outer-fold label per row
+    (None: one fold per run). Each run lies in one fold; a fold's r is computed over all of its rows
+    (centred and normalised over the fold, as the fit scores a fold), so the r of fold g with run k shifted
+    by lag s_k is ``sum over runs k in g of lagged[k][s_k]``.
+    Returns (lagged, fold_of_run): list of float64 (n_k, v) per run (NaN for voxels whose fold r is
+    undefined: constant or non-finite over the fold), and (n_runs,) fold label of each run.
     """
-    pz, yz = _zscore_cols(pred), _zscore_cols(y)
-    n = pz.shape[0]
-    bad = ~(np.isfinite(pz[0]) & np.isfinite(yz[0]))
-    pz, yz = np.nan_to_num(pz), np.nan_to_num(yz)
-    # sum_t p[t] y[t - k] = irfft(rfft(p) * conj(rfft(y)))[k]
-    cc = np.fft.irfft(np.fft.rfft(pz, axis=0) * np.conj(np.fft.rfft(yz, axis=0)), n=n, axis=0)
-    cc[:, bad] = np.nan
-    return cc
+    pred, y = np.asarray(pred, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    runs = np.asarray(runs)
+    if pred.shape != y.shape or pred.ndim != 2 or pred.shape[0] != len(runs):
+        raise DataError(f"pred {pred.shape}, y {y.shape} and runs ({len(runs)},) must agree as (n, v), (n, v), (n,)")
+    groups = runs if groups is None else np.asarray(groups)
+    if groups.shape != runs.shape:
+        raise DataError(f"groups {groups.shape} must match runs {runs.shape}")
+    bounds = run_bounds(runs)
+    for a, b in bounds:
+        if np.any(groups[a:b] != groups[a]):
+            raise DataError(f"run {runs[a]} spans several outer folds; a run must lie in one fold")
+    fold_of_run = np.array([groups[a] for a, _ in bounds])
+    pc, yc = np.zeros_like(pred), np.zeros_like(y)
+    den = {}
+    for g in np.unique(fold_of_run):
+        rows = groups == g
+        with np.errstate(invalid="ignore"):
+            pc[rows] = pred[rows] - pred[rows].mean(axis=0)
+            yc[rows] = y[rows] - y[rows].mean(axis=0)
+            d = np.sqrt((pc[rows] ** 2).sum(axis=0) * (yc[rows] ** 2).sum(axis=0))
+        den[g] = np.where(np.isfinite(d) & (d > 0), d, np.nan)
+    pc, yc = np.nan_to_num(pc), np.nan_to_num(yc)
+    lagged = []
+    for (a, b), g in zip(bounds, fold_of_run):
+        n = b - a
+        # sum_t p[t] y[t - k] = irfft(rfft(p) * conj(rfft(y)))[k]
+        cc = np.fft.irfft(np.fft.rfft(pc[a:b], axis=0) * np.conj(np.fft.rfft(yc[a:b], axis=0)), n=n, axis=0)
+        lagged.append(cc / den[g])
+    return lagged, fold_of_run
+
+
+def lagged_r(pred, y):
+    """Pearson r of ``pred`` with ``np.roll(y, k, axis=0)`` for every lag k: float64 (n, v), row k = lag k.
+
+    NaN for a constant/non-finite column."""
+    pred = np.asarray(pred)
+    return fold_lagged(pred, y, np.zeros(pred.shape[0], int))[0][0]
 
 
 def draw_shifts(run_lengths, n_perm, rng, min_shift=1):
@@ -113,47 +137,42 @@ def draw_shifts(run_lengths, n_perm, rng, min_shift=1):
     return np.stack([rng.integers(min_shift, n - min_shift + 1, size=int(n_perm)) for n in run_lengths], axis=1)
 
 
-def lagged_r_runs(pred, y, runs):
-    """[lagged_r(pred[run], y[run]) for each contiguous run]: list of (n_k, v) float64."""
-    pred, y = np.asarray(pred), np.asarray(y)
-    if pred.shape != y.shape or pred.ndim != 2 or pred.shape[0] != len(runs):
-        raise DataError(f"pred {pred.shape}, y {y.shape} and runs ({len(runs)},) must agree as (n, v), (n, v), (n,)")
-    return [lagged_r(pred[a:b], y[a:b]) for a, b in run_bounds(runs)]
+def null_from_lagged(lagged, shifts, fold_of_run=None):
+    """Mean over folds of the fold r with run k shifted by ``shifts[:, k]``: (n_perm, v) float64.
 
-
-def null_from_lagged(lagged, shifts):
-    """Mean over runs of the lagged r at the given lags: lagged [(n_k, v)], shifts (n_perm, K) -> (n_perm, v).
-
-    Runs whose r is NaN for a voxel are left out of that voxel's mean (as the fit's nanmean over folds).
+    lagged, fold_of_run: from :func:`fold_lagged` (fold_of_run None: one fold per run). Folds whose r is
+    NaN for a voxel are left out of that voxel's mean (as the fit's nanmean over folds).
     """
     shifts = np.asarray(shifts)
+    fold_of_run = np.arange(len(lagged)) if fold_of_run is None else np.asarray(fold_of_run)
     total = np.zeros((shifts.shape[0], lagged[0].shape[1]))
     count = np.zeros_like(total)
-    for k, c in enumerate(lagged):
-        vals = c[shifts[:, k]]
-        ok = np.isfinite(vals)
-        total += np.where(ok, vals, 0.0)
+    for g in np.unique(fold_of_run):
+        r = sum(lagged[k][shifts[:, k]] for k in np.flatnonzero(fold_of_run == g))
+        ok = np.isfinite(r)
+        total += np.where(ok, r, 0.0)
         count += ok
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / count, np.nan)
 
 
-def observed_from_lagged(lagged):
-    """The unshifted statistic (v,): mean over runs of the lag-0 r (NaN runs left out)."""
-    return null_from_lagged(lagged, np.zeros((1, len(lagged)), np.int64))[0]
+def observed_from_lagged(lagged, fold_of_run=None):
+    """The unshifted statistic (v,): mean over folds of the lag-0 fold r (NaN folds left out)."""
+    return null_from_lagged(lagged, np.zeros((1, len(lagged)), np.int64), fold_of_run)[0]
 
 
-def circular_shift_null(pred, y, runs, n_perm, rng, min_shift=1, shifts=None):
-    """Null distribution of the mean-over-runs Pearson r under within-run circular shifts of ``y``.
+def circular_shift_null(pred, y, runs, n_perm, rng, min_shift=1, shifts=None, groups=None):
+    """Null distribution of the mean-over-folds Pearson r under within-run circular shifts of ``y``.
 
-    pred, y: (n, v) held-out predictions and BOLD; runs: (n,) run label of each row (runs contiguous).
-    Permutation i shifts run k of y by ``shifts[i, k]`` TRs (np.roll within the run); lags are drawn by
-    :func:`draw_shifts` unless given. Returns float64 (n_perm, v).
+    pred, y: (n, v) held-out predictions and BOLD; runs: (n,) run label of each row (runs contiguous);
+    groups: (n,) outer-fold label per row (None: one fold per run). Permutation i shifts run k of y by
+    ``shifts[i, k]`` TRs (np.roll within the run); lags are drawn by :func:`draw_shifts` unless given.
+    Returns float64 (n_perm, v).
     """
-    lagged = lagged_r_runs(pred, y, runs)
+    lagged, fold_of_run = fold_lagged(pred, y, runs, groups)
     if shifts is None:
         shifts = draw_shifts([c.shape[0] for c in lagged], n_perm, rng, min_shift)
-    return null_from_lagged(lagged, shifts)
+    return null_from_lagged(lagged, shifts, fold_of_run)
 
 
 def perm_pvalues(observed, null, tail="greater"):
@@ -206,24 +225,25 @@ class HeldoutRidge:
         return out
 
 
-def heldout_predictions(X, Y, runs, alphas, folds=None):
-    """Leave-one-run-out ridge predictions with a given alpha per (fold, voxel), in float64.
+def heldout_predictions(X, Y, groups, alphas, folds=None):
+    """Leave-one-fold-out ridge predictions with a given alpha per (fold, voxel), in float64.
 
     X: (n, p) design, or a callable ``X(k) -> (n, p)`` for fold-specific designs (residual features);
-    Y: (n, v); runs: (n,) int, fold k holds out the rows with ``runs == folds[k]`` (default: the sorted
-    run labels); alphas: (K, v), NaN = invalid voxel (prediction NaN). The model per fold is ridge with
-    intercept fitted on the other runs (scikit-learn ``Ridge(alpha, fit_intercept=True)``).
-    Returns float64 (n, v): each row predicted by the model that did not see its run.
+    Y: (n, v); groups: (n,) outer-fold label per row (the run, or the fold of grouped runs); fold k holds out
+    the rows with ``groups == folds[k]`` (default: the sorted labels); alphas: (K, v), NaN = invalid voxel
+    (prediction NaN). The model per fold is ridge with intercept fitted on the other folds' rows
+    (scikit-learn ``Ridge(alpha, fit_intercept=True)``).
+    Returns float64 (n, v): each row predicted by the model that did not see its fold.
     """
     Y = np.asarray(Y, dtype=np.float64)
-    runs = np.asarray(runs)
-    folds = np.unique(runs) if folds is None else np.asarray(folds)
+    groups = np.asarray(groups)
+    folds = np.unique(groups) if folds is None else np.asarray(folds)
     alphas = np.asarray(alphas, dtype=np.float64)
     if alphas.shape != (len(folds), Y.shape[1]):
         raise DataError(f"alphas shape {alphas.shape} != (folds, voxels) {(len(folds), Y.shape[1])}")
     pred = np.full(Y.shape, np.nan)
     for k, label in enumerate(folds):
-        test = runs == label
+        test = groups == label
         model = HeldoutRidge(X(k) if callable(X) else X, test)
         pred[test] = model.predict(Y[~test], alphas[k])
     return pred
@@ -302,16 +322,15 @@ def run_permutation(cfg, force: bool = False):
         if inp.subjects != subjects or inp.layers != score_layers or inp.feature_sets != score_fs:
             raise DataError(f"{scores_path} does not match design.h5/bold.h5 (subjects, layers or feature sets "
                             "differ); re-run fit")
-        runs, V, S, F = inp.runs, inp.n_vox, len(subjects), len(fsets)
-        bounds = run_bounds(runs)
-        folds = np.unique(runs)
-        rows_of = {runs[a]: (a, b) for a, b in bounds}
-        lengths = [b - a for a, b in bounds]
+        runs, groups, V, S, F = inp.runs, inp.groups, inp.n_vox, len(subjects), len(fsets)
+        lengths = [b - a for a, b in run_bounds(runs)]
+        folds = np.arange(len(inp.folds))                         # fold k holds out rows with groups == k
+        rows_of = {groups[a]: (a, b) for a, b in run_bounds(groups)}   # consecutive runs form a fold
         obs = np.full((S, F, V), np.nan, np.float32)
         pv = np.full((S, F, V), np.nan, np.float32)
         cobs = {c.name: np.full((S, V), np.nan, np.float32) for c in contrasts}
         cp = {c.name: np.full((S, V), np.nan, np.float32) for c in contrasts}
-        all_shifts = np.empty((S, n_perm, len(bounds)), np.int32)
+        all_shifts = np.empty((S, n_perm, len(lengths)), np.int32)
         log.info("permutation: %d subjects x %d feature sets at layer %d, %d voxels, %d permutations "
                  "(min shift %d TRs), %d contrasts", S, F, score_layers[li], V, n_perm, min_shift, len(contrasts))
         scratch = out / f".permutation-scratch-{os.getpid()}.h5"
@@ -330,7 +349,7 @@ def run_permutation(cfg, force: bool = False):
                     for fs in fsets:
                         fsi = score_fs.index(fs)
                         for k, label in enumerate(folds):
-                            model = HeldoutRidge(inp.X(Unit(fsi, li, k)), runs == label)
+                            model = HeldoutRidge(inp.X(Unit(fsi, li, k)), groups == label)
                             x, y = rows_of[label]                     # the held-out run's rows (contiguous)
                             for a, b in inp.chunks:
                                 Y = Yds[:, a:b]
@@ -341,9 +360,9 @@ def run_permutation(cfg, force: bool = False):
                         nulls = {}
                         for fi, fs in enumerate(fsets):
                             pred = preds[fs][:, a:b]
-                            lagged = [lagged_r(pred[x:y], Y[x:y]) for x, y in bounds]
-                            o = observed_from_lagged(lagged)
-                            null = null_from_lagged(lagged, shifts)
+                            lagged, fold_of_run = fold_lagged(pred, Y, runs, groups)
+                            o = observed_from_lagged(lagged, fold_of_run)
+                            null = null_from_lagged(lagged, shifts, fold_of_run)
                             obs[si, fi, a:b], pv[si, fi, a:b] = o, perm_pvalues(o, null)
                             nulls[fs] = (o, null)
                         for c in contrasts:
@@ -377,7 +396,7 @@ def run_permutation(cfg, force: bool = False):
         g.attrs["seed"] = seed
         g.attrs["q"] = q_level
         g.attrs["tail"] = "greater"
-        g.attrs["statistic"] = "mean over held-out runs of per-run Pearson r (scores.h5 r_mean)"
+        g.attrs["statistic"] = "mean over outer folds of the held-out Pearson r (scores.h5 r_mean)"
         g.attrs["null"] = ("within-run circular shifts of the BOLD against the held-out prediction, one lag per "
                            "run and permutation shared by all voxels and feature sets; p = (1+#null>=obs)/(1+n)")
         gr = g.create_group("r")

@@ -166,31 +166,28 @@ def subtitle_words(words, ts: tuple) -> list[str]:
 
 # ---- the synthetic demo set ----------------------------------------------------------------------
 
-#: the friends always sit in this order on the couch (left to right); a clip shows all four
+#: the friends on the couch (left to right); a clip shows all four, in shirts of four distinct colours
 SEATS = ("ross", "rachel", "monica", "joey")
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40),
-           "purple": (150, 50, 190), "orange": (240, 140, 30)}
-QUESTIONS = ("What colour is the shirt of the person talking?", "What colour was the speaker wearing?",
-             "Which colour is the shirt of whoever speaks here?")
-FILLER = ("hey", "okay", "coffee", "really", "wait", "come", "on", "that", "is", "so", "great", "no", "way",
-          "i", "know", "you", "we", "the", "apartment", "again", "sorry", "look", "what")
+           "purple": (150, 50, 190), "orange": (240, 140, 30), "cyan": (40, 210, 220), "pink": (250, 150, 200)}
+QUESTION = "Which colour that {who} mentions is someone wearing?"
+FILLER = ("hey", "okay", "coffee", "really", "wait", "so", "i", "know", "you", "we", "look", "maybe", "like")
 CLIP_SECONDS = 4.0          # two subtitle lines: [0.2, 1.8] and [2.2, 3.8]
 LINES = ((0.2, 1.8), (2.2, 3.8))
 
 
-def _render(shirts: list, size: int, rng) -> np.ndarray:
-    """uint8 (size, size, 3): four people side by side (seat k in column stripe k), each a skin-toned
-    head over a shirt of the given RGB colour, on a noisy background; small random jitter."""
-    img = np.full((size, size, 3), 70, dtype=np.float64) + rng.normal(0, 6, (size, size, 3))
+def _scene(shirts: list, size: int) -> np.ndarray:
+    """float64 (size, size, 3): four people side by side (seat k in column stripe k), each a skin-toned
+    head over a shirt of the given RGB colour, on a grey background."""
+    img = np.full((size, size, 3), 70.0)
     w = size // len(SEATS)
     yy, xx = np.mgrid[0:size, 0:size]
     for k, rgb in enumerate(shirts):
-        dy = int(rng.integers(-size // 32, size // 32 + 1))
         x0, x1 = k * w + w // 8, (k + 1) * w - w // 8
-        img[max(0, size * 9 // 20 + dy):, x0:x1] = rgb
-        cx, cy, r = (x0 + x1) / 2, size * 0.28 + dy, w * 0.3
+        img[size * 9 // 20:, x0:x1] = rgb
+        cx, cy, r = (x0 + x1) / 2, size * 0.28, w * 0.3
         img[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = (225, 185, 150)
-    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+    return img
 
 
 def _srt_time(t: float) -> str:
@@ -202,48 +199,56 @@ def write_synthetic_tvqa(root, n_train: int = 400, n_val: int = 100, seed: int =
                          fps: float = TVQA_FPS) -> Path:
     """Write a small TVQA-format set under ``root`` whose answers need BOTH the frames and the subtitles.
 
-    Each clip (CLIP_SECONDS long, ``fps`` PNG frames of size x size) shows the four friends of SEATS side by
-    side, always in that order, in shirts of four distinct colours of COLOURS; its subtitles hold two lines
-    by two different friends (``"Monica: …"``). Each clip carries two questions, one per line, whose ts
-    covers that line only: "What colour is the shirt of the person talking?". The five answers are the four
-    visible shirt colours plus one colour not in the clip (shuffled), so the frames alone narrow the answer to
-    4 (25 %) and the subtitles alone to none (20 %); the speaker (subtitle) + seat -> shirt (frame) gives it.
+    Each clip (CLIP_SECONDS long, ``fps`` noisy PNG frames of size x size) shows four friends side by side
+    in shirts of four distinct colours of COLOURS; its subtitles hold two lines by two different friends,
+    each naming three colours among filler words ("Monica: okay pink so red like cyan"): exactly one of
+    them is a visible shirt colour. Each clip carries two questions, one per line, whose ts covers that line
+    only: "Which colour that Monica mentions is someone wearing?". The five answers are that colour, two
+    other visible shirt colours and the line's two other (not visible) colours, shuffled. So the frames alone
+    narrow the answer to 3 (33 %), the subtitles alone to 3 (33 %); only both together give it (chance 20 %).
     Returns ``root``.
     """
     if n_train < 1 or n_val < 1:
         raise DataError(f"write_synthetic_tvqa: n_train and n_val must be >= 1, got {n_train}, {n_val}")
-    if size % len(SEATS):
-        raise DataError(f"write_synthetic_tvqa: size {size} must be a multiple of {len(SEATS)}")
+    if size % len(SEATS) or size < 16:
+        raise DataError(f"write_synthetic_tvqa: size {size} must be a multiple of {len(SEATS)} and >= 16")
     from PIL import Image
 
     root = Path(root)
     rng = np.random.default_rng(seed)
     names = list(COLOURS)
-    n_frames = int(round(CLIP_SECONDS * fps))
+    n_frames = max(1, int(round(CLIP_SECONDS * fps)))
     for split, n in (("train", n_train), ("val", n_val)):
         rows = []
         for c in range((n + len(LINES) - 1) // len(LINES)):
             vid = f"synth_{split}_{c:05d}"
-            shirts = [names[i] for i in rng.permutation(len(names))[: len(SEATS)]]
-            absent = [x for x in names if x not in shirts]
+            perm = [names[i] for i in rng.permutation(len(names))]
+            shirts, hidden = perm[: len(SEATS)], perm[len(SEATS):]
+            scene = _scene([COLOURS[s] for s in shirts], size)
             fdir = root / "frames" / vid
             fdir.mkdir(parents=True, exist_ok=True)
             for k in range(n_frames):
-                Image.fromarray(_render([COLOURS[s] for s in shirts], size, rng)).save(fdir / f"{k + 1:05d}.png")
+                img = np.roll(scene, int(rng.integers(-1, 2)), axis=0) + rng.normal(0, 6, scene.shape)
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(fdir / f"{k + 1:05d}.png")
             speakers = [SEATS[i] for i in rng.choice(len(SEATS), size=len(LINES), replace=False)]
             blocks = []
             for j, ((t0, t1), who) in enumerate(zip(LINES, speakers)):
-                text = " ".join(rng.choice(FILLER, size=int(rng.integers(2, 5))))
-                blocks.append(f"{j + 1}\n{_srt_time(t0)} --> {_srt_time(t1)}\n{who.capitalize()}: {text}\n")
+                order = rng.permutation(len(SEATS))
+                target = shirts[order[0]]
+                visible = [shirts[i] for i in order[1:3]]
+                said = [hidden[i] for i in rng.choice(len(hidden), size=2, replace=False)]
+                words = list(rng.choice(FILLER, size=3)) + [target] + said
+                words = [words[i] for i in rng.permutation(len(words))]
+                blocks.append(f"{j + 1}\n{_srt_time(t0)} --> {_srt_time(t1)}\n{who.capitalize()}: "
+                              f"{' '.join(words)}\n")
                 if len(rows) < n:
-                    answers = shirts + [absent[int(rng.integers(len(absent)))]]
-                    order = rng.permutation(N_ANSWERS)
-                    answers = [answers[i] for i in order]
+                    answers = [target] + visible + said
+                    answers = [answers[i] for i in rng.permutation(N_ANSWERS)]
                     half = CLIP_SECONDS / len(LINES)
                     start = j * half + float(rng.uniform(0, 0.15))
                     end = (j + 1) * half - float(rng.uniform(0, 0.15))
-                    row = {"qid": f"{split}-{len(rows)}", "q": QUESTIONS[int(rng.integers(len(QUESTIONS)))],
-                           "answer_idx": answers.index(shirts[SEATS.index(who)]), "ts": f"{start:.2f}-{end:.2f}",
+                    row = {"qid": f"{split}-{len(rows)}", "q": QUESTION.format(who=who.capitalize()),
+                           "answer_idx": answers.index(target), "ts": f"{start:.2f}-{end:.2f}",
                            "vid_name": vid, "show_name": "Synthetic Friends"}
                     row.update({f"a{i}": a for i, a in enumerate(answers)})
                     rows.append(row)

@@ -61,9 +61,11 @@ log = get_logger("models.hf")
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SUPPORTED = {"git": ("GitModel", "GitForCausalLM")}
+TVP_MEAN, TVP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+TVP_PROMPT = 10                     # TvpModel's learned text-prompt tokens before the text
+SUPPORTED = {"git": ("GitModel", "GitForCausalLM"), "tvp": ("TvpModel",)}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
-GIT_CONDITIONS = ("joint", "no_vision", "no_language", "vision_only", "language_only")
+CONDITIONS_NO_AUDIO = ("joint", "no_vision", "no_language", "vision_only", "language_only")
 
 
 def _transformers():
@@ -102,26 +104,30 @@ class HFBackbone(Backbone):
             raise ConfigError(f"model.checkpoint: {source} holds a {cfg.model_type!r} model; the hf backbone "
                               f"supports model types {', '.join(SUPPORTED)}")
         self.model = model.eval()
+        self.model_type = cfg.model_type
+        self.is_git = cfg.model_type == "git"
         self.core = model.git if hasattr(model, "git") else model
         self.lm_head = model.get_output_embeddings() if hasattr(model, "git") else None
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.source = source
-        self.model_type = cfg.model_type
         self.n_layers = int(cfg.num_hidden_layers)
         self.hidden = int(cfg.hidden_size)
-        self.supported_conditions = GIT_CONDITIONS
+        self.supported_conditions = CONDITIONS_NO_AUDIO
         self.max_text = int(cfg.max_position_embeddings)
-        n_img = cfg.num_image_with_embedding
-        if n_img is None:
-            self.frame_sel = [frames // 2]
-        elif frames > n_img:
-            raise ConfigError(f"windows.frames: {frames} frames per window but the GIT model in {source} "
-                              f"has temporal embeddings for {n_img} (num_image_with_embedding)")
-        else:
-            self.frame_sel = list(range(frames))
-        self.image_size = int(cfg.vision_config.image_size)
         self.n_frames = frames
+        if self.is_git:
+            n_img = cfg.num_image_with_embedding
+            if n_img is not None and frames > n_img:
+                raise ConfigError(f"windows.frames: {frames} frames per window but the GIT model in {source} "
+                                  f"has temporal embeddings for {n_img} (num_image_with_embedding)")
+            self.frame_sel = [frames // 2] if n_img is None else list(range(frames))
+            self.image_size = int(cfg.vision_config.image_size)
+            self.mean, self.std, self.bgr = CLIP_MEAN, CLIP_STD, False
+        else:                                   # tvp: the window's frames repeated to config.num_frames
+            self.frame_sel = [int(j) for j in np.arange(cfg.num_frames) * frames // cfg.num_frames]
+            self.image_size = int(cfg.max_img_size)
+            self.mean, self.std, self.bgr = TVP_MEAN, TVP_STD, True
 
     def to(self, device):
         super().to(device)
@@ -134,18 +140,21 @@ class HFBackbone(Backbone):
 
     # ---- inputs --------------------------------------------------------------------------------------
     def pixel_values(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 (B, F, S, S, 3) -> float32 (B, F', 3, H, W) for the frames used (F' = 1 for an image GIT)."""
+        """uint8 (B, F, S, S, 3) -> float32 (B, F', 3, H, W) of the frames used (``frame_sel``)."""
         if frames.ndim != 5 or frames.shape[1] != self.n_frames or frames.shape[-1] != 3:
             raise DataError(f"frames have shape {tuple(frames.shape)}; the hf backbone was built for "
                             f"(n_windows, {self.n_frames}, size, size, 3) (windows.frames)")
         sel = np.ascontiguousarray(frames[:, self.frame_sel])                  # (B, F', S, S, 3)
         b, f = sel.shape[:2]
-        flat = list(sel.reshape(b * f, *sel.shape[2:]))
-        if self.image_processor is not None:
-            pv = self.image_processor(images=flat, return_tensors="pt")["pixel_values"]
+        if self.image_processor is None:
+            pv = fallback_pixels(torch.from_numpy(sel.reshape(b * f, *sel.shape[2:])), self.image_size,
+                                 self.mean, self.std, self.bgr)
+        elif self.is_git:
+            pv = self.image_processor(images=list(sel.reshape(b * f, *sel.shape[2:])),
+                                      return_tensors="pt")["pixel_values"]
         else:
-            pv = fallback_pixels(torch.from_numpy(sel.reshape(b * f, *sel.shape[2:])), self.image_size)
-        return pv.reshape(b, f, *pv.shape[1:]).float()
+            pv = self.image_processor([list(v) for v in sel], return_tensors="pt")["pixel_values"]
+        return pv.reshape(b, f, *pv.shape[-3:]).float()
 
     def text_rows(self, stimuli, idx, keep) -> list[tuple[list[int], list[int]]]:
         rows = []
@@ -154,10 +163,11 @@ class HFBackbone(Backbone):
             rows.append(tokenize_words(self.tokenizer, words, self.max_text))
         return rows
 
-    def forward(self, stimuli, idx, condition: str, rows=None):
-        """Run the model: (hidden (layers, B, T, H), info) with info = dict(n_vis, rows, attention)."""
+    def forward(self, stimuli, idx, condition: str):
+        """Run the model: (hidden (layers, B, T, H), info) with info = dict(rows, text_start, vis_start,
+        n_vis: number of pooled vision tokens, 0 when vision is removed)."""
         keep = modalities(condition)
-        rows = rows if rows is not None else self.text_rows(stimuli, idx, keep)
+        rows = self.text_rows(stimuli, idx, keep)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         n_text = max(len(r[0]) for r in rows)
         ids = torch.full((len(idx), n_text), pad, dtype=torch.int64)
@@ -166,19 +176,23 @@ class HFBackbone(Backbone):
             ids[b, : len(r)] = torch.tensor(r, dtype=torch.int64)
             att[b, : len(r)] = 1
         kw = {"input_ids": ids.to(self.device), "attention_mask": att.to(self.device)}
-        n_vis = 0
-        if "vision" in keep:
-            pv = self.pixel_values(stimuli.frames[idx])
-            kw["pixel_values"] = (pv if self.n_frames_model > 0 else pv[:, 0]).to(self.device)
-            n_vis = pv.shape[1] * self.tokens_per_frame
+        pv = self.pixel_values(stimuli.frames[idx]) if "vision" in keep else None
+        if self.is_git:
+            if pv is not None:
+                kw["pixel_values"] = (pv if self.model.config.num_image_with_embedding else pv[:, 0]).to(self.device)
+            n_vis = 0 if pv is None else pv.shape[1] * self.tokens_per_frame
+            text_start, vis_start = n_vis, 0
+        else:                                   # tvp: vision removed = all-zero (mean) frames, not pooled
+            if pv is None:
+                pv = torch.zeros(len(idx), len(self.frame_sel), 3, self.image_size, self.image_size)
+            kw["pixel_values"] = pv.to(self.device)
+            text_start, vis_start = TVP_PROMPT, TVP_PROMPT + n_text
         with self.autocast():
             out = self.core(**kw, output_hidden_states=True)
         hidden = torch.stack(out.hidden_states[1:])                            # (layers, B, T, H)
-        return hidden, {"n_vis": n_vis, "rows": rows, "attention": att}
-
-    @property
-    def n_frames_model(self) -> int:
-        return int(self.model.config.num_image_with_embedding or 0)
+        if not self.is_git:
+            n_vis = hidden.shape[2] - vis_start if "vision" in keep else 0
+        return hidden, {"rows": rows, "text_start": text_start, "vis_start": vis_start, "n_vis": n_vis}
 
     @property
     def tokens_per_frame(self) -> int:
@@ -187,17 +201,15 @@ class HFBackbone(Backbone):
 
     def pool_weights(self, info, n_tokens: int) -> torch.Tensor:
         """float32 (B, T): the modality-balanced weights (see the module docstring)."""
-        n_vis, rows = info["n_vis"], info["rows"]
-        w = torch.zeros(len(rows), n_tokens)
-        for b, (_, word_of) in enumerate(rows):
-            groups = []
-            if n_vis:
-                groups.append(list(range(n_vis)))
-            words = [n_vis + k for k, wo in enumerate(word_of) if wo >= 0]
+        t0, v0, n_vis = info["text_start"], info["vis_start"], info["n_vis"]
+        w = torch.zeros(len(info["rows"]), n_tokens)
+        for b, (_, word_of) in enumerate(info["rows"]):
+            groups = [list(range(v0, v0 + n_vis))] if n_vis else []
+            words = [t0 + k for k, wo in enumerate(word_of) if wo >= 0]
             if words:
                 groups.append(words)
             if not groups:
-                w[b, n_vis] = 1.0                                              # the first text token
+                w[b, t0] = 1.0                                                 # the first text token
             for g in groups:
                 w[b, g] += 1.0 / (len(g) * len(groups))
         return w
@@ -219,7 +231,8 @@ class HFBackbone(Backbone):
         (n_sub,)) of the word's sub-tokens, from the left context (causal LM, see the module docstring)."""
         if not self.has_lm_head:
             raise ConfigError(f"model.backbone: backbone 'hf' ({type(self.model).__name__} from {self.source}) "
-                              "has no language-model head (save the model as GitForCausalLM)")
+                              "has no language-model head"
+                              + (" (save the model as GitForCausalLM)" if self.is_git else ""))
         self.check_condition(condition)
         idx = window_indices(idx, stimuli.n_windows)
         hidden, info = self.forward(stimuli, idx, condition)
@@ -232,21 +245,23 @@ class HFBackbone(Backbone):
                 if not ks:
                     raise DataError(f"episode {stimuli.episode}, window {int(idx[b])}: word {wi} "
                                     "has no tokens (truncated?)")
-                pos = torch.tensor([info["n_vis"] + k - 1 for k in ks], device=last.device)
+                pos = torch.tensor([info["text_start"] + k - 1 for k in ks], device=last.device)
                 logits = self.lm_head(last[b, pos].to(self.lm_head.weight.dtype)).float().cpu()
                 res.append((logits, torch.tensor([ids[k] for k in ks], dtype=torch.int64)))
             out.append(res)
         return out
 
 
-def fallback_pixels(frames: torch.Tensor, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
-    """uint8 (N, S, S, 3) -> float32 (N, 3, size, size): bilinear (antialiased) resize, /255, (x - mean) / std."""
+def fallback_pixels(frames: torch.Tensor, size: int, mean=CLIP_MEAN, std=CLIP_STD, bgr: bool = False) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> float32 (N, 3, size, size): bilinear (antialiased) resize, /255, (x - mean) / std,
+    then the channels reversed to BGR if ``bgr`` (TVP)."""
     x = frames.permute(0, 3, 1, 2).float() / 255.0
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     m = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
     s = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
-    return (x - m) / s
+    x = (x - m) / s
+    return x.flip(1) if bgr else x
 
 
 def load_hf(path: str, frames: int) -> HFBackbone:
@@ -295,8 +310,8 @@ def load_hf(path: str, frames: int) -> HFBackbone:
         except (OSError, ValueError):
             image_processor = None
     if image_processor is None:
-        log.warning("hf backbone: no image processor in %s; frames are resized to %d and normalised with "
-                    "the CLIP mean/std", src, config.vision_config.image_size)
+        log.warning("hf backbone: no image processor in %s; frames are resized and normalised as documented "
+                    "(brainalign.models.hf)", src)
     return HFBackbone(model, tokenizer, image_processor, frames=frames, source=src)
 
 

@@ -21,7 +21,9 @@ delayed designs with more features than TRs cost O(n^2 p)); ``"svd"`` uses a flo
 """
 from __future__ import annotations
 
+import os
 from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -155,6 +157,35 @@ class _Factors:
         self.ev = _Rows(B, ev_idx) if ev_idx is not None else None
 
 
+def _available_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _single_thread_blas():
+    """Context limiting BLAS to one thread (threadpoolctl), or None if threadpoolctl is missing."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        return None
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def run_parallel(jobs, B, n_jobs=None):
+    """Run independent jobs (per-fold factorisations or scores). On the numpy backend they run one
+    per CPU, each with single-threaded BLAS; without threadpoolctl (or on torch/cupy, or with one
+    CPU) they run one after the other with the library's own threading."""
+    workers = min(len(jobs), _available_cpus() if n_jobs is None else max(1, int(n_jobs)))
+    limit = _single_thread_blas() if B.name == "numpy" and workers > 1 else None
+    if limit is None:
+        return [job() for job in jobs]
+    with limit, ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        return [f.result() for f in futures]
+
+
 class FoldSolver:
     """Voxel-wise ridge with per-voxel alpha chosen by inner CV, for one outer fold.
 
@@ -169,6 +200,9 @@ class FoldSolver:
         himalaya's ``r2_score``).
     method : 'eigh' (float64 Gram/kernel eigendecomposition, default) or 'svd' (float64 thin SVD).
     targets_batch : voxels processed per internal batch (None: 4096).
+    n_jobs : parallel decompositions on the numpy backend (None: the CPUs this process may use).
+        Each runs with single-threaded BLAS (via threadpoolctl when installed): one eigh per core
+        scales better than multi-threaded LAPACK, which slows down ~10x on a busy machine.
 
     All X-only work (centring, decompositions, evaluation maps) happens here; :meth:`score_chunk`
     is then called for successive voxel chunks. The intercept is handled as scikit-learn's
@@ -183,7 +217,7 @@ class FoldSolver:
     """
 
     def __init__(self, X_train, X_test, alphas, inner_splits, backend="numpy", dtype="float32",
-                 scoring="r", method="eigh", targets_batch=None, keep_coef=False):
+                 scoring="r", method="eigh", targets_batch=None, keep_coef=False, n_jobs=None):
         if scoring not in SCORINGS:
             raise ConfigError(f"ridge scoring {scoring!r} unknown; choose one of {SCORINGS}")
         if method not in METHODS:
@@ -209,6 +243,7 @@ class FoldSolver:
             raise DataError("X_test has 1 row; Pearson r needs at least 2 test rows")
         self.splits = check_splits(inner_splits, self.n_train)
         self.targets_batch = int(targets_batch) if targets_batch else 4096
+        self.n_jobs = n_jobs
         # Centre X once globally (float64): fold means are then small corrections, so Gram
         # matrices can be downdated (X^T X - X_val^T X_val) without cancellation.
         shift = Xtr.mean(0, dtype=np.float64)
@@ -217,21 +252,26 @@ class FoldSolver:
         use_gram = method == "eigh" and p <= self.n_train
         S_all = X64.T @ X64 if use_gram else None
         normalize = scoring == "r"
-        self.folds = []
-        for k, (tr, va) in enumerate(self.splits):
-            gtr, gva = B.index(tr), B.index(va)
-            Xva = X64[gva]
-            gram = None
-            if use_gram and p <= tr.size and va.size < tr.size and np.unique(tr).size == tr.size \
-                    and np.intersect1d(tr, va).size == 0 and tr.size + va.size == self.n_train:
-                gram = S_all - Xva.T @ Xva   # exact when (train, val) partition the rows
-            self.folds.append(_Factors(B, X64[gtr], Xva, self.alphas, method, self.dtype,
-                                       center_eval=normalize, normalize=normalize,
-                                       tr_idx=tr, ev_idx=va, label=f"inner fold {k} train rows",
-                                       gram=gram))
+
+        def fold_job(k, tr, va):
+            def job():
+                gtr, gva = B.index(tr), B.index(va)
+                Xva = X64[gva]
+                gram = None
+                if use_gram and p <= tr.size and va.size < tr.size and np.unique(tr).size == tr.size \
+                        and np.intersect1d(tr, va).size == 0 and tr.size + va.size == self.n_train:
+                    gram = S_all - Xva.T @ Xva   # exact when (train, val) partition the rows
+                return _Factors(B, X64[gtr], Xva, self.alphas, method, self.dtype,
+                                center_eval=normalize, normalize=normalize, tr_idx=tr, ev_idx=va,
+                                label=f"inner fold {k} train rows", gram=gram)
+            return job
+
         Xte64 = None if Xte is None else B.asarray(np.asarray(Xte, dtype=np.float64) - shift, "float64")
-        self.full = _Factors(B, X64, Xte64, self.alphas, method, self.dtype, center_eval=True,
-                             normalize=False, keep_v=keep_coef, label="X_train", gram=S_all)
+        jobs = [fold_job(k, tr, va) for k, (tr, va) in enumerate(self.splits)]
+        jobs.append(lambda: _Factors(B, X64, Xte64, self.alphas, method, self.dtype, center_eval=True,
+                                     normalize=False, keep_v=keep_coef, label="X_train", gram=S_all))
+        done = run_parallel(jobs, B, n_jobs)
+        self.folds, self.full = done[:-1], done[-1]
         self._order = np.argsort(-self.alphas, kind="stable")  # tie -> largest alpha
         self._mu_x = B.to_numpy(self.full.mu_x) + shift
 
@@ -346,54 +386,64 @@ class FoldSolver:
         return cv_np.astype(np.float32), alpha, r, coef, intercept
 
     def _inner_cv(self, Yt, total):
-        """Mean inner-fold score per alpha, (n_alphas, vb) backend float64 (NaN where undefined)."""
+        """Mean inner-fold score per alpha, (n_alphas, vb) backend float64 (NaN where undefined).
+
+        Folds run in parallel (numpy backend: one fold per CPU, single-threaded BLAS each)."""
+        B = self.B
+        jobs = [(lambda f=f: self._fold_scores(f, Yt, total)) for f in self.folds]
+        parts = run_parallel(jobs, B, self.n_jobs)
+        acc = parts[0][0]
+        cnt = parts[0][1]
+        for a, c in parts[1:]:
+            acc += a
+            cnt += c
+        return B.where(cnt > 0, acc / B.where(cnt > 0, cnt, 1.0), float("nan"))
+
+    def _fold_scores(self, f, Yt, total):
+        """Sum of valid scores and their count for one inner fold: two (n_alphas, vb) float64."""
         B, dt = self.B, self.dtype
         A = self.alphas.size
         vb = Yt.shape[1]
         acc = B.zeros((A, vb), "float64")
         cnt = B.zeros((A, vb), "float64")
-        buf = pbuf = None
-        for f in self.folds:
-            W = f.tr.left_gemm(f.UT, Yt)                  # (r, vb) = U^T Y_tr
-            sum_va = f.ev.colsum(Yt)
-            mean_tr = (B.asarray(total, "float64") - sum_va) / f.tr.n  # inner-train mean (centred Y)
-            W -= f.u1[:, None] * B.cast(mean_tr, dt)[None, :]
-            Yv = f.ev.single(Yt)
-            mean_va = sum_va / f.ev.n
-            Yvc = Yv - B.cast(mean_va, dt)
-            vy = B.cast(B.colsumsq(Yvc), "float64")
+        W = f.tr.left_gemm(f.UT, Yt)                  # (r, vb) = U^T Y_tr
+        sum_va = f.ev.colsum(Yt)
+        mean_tr = (B.asarray(total, "float64") - sum_va) / f.tr.n  # inner-train mean (centred Y)
+        W -= f.u1[:, None] * B.cast(mean_tr, dt)[None, :]
+        Yv = f.ev.single(Yt)
+        mean_va = sum_va / f.ev.n
+        Yvc = Yv - B.cast(mean_va, dt)
+        vy = B.cast(B.colsumsq(Yvc), "float64")
+        if self.scoring == "r2":
+            Yvp = Yv - B.cast(mean_tr, dt)              # target relative to the inner-train mean
+            yy = B.cast(B.colsumsq(Yvp), "float64")
+            target = Yvp
+        else:
+            target = Yv                                 # P is centred, so sum(P*Yv) = sum(P*Yvc)
+        n_va, r = f.M.shape
+        g = self._alpha_group(n_va, vb)
+        buf = B.zeros((g * n_va, r), dt)                # alpha-scaled evaluation maps, stacked
+        pbuf = B.zeros((g * n_va, vb), dt)              # reused: no page faults per GEMM
+        for a0 in range(0, A, g):
+            k = min(g, A - a0)
+            for i in range(k):
+                B.xp.multiply(f.M, f.D[a0 + i], out=buf[i * n_va:(i + 1) * n_va])
+            # one GEMM for k alphas: (k*n_val, r) @ (r, vb) -> predictions of this group only
+            P = B.xp.matmul(buf[:k * n_va], W, out=pbuf[:k * n_va])
+            pp, py = B.colsums2(P.reshape(k, n_va, vb), target)   # (k, vb) each
+            pp = B.cast(pp, "float64")
+            py = B.cast(py, "float64")
             if self.scoring == "r2":
-                Yvp = Yv - B.cast(mean_tr, dt)              # target relative to the inner-train mean
-                yy = B.cast(B.colsumsq(Yvp), "float64")
-                target = Yvp
+                good = (vy > 0)[None, :] & (pp == pp)
+                sse = yy[None, :] - 2 * py + pp
+                score = 1 - sse / B.where(vy > 0, vy, 1.0)[None, :]
             else:
-                target = Yv                                 # P is centred, so sum(P*Yv) = sum(P*Yvc)
-            n_va, r = f.M.shape
-            g = self._alpha_group(n_va, vb)
-            if buf is None or buf.shape != (g * n_va, r):
-                buf = B.zeros((g * n_va, r), dt)             # alpha-scaled evaluation maps, stacked
-            if pbuf is None or pbuf.shape != (g * n_va, vb):
-                pbuf = B.zeros((g * n_va, vb), dt)           # reused: no page faults per GEMM
-            for a0 in range(0, A, g):
-                k = min(g, A - a0)
-                for i in range(k):
-                    B.xp.multiply(f.M, f.D[a0 + i], out=buf[i * n_va:(i + 1) * n_va])
-                # one GEMM for k alphas: (k*n_val, r) @ (r, vb) -> predictions of this group only
-                P = B.xp.matmul(buf[:k * n_va], W, out=pbuf[:k * n_va])
-                pp, py = B.colsums2(P.reshape(k, n_va, vb), target)   # (k, vb) each
-                pp = B.cast(pp, "float64")
-                py = B.cast(py, "float64")
-                if self.scoring == "r2":
-                    good = (vy > 0)[None, :] & (pp == pp)
-                    sse = yy[None, :] - 2 * py + pp
-                    score = 1 - sse / B.where(vy > 0, vy, 1.0)[None, :]
-                else:
-                    den = pp * vy[None, :]
-                    good = den > 0
-                    score = py / B.sqrt(B.where(good, den, 1.0))
-                acc[a0:a0 + k] += B.where(good, score, 0.0)
-                cnt[a0:a0 + k] += B.cast(good, "float64")
-        return B.where(cnt > 0, acc / B.where(cnt > 0, cnt, 1.0), float("nan"))
+                den = pp * vy[None, :]
+                good = den > 0
+                score = py / B.sqrt(B.where(good, den, 1.0))
+            acc[a0:a0 + k] += B.where(good, score, 0.0)
+            cnt[a0:a0 + k] += B.cast(good, "float64")
+        return acc, cnt
 
     def _alpha_group(self, n_val, vb):
         """Alphas per stacked GEMM: as many as fit ``_GROUP_BYTES`` of predictions (at least 1),

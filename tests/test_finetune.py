@@ -1,0 +1,186 @@
+"""Fine-tuning on TVQA-format QA: reader + validation, synthetic set, learning that needs both modalities,
+resume after a kill, DDP (2 gloo processes) == 1 process, and extraction from the fine-tuned checkpoint."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from brainalign import finetune, tvqa
+from brainalign.config import Config, TinyModelConfig, WindowsConfig
+from brainalign.errors import ConfigError, DataError
+from brainalign.models import get_backbone
+from brainalign.models.synthetic import synthetic_stimuli
+from brainalign.models.tiny import load_checkpoint, TinyMultimodal, TinySpec
+
+SIZE = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """A synthetic TVQA set (shared by the tests; nobody writes into it)."""
+    return tvqa.write_synthetic_tvqa(tmp_path_factory.mktemp("tvqa"), n_train=TRAIN_N, n_val=VAL_N, seed=0,
+                                     size=SIZE)
+
+
+TRAIN_N, VAL_N = 480, 120
+
+
+def make_cfg(tmp_path, data, **ft):
+    c = Config()
+    c.output = str(tmp_path / "out")
+    c.data.root = str(tmp_path)
+    c.finetune.data = str(data)
+    c.model.tiny = TinyModelConfig(hidden=32, layers=2, heads=2, vocab=512, patch=8, n_mels=16)
+    c.windows = WindowsConfig(frames=2, image_size=SIZE, audio_rate=8000)
+    c.finetune.batch_size = 16
+    c.finetune.lr = 3e-3
+    c.finetune.warmup_steps = 10
+    for k, v in ft.items():
+        setattr(c.finetune, k, v)
+    c.text = "name: finetune-test\n"
+    return c
+
+
+# ---- reader and validation -----------------------------------------------------------------------
+
+ROW = {"qid": 7, "q": "Who said hi?", "a0": "Ross", "a1": "Rachel", "a2": "Monica", "a3": "Joey",
+       "a4": "Phoebe", "answer_idx": 3, "ts": "1.5-4.25", "vid_name": "friends_s01e01_seg02_clip_00",
+       "show_name": "Friends"}
+
+
+def write_rows(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_read_tvqa_hand_written_file(tmp_path):
+    other = dict(ROW, qid="x2", ts="0-0", answer_idx=0, q="(Ross:) Hi, Rachel!")
+    items = tvqa.read_tvqa(write_rows(tmp_path / "t.jsonl", [ROW, "", other]))
+    assert len(items) == 2
+    a, b = items
+    assert (a.qid, a.question, a.answer_idx, a.ts, a.vid_name) == ("7", "Who said hi?", 3, (1.5, 4.25),
+                                                                    "friends_s01e01_seg02_clip_00")
+    assert a.answers == ("Ross", "Rachel", "Monica", "Joey", "Phoebe")
+    assert b.ts == (0.0, 0.0) and b.qid == "x2"
+    assert tvqa.normalise_words(b.question) == ["ross", "hi", "rachel"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"answer_idx": 5}, r"line 1: answer_idx 5 out of range \(an integer 0..4\)"),
+    ({"answer_idx": "2"}, r"answer_idx '2' out of range"),
+    ({"ts": "4.0-1.0"}, r"ts '4.0-1.0' needs 0 <= start <= end"),
+    ({"ts": "NaN-NaN"}, r"ts 'NaN-NaN' is not 'start-end'"),
+    ({"ts": "12.5"}, r"ts '12.5' is not 'start-end'"),
+    ({"a3": None}, r"field a3 must be a non-empty string"),
+    ({"vid_name": "../x"}, r"vid_name '../x' must be a plain clip name"),
+])
+def test_bad_rows_are_one_line_errors(tmp_path, change, message):
+    path = write_rows(tmp_path / "t.jsonl", [dict(ROW, **change)])
+    with pytest.raises(DataError, match=message) as e:
+        tvqa.read_tvqa(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_fields_json_and_duplicates(tmp_path):
+    row = {k: v for k, v in ROW.items() if k not in ("a4", "ts")}
+    with pytest.raises(DataError, match=r"line 1: missing field\(s\) a4, ts"):
+        tvqa.read_tvqa(write_rows(tmp_path / "m.jsonl", [row]))
+    with pytest.raises(DataError, match=r"line 2: not valid JSON"):
+        tvqa.read_tvqa(write_rows(tmp_path / "j.jsonl", [ROW, "{oops"]))
+    with pytest.raises(DataError, match=r"line 2: duplicate qid 7"):
+        tvqa.read_tvqa(write_rows(tmp_path / "d.jsonl", [ROW, ROW]))
+    with pytest.raises(DataError, match=r"TVQA file not found: .*nope.jsonl"):
+        tvqa.read_tvqa(tmp_path / "nope.jsonl")
+
+
+def test_missing_frames_and_subtitles(tmp_path, synth):
+    root = tmp_path / "d"
+    (root / "frames" / ROW["vid_name"]).mkdir(parents=True)
+    write_rows(root / "tvqa_train.jsonl", [ROW])
+    write_rows(root / "tvqa_val.jsonl", [ROW])
+    cfg = make_cfg(tmp_path, root)
+    with pytest.raises(DataError, match=r"clip friends_s01e01_seg02_clip_00: no frames \(.jpg/.png\) in .*frames"):
+        finetune.run_finetune(cfg)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "frames" / ROW["vid_name"] / "00001.jpg")
+    with pytest.raises(DataError, match=r"train clip friends_s01e01_seg02_clip_00: subtitles not found: .*\.srt"):
+        finetune.run_finetune(cfg)
+    with pytest.raises(ConfigError, match=r"finetune.data: TVQA directory not found"):
+        finetune.run_finetune(make_cfg(tmp_path, tmp_path / "absent"))
+
+
+# ---- the synthetic set and the clip readers --------------------------------------------------------
+
+def test_synthetic_set_layout_and_answer_logic(synth):
+    train = tvqa.read_tvqa(synth / "tvqa_train.jsonl")
+    val = tvqa.read_tvqa(synth / "tvqa_val.jsonl")
+    assert len(train) == TRAIN_N and len(val) == VAL_N
+    tvqa.check_clips(synth, train, "train")
+    labels = np.array([it.answer_idx for it in train])
+    assert np.bincount(labels, minlength=5).min() > TRAIN_N / 5 * 0.6      # answer positions balanced
+    from brainalign.stimuli.transcript import read_transcript
+
+    for it in train[:40]:
+        files = tvqa.frame_files(synth, it.vid_name)
+        assert len(files) == round(tvqa.CLIP_SECONDS * tvqa.TVQA_FPS) and files[0].name == "00001.png"
+        frames = tvqa.load_frames(files, it.ts, 2, SIZE)
+        assert frames.shape == (2, SIZE, SIZE, 3) and frames.dtype == np.uint8
+        # shirt colours seen in the frame: nearest palette colour of each seat's shirt block
+        w = SIZE // 4
+        seen = []
+        for k in range(4):
+            rgb = frames[0, SIZE * 3 // 4:, k * w + w // 4: (k + 1) * w - w // 4].reshape(-1, 3).mean(0)
+            seen.append(min(tvqa.COLOURS, key=lambda c: np.sum((np.array(tvqa.COLOURS[c]) - rgb) ** 2)))
+        said = tvqa.subtitle_words(read_transcript(tvqa.subtitle_path(synth, it.vid_name)), it.ts)
+        assert said[0] in tvqa.SEATS and said[0] in tvqa.normalise_words(it.question)
+        both = [a for a in it.answers if a in seen and a in said]
+        assert both == [it.answers[it.answer_idx]]                       # only the answer is in both
+        assert sum(a in seen for a in it.answers) == 3 and sum(a in said for a in it.answers) == 3
+
+
+def test_frame_times_follow_tvqa_fps(tmp_path):
+    from PIL import Image
+
+    d = tmp_path / "frames" / "clip"
+    d.mkdir(parents=True)
+    for k in range(10):                          # frame k (1-based) shown from (k - 1) / 3 s
+        Image.fromarray(np.full((4, 4, 3), 20 * k, np.uint8)).save(d / f"{k + 1:05d}.png")
+    files = tvqa.frame_files(tmp_path, "clip")
+    out = tvqa.load_frames(files, (1.0, 2.0), 2, 4)     # times 1.25 s, 1.75 s -> frames 4, 6 (0-based 3, 5)
+    assert out[:, 0, 0, 0].tolist() == [60, 100]
+    out = tvqa.load_frames(files, (5.0, 9.0), 1, 2)     # past the clip end: the last frame, resized
+    assert out.shape == (1, 2, 2, 3) and out[0, 0, 0, 0] == 180
+
+
+# ---- learning ------------------------------------------------------------------------------------
+
+def val_accuracy(cfg):
+    return json.loads((cfg.out / "finetune" / "metrics.json").read_text())["final_val_accuracy"]
+
+
+def test_finetuning_needs_both_frames_and_subtitles(tmp_path, synth):
+    """Joint fine-tuning beats chance (20 %) clearly; without frames or without subtitles it cannot get past
+    the 33 % that one modality allows (see write_synthetic_tvqa)."""
+    acc = {}
+    for name, kw in {"joint": {}, "no_frames": {"use_frames": False},
+                     "no_subtitles": {"use_subtitles": False}}.items():
+        cfg = make_cfg(tmp_path / name, synth, epochs=EPOCHS)
+        path = finetune.run_finetune(cfg, **kw)
+        assert path == cfg.out / "finetune" / "model.pt" and path.is_file()
+        acc[name] = val_accuracy(cfg)
+    print("val accuracy", acc)
+    assert acc["joint"] >= 0.6, acc
+    assert acc["no_frames"] <= 0.42 and acc["no_subtitles"] <= 0.42, acc
+
+
+EPOCHS = 8
