@@ -180,7 +180,130 @@ def test_finetuning_needs_both_frames_and_subtitles(tmp_path, synth):
         acc[name] = val_accuracy(cfg)
     print("val accuracy", acc)
     assert acc["joint"] >= 0.6, acc
-    assert acc["no_frames"] <= 0.42 and acc["no_subtitles"] <= 0.42, acc
+    assert acc["no_frames"] <= 0.45 and acc["no_subtitles"] <= 0.45, acc
 
 
 EPOCHS = 8
+
+
+# ---- resume, skip, DDP, extraction ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return tvqa.write_synthetic_tvqa(tmp_path_factory.mktemp("small"), n_train=64, n_val=32, seed=3, size=SIZE)
+
+
+def trained_state(cfg):
+    """The QA model's state (backbone + head) after the last epoch, from the training checkpoint."""
+    return torch.load(cfg.out / "finetune" / "checkpoint.pt", weights_only=True)["model"]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, small, monkeypatch):
+    ref = make_cfg(tmp_path / "ref", small, epochs=3)
+    finetune.run_finetune(ref)
+    want = trained_state(ref)
+
+    cfg = make_cfg(tmp_path / "run", small, epochs=3)
+
+    def kill(epoch, rec):
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        finetune.run_finetune(cfg, on_epoch_end=kill)
+    work = cfg.out / "finetune"
+    assert (work / "checkpoint.pt").is_file() and not (work / "model.pt").exists()
+    assert not (work / "metrics.json").exists()
+    assert torch.load(work / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+    changed = make_cfg(tmp_path / "run", small, epochs=3, lr=1e-2)        # another config: refused
+    with pytest.raises(ConfigError, match=r"checkpoint.pt was written for another config .*--force"):
+        finetune.run_finetune(changed)
+
+    seen = []
+    finetune.run_finetune(cfg, on_epoch_end=lambda e, r: seen.append(e))
+    assert seen == [2, 3]                                                 # epoch 1 was not redone
+    got = trained_state(cfg)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    m = json.loads((work / "metrics.json").read_text())
+    r = json.loads((ref.out / "finetune" / "metrics.json").read_text())
+    assert [e["epoch"] for e in m["epochs"]] == [1, 2, 3]
+    assert [e["val_accuracy"] for e in m["epochs"]] == [e["val_accuracy"] for e in r["epochs"]]
+    assert m["complete"] and m["chance"] == 0.2 and m["n_train"] == 64 and m["n_val"] == 32
+
+    # complete and up to date: a second call trains nothing; --force trains again
+    monkeypatch.setattr(finetune, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    assert finetune.run_finetune(cfg) == work / "model.pt"
+    with pytest.raises(AssertionError, match="retrained"):
+        finetune.run_finetune(cfg, force=True)
+
+
+def test_ddp_two_processes_match_one_process(tmp_path, small):
+    """Global batch 16 = 2 ranks x 8: DistributedSampler gives the ranks the two halves of the one-process
+    batch and DDP averages their mean-loss gradients, i.e. the one-process gradient (float rounding aside)."""
+    one = make_cfg(tmp_path / "one", small, epochs=2)
+    finetune.run_finetune(one)
+    two = make_cfg(tmp_path / "two", small, epochs=2)
+    assert finetune.run_finetune_spawn(two, nprocs=2) == two.out / "finetune" / "model.pt"
+    a, b = trained_state(one), trained_state(two)
+    init = finetune.build_qa_model(one).state_dict()
+    moved = 0
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4)
+        moved += int(not torch.equal(a[k], init[k]))
+    assert moved > 10                                                       # training changed the weights
+    h = one.model.tiny.hidden                                               # dead parameters stay fixed
+    for k in ("head.bias", "backbone.blocks.1.fc2.bias"):
+        assert torch.equal(a[k], init[k]), k
+    assert torch.equal(a["backbone.blocks.0.qkv.bias"][h:2 * h], init["backbone.blocks.0.qkv.bias"][h:2 * h])
+    ma = json.loads((one.out / "finetune" / "metrics.json").read_text())
+    mb = json.loads((two.out / "finetune" / "metrics.json").read_text())
+    assert mb["world_size"] == 2 and ma["world_size"] == 1
+    for ea, eb in zip(ma["epochs"], mb["epochs"]):
+        assert eb["val_accuracy"] == ea["val_accuracy"]
+        assert eb["train_loss"] == pytest.approx(ea["train_loss"], rel=1e-4)
+
+
+def test_batch_must_split_over_ranks(tmp_path, small):
+    cfg = make_cfg(tmp_path, small, batch_size=15)
+    ds = finetune.load_split(cfg, "val")
+    with pytest.raises(ConfigError, match=r"finetune.batch_size: the global batch 15 must be a multiple of the "
+                                          r"number of ranks \(2\)"):
+        finetune.train(cfg, finetune.build_qa_model(cfg), ds, ds, tmp_path, finetune.DistInfo(0, 2), torch.device("cpu"), "")
+
+
+def test_extraction_from_the_finetuned_checkpoint(tmp_path, small, monkeypatch):
+    cfg = make_cfg(tmp_path, small, epochs=1)
+    path = finetune.run_finetune(cfg)
+    qa = trained_state(cfg)
+
+    from brainalign import extract
+
+    ext = make_cfg(tmp_path, small)
+    ext.data.episodes = ["e1", "e2", "e3"]
+    ext.data.bold.tr = 1.0
+    ext.model.conditions = ["joint", "no_vision"]
+    stim = synthetic_stimuli("e1", n_windows=6, tr=1.0, frames=2, image_size=SIZE, audio_rate=8000, seed=1)
+    monkeypatch.setattr("brainalign.stimuli.windows.load_episode_stimuli", lambda c, ep: stim)
+    before = extract.extract_episode_features(ext, "e1")
+    ext.model.checkpoint = str(path)
+    after = extract.extract_episode_features(ext, "e1")
+
+    bb = get_backbone(ext.model, ext.windows)                 # what model.checkpoint loads: the tuned weights
+    for k, v in bb.module.state_dict().items():
+        assert torch.equal(v, qa["backbone." + k]), k
+    direct = bb.encode(stim, slice(None), "joint").numpy()
+    for c in ("joint", "no_vision"):
+        assert after[c].shape == (2, 6, 32) and np.isfinite(after[c]).all()
+        assert not np.allclose(after[c], before[c], atol=1e-4)        # fine-tuning changed the features
+    np.testing.assert_allclose(after["joint"], direct, atol=1e-5)
+    wrong = make_cfg(tmp_path, small)
+    wrong.windows.frames = 3
+    with pytest.raises(ConfigError, match=r"model.checkpoint: .*model.pt was saved for another tiny model"):
+        load_checkpoint(TinyMultimodal(TinySpec.from_config(wrong.model, wrong.windows)), path)

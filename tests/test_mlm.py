@@ -298,3 +298,26 @@ def test_errors(cfg, loads):
     with pytest.raises(ConfigError, match="backbone 'headless' has no language-model head"):
         mlm.run_mlm(cfg, backbone=NoHead())
     assert loads == []
+
+
+def test_run_mlm_on_simulated_files(tmp_path):
+    """The real stimulus loader (mp4 + wav + TSV written by simulate) feeds the stage end to end."""
+    from brainalign.simulate import write_episode_stimuli
+
+    c = Config()
+    c.data.root, c.output = str(tmp_path / "data"), str(tmp_path / "out")
+    c.data.episodes, c.data.bold.tr = ["a", "b", "c"], 1.0
+    c.simulate.trs_per_run, c.simulate.frame_size, c.simulate.audio_rate, c.simulate.fps = 12, 32, 8000, 4.0
+    c.model.tiny = TinyModelConfig(hidden=32, layers=2, heads=4, vocab=512, patch=8, n_mels=16)
+    c.windows = WindowsConfig(context=None, frames=2, image_size=32, audio_rate=8000)
+    c.mlm.bootstrap = 100
+    for i, e in enumerate(c.data.episodes):
+        write_episode_stimuli(c, e, i)
+    path = mlm.run_mlm(c)
+    with h5py.File(path, "r") as f:
+        n = int(f.attrs["n_words"])
+        assert n > 0 and f["joint/loss"].shape == (n,) and np.isfinite(f["no_vision/loss"][()]).all()
+        assert sorted(set(f["episode_index"][()].tolist())) == [0, 1, 2]
+    rows = read_csv(c.out / "mlm.csv")
+    assert [(r["condition"], r["episode"]) for r in rows[-3:]] == [("joint", "all"), ("no_vision", "all"),
+                                                                  ("joint-no_vision", "all")]

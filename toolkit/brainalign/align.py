@@ -124,8 +124,12 @@ def _bold_sources(cfg):
                 out[(s, ep)] = (path, find_hdf5_dataset(path, ep))
         return out
     from .brain.bids import find_bold
+    from .brain.cifti import find_cifti_bold
 
     bids_dir = require_file("data.bold.dir", cfg.path(b.dir), "fMRIPrep derivatives directory")
+    if b.format == "cifti":
+        return {(s, ep): (find_cifti_bold(bids_dir, s, ep, b.space), "cifti")
+                for s in b.subjects for ep in cfg.data.episodes}
     return {(s, ep): (find_bold(bids_dir, s, ep, b.space, b.desc), None)
             for s in b.subjects for ep in cfg.data.episodes}
 
@@ -137,6 +141,12 @@ def _read_space(cfg):
     b = cfg.data.bold
     if b.format == "hdf5":
         return None, None, {}
+    if b.format == "cifti":                  # grayordinates; ROIs = the CIFTI brain structures
+        from .brain.cifti import cifti_info, structure_labels
+
+        first = next(iter(_bold_sources(cfg).values()))[0]
+        labels, names = structure_labels(cifti_info(first))
+        return None, labels, names
     mask = load_mask(require_file("data.bold.mask", cfg.path(b.mask), "brain mask"))
     if not b.rois:
         return mask, None, {}
@@ -151,11 +161,19 @@ def _read_run(cfg, source, mask):
     from .brain.confounds import confounds_path, read_confounds, regress_out
     from .brain.volumes import read_bold_run, read_hdf5_bold
 
+    from .brain.cifti import read_cifti_bold
+
     path, dataset = source
-    y = read_hdf5_bold(path, dataset) if dataset else read_bold_run(path, mask, tr=cfg.data.bold.tr)
+    if dataset == "cifti":
+        y = read_cifti_bold(path, tr=cfg.data.bold.tr)
+    else:
+        y = read_hdf5_bold(path, dataset) if dataset else read_bold_run(path, mask, tr=cfg.data.bold.tr)
     strategy = cfg.data.bold.confounds
     if strategy:
-        if dataset:
+        if dataset == "cifti":
+            y = regress_out(y, read_confounds(confounds_path(str(path).replace(".dtseries.nii", ".nii.gz")),
+                                              strategy))
+        elif dataset:
             raise DataError(f"data.bold.confounds needs fMRIPrep confound TSVs; {path} is HDF5 parcel data")
         y = regress_out(y, read_confounds(confounds_path(path), strategy))
     return y
@@ -249,7 +267,7 @@ def run_align(cfg, force: bool = False):
         f.attrs["episodes"] = str_attr(episodes)
         f.attrs["run_lengths"] = np.asarray(kept, np.int64)
         f.attrs["tr"] = b.tr
-        # parcel data (hdf5) has no volume: a (n_parcels, 1, 1) all-ones "mask" keeps one layout for both
+        # parcel (hdf5) and grayordinate (cifti) data have no volume: a (n, 1, 1) all-ones "mask" keeps one layout
         mdata = mask.data if mask is not None else np.ones((n_vox, 1, 1), bool)
         m = f.create_dataset("mask", data=mdata.astype(np.uint8))
         m.attrs["affine"] = np.asarray(mask.affine if mask is not None else np.eye(4), np.float64)

@@ -30,7 +30,7 @@ class StimuliConfig:
 
 @dataclass
 class BoldConfig:
-    format: Literal["bids", "hdf5"] = "bids"
+    format: Literal["bids", "hdf5", "cifti"] = "bids"
     dir: str = "{root}/derivatives/fmriprep"              # fMRIPrep derivatives (BIDS) root, or an HDF5 file
     subjects: list[str] = field(default_factory=lambda: ["01", "02", "03", "04", "05"])
     space: str = "MNI152NLin2009cAsym"
@@ -134,6 +134,16 @@ class ContrastConfig:
 class StatsConfig:
     q: float = 0.05
     contrasts: list[ContrastConfig] = field(default_factory=list)
+    noise_ceiling: Literal["auto", "isc", "repeats", "none"] = "auto"
+    ceiling_floor: float = 0.1             # ceilings below this are not used to normalise
+    ceiling_spearman_brown: bool = True
+    noise_ceiling_repeats: Optional[str] = None   # per-subject HDF5 ({subject}) with /repeats (n_rep, n_trs, n_vox)
+    noise_ceiling_n_avg: int = 1
+    permutations: int = 0                  # 0 = off; > 0: per-subject blocked (circular-shift) permutation tests
+    permutation_layer: Optional[int] = None
+    permutation_feature_sets: Optional[list[str]] = None
+    permutation_min_shift: int = 10        # TRs
+    permutation_seed: int = 0
 
 
 @dataclass

@@ -155,6 +155,24 @@ class QAModel(nn.Module):
             self.head.bias.zero_()
         for p in backbone.audio_embed.parameters():     # TVQA has no audio: keep the audio embedding as is
             p.requires_grad_(False)
+        self._freeze_dead_parameters()
+
+    def _freeze_dead_parameters(self):
+        """Parameters the loss cannot depend on (their exact gradient is 0): the head bias and the last block's
+        fc2 bias (both shift all 5 logits equally) and the key biases (a query's attention logits all move by
+        the same amount). AdamW would turn their float-rounding gradients into lr-sized random steps, so they
+        are held fixed: fine-tuning changes only what the task determines."""
+        h = self.backbone.spec.hidden
+        self.head.bias.requires_grad_(False)
+        self.backbone.blocks[-1].fc2.bias.requires_grad_(False)
+
+        def zero_keys(grad):
+            grad = grad.clone()
+            grad[h: 2 * h] = 0
+            return grad
+
+        for block in self.backbone.blocks:
+            block.qkv.bias.register_hook(zero_keys)
 
     def forward(self, frames, ids):
         """frames uint8 (B, F, S, S, 3) or None; ids int64 (B, A, W) -> logits float32 (B, A)."""
@@ -358,7 +376,8 @@ def train(cfg, model: QAModel, train_ds: TVQADataset, val_ds: TVQADataset, workd
         sampler.set_epoch(epoch)
         model.train()
         loss_sum = n_seen = 0.0
-        for frames, ids, labels in progress(loader, desc=f"finetune epoch {epoch + 1}/{ft.epochs}", unit="batch"):
+        for frames, ids, labels in progress(loader, desc=f"finetune epoch {epoch + 1}/{ft.epochs}", unit="batch",
+                                           disable=True if info.rank else None):
             frames = None if frames is None else frames.to(device, non_blocking=True)
             ids, labels = ids.to(device), labels.to(device)
             with _autocast(device, ft.precision):

@@ -425,6 +425,6 @@ def run_fit(cfg, force: bool = False):
         _on_root(comm, lambda: assemble_scores(cfg, inp, path, shard_dir, attrs, chash))
     finally:
         inp.close()
-    if cfg.fit.write_maps:
+    if cfg.fit.write_maps and cfg.data.bold.format == "bids":     # parcels/grayordinates have no volume
         _on_root(comm, lambda: write_maps(cfg, path))
     return path

@@ -3,45 +3,55 @@
 ``model.backbone: hf`` and ``model.checkpoint: DIR`` (a directory written by ``save_pretrained``: the
 model's ``config.json`` + weights, its tokenizer, optionally its image processor; or the id of a model
 already in the local Hugging Face cache: nothing is downloaded). Needs the optional ``transformers``
-package (``pip install brainalign[hf]``).
+package (``pip install 'brainalign[hf]'``). The class is chosen by ``config.architectures[0]``.
 
-Supported architectures (``model_type`` in config.json):
+Supported architectures (``model_type`` in config.json) and their token sequences:
 
-* ``git`` (``GitModel`` / ``GitForCausalLM``): one decoder over ``[vision tokens ; text tokens]``; vision
-  tokens attend to each other bidirectionally, text tokens causally to all vision tokens and earlier text.
-  Vision tokens = (n_patches + 1) per frame from GIT's CLIP-style image encoder. Several frames per window
-  need a video GIT (``num_image_with_embedding >= windows.frames``, frames get temporal embeddings); an
-  image GIT (``num_image_with_embedding`` null) sees the window's middle frame (index frames // 2).
+* ``git`` (``GitModel`` / ``GitForCausalLM``): ``[vision tokens ; text tokens]`` in one decoder; vision
+  tokens attend to each other bidirectionally, text tokens causally to all vision tokens and earlier
+  text. (n_patches + 1) vision tokens per frame. Several frames per window need a video GIT
+  (``num_image_with_embedding >= windows.frames``: frames get temporal embeddings); an image GIT
+  (``num_image_with_embedding`` null) sees the window's middle frame (index frames // 2).
+* ``tvp`` (``TvpModel``): ``[10 learned text-prompt tokens ; text tokens ; visual grid tokens]``,
+  bidirectional; the frames (the window's ``windows.frames`` repeated evenly to the model's
+  ``num_frames``: frame j of num_frames is window frame ``j * frames // num_frames``) pass the visual
+  prompter and ResNet and are mean-pooled over time into one grid. Windows run one at a time
+  (transformers' TVP grid position code fails for batch > 1).
 
 Text: the window's words joined by single spaces and encoded with the tokenizer saved in the directory
-(with its special tokens, e.g. ``[CLS] ... [SEP]`` for GIT); each sub-token is mapped back to its word by
-character offsets. Frames: the directory's image processor if it has one, else a documented fallback
-(bilinear resize to ``vision_config.image_size``, scale to [0, 1], normalise with the CLIP mean/std GIT
-was trained with).
+(with its special tokens, e.g. ``[CLS] ... [SEP]``); each sub-token is mapped back to its word by
+character offsets (a fast tokenizer is required). Frames: the directory's image processor if it has one;
+else a documented fallback: bilinear (antialiased) resize to the model's input size
+(``vision_config.image_size`` for GIT, ``max_img_size`` for TVP), scale to [0, 1], normalise with the
+CLIP mean/std (GIT) or 0.5/0.5 and reverse the channels to BGR (TVP, as its processor does).
 
-``encode`` returns, for every transformer layer (the residual stream after block l, the embeddings
+``encode`` returns, for every transformer layer (the residual stream after block l; the embeddings
 themselves are not returned; ``n_layers = num_hidden_layers``), the modality-balanced mean used by the
-tiny model: the average of the mean over all vision tokens present and the mean over the sub-tokens of
-real words (special tokens and padding excluded), each modality weighted equally. A window in which
-neither is present (no words under ``no_vision``) gets the state of the first text token ([CLS]/BOS).
+tiny model: the average of the mean over the vision tokens (GIT: every frame's patch + CLS tokens; TVP:
+the grid tokens) and the mean over the sub-tokens of real words (special tokens, TVP's text prompt and
+padding excluded), each modality weighted equally. A window in which neither is present (no words under
+``no_vision``) gets the state of the first text token ([CLS]/BOS).
 
-Conditions (GIT has no audio input; ``no_audio`` is refused rather than silently equal to ``joint``):
+Conditions (neither model has an audio input: ``no_audio`` is refused rather than silently equal to
+``joint``; ``language_only`` = ``no_vision`` and ``vision_only`` = ``no_language``):
 
-=================  ==========================================================================
-``joint``          frames + the window's text
-``no_vision``      no ``pixel_values``: the text-only decoder (vision tokens dropped)
-``language_only``  same as ``no_vision``
-``no_language``    frames + the tokenizer's encoding of the empty string (``[CLS] [SEP]``):
-                   GIT needs at least one text token; equals ``joint`` on a window without words
-``vision_only``    same as ``no_language``
-=================  ==========================================================================
+===============  =============================================  ==============================================
+condition        GIT                                            TVP
+===============  =============================================  ==============================================
+joint            frames + text                                  frames + text
+no_vision        no ``pixel_values``: vision tokens dropped     null frames (all-zero ``pixel_values``, the
+                 (GIT's text-only decoder)                      processor's mean image); grid tokens present
+                                                                but not pooled
+no_language      frames + the tokenizer's encoding of ``""``    frames + the encoding of ``""`` ([CLS] [SEP]);
+                 ([CLS] [SEP]); = joint on a window w/o words   = joint on a window without words
+===============  =============================================  ==============================================
 
 Masked-word prediction (``brainalign mlm``) uses :meth:`HFBackbone.masked_word_logits`: GIT is a causal
 LM, so sub-token j of a word is predicted from the last layer's state at the position before it through
 the LM head (``GitForCausalLM.output``), with the word's earlier sub-tokens given (teacher forcing; the
-product is the model's probability of the word given its left context, vision tokens included). The
-word itself cannot influence these states (causal attention), so no MASK token is needed. A checkpoint
-saved as ``GitModel`` has no LM head: ConfigError.
+summed loss is -log p(word | left context), vision tokens included). The word cannot influence these
+states (causal attention), so no MASK token is needed. A GIT saved as ``GitModel``, and TVP, have no LM
+head: ConfigError.
 """
 from __future__ import annotations
 
@@ -220,6 +230,10 @@ class HFBackbone(Backbone):
         idx = window_indices(index, stimuli.n_windows)
         if len(idx) == 0:
             return torch.zeros(self.n_layers, 0, self.hidden)
+        if not self.is_git and len(idx) > 1:
+            # transformers' TvpVisualInputEmbedding reshapes its column positions with the batch size
+            # (fails for batch > 1), so TVP windows run one at a time
+            return torch.cat([self.encode(stimuli, idx[b: b + 1], condition) for b in range(len(idx))], dim=1)
         hidden, info = self.forward(stimuli, idx, condition)
         w = self.pool_weights(info, hidden.shape[2]).to(hidden.device)
         return torch.einsum("lbth,bt->lbh", hidden.float(), w).cpu()

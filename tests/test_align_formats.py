@@ -1,0 +1,55 @@
+"""align reads every BOLD format into the same voxel matrix: CIFTI grayordinates and HDF5 parcels."""
+import h5py
+import numpy as np
+import pytest
+
+from brainalign.align import _bold_sources, _read_run, _read_space
+from brainalign.config import parse_config
+from brainalign.errors import DataError
+
+from test_cifti import write_dtseries
+
+
+def _cfg(tmp_path, fmt, bold_dir):
+    return parse_config({"data": {"root": str(tmp_path), "episodes": ["e1", "e2", "e3"],
+                                  "bold": {"format": fmt, "dir": bold_dir, "subjects": ["01"], "space": "fsLR",
+                                           "tr": 1.49}}})
+
+
+def test_cifti_runs_and_structures_as_rois(tmp_path):
+    rng = np.random.default_rng(0)
+    data = {}
+    for ep in ("e1", "e2", "e3"):
+        d = tmp_path / "prep" / "sub-01" / "ses-001" / "func"
+        d.mkdir(parents=True, exist_ok=True)
+        data[ep] = rng.standard_normal((30, 36)).astype(np.float32)
+        write_dtseries(d / f"sub-01_ses-001_task-{ep}_space-fsLR_den-91k_bold.dtseries.nii", data[ep])
+    cfg = _cfg(tmp_path, "cifti", "{root}/prep")
+    sources = _bold_sources(cfg)
+    assert set(sources) == {("01", "e1"), ("01", "e2"), ("01", "e3")}
+    mask, labels, names = _read_space(cfg)
+    assert mask is None and labels.shape == (36,)
+    assert names == {1: "CORTEX_LEFT", 2: "CORTEX_RIGHT", 3: "THALAMUS_LEFT"}
+    np.testing.assert_array_equal(labels, np.repeat([1, 2, 3], [10, 18, 8]))
+    np.testing.assert_array_equal(_read_run(cfg, sources[("01", "e2")], mask), data["e2"])
+    bad = _cfg(tmp_path, "cifti", "{root}/prep")
+    bad.data.bold.tr = 2.0
+    with pytest.raises(DataError, match="TR"):
+        _read_run(bad, sources[("01", "e1")], None)
+
+
+def test_hdf5_parcels_one_dataset_per_run(tmp_path):
+    rng = np.random.default_rng(1)
+    with h5py.File(tmp_path / "sub-01.h5", "w") as f:
+        for ep in ("e1", "e2", "e3"):
+            f[f"sub-01_task-{ep}"] = rng.standard_normal((20, 7))
+    cfg = _cfg(tmp_path, "hdf5", "{root}/sub-{subject}.h5")
+    sources = _bold_sources(cfg)
+    assert sources[("01", "e3")][1] == "sub-01_task-e3"
+    y = _read_run(cfg, sources[("01", "e3")], None)
+    with h5py.File(tmp_path / "sub-01.h5") as f:
+        np.testing.assert_allclose(y, f["sub-01_task-e3"][()], rtol=1e-6)
+    assert _read_space(cfg) == (None, None, {})
+    missing = _cfg(tmp_path, "hdf5", "{root}/sub-{subject}-nope.h5")
+    with pytest.raises(Exception, match=r"data\.bold\.dir: BOLD HDF5 file of sub-01 not found"):
+        _bold_sources(missing)
