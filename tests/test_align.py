@@ -82,3 +82,38 @@ def test_fold_groups_and_grouped_splits():
     assert len(inner) == 2                      # inner folds leave one training group out
     held = [set(runs[train][v]) for _, v in inner]
     assert held == [{0, 1, 2}, {5, 6}]
+
+
+class _Store:
+    """A features.h5 stand-in: one condition, windows every 0.5 s ending at (i + 1) * 0.5."""
+
+    def __init__(self, x, step):
+        self.x, self.step = x, step
+
+    def get(self, condition, episode):
+        return self.x
+
+    def windows(self, episode):
+        ends = (np.arange(self.x.shape[1]) + 1.0) * self.step
+        return np.stack([ends - self.step, ends], 1)
+
+
+def test_tr_grid_features_resamples_windows_that_step_off_the_tr():
+    from brainalign.align import tr_grid_features
+    from brainalign.config import parse_config
+    from brainalign.resample import resample_features
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 60, 3))                        # 2 layers, 60 windows of 0.5 s = 30 s
+    on_tr = parse_config({"data": {"bold": {"tr": 1.5}}})
+    assert tr_grid_features(on_tr, _Store(x, 1.5), "joint", "e") is x   # windows at the TRs: untouched
+    cfg = parse_config({"data": {"bold": {"tr": 1.5}}, "windows": {"step": 0.5, "resample": "average"}})
+    got = tr_grid_features(cfg, _Store(x, 0.5), "joint", "e")
+    assert got.shape == (2, 20, 3)
+    # 'average' with windows ending at their times: TR t is the mean of the three windows inside it
+    np.testing.assert_allclose(got[1, 4], x[1, 12:15].mean(0), atol=1e-12)
+    lz = tr_grid_features(parse_config({"data": {"bold": {"tr": 1.5}}, "windows": {"step": 0.5}}),
+                          _Store(x, 0.5), "joint", "e")
+    ends = (np.arange(60) + 1.0) * 0.5
+    np.testing.assert_allclose(lz[0], resample_features(x[0], ends, (np.arange(20) + 1.0) * 1.5, "lanczos",
+                                                        window=3, anchor="end"))

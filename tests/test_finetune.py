@@ -275,7 +275,8 @@ def test_batch_must_split_over_ranks(tmp_path, small):
     ds = finetune.load_split(cfg, "val")
     with pytest.raises(ConfigError, match=r"finetune.batch_size: the global batch 15 must be a multiple of the "
                                           r"number of ranks \(2\)"):
-        finetune.train(cfg, finetune.build_qa_model(cfg), ds, ds, tmp_path, finetune.DistInfo(0, 2), torch.device("cpu"), "")
+        finetune.train(cfg, finetune.build_qa_model(cfg), ds, ds, tmp_path, finetune.DistInfo(0, 2),
+                       torch.device("cpu"), "")
 
 
 def test_extraction_from_the_finetuned_checkpoint(tmp_path, small, monkeypatch):

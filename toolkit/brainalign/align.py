@@ -111,6 +111,25 @@ def _match_lengths(cfg, feat_lengths: dict, bold_lengths: dict) -> dict:
     return out
 
 
+def tr_grid_features(cfg, feats, condition, episode) -> np.ndarray:
+    """(n_layers, n_trs, hidden) features of one run on the TR grid.
+
+    Windows that end at each TR (the default) are the TR grid already; with ``windows.step`` != TR the
+    window features are resampled (``windows.resample``: Lanczos or overlap averaging) from the window end
+    times onto TR ends (t + 1) * TR for every TR the windows cover.
+    """
+    x = feats.get(condition, episode)
+    tr, step = cfg.data.bold.tr, cfg.windows.step
+    if not step or abs(step - tr) < 1e-9:
+        return x
+    from .resample import resample_features
+
+    ends = feats.windows(episode)[:, 1]
+    tr_ends = (np.arange(int(np.floor(ends[-1] / tr + 1e-6))) + 1.0) * tr
+    return np.stack([resample_features(layer, ends, tr_ends, cfg.windows.resample,
+                                       window=cfg.windows.resample_lobes, anchor="end") for layer in x])
+
+
 def _bold_sources(cfg):
     """{(subject, episode): (path, dataset or None)} for every subject and run, checking the files exist."""
     b = cfg.data.bold
@@ -213,7 +232,11 @@ def run_align(cfg, force: bool = False):
         raise DataError(f"BOLD runs disagree on their voxel/parcel count: {sorted(n_vox)} "
                         f"({', '.join(str(src[0]) for src in sources.values())})")
     (n_vox,) = n_vox
-    feat_lengths = {ep: feats.get(cfg.model.conditions[0], ep).shape[1] for ep in episodes}
+    for c in cfg.model.conditions:
+        if c not in feats.conditions:
+            raise DataError(f"{out / 'features.h5'} lacks condition {c!r} (has {', '.join(feats.conditions)})")
+    on_grid = {(c, ep): tr_grid_features(cfg, feats, c, ep) for c in cfg.model.conditions for ep in episodes}
+    feat_lengths = {ep: on_grid[(cfg.model.conditions[0], ep)].shape[1] for ep in episodes}
     n_use = _match_lengths(cfg, feat_lengths, bold_lengths)
     trim, delays = cfg.align.trim, list(cfg.align.delays)
     kept = run_lengths_after_trim([n_use[e] for e in episodes], trim)
@@ -223,9 +246,7 @@ def run_align(cfg, force: bool = False):
     # per-run, per-layer TR-grid features, z-scored within run: {cond: [ (n_layers, n_e, d) per run ]}
     grid = {}
     for c in cfg.model.conditions:
-        if c not in feats.conditions:
-            raise DataError(f"{out / 'features.h5'} lacks condition {c!r} (has {', '.join(feats.conditions)})")
-        grid[c] = [zscore(feats.get(c, ep)[:, : n_use[ep]], axis=1) for ep in episodes]
+        grid[c] = [zscore(on_grid[(c, ep)][:, : n_use[ep]], axis=1) for ep in episodes]
 
     extra = {"config_hash": chash}
     with atomic_h5(design_path, "align", cfg.text, extra) as f:

@@ -93,6 +93,9 @@ class WindowsConfig:
     frames: int = 2                        # frames sampled evenly inside each window
     image_size: int = 64                   # frames are resized to image_size x image_size
     audio_rate: int = 16000                # audio is resampled to this rate
+    step: Optional[float] = None           # seconds between window ends (null: one TR); else align resamples
+    resample: Literal["lanczos", "average"] = "lanczos"   # window features -> TR grid when step != TR
+    resample_lobes: int = 3                # Lanczos window (lobes)
 
 
 @dataclass

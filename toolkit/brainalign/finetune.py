@@ -76,7 +76,8 @@ class TVQADataset(Dataset):
         self.root, self.items = Path(root), list(items)
         self.n_frames, self.size, self.vocab, self.fps, self.max_words = n_frames, size, vocab, fps, max_words
         self.use_frames, self.use_subtitles = use_frames, use_subtitles
-        self._subs: dict = {}
+        self._subs: dict = {}        # vid_name -> subtitle words (stimuli Word list)
+        self._files: dict = {}       # vid_name -> sorted frame files
         per_item = n_frames * size * size * 3 if use_frames else 0
         self._cache = {} if per_item * len(self.items) <= CACHE_BYTES else None
 
@@ -112,8 +113,9 @@ class TVQADataset(Dataset):
         it = self.items[i]
         frames = None
         if self.use_frames:
-            frames = tvqa.load_frames(tvqa.frame_files(self.root, it.vid_name), it.ts, self.n_frames,
-                                      self.size, self.fps)
+            if it.vid_name not in self._files:
+                self._files[it.vid_name] = tvqa.frame_files(self.root, it.vid_name)
+            frames = tvqa.load_frames(self._files[it.vid_name], it.ts, self.n_frames, self.size, self.fps)
         return frames, [token_ids(w, self.vocab) for w in self.words(it)], it.answer_idx
 
 

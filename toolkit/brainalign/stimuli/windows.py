@@ -60,13 +60,16 @@ def load_episode_stimuli(cfg, episode: str) -> EpisodeStimuli:
                   if st.audio else None)
 
     duration, _fps, has_audio = video_info(video)
-    n_windows = int(math.floor(duration / tr + 1e-6))
+    step = float(cfg.windows.step) if cfg.windows.step else tr     # windows end every `step` s (default: each TR)
+    if step <= 0:
+        raise DataError(f"windows.step must be positive, got {step}")
+    n_windows = int(math.floor(duration / step + 1e-6))
     if n_windows < 1:
-        raise DataError(f"video {video}: {duration:.3f} s is shorter than one TR ({tr} s)")
-    context = float(cfg.windows.context) if cfg.windows.context else tr
+        raise DataError(f"video {video}: {duration:.3f} s is shorter than one window step ({step} s)")
+    context = float(cfg.windows.context) if cfg.windows.context else step
     if context <= 0:
         raise DataError(f"windows.context must be positive, got {context}")
-    windows = window_bounds(n_windows, tr, context)
+    windows = window_bounds(n_windows, step, context)
 
     # audio
     rate = int(cfg.windows.audio_rate)
