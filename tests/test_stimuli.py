@@ -238,7 +238,7 @@ def test_windows_audio_from_the_video_track(tmp_path):
     (lambda r: (r / "stimuli" / "ep.mp4").unlink(), ConfigError, r"data.stimuli.video: video not found: .*ep.mp4"),
     (lambda r: (r / "stimuli" / "ep.tsv").unlink(), ConfigError, r"data.stimuli.transcript: transcript not found"),
     (lambda r: (r / "stimuli" / "ep.wav").unlink(), ConfigError, r"data.stimuli.audio: audio not found"),
-    (lambda r: make_episode(r, n_frames=8), DataError, r"ep.mp4: 0.800 s is shorter than one TR"),
+    (lambda r: make_episode(r, n_frames=8), DataError, r"ep.mp4: 0.800 s is shorter than one window step"),
     (lambda r: make_episode(r, words=[("a", 1.0), ("late", 6.0)]), DataError,
      r"transcript .*ep.tsv is unsynchronised with video .*ep.mp4: a word at 6.00 s"),
     (lambda r: make_episode(r, audio_s=3.0), DataError, r"audio .*ep.wav is unsynchronised with video"),
