@@ -22,6 +22,9 @@ VERBS = {
              "differences, Benjamini-Hochberg FDR) -> OUTPUT/stats.h5, roi_stats.csv, group maps",
     "report": "figures (ROI bars with significance, layer curves, brain slices) and one HTML page "
               "-> OUTPUT/report/index.html",
+    "mlm": "masked-word prediction per input condition (mlm.conditions, default joint vs no_vision): top-1/top-5 "
+           "accuracy and loss per episode and overall with bootstrap 95-percent CIs and a paired joint - other "
+           "difference -> OUTPUT/mlm.h5, mlm.csv",
     "run": "run the config's pipeline (default: extract align fit stats report; the demo adds simulate)",
     "submit": "plan the study as SLURM jobs and submit them through submitit: extraction as an array, the fit "
               "as an MPI job (srun), then stats and report, chained with afterok; --dry-run prints the plan",
@@ -47,8 +50,8 @@ def build_parser():
                     "with nested CV, run group statistics and write maps, tables and a report. "
                     "Every verb takes one YAML config (see configs/demo.yaml and the README).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="verbs:\n" + "\n".join(f"  {v:<9} {h}" for v, h in VERBS.items())
-               + "\n\nexit codes: 0 ok, 2 bad input (one line names the culprit), 1 internal error",
+        epilog="Run 'brainalign VERB --help' for a verb's options. Exit codes: 0 ok, 2 bad input (one line "
+               "names the culprit), 1 internal error.",
     )
     p.add_argument("--version", action="version", version=f"brainalign {__version__}")
     sub = p.add_subparsers(dest="verb", metavar="VERB")

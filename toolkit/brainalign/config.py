@@ -179,7 +179,7 @@ class ReportConfig:
     title: str = "brainalign report"
 
 
-STAGES = ("simulate", "extract", "align", "fit", "stats", "report")
+STAGES = ("simulate", "extract", "align", "fit", "stats", "report", "mlm")
 
 
 @dataclass

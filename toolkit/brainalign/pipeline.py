@@ -15,6 +15,7 @@ STAGE_FUNCS = {
     "fit": ("brainalign.fit", "run_fit"),
     "stats": ("brainalign.stats", "run_stats"),
     "report": ("brainalign.report", "run_report"),
+    "mlm": ("brainalign.mlm", "run_mlm"),
 }
 
 

@@ -23,6 +23,7 @@ from ..errors import ConfigError
 _BUILTIN = {
     "tiny": "brainalign.models.tiny:build_tiny",
     "merlot_reserve": "brainalign.models.merlot.backbone:build_merlot_reserve",
+    "hf": "brainalign.models.hf:build_hf",
 }
 _FACTORIES: dict[str, Callable] = {}
 
