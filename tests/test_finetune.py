@@ -308,3 +308,66 @@ def test_extraction_from_the_finetuned_checkpoint(tmp_path, small, monkeypatch):
     wrong.windows.frames = 3
     with pytest.raises(ConfigError, match=r"model.checkpoint: .*model.pt was saved for another tiny model"):
         load_checkpoint(TinyMultimodal(TinySpec.from_config(wrong.model, wrong.windows)), path)
+
+
+def test_launcher_environment_detection(monkeypatch):
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"):
+        monkeypatch.delenv(k, raising=False)
+    assert finetune.dist_env() == (0, 1, 0)
+    monkeypatch.setenv("SLURM_NTASKS", "1")                 # a one-task srun is not distributed
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert finetune.dist_env() == (0, 1, 0)
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    assert finetune.dist_env() == (3, 4, 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")                   # torchrun's variables win
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert finetune.dist_env() == (1, 2, 1)
+
+
+def test_bfloat16_autocast_matches_float32_closely(tmp_path, small):
+    losses = {}
+    for prec in ("float32", "bfloat16"):
+        cfg = make_cfg(tmp_path / prec, small, epochs=1, precision=prec)
+        finetune.run_finetune(cfg)
+        losses[prec] = json.loads((cfg.out / "finetune" / "metrics.json").read_text())["epochs"][0]
+    assert losses["bfloat16"]["train_loss"] == pytest.approx(losses["float32"]["train_loss"], abs=0.02)
+    assert np.isfinite(losses["bfloat16"]["val_loss"])
+
+
+# ---- config and command line (need the lead's config.py / cli.py / pipeline.py changes) ---------------
+
+def test_shipped_config_fits_the_demo_model(repo_root):
+    from brainalign.config import load_config
+    from brainalign.models.tiny import TinySpec
+
+    ft = load_config(repo_root / "configs" / "finetune.yaml")
+    demo = load_config(repo_root / "configs" / "demo.yaml")
+    assert ft.pipeline == ["finetune"] and ft.model.backbone == "tiny" and ft.model.checkpoint is None
+    # the fine-tuned checkpoint must load into the demo's extraction model
+    assert TinySpec.from_config(ft.model, ft.windows) == TinySpec.from_config(demo.model, demo.windows)
+    assert ft.model.seed == demo.model.seed and ft.data.root == demo.data.root
+
+
+def test_cli_finetune_verb(tmp_path, small, capsys):
+    from brainalign import cli
+
+    cfg_path = tmp_path / "ft.yaml"
+    cfg_path.write_text(f"""
+name: cli-finetune
+output: {tmp_path / 'out'}
+pipeline: [finetune]
+model: {{tiny: {{hidden: 32, layers: 2, heads: 2, vocab: 512, patch: 8, n_mels: 16}}}}
+windows: {{frames: 2, image_size: {SIZE}, audio_rate: 8000}}
+finetune: {{data: "{small}", epochs: 1, batch_size: 16}}
+""")
+    assert cli.main(["finetune", str(cfg_path)]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "out" / "finetune" / "model.pt")
+    assert json.loads((tmp_path / "out" / "finetune" / "metrics.json").read_text())["complete"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(cfg_path.read_text().replace(str(small), str(tmp_path / "nowhere")))
+    assert cli.main(["finetune", str(bad)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if " INFO " not in line]
+    assert len(err) == 1 and err[0].startswith("brainalign finetune: error: finetune.data: TVQA directory not found")

@@ -455,11 +455,9 @@ def run_finetune(cfg, force: bool = False, *, use_frames: bool = True, use_subti
         if device.type == "cuda":
             torch.cuda.set_device(device)
         model = build_qa_model(cfg).to(device)
-        if not use_frames:
-            for m in (model.backbone.patch_embed,):
-                m.requires_grad_(False)
-            model.backbone.patch_pos.requires_grad_(False)
-            model.backbone.frame_pos.requires_grad_(False)
+        if not use_frames:                  # unused without frames (and DDP requires every trained one used)
+            for p in (*model.backbone.patch_embed.parameters(), model.backbone.patch_pos, model.backbone.frame_pos):
+                p.requires_grad_(False)
         log.info("finetune: %d train / %d val questions from %s; %s on %s, %d rank(s), global batch %d",
                  len(train_ds), len(val_ds), train_ds.root, cfg.model.backbone, device, info.world,
                  cfg.finetune.batch_size)
