@@ -39,6 +39,9 @@ def test_demo_config_validates(repo_root):
     ({"pipeline": ["extract", "dance"]}, "pipeline[1]: unknown stage 'dance'"),
     ({"data": {"bold": {"tr": 0}}}, "data.bold.tr: must be positive"),
     ({"data": {"bold": 5}}, "data.bold: expected a mapping"),
+    ({"model": {"variants": [{"name": "ft/1", "checkpoint": "x.pt"}]}}, "model.variants[0].name: needs letters"),
+    ({"model": {"variants": [{"name": "ft"}]}}, "model.variants[0].checkpoint: needs a checkpoint path"),
+    ({"stats": {"contrasts": [{"name": "c", "a": "joint@ft"}]}}, "stats.contrasts[0].a: 'joint@ft'"),
 ])
 def test_bad_config_names_key(data, message):
     with pytest.raises(ConfigError) as e:
@@ -87,3 +90,11 @@ def test_cli_exit_codes(tmp_path, repo_root):
                               capture_output=True, text=True).stdout
     for verb in ("simulate", "extract", "align", "fit", "stats", "report", "run"):
         assert f"  {verb}" in helptext
+
+
+def test_variants_make_feature_sets_for_the_fine_tuning_contrast():
+    cfg = parse_config({"model": {"conditions": ["joint", "no_vision"],
+                                  "variants": [{"name": "ft", "checkpoint": "results/ft/model.pt"}]},
+                        "align": {"residuals": [{"name": "r_ft", "target": "joint@ft", "predictors": ["no_vision@ft"]}]},
+                        "stats": {"contrasts": [{"name": "ft_vs_pre", "a": "joint@ft", "b": "joint"}]}})
+    assert cfg.feature_sets == ["joint", "no_vision", "joint@ft", "no_vision@ft", "r_ft"]

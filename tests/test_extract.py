@@ -217,3 +217,29 @@ def test_read_features_errors_name_the_file(cfg, loads, tmp_path):
         del f.attrs[COMPLETE_ATTR]
     with pytest.raises(DataError, match=r"shard .*e3.h5 for 'joint/e3' is incomplete or corrupt"):
         extract.read_features(path)
+
+
+def test_model_variants_add_condition_at_variant_feature_sets(cfg, loads, tmp_path):
+    """A fine-tuned checkpoint as model.variants: features CONDITION@NAME from that checkpoint, same layout."""
+    from brainalign.config import VariantConfig
+    from brainalign.models.tiny import save_checkpoint
+
+    other = Config()
+    other.model.tiny, other.windows, other.model.seed = cfg.model.tiny, cfg.windows, 7
+    ckpt = save_checkpoint(get_backbone(other.model, other.windows), tmp_path / "tuned.pt")
+    cfg.model.variants = [VariantConfig(name="tuned", checkpoint=str(ckpt))]
+    assert cfg.all_conditions == ["joint", "no_vision", "language_only",
+                                  "joint@tuned", "no_vision@tuned", "language_only@tuned"]
+    path = extract.run_extract(cfg)
+    store = extract.read_features(path)
+    assert store.conditions == cfg.all_conditions
+    s = synthetic_stimuli("e2", n_windows=N_WINDOWS["e2"], tr=1.0, frames=2, image_size=32, audio_rate=8000,
+                          context=2.0, seed=2)
+    tuned = get_backbone(other.model, other.windows)
+    np.testing.assert_allclose(store.get("joint@tuned", "e2"), tuned.encode(s, slice(None), "joint").numpy(),
+                               atol=1e-5)
+    np.testing.assert_allclose(store.get("joint", "e2"), direct(cfg, "e2", "joint"), atol=1e-5)
+    assert not np.allclose(store.get("joint@tuned", "e2"), store.get("joint", "e2"))
+    key = extract.extract_key(cfg)
+    cfg.model.variants = []
+    assert extract.extract_key(cfg) != key          # variants are part of the shard fingerprint

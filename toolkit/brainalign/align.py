@@ -232,10 +232,10 @@ def run_align(cfg, force: bool = False):
         raise DataError(f"BOLD runs disagree on their voxel/parcel count: {sorted(n_vox)} "
                         f"({', '.join(str(src[0]) for src in sources.values())})")
     (n_vox,) = n_vox
-    for c in cfg.model.conditions:
+    for c in cfg.all_conditions:
         if c not in feats.conditions:
             raise DataError(f"{out / 'features.h5'} lacks condition {c!r} (has {', '.join(feats.conditions)})")
-    on_grid = {(c, ep): tr_grid_features(cfg, feats, c, ep) for c in cfg.model.conditions for ep in episodes}
+    on_grid = {(c, ep): tr_grid_features(cfg, feats, c, ep) for c in cfg.all_conditions for ep in episodes}
     feat_lengths = {ep: on_grid[(cfg.model.conditions[0], ep)].shape[1] for ep in episodes}
     n_use = _match_lengths(cfg, feat_lengths, bold_lengths)
     trim, delays = cfg.align.trim, list(cfg.align.delays)
@@ -245,7 +245,7 @@ def run_align(cfg, force: bool = False):
 
     # per-run, per-layer TR-grid features, z-scored within run: {cond: [ (n_layers, n_e, d) per run ]}
     grid = {}
-    for c in cfg.model.conditions:
+    for c in cfg.all_conditions:
         grid[c] = [zscore(on_grid[(c, ep)][:, : n_use[ep]], axis=1) for ep in episodes]
 
     extra = {"config_hash": chash}
@@ -261,7 +261,7 @@ def run_align(cfg, force: bool = False):
         f.attrs["run_lengths"] = np.asarray(kept, np.int64)
         f.attrs["feature_sets"] = str_attr(cfg.feature_sets)
         g = f.create_group("design")
-        for c in cfg.model.conditions:
+        for c in cfg.all_conditions:
             X = np.stack([design_from_runs([r[li] for r in grid[c]], delays, trim) for li in range(len(layers))])
             ds = g.create_dataset(c, data=X, chunks=(1,) + X.shape[1:])
             ds.attrs["per_fold"] = 0

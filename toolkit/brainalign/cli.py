@@ -25,6 +25,9 @@ VERBS = {
     "mlm": "masked-word prediction per input condition (mlm.conditions, default joint vs no_vision): top-1/top-5 "
            "accuracy and loss per episode and overall with bootstrap 95-percent CIs and a paired joint - other "
            "difference -> OUTPUT/mlm.h5, mlm.csv",
+    "finetune": "fine-tune the backbone on TVQA-format multiple-choice QA (finetune.data: tvqa_train.jsonl, "
+                "tvqa_val.jsonl, frames/, subtitles/); DDP under torchrun/srun, resumable per epoch "
+                "-> OUTPUT/finetune/model.pt (load it with model.checkpoint) + metrics.json",
     "run": "run the config's pipeline (default: extract align fit stats report; the demo adds simulate)",
     "submit": "plan the study as SLURM jobs and submit them through submitit: extraction as an array, the fit "
               "as an MPI job (srun), then stats and report, chained with afterok; --dry-run prints the plan",
@@ -67,6 +70,8 @@ def build_parser():
         if verb == "extract":
             sp.add_argument("--episodes", nargs="+", help="only these episodes (e.g. one SLURM array task)")
             sp.add_argument("--device", help="torch device for the backbone (overrides model.device)")
+        if verb == "finetune":
+            sp.add_argument("--device", help="torch device for training (overrides finetune.device)")
         if verb == "run":
             sp.add_argument("--stages", nargs="+", help="run only these stages, in this order")
         if verb == "submit":
@@ -97,7 +102,7 @@ def main(argv=None):
 
         overrides = _parse_set(args.set)
         if getattr(args, "device", None):
-            overrides["model.device"] = args.device
+            overrides["finetune.device" if args.verb == "finetune" else "model.device"] = args.device
         cfg = load_config(args.config, overrides)
         if args.verb == "validate":
             print(cfg.text if args.set else f"config {cfg.source}: ok ({cfg.name}; pipeline "

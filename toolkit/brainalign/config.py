@@ -75,6 +75,12 @@ class TinyModelConfig:
 
 
 @dataclass
+class VariantConfig:
+    name: str = ""                         # feature sets of this variant are named CONDITION@NAME
+    checkpoint: str = ""                   # e.g. the fine-tuned model.pt
+
+
+@dataclass
 class ModelConfig:
     backbone: str = "tiny"
     checkpoint: Optional[str] = None
@@ -85,6 +91,7 @@ class ModelConfig:
     batch_size: int = 16
     seed: int = 0
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    variants: list[VariantConfig] = field(default_factory=list)   # more checkpoints of the same backbone
 
 
 @dataclass
@@ -163,6 +170,9 @@ class FinetuneConfig:
     precision: Literal["float32", "bfloat16", "float16"] = "float32"
     n_train: int = 400                     # synthetic TVQA set written by `brainalign simulate` (demo)
     n_val: int = 100
+    fps: float = 3.0                       # rate of frames/{vid_name}/ (TVQA: 3); file k is shown from (k-1)/fps s
+    max_words: int = 96                    # words per answer sequence (subtitle words are cut first)
+    num_workers: int = 0                   # DataLoader worker processes per rank
 
 
 @dataclass
@@ -179,7 +189,7 @@ class ReportConfig:
     title: str = "brainalign report"
 
 
-STAGES = ("simulate", "extract", "align", "fit", "stats", "report", "mlm")
+STAGES = ("simulate", "finetune", "extract", "align", "fit", "stats", "report", "mlm")
 
 
 @dataclass
@@ -207,8 +217,14 @@ class Config:
         return Path(self.output)
 
     @property
+    def all_conditions(self) -> list[str]:
+        """Extracted feature sets: every condition, then CONDITION@VARIANT for each model variant."""
+        return list(self.model.conditions) + [f"{c}@{v.name}" for v in self.model.variants
+                                              for c in self.model.conditions]
+
+    @property
     def feature_sets(self) -> list[str]:
-        names = list(self.model.conditions) + [r.name for r in self.align.residuals]
+        names = self.all_conditions + [r.name for r in self.align.residuals]
         return list(self.fit.feature_sets) if self.fit.feature_sets else names
 
     def path(self, template: str, **kw) -> Path:
@@ -308,19 +324,26 @@ def _check_semantics(cfg: Config):
             err(f"model.conditions[{i}]", f"unknown condition {c!r} (known: {', '.join(CONDITIONS)})")
     if len(set(cfg.model.conditions)) != len(cfg.model.conditions):
         err("model.conditions", "duplicate condition")
-    names = set(cfg.model.conditions)
+    for i, v in enumerate(cfg.model.variants):
+        if not v.name or not all(ch.isalnum() or ch in "_-" for ch in v.name):
+            err(f"model.variants[{i}].name", f"needs letters, digits, '_' or '-', got {v.name!r}")
+        if not v.checkpoint:
+            err(f"model.variants[{i}].checkpoint", "needs a checkpoint path")
+    if len({v.name for v in cfg.model.variants}) != len(cfg.model.variants):
+        err("model.variants", "duplicate variant name")
+    names = set(cfg.all_conditions)
     for i, r in enumerate(cfg.align.residuals):
         key = f"align.residuals[{i}]"
         if not r.name:
             err(f"{key}.name", "a residual needs a name")
         if r.name in names:
             err(f"{key}.name", f"{r.name!r} is already a condition or residual name")
-        if r.target not in cfg.model.conditions:
-            err(f"{key}.target", f"{r.target!r} is not in model.conditions")
+        if r.target not in cfg.all_conditions:
+            err(f"{key}.target", f"{r.target!r} is not in model.conditions (or CONDITION@VARIANT)")
         if not r.predictors:
             err(f"{key}.predictors", "needs at least one condition")
         for j, p in enumerate(r.predictors):
-            if p not in cfg.model.conditions:
+            if p not in cfg.all_conditions:
                 err(f"{key}.predictors[{j}]", f"{p!r} is not in model.conditions")
         names.add(r.name)
     for i, fs in enumerate(cfg.fit.feature_sets or []):
@@ -358,6 +381,13 @@ def _check_semantics(cfg: Config):
         err("stats.q", f"must lie in (0, 1), got {cfg.stats.q}")
     if len(cfg.simulate.grid) != 3:
         err("simulate.grid", "needs three integers (x, y, z)")
+    ft = cfg.finetune
+    for key, ok in (("epochs", ft.epochs >= 1), ("batch_size", ft.batch_size >= 1), ("lr", ft.lr > 0),
+                    ("weight_decay", ft.weight_decay >= 0), ("warmup_steps", ft.warmup_steps >= 0),
+                    ("n_train", ft.n_train >= 1), ("n_val", ft.n_val >= 1), ("fps", ft.fps > 0),
+                    ("max_words", ft.max_words >= 2), ("num_workers", ft.num_workers >= 0)):
+        if not ok:
+            err(f"finetune.{key}", f"out of range: {getattr(ft, key)!r}")
 
 
 def parse_config(data, source="<config>", text="") -> Config:

@@ -76,17 +76,21 @@ def window_context(cfg) -> float:
     return float(cfg.windows.context) if cfg.windows.context else float(cfg.data.bold.tr)
 
 
+def _checkpoint_id(path):
+    """Name, size and mtime of a checkpoint (not the absolute path: nodes and containers mount it elsewhere)."""
+    if not path:
+        return None
+    p = Path(path)
+    st = p.stat() if p.exists() else None
+    return [p.name, st.st_size if st else None, st.st_mtime_ns if st else None]
+
+
 def extract_key(cfg) -> str:
     """Fingerprint of every setting that changes the features (a shard made otherwise is redone)."""
     m = cfg.model
-    ckpt = None
-    if m.checkpoint:
-        p = Path(m.checkpoint)
-        st = p.stat() if p.exists() else None
-        # name, size and mtime (not the absolute path: nodes and containers may mount it elsewhere)
-        ckpt = [p.name, st.st_size if st else None, st.st_mtime_ns if st else None]
     settings = {
-        "backbone": m.backbone, "checkpoint": ckpt, "seed": m.seed, "precision": m.precision,
+        "backbone": m.backbone, "checkpoint": _checkpoint_id(m.checkpoint), "seed": m.seed, "precision": m.precision,
+        "variants": [[v.name, _checkpoint_id(v.checkpoint)] for v in m.variants],
         "conditions": list(m.conditions), "layers": m.layers,
         "backbone_cfg": dataclasses.asdict(getattr(m, m.backbone)) if dataclasses.is_dataclass(
             getattr(m, m.backbone, None)) else None,
@@ -195,6 +199,15 @@ def extract_one(cfg, episode, backbone=None, force=False) -> Path:
     stimuli = load_episode_stimuli(cfg, episode)
     t1 = time.perf_counter()
     feats = encode_stimuli(backbone, stimuli, conds, layers, cfg.model.batch_size)
+    for v in cfg.model.variants:     # the same backbone with another checkpoint (e.g. fine-tuned): CONDITION@NAME
+        vb = get_backbone(dataclasses.replace(cfg.model, checkpoint=v.checkpoint), cfg.windows)
+        if (vb.n_layers, vb.hidden) != (backbone.n_layers, backbone.hidden):
+            raise ConfigError(f"model.variants: {v.name!r} ({v.checkpoint}) has {vb.n_layers} layers x "
+                              f"{vb.hidden} hidden, the main model {backbone.n_layers} x {backbone.hidden}")
+        vb.to(backbone.device)
+        for c, x in encode_stimuli(vb, stimuli, conds, layers, cfg.model.batch_size).items():
+            feats[f"{c}@{v.name}"] = x
+    conds = list(feats)
     t2 = time.perf_counter()
     with atomic_h5(path, "extract", config_text=cfg.text) as f:
         for c, x in feats.items():
@@ -219,7 +232,7 @@ def assemble_features(cfg) -> Path:
                          for s, eps in bad.items() if eps)
         raise DataError(f"cannot assemble {cfg.out / FEATURES_FILE}: shards under {cfg.out / SHARD_DIR} "
                         f"{what} (run `brainalign extract`)")
-    conds = list(cfg.model.conditions)
+    conds = cfg.all_conditions
     path = cfg.out / FEATURES_FILE
     shapes, windows, attrs = {}, {}, None
     for ep in episodes:

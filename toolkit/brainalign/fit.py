@@ -155,11 +155,20 @@ class SolverCache:
             train, test, inner = fold_splits(self.inp.groups, unit.fold)
             X = self.inp.X(unit)
             self.solver = FoldSolver(X[train], X[test], np.asarray(self.cfg.fit.alphas, np.float64), inner,
-                                     backend=self.cfg.fit.backend)
+                                     backend=self.cfg.fit.backend, n_jobs=_cores_per_rank())
             self.key, self.split = unit.xkey, (train, test)
             self.builds += 1
             self.build_s += time.perf_counter() - t0
         return self.solver, *self.split
+
+
+def _cores_per_rank():
+    """Parallel inner-fold workers for this rank: OMP_NUM_THREADS when the launcher set it (cores / ranks on
+    the node), else every core this process may use (a single process)."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return None
 
 
 def compute_unit(inp: FitInputs, unit: Unit, cache: SolverCache):

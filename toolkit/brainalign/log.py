@@ -17,7 +17,7 @@ def rank_info():
         except Exception:  # pragma: no cover - MPI not usable
             pass
     for r, s in (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
-                 ("SLURM_PROCID", "SLURM_NTASKS")):
+                 ("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
         if r in os.environ:
             return int(os.environ[r]), int(os.environ.get(s, "1"))
     return 0, 1

@@ -16,6 +16,7 @@ STAGE_FUNCS = {
     "stats": ("brainalign.stats", "run_stats"),
     "report": ("brainalign.report", "run_report"),
     "mlm": ("brainalign.mlm", "run_mlm"),
+    "finetune": ("brainalign.finetune", "run_finetune"),
 }
 
 

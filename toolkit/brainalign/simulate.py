@@ -416,6 +416,7 @@ def _config_hash(cfg) -> str:
     m = cfg.model
     parts = {"data": dataclasses.asdict(cfg.data), "simulate": dataclasses.asdict(cfg.simulate),
              "windows": dataclasses.asdict(cfg.windows),
+             "tvqa": [cfg.finetune.data, cfg.finetune.n_train, cfg.finetune.n_val],
              "model": {"backbone": m.backbone, "checkpoint": m.checkpoint, "seed": m.seed, "layers": m.layers,
                        "precision": m.precision,
                        "tiny": dataclasses.asdict(m.tiny)}}
@@ -468,6 +469,10 @@ def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
     t0 = time.perf_counter()
     for i, ep in enumerate(cfg.data.episodes):
         write_episode_stimuli(cfg, ep, i)
+    from .tvqa import write_synthetic_tvqa      # the QA set that `brainalign finetune` trains on
+
+    write_synthetic_tvqa(cfg.path(cfg.finetune.data), cfg.finetune.n_train, cfg.finetune.n_val, seed=sim.seed,
+                         size=cfg.windows.image_size)
     log.info("simulate: wrote %d episodes of %d TRs to %s in %.1f s", len(cfg.data.episodes), sim.trs_per_run,
              cfg.path(cfg.data.stimuli.video, episode="*").parent, time.perf_counter() - t0)
 

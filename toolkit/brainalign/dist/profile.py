@@ -61,6 +61,8 @@ class StagesProfile:
     fit: FitResources = field(default_factory=FitResources)
     stats: Resources = field(default_factory=Resources)
     report: Resources = field(default_factory=Resources)
+    finetune: Resources = field(default_factory=Resources)
+    mlm: Resources = field(default_factory=Resources)
 
 
 @dataclass
