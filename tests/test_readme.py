@@ -26,7 +26,7 @@ def test_readme_lists_every_config_key(repo_root):
         # grouped rows like `finetune.epochs` / `batch_size` document several keys of one section
         return f"`{k}`" in text or any(f"`{section}.{first}`" in text and f"`{leaf}`" in text
                                         for first in ("hidden", "epochs", "seed", "n_train", "bootstrap", "ceiling_floor",
-                                                      "noise_ceiling_repeats", "permutation_layer"))
+                                                      "noise_ceiling_repeats", "permutation_layer", "fps"))
     missing = [k for k in _keys(config.Config) if not documented(k)]
     assert not missing, f"README lacks config keys: {missing}"
 
