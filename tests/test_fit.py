@@ -4,7 +4,6 @@ The fixture writes design.h5 / bold.h5 in align's documented layout (no other st
 (make_fit_fixture, reference_nested_cv, ...) are also used by tests/test_mpi.py.
 """
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -23,55 +22,6 @@ N_FEATURES = 5
 N_LAYERS = 2
 ALPHAS = [0.1, 10.0, 1000.0]
 MASK_SHAPE = (4, 4, 3)
-
-
-# ---- a stand-in FoldSolver, used only while brainalign.ridge does not import ------------------------
-
-class _StandinResult:
-    def __init__(self, r, best_alpha, cv_scores):
-        self.r, self.best_alpha, self.cv_scores = r, best_alpha, cv_scores
-
-
-class StandinFoldSolver:
-    """Plain numpy nested-CV ridge with the FoldSolver API (fit tests run before brainalign.ridge exists)."""
-
-    def __init__(self, X_train, X_test, alphas, inner_splits, backend="numpy"):
-        self.Xtr, self.Xte = np.asarray(X_train, np.float64), np.asarray(X_test, np.float64)
-        self.alphas, self.splits = np.asarray(alphas, np.float64), inner_splits
-
-    def score_chunk(self, Y_train, Y_test):
-        scores = np.stack([np.mean([_ridge_r(self.Xtr[tr], Y_train[tr], self.Xtr[va], Y_train[va], a)
-                                    for tr, va in self.splits], axis=0) for a in self.alphas])
-        best = _best_alpha_index(scores)
-        r = np.full(Y_train.shape[1], np.nan)
-        for i, a in enumerate(self.alphas):
-            sel = best == i
-            if sel.any():
-                r[sel] = _ridge_r(self.Xtr, Y_train[:, sel], self.Xte, Y_test[:, sel], a)
-        bad = ~np.isfinite(scores).all(0)
-        r[bad] = np.nan
-        ba = self.alphas[best].astype(np.float32)
-        ba[bad] = np.nan
-        return _StandinResult(r.astype(np.float32), ba, scores.astype(np.float32))
-
-
-def install_ridge_standin():
-    """Make ``from brainalign.ridge import FoldSolver`` work (the real module if it imports)."""
-    try:
-        from brainalign.ridge import FoldSolver  # noqa: F401
-        return False
-    except ImportError:
-        import types
-
-        for name in [m for m in sys.modules if m.startswith("brainalign.ridge")]:
-            del sys.modules[name]
-        mod = types.ModuleType("brainalign.ridge")
-        mod.FoldSolver = StandinFoldSolver
-        sys.modules["brainalign.ridge"] = mod
-        return True
-
-
-install_ridge_standin()
 
 
 # ---- the independent float64 reference -------------------------------------------------------------

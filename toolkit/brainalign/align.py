@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import require_file
 from .errors import DataError
-from .h5io import atomic_h5, is_complete, open_h5, read_str_attr, str_attr
+from .h5io import atomic_h5, is_complete, open_h5, str_attr
 from .log import get_logger, progress
 
 log = get_logger("align")

@@ -390,16 +390,36 @@ def _check_semantics(cfg: Config):
             err(f"finetune.{key}", f"out of range: {getattr(ft, key)!r}")
 
 
-def parse_config(data, source="<config>", text="") -> Config:
+def parse_schema(cls, data, source: str, kind: str, check=None):
+    """Build a schema dataclass from YAML data and run ``check`` on it; every error is one line
+    ``{kind} {source}: key.path: …``. Shared by experiment configs and cluster profiles."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config {source}: top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{kind} {source}: top level must be a mapping, got {type(data).__name__}")
     try:
-        cfg = _build(Config, data, "")
-        _check_semantics(cfg)
+        obj = _build(cls, data, "")
+        if check:
+            check(obj)
     except ConfigError as e:
-        raise ConfigError(f"config {source}: {e}") from None
+        raise ConfigError(f"{kind} {source}: {e}") from None
+    return obj
+
+
+def read_yaml(path, kind: str):
+    """(text, data) of a YAML file, ``yaml.safe_load`` only; a syntax error is one line with its line number."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        return text, yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{kind} {path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+
+
+def parse_config(data, source="<config>", text="") -> Config:
+    cfg = parse_schema(Config, data, source, "config", _check_semantics)
     cfg.source = source
     cfg.text = text
     return cfg
@@ -410,13 +430,7 @@ def load_config(path, overrides: Optional[dict] = None) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config {path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    text, data = read_yaml(path, "config")
     for dotted, value in (overrides or {}).items():
         node = data if isinstance(data, dict) else {}
         *parents, last = dotted.split(".")

@@ -1,7 +1,7 @@
 """Cluster profiles: where and with what resources `brainalign submit` runs each stage.
 
 A profile is a YAML file (``configs/cluster/NAME.yaml``), validated like the experiment config with the
-same generic machinery (:func:`brainalign.config._build`): typed keys, and one ``ConfigError`` line naming
+same generic machinery (:func:`brainalign.config.parse_schema`): typed keys, and one ``ConfigError`` line naming
 the key path at fault, e.g. ``profile configs/cluster/x.yaml: stages.fit.tasks_per_node: expected an
 integer, got 'two'``. Every key is optional; see ``configs/cluster/example-gpu.yaml`` for all of them.
 
@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 
-from ..config import STAGES, _build
+from ..config import STAGES, parse_schema, read_yaml
 from ..errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -198,15 +197,7 @@ def _check(p: Profile):
 
 
 def parse_profile(data, source: str = "<profile>") -> Profile:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"profile {source}: top level must be a mapping, got {type(data).__name__}")
-    try:
-        prof = _build(Profile, data, "")
-        _check(prof)
-    except ConfigError as e:
-        raise ConfigError(f"profile {source}: {e}") from None
+    prof = parse_schema(Profile, data, source, "profile", _check)
     prof.source = source
     if not prof.name:
         prof.name = Path(source).stem
@@ -230,11 +221,5 @@ def find_profile(name_or_path: Optional[str]) -> Path:
 
 def load_profile(name_or_path: Optional[str] = None) -> Profile:
     path = find_profile(name_or_path)
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"profile {path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    _, data = read_yaml(path, "profile")
     return parse_profile(data, str(path))
