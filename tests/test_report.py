@@ -19,7 +19,9 @@ from brainalign.stats import run_stats  # noqa: E402
 CONTRASTS = [{"name": "joint-vs-novision", "a": "joint", "b": "no_vision"},
              {"name": "joint-vs-zero", "a": "joint", "b": None}]
 PNGS = ["roi_bars.png", "layer_curves.png", "map_mean-r_joint.png", "map_contrast-joint-vs-novision_t.png",
-        "map_contrast-joint-vs-zero_t.png"]
+        "map_contrast-joint-vs-zero_t.png",
+        # nilearn glass brains of the contrasts with significant voxels
+        "glass_contrast-joint-vs-novision_t.png", "glass_contrast-joint-vs-zero_t.png"]
 
 
 def png_size(path):

@@ -24,15 +24,18 @@ Outputs under ``{output}/finetune/`` (rank 0 writes, each file atomically):
   extraction), or ``finetune.output`` when set; ``qa_head.pt`` the answer head (state dict).
 * ``metrics.json``   per-epoch train loss, val loss and val accuracy, chance level, provenance.
 
-MERLOT Reserve (models/merlot): the original's TVQA head scores each answer from the joint transformer's
-state at a MASK token placed after "question + answer" (pooled -> Linear -> 1 logit), once with the audio
-and once with the subtitles as the language side, and sums the two passes' cross-entropy losses. It plugs
-in here as another ``QAModel`` (same ``forward(frames, ids) -> (B, 5) logits`` contract, the two passes
-inside it); not implemented yet (see ``build_qa_model``).
+Other backbones (``build_qa_model`` dispatches on ``model.backbone``; heads in :mod:`.finetune_heads`):
+``merlot_reserve`` -- the original's TVQA head: the joint transformer's state at a MASK token after
+"question + answer" -> Linear -> 1 logit, once with the (silent) audio and once with the subtitles as the
+language side; loss = the sum of the two passes' cross-entropies, prediction = argmax of the summed
+softmaxes; saved as a converted .pt (``model.pt``). ``hf`` (GIT / TVP) -- mean last hidden state ->
+Linear -> 1 logit; saved with save_pretrained into the directory ``model/`` (+ ``qa_head.pt``). Either
+loads back through ``model.checkpoint`` for extraction.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -44,12 +47,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from . import tvqa
 from .errors import ConfigError, DataError
+from .finetune_heads import qa_loss, qa_predict
 from .h5io import atomic_path
 from .log import get_logger, progress
 from .models.tiny import PAD, TinyMultimodal, TinySpec, load_checkpoint, save_checkpoint, token_ids
@@ -68,7 +71,9 @@ class TVQADataset(Dataset):
     """Items of one TVQA split as model inputs.
 
     ``ds[i]`` -> (frames uint8 (n_frames, size, size, 3) or None, ids list of 5 int lists, label int).
-    ``use_frames`` / ``use_subtitles`` False drop that modality (ablations).
+    ``use_frames`` / ``use_subtitles`` False drop that modality (ablations). The rows are the tiny
+    backbone's (:meth:`words` hashed to ids) unless :meth:`set_encoder` gives another backbone's
+    ``encode_answers(sub, question, answers)`` (see :mod:`brainalign.finetune_heads`).
     """
 
     def __init__(self, root, items, n_frames: int, size: int, vocab: int, fps: float = tvqa.TVQA_FPS,
@@ -76,6 +81,7 @@ class TVQADataset(Dataset):
         self.root, self.items = Path(root), list(items)
         self.n_frames, self.size, self.vocab, self.fps, self.max_words = n_frames, size, vocab, fps, max_words
         self.use_frames, self.use_subtitles = use_frames, use_subtitles
+        self.encoder, self.pad = None, PAD
         self._subs: dict = {}        # vid_name -> subtitle words (stimuli Word list)
         self._files: dict = {}       # vid_name -> sorted frame files
         per_item = n_frames * size * size * 3 if use_frames else 0
@@ -84,15 +90,26 @@ class TVQADataset(Dataset):
     def __len__(self):
         return len(self.items)
 
+    def set_encoder(self, encoder, pad: int) -> None:
+        """Rows from ``encoder(sub words, question words, 5 answer word lists) -> 5 int lists``, padded with
+        ``pad`` (a QA model's ``encode_answers`` / ``pad_id``)."""
+        self.encoder, self.pad = encoder, int(pad)
+        if self._cache is not None:
+            self._cache.clear()
+
+    def subtitle_words(self, it: tvqa.QAItem) -> list:
+        """Normalised subtitle words whose onset lies in the question's ts ([] without subtitles)."""
+        if not self.use_subtitles:
+            return []
+        if it.vid_name not in self._subs:
+            from .stimuli.transcript import read_transcript
+
+            self._subs[it.vid_name] = read_transcript(tvqa.subtitle_path(self.root, it.vid_name))
+        return tvqa.subtitle_words(self._subs[it.vid_name], it.ts)
+
     def words(self, it: tvqa.QAItem) -> list:
         """5 word lists: subtitle words in ts + question + answer k."""
-        sub = []
-        if self.use_subtitles:
-            if it.vid_name not in self._subs:
-                from .stimuli.transcript import read_transcript
-
-                self._subs[it.vid_name] = read_transcript(tvqa.subtitle_path(self.root, it.vid_name))
-            sub = tvqa.subtitle_words(self._subs[it.vid_name], it.ts)
+        sub = self.subtitle_words(it)
         q = tvqa.normalise_words(it.question)
         out = []
         for a in it.answers:
@@ -116,18 +133,28 @@ class TVQADataset(Dataset):
             if it.vid_name not in self._files:
                 self._files[it.vid_name] = tvqa.frame_files(self.root, it.vid_name)
             frames = tvqa.load_frames(self._files[it.vid_name], it.ts, self.n_frames, self.size, self.fps)
-        return frames, [token_ids(w, self.vocab) for w in self.words(it)], it.answer_idx
+        if self.encoder is None:
+            rows = [token_ids(w, self.vocab) for w in self.words(it)]
+        else:
+            rows = self.encoder(self.subtitle_words(it), tvqa.normalise_words(it.question),
+                                [tvqa.normalise_words(a) for a in it.answers])
+        return frames, rows, it.answer_idx
 
 
-def collate(batch):
-    """-> frames uint8 (B, F, S, S, 3) or None, ids int64 (B, 5, W) PAD-padded, labels int64 (B,)."""
+def collate(batch, pad: int = PAD):
+    """-> frames uint8 (B, F, S, S, 3) or None, ids int64 (B, 5, W) ``pad``-padded, labels int64 (B,)."""
     frames = None if batch[0][0] is None else torch.from_numpy(np.stack([b[0] for b in batch]))
     width = max(1, max(len(r) for b in batch for r in b[1]))
-    ids = torch.full((len(batch), tvqa.N_ANSWERS, width), PAD, dtype=torch.int64)
+    ids = torch.full((len(batch), tvqa.N_ANSWERS, width), pad, dtype=torch.int64)
     for i, (_, rows, _) in enumerate(batch):
         for k, r in enumerate(rows):
             ids[i, k, : len(r)] = torch.tensor(r, dtype=torch.int64)
     return frames, ids, torch.tensor([b[2] for b in batch], dtype=torch.int64)
+
+
+def collate_for(ds):
+    """The collate function for a dataset (its rows' padding id)."""
+    return functools.partial(collate, pad=getattr(ds, "pad", PAD))
 
 
 def load_split(cfg, split: str, **kw) -> TVQADataset:
@@ -176,6 +203,17 @@ class QAModel(nn.Module):
         for block in self.backbone.blocks:
             block.qkv.bias.register_hook(zero_keys)
 
+    pad_id = PAD
+    encode_answers = None         # rows come from TVQADataset.words (hashed word ids)
+
+    def freeze_vision(self):
+        for p in (*self.backbone.patch_embed.parameters(), self.backbone.patch_pos, self.backbone.frame_pos):
+            p.requires_grad_(False)
+
+    def save(self, path) -> Path:
+        """The fine-tuned backbone (tiny.save_checkpoint, what ``model.checkpoint`` loads)."""
+        return save_checkpoint(self.backbone, path)
+
     def forward(self, frames, ids):
         """frames uint8 (B, F, S, S, 3) or None; ids int64 (B, A, W) -> logits float32 (B, A)."""
         b, a, w = ids.shape
@@ -185,11 +223,33 @@ class QAModel(nn.Module):
         return self.head(pooled).float().view(b, a)
 
 
-def build_qa_model(cfg) -> QAModel:
-    """The QA model for ``model.backbone`` (weights from ``model.seed`` / ``model.checkpoint``)."""
-    if cfg.model.backbone != "tiny":
-        raise ConfigError(f"model.backbone: finetune supports 'tiny' so far, not {cfg.model.backbone!r} "
-                          "(the MERLOT Reserve QA head is not implemented yet)")
+QA_BACKBONES = ("tiny", "merlot_reserve", "hf")
+
+
+def build_qa_model(cfg) -> nn.Module:
+    """The QA model for ``model.backbone`` (weights from ``model.seed`` / ``model.checkpoint``): tiny ->
+    :class:`QAModel`, merlot_reserve -> finetune_heads.MerlotQAModel, hf -> finetune_heads.HFQAModel."""
+    name = cfg.model.backbone
+    if name not in QA_BACKBONES:
+        raise ConfigError(f"model.backbone: finetune supports {', '.join(QA_BACKBONES)}, not {name!r}")
+    if name != "tiny" and not cfg.model.checkpoint:
+        raise ConfigError(f"model.checkpoint: fine-tuning {name} needs the pre-trained checkpoint to start from")
+    if name == "merlot_reserve":
+        from .finetune_heads import MerlotQAModel
+        from .models.merlot.model import MAX_SEGMENT
+
+        if not 1 <= cfg.windows.frames <= int(MAX_SEGMENT):
+            raise ConfigError(f"windows.frames: MERLOT Reserve takes 1..{int(MAX_SEGMENT)} frames "
+                              f"(one segment each), got {cfg.windows.frames}")
+        return MerlotQAModel.from_checkpoint(cfg.path(cfg.model.checkpoint), seed=cfg.finetune.seed)
+    if name == "hf":
+        from .finetune_heads import HFQAModel
+        from .models.hf import load_hf
+
+        ckpt = cfg.model.checkpoint
+        local = cfg.path(ckpt)
+        return HFQAModel(load_hf(str(local) if local.exists() else ckpt, int(cfg.windows.frames)),
+                         seed=cfg.finetune.seed)
     module = TinyMultimodal(TinySpec.from_config(cfg.model, cfg.windows))
     module.init_weights(cfg.model.seed)
     if cfg.model.checkpoint:
@@ -279,15 +339,15 @@ def evaluate(model: nn.Module, ds: Dataset, info: DistInfo, device, precision="f
     """(accuracy, mean cross-entropy) over ``ds``; ranks take every world-th item and sum their counts."""
     model.eval()
     idx = list(range(info.rank, len(ds), info.world))
-    loader = DataLoader(Subset(ds, idx), batch_size=batch_size, shuffle=False, collate_fn=collate)
+    loader = DataLoader(Subset(ds, idx), batch_size=batch_size, shuffle=False, collate_fn=collate_for(ds))
     correct = loss = 0.0
     for frames, ids, labels in loader:
         frames = None if frames is None else frames.to(device)
         with _autocast(device, precision):
             logits = model(frames, ids.to(device))
         labels = labels.to(device)
-        correct += float((logits.argmax(1) == labels).sum())
-        loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        correct += float((qa_predict(logits) == labels).sum())
+        loss += float(qa_loss(logits, labels, reduction="sum"))
     correct, loss, n = _reduce([correct, loss, len(idx)], info, device)
     return correct / n, loss / n
 
@@ -337,7 +397,7 @@ def train(cfg, model: QAModel, train_ds: TVQADataset, val_ds: TVQADataset, workd
         raise ConfigError(f"finetune.epochs: must be >= 1, got {ft.epochs}")
     per_rank = ft.batch_size // info.world
     sampler = DistributedSampler(train_ds, num_replicas=info.world, rank=info.rank, shuffle=True, seed=ft.seed)
-    loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler, collate_fn=collate,
+    loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler, collate_fn=collate_for(train_ds),
                         num_workers=int(getattr(ft, "num_workers", 0)))
     total = ft.epochs * len(loader)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -384,7 +444,7 @@ def train(cfg, model: QAModel, train_ds: TVQADataset, val_ds: TVQADataset, workd
             ids, labels = ids.to(device), labels.to(device)
             with _autocast(device, ft.precision):
                 logits = ddp(frames, ids)
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = qa_loss(logits, labels)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -413,9 +473,10 @@ def train(cfg, model: QAModel, train_ds: TVQADataset, val_ds: TVQADataset, workd
 
 
 def output_paths(cfg) -> tuple:
-    """(work dir {output}/finetune, fine-tuned backbone path)."""
+    """(work dir {output}/finetune, fine-tuned backbone path: a .pt file, for ``hf`` a directory)."""
     work = cfg.out / "finetune"
-    return work, (cfg.path(cfg.finetune.output) if cfg.finetune.output else work / "model.pt")
+    default = work / ("model" if cfg.model.backbone == "hf" else "model.pt")
+    return work, (cfg.path(cfg.finetune.output) if cfg.finetune.output else default)
 
 
 def run_finetune(cfg, force: bool = False, *, use_frames: bool = True, use_subtitles: bool = True,
@@ -437,7 +498,7 @@ def run_finetune(cfg, force: bool = False, *, use_frames: bool = True, use_subti
     train_ds = load_split(cfg, "train", use_frames=use_frames, use_subtitles=use_subtitles)
     val_ds = load_split(cfg, "val", use_frames=use_frames, use_subtitles=use_subtitles)
     fp = fingerprint(cfg, len(train_ds), len(val_ds), inputs)
-    if not force and metrics_path.is_file() and model_path.is_file():
+    if not force and metrics_path.is_file() and model_path.exists():
         try:
             done = json.loads(metrics_path.read_text())
         except json.JSONDecodeError:
@@ -455,9 +516,11 @@ def run_finetune(cfg, force: bool = False, *, use_frames: bool = True, use_subti
         if device.type == "cuda":
             torch.cuda.set_device(device)
         model = build_qa_model(cfg).to(device)
+        if model.encode_answers is not None:
+            for ds in (train_ds, val_ds):
+                ds.set_encoder(model.encode_answers, model.pad_id)
         if not use_frames:                  # unused without frames (and DDP requires every trained one used)
-            for p in (*model.backbone.patch_embed.parameters(), model.backbone.patch_pos, model.backbone.frame_pos):
-                p.requires_grad_(False)
+            model.freeze_vision()
         log.info("finetune: %d train / %d val questions from %s; %s on %s, %d rank(s), global batch %d",
                  len(train_ds), len(val_ds), train_ds.root, cfg.model.backbone, device, info.world,
                  cfg.finetune.batch_size)
@@ -468,9 +531,10 @@ def run_finetune(cfg, force: bool = False, *, use_frames: bool = True, use_subti
         history = train(cfg, model, train_ds, val_ds, work, info, device, fp, force=False,
                         on_epoch_end=on_epoch_end)
         if info.rank == 0:
-            save_checkpoint(model.backbone, model_path)
-            with atomic_path(work / "qa_head.pt") as tmp:
-                torch.save({k: v.detach().cpu() for k, v in model.head.state_dict().items()}, tmp)
+            model.save(model_path)
+            if hasattr(model, "head"):      # tiny / hf: the answer head is not part of the backbone's format
+                with atomic_path(work / "qa_head.pt") as tmp:
+                    torch.save({k: v.detach().cpu() for k, v in model.head.state_dict().items()}, tmp)
             best = max(history, key=lambda r: r["val_accuracy"])
             metrics = {"format": "brainalign-finetune-metrics/1", "complete": True, "model": str(model_path),
                        "backbone": cfg.model.backbone, "chance": 1.0 / tvqa.N_ANSWERS, "inputs": inputs,

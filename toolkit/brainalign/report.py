@@ -341,6 +341,32 @@ def fig_mosaic(values, meta: ScoresMeta, title: str, cbar_label: str, note: str 
     return fig
 
 
+def glass_brain_png(values, meta: ScoresMeta, title: str, path) -> Path | None:
+    """A nilearn glass-brain projection of a voxel map (V,) (NaN = not shown), the standard view of a
+    thresholded contrast in papers. None when nilearn is not installed or the map is not volumetric."""
+    try:
+        from nilearn import plotting
+    except ImportError:
+        log.info("report: nilearn not installed; glass-brain figures skipped (pip install 'brainalign[plots]')")
+        return None
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+    from .stats import unmask
+
+    if meta.mask.ndim != 3 or min(meta.mask.shape) < 2:       # parcels / grayordinates: no volume to project
+        return None
+    vol = np.nan_to_num(unmask(np.asarray(values, dtype=np.float32), meta.mask), nan=0.0)
+    img = nib.Nifti1Image(vol.astype(np.float32), meta.affine)
+    vmax = float(np.abs(vol).max()) or 1.0
+    with atomic_path(path) as tmp:
+        display = plotting.plot_glass_brain(img, threshold=1e-6, colorbar=True, plot_abs=False, vmin=-vmax,
+                                            vmax=vmax, cmap="RdBu_r", title=title, display_mode="lzry")
+        display.frame_axes.figure.savefig(tmp, format="png", dpi=120, facecolor="white")
+        display.close()
+        plt.close("all")
+    return Path(path)
+
+
 def save_png(fig, path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight", facecolor="white")
@@ -506,13 +532,19 @@ def run_report(cfg, force: bool = False) -> Path:
     for c in data.contrasts:
         t = np.where(np.nan_to_num(c.q_map, nan=np.inf) <= data.q, c.t_map, np.nan)
         n_sig = int(np.isfinite(t).sum())
-        note = (f"{n_sig} of {meta.n_voxels} voxels with q ≤ {data.q:g}" if n_sig else
-                f"no voxel survives q ≤ {data.q:g}")
+        if n_sig:
+            note, shown, where = f"{n_sig} of {meta.n_voxels} voxels with q ≤ {data.q:g}", t, f"q ≤ {data.q:g}"
+        else:   # nothing survives: show the unthresholded map rather than an empty brain, and say so
+            note, shown, where = (f"no voxel survives q ≤ {data.q:g}; unthresholded t shown", c.t_map,
+                                  "unthresholded")
         name = f"map_contrast-{c.name}_t.png"
-        save_png(fig_mosaic(t, meta, f"{c.name}: {c.a} vs {c.b or '0'}, layer {layer}, t (BH q ≤ {data.q:g})",
+        save_png(fig_mosaic(shown, meta, f"{c.name}: {c.a} vs {c.b or '0'}, layer {layer}, t ({where})",
                             "t", note), rep / name)
-        figures.append((name, f"Voxel-wise t of {c.a} − {c.b or '0'} (Fisher z) at layer {layer}, shown where "
-                        f"q ≤ {data.q:g}; {note}."))
+        figures.append((name, f"Voxel-wise t of {c.a} − {c.b or '0'} (Fisher z) at layer {layer}; {note}."))
+        if n_sig:
+            name = f"glass_contrast-{c.name}_t.png"
+            if glass_brain_png(t, meta, f"{c.name}, layer {layer}: t where q ≤ {data.q:g}", rep / name):
+                figures.append((name, "Glass-brain projection (nilearn) of the same thresholded t map."))
     if data.ceiling is not None:
         name = "map_noise-ceiling.png"
         save_png(fig_mosaic(data.ceiling["voxel"], meta, f"noise ceiling ({data.ceiling.get('method', '')}), "
