@@ -95,7 +95,11 @@ class MerlotQAModel(nn.Module):
         self.source = source
         self.pad_id = PADDING
         self.seed = int(seed)
-        model.contrastive_scales.requires_grad_(False)       # a pretraining parameter the QA loss never uses
+        # parameters the QA loss never uses (DDP needs every trained parameter used): the pretraining
+        # contrastive scales and the encoders' CLS projections (only their pooled sequences feed the joint model)
+        for p in (model.contrastive_scales, *model.vision_encoder.transformer.cls_proj.parameters(),
+                  *model.audio_encoder.transformer.cls_proj.parameters()):
+            p.requires_grad_(False)
 
     @classmethod
     def from_checkpoint(cls, path, seed: int = 0) -> "MerlotQAModel":
@@ -272,11 +276,13 @@ class HFQAModel(nn.Module):
         return self.head(pooled).float().view(b, a)
 
     def freeze_vision(self):
+        """GIT without frames has no image tokens: its image encoder, projection and temporal embeddings are
+        unused. TVP always takes frames (all-zero ones when left out), so nothing is frozen there."""
+        if not self.hf.is_git:
+            return
         core = self.hf.core
-        for name in ("image_encoder", "visual_embeddings", "vision_model", "img_temporal_embedding"):
-            mod = getattr(core, name, None)
-            params = mod.parameters() if isinstance(mod, nn.Module) else (mod or [])
-            for p in params:
+        for mod in (core.image_encoder, core.visual_projection, core.img_temporal_embedding):
+            for p in mod.parameters():
                 p.requires_grad_(False)
 
     def save(self, path) -> Path:

@@ -1,0 +1,285 @@
+"""QA heads for MERLOT Reserve and GIT (finetune_heads): logits shapes, MERLOT pooling at the MASK slot against
+a manual forward, the two-pass loss against numpy, training on a tiny synthetic TVQA set, and the fine-tuned
+checkpoint loading back through the registry with changed features. Tiny random models, built here."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from brainalign import finetune, tvqa
+from brainalign.config import Config, WindowsConfig
+from brainalign.errors import ConfigError
+from brainalign.finetune_heads import MerlotQAModel, qa_loss, qa_predict
+from brainalign.models import get_backbone
+from brainalign.models.merlot.convert import FORMAT, read_converted
+from brainalign.models.merlot.model import AUDIOSPAN, MASK, PADDING, MerlotConfig, build_model
+from brainalign.models.synthetic import synthetic_stimuli
+
+tokenizers = pytest.importorskip("tokenizers")
+
+SIZE, FRAMES = 32, 2
+MERLOT_TINY = dict(hidden_size=96, size_per_head=48, rotary_hsize=32, vocab_size=64, joint_num_layers=2,
+                   vit_num_layers=1, audio_num_layers=1, span_num_layers=1, vit_patch_size=4, output_grid=(4, 6),
+                   audio_seq_length=60, audio_token_length=6, audio_patch_size=2, num_mels=64)
+MERLOT_SPECIAL = ["<pad>", "<s>", "</s>", "MASK", "MASKAUDIO", "AUDIOSPAN", "LTOVPOOL", "<unk>"]
+WORDS = sorted(set(tvqa.SEATS) | set(tvqa.COLOURS) | set(tvqa.FILLER)
+               | set(tvqa.normalise_words(tvqa.QUESTION.format(who="x"))) - {"x"})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return tvqa.write_synthetic_tvqa(tmp_path_factory.mktemp("tvqa"), n_train=24, n_val=8, seed=0, size=SIZE)
+
+
+def word_level(special, unk):
+    """A WordLevel tokenizer: special tokens at ids 0.., then the synthetic set's words."""
+    vocab = {w: i for i, w in enumerate(list(special) + WORDS)}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=unk))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    return tok
+
+
+# ---- MERLOT Reserve --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def merlot_ckpt(tmp_path_factory):
+    """A converted-format .pt (as convert.py writes) of a tiny random pre-trained MERLOT Reserve."""
+    cfg = MerlotConfig(**MERLOT_TINY)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    tok = word_level(MERLOT_SPECIAL, "<unk>")
+    assert tok.get_vocab_size() <= cfg.vocab_size
+    path = tmp_path_factory.mktemp("merlot") / "pretrained.pt"
+    torch.save({"format": FORMAT, "config": cfg.to_dict(), "state_dict": model.state_dict(), "source": "test",
+                "tokenizer_json": tok.to_str()}, path)
+    return path
+
+
+def merlot_cfg(tmp_path, data, ckpt, **ft):
+    c = Config()
+    c.output = str(tmp_path / "out")
+    c.data.root = str(tmp_path)
+    c.finetune.data = str(data)
+    c.model.backbone = "merlot_reserve"
+    c.model.checkpoint = None if ckpt is None else str(ckpt)
+    c.windows = WindowsConfig(frames=FRAMES, image_size=SIZE, audio_rate=16000)
+    c.finetune.batch_size = 8
+    c.finetune.lr = 1e-3
+    c.finetune.warmup_steps = 2
+    c.finetune.epochs = 3
+    for k, v in ft.items():
+        setattr(c.finetune, k, v)
+    c.text = "name: heads-test\n"
+    return c
+
+
+def first_batch(ds, n=3):
+    return finetune.collate_for(ds)([ds[i] for i in range(n)])
+
+
+def manual_merlot_logits(model, frames, ids):
+    """Independent of MerlotQAModel: raw-frame forward per row, MASK found with list.index, seq -> proj."""
+    cfg = model.cfg
+    x = torch.from_numpy(frames.numpy()).float() / 255.0                 # (B, T, S, S, 3)
+    b, t = x.shape[:2]
+    x = torch.nn.functional.interpolate(x.reshape(b * t, SIZE, SIZE, 3).permute(0, 3, 1, 2), size=cfg.image_size,
+                                        mode="bilinear", align_corners=False, antialias=True)
+    x = x.permute(0, 2, 3, 1).reshape(b, t, *cfg.image_size, 3).clamp(0, 1)
+    silence = torch.zeros(1, 1, cfg.audio_seq_length, cfg.num_mels + 1)
+    silence[..., -1] = 1.0
+    out = np.zeros((b, 2, ids.shape[1]))
+    for i in range(b):
+        for k in range(ids.shape[1]):
+            row = [v for v in ids[i, k].tolist()]
+            m = row.index(MASK)
+            audio_row = row[: m + 1] + [AUDIOSPAN] * cfg.audio_token_length
+            for p, (r, kw) in enumerate([(audio_row, {"audio": silence,
+                                                      "audio_ptr": torch.tensor([[0] * len(audio_row)])}),
+                                         (row, {})]):
+                with torch.no_grad():
+                    seq = model(tokens=torch.tensor([r]), frames=x[i: i + 1], **kw)["seq"][0]
+                    out[i, p, k] = float(seq[m] @ model.proj.weight[0])
+    return out
+
+
+def test_merlot_rows_logits_and_mask_pooling(synth, merlot_ckpt, tmp_path):
+    cfg = merlot_cfg(tmp_path, synth, merlot_ckpt)
+    qa = finetune.build_qa_model(cfg).eval()
+    assert isinstance(qa, MerlotQAModel) and not hasattr(qa.model, "head") and not hasattr(qa.model, "span_encoder")
+    ds = finetune.load_split(cfg, "train")
+    ds.set_encoder(qa.encode_answers, qa.pad_id)
+    it = ds.items[0]
+    vocab = word_level(MERLOT_SPECIAL, "<unk>").get_vocab()
+    sub = ds.subtitle_words(it)
+    q = tvqa.normalise_words(it.question)
+    rows = ds[0][1]
+    for a, row in zip(it.answers, rows):                     # question + answer, MASK, subtitles
+        qa_ids = [vocab[w] for w in q + tvqa.normalise_words(a)]
+        assert row == qa_ids + [MASK] + [vocab[w] for w in sub] and sub
+    frames, ids, labels = first_batch(ds)
+    assert ids.dtype == torch.int64 and (ids[0, :, len(rows[0]):] == PADDING).all()
+    tokens, ptr = qa.audio_rows(ids.reshape(-1, ids.shape[-1]))
+    m = rows[0].index(MASK)
+    assert tokens[0].tolist() == rows[0][: m + 1] + [AUDIOSPAN] * 6 + [PADDING] * (tokens.shape[1] - m - 7)
+    assert ptr[0].tolist() == [-1] * (m + 1) + [0] * 6 + [-1] * (tokens.shape[1] - m - 7)
+    with torch.no_grad():
+        logits = qa(frames, ids)
+    assert logits.shape == (3, 2, 5) and logits.dtype == torch.float32
+    want = manual_merlot_logits(qa.model, frames, ids)
+    np.testing.assert_allclose(logits.numpy(), want, rtol=1e-4, atol=1e-5)
+    # pooling one slot off the MASK gives other logits (the test above can tell positions apart)
+    assert np.abs(want[:, 1] - np.roll(want[:, 1], 1, axis=1)).max() > 1e-4
+
+
+def test_two_pass_loss_is_the_sum_of_the_single_pass_losses():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 2, 5)) * 2
+    labels = rng.integers(0, 5, 6)
+
+    def ce(z):      # numpy float64 cross-entropy, mean over the batch
+        lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+        return float(np.mean(lse - z[np.arange(len(z)), labels]))
+
+    got = qa_loss(torch.tensor(logits, dtype=torch.float32), torch.tensor(labels))
+    assert got.item() == pytest.approx(ce(logits[:, 0]) + ce(logits[:, 1]), rel=1e-5)
+    assert qa_loss(torch.tensor(logits[:, 1], dtype=torch.float32), torch.tensor(labels)).item() == \
+        pytest.approx(ce(logits[:, 1]), rel=1e-5)
+    soft = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_array_equal(qa_predict(torch.tensor(logits)).numpy(), soft.sum(1).argmax(1))
+
+
+def encode_all(bb, stim):
+    return bb.encode(stim, slice(None), "joint")
+
+
+def test_merlot_finetune_learns_and_saves_a_loadable_checkpoint(synth, merlot_ckpt, tmp_path):
+    cfg = merlot_cfg(tmp_path, synth, merlot_ckpt)
+    path = finetune.run_finetune(cfg)
+    metrics = json.loads((cfg.out / "finetune" / "metrics.json").read_text())
+    losses = [e["train_loss"] for e in metrics["epochs"]]
+    assert losses[-1] < losses[0], losses
+    assert metrics["backbone"] == "merlot_reserve"
+    payload = read_converted(path)
+    assert payload["config"]["qa_head"] and "proj.weight" in payload["state_dict"]
+    assert payload["tokenizer_json"] == read_converted(merlot_ckpt)["tokenizer_json"]
+    # the fine-tuned proj is kept: a QA model from the saved file scores like the trained one
+    qa = MerlotQAModel.from_checkpoint(path).eval()
+    state = torch.load(cfg.out / "finetune" / "checkpoint.pt", weights_only=True)["model"]
+    torch.testing.assert_close(qa.model.proj.weight, state["model.proj.weight"])
+    # extraction through the registry: the pre-trained and fine-tuned weights give different features
+    stim = synthetic_stimuli("ep", n_windows=3, frames=FRAMES, image_size=SIZE, audio_rate=16000, seed=1)
+    stim.words = [["ross", "red"], [], ["okay", "blue", "coffee"]]
+    pre = get_backbone(cfg.model, cfg.windows)
+    cfg.model.checkpoint = str(path)
+    post = get_backbone(cfg.model, cfg.windows)
+    a, b = encode_all(pre, stim), encode_all(post, stim)
+    assert a.shape == b.shape == (2, 3, 96) and torch.isfinite(b).all()
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_build_qa_model_errors(tmp_path, synth):
+    cfg = merlot_cfg(tmp_path, synth, None)
+    with pytest.raises(ConfigError, match="model.checkpoint: fine-tuning merlot_reserve needs"):
+        finetune.build_qa_model(cfg)
+    cfg.model.backbone = "nope"
+    with pytest.raises(ConfigError, match="model.backbone: finetune supports tiny, merlot_reserve, hf, not 'nope'"):
+        finetune.build_qa_model(cfg)
+
+
+# ---- Hugging Face GIT ------------------------------------------------------------------------------
+
+HF_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@pytest.fixture(scope="module")
+def git_ckpt(tmp_path_factory):
+    """A save_pretrained directory of a tiny random GIT (2 frames) + WordLevel tokenizer + CLIP processor."""
+    transformers = pytest.importorskip("transformers")
+    tok = word_level(HF_SPECIAL, "[UNK]")
+    tok.post_processor = tokenizers.processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                                  special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                                cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    cfg = transformers.GitConfig(
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=16, patch_size=8),
+        vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, num_image_with_embedding=FRAMES, pad_token_id=0, bos_token_id=2,
+        eos_token_id=3)
+    torch.manual_seed(0)
+    model = transformers.GitForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.git.img_temporal_embedding:
+            p.normal_()
+    path = tmp_path_factory.mktemp("git") / "pretrained"
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    transformers.CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}
+                                    ).save_pretrained(path)
+    return path
+
+
+def test_git_head_logits_match_a_per_row_forward(synth, git_ckpt, tmp_path):
+    cfg = merlot_cfg(tmp_path, synth, git_ckpt)
+    cfg.model.backbone = "hf"
+    qa = finetune.build_qa_model(cfg).eval()
+    ds = finetune.load_split(cfg, "train")
+    ds.set_encoder(qa.encode_answers, qa.pad_id)
+    frames, ids, _ = first_batch(ds)
+    with torch.no_grad():
+        logits = qa(frames, ids)
+        assert logits.shape == (3, 5) and logits.dtype == torch.float32
+        pv = qa.hf.pixel_values(frames.numpy())
+        for i in range(3):
+            for k in range(5):
+                row = [v for v in ids[i, k].tolist() if v != qa.pad_id]
+                h = qa.hf.core(input_ids=torch.tensor([row]), pixel_values=pv[i: i + 1]).last_hidden_state[0]
+                assert h.shape[0] == FRAMES * qa.hf.tokens_per_frame + len(row)
+                want = float(h.mean(0) @ qa.head.weight[0] + qa.head.bias[0])
+                assert logits[i, k].item() == pytest.approx(want, rel=1e-4, abs=1e-5)
+
+
+def test_git_finetune_learns_and_saves_a_loadable_directory(synth, git_ckpt, tmp_path):
+    cfg = merlot_cfg(tmp_path, synth, git_ckpt, lr=3e-3)
+    cfg.model.backbone = "hf"
+    path = finetune.run_finetune(cfg)
+    assert path == cfg.out / "finetune" / "model" and (path / "config.json").is_file()
+    losses = [e["train_loss"] for e in json.loads((cfg.out / "finetune" / "metrics.json").read_text())["epochs"]]
+    assert losses[-1] < losses[0], losses
+    head = torch.load(cfg.out / "finetune" / "qa_head.pt", weights_only=True)
+    assert head["weight"].shape == (1, 32)
+    stim = synthetic_stimuli("ep", n_windows=3, frames=FRAMES, image_size=SIZE, audio_rate=16000, seed=1)
+    stim.words = [["ross", "red"], [], ["okay", "blue", "coffee"]]
+    pre = get_backbone(cfg.model, cfg.windows)
+    cfg.model.checkpoint = str(path)
+    post = get_backbone(cfg.model, cfg.windows)
+    a, b = encode_all(pre, stim), encode_all(post, stim)
+    assert a.shape == b.shape == (2, 3, 32) and torch.isfinite(b).all()
+    assert (a - b).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("backbone", ["merlot_reserve", "hf"])
+@pytest.mark.parametrize("use_frames", [True, False])
+def test_every_trained_parameter_gets_a_gradient(synth, merlot_ckpt, git_ckpt, tmp_path, backbone, use_frames):
+    """What DistributedDataParallel needs: no trainable parameter is left out of the loss."""
+    cfg = merlot_cfg(tmp_path, synth, merlot_ckpt if backbone == "merlot_reserve" else git_ckpt)
+    cfg.model.backbone = backbone
+    qa = finetune.build_qa_model(cfg)
+    ds = finetune.load_split(cfg, "train", use_frames=use_frames)
+    ds.set_encoder(qa.encode_answers, qa.pad_id)
+    if not use_frames:
+        qa.freeze_vision()
+    frames, ids, labels = first_batch(ds, 2)
+    qa_loss(qa(frames, ids), labels).backward()
+    trained = [(n, p) for n, p in qa.named_parameters() if p.requires_grad]
+    assert len(trained) > 10
+    assert [n for n, p in trained if p.grad is None] == []
