@@ -283,3 +283,65 @@ def test_every_trained_parameter_gets_a_gradient(synth, merlot_ckpt, git_ckpt, t
     trained = [(n, p) for n, p in qa.named_parameters() if p.requires_grad]
     assert len(trained) > 10
     assert [n for n, p in trained if p.grad is None] == []
+
+
+def test_git_rows_cut_subtitles_first(synth, git_ckpt, tmp_path):
+    cfg = merlot_cfg(tmp_path, synth, git_ckpt)
+    cfg.model.backbone = "hf"
+    qa = finetune.build_qa_model(cfg)
+    vocab = qa.hf.tokenizer.get_vocab()
+    sub, q, a = ["okay", "red", "coffee", "so"], ["which", "colour"], ["blue"]
+    full = qa.encode_answers(sub, q, [a])[0]
+    assert full == [2] + [vocab[w] for w in sub + q + a] + [3]          # [CLS] words [SEP]
+    qa.hf.max_text = 6
+    assert qa.encode_answers(sub, q, [a])[0] == [2] + [vocab[w] for w in sub[:1] + q + a] + [3]
+    qa.hf.max_text = 4
+    assert qa.encode_answers(sub, q, [a])[0] == [2] + [vocab[w] for w in q[1:] + a] + [3]
+
+
+def test_merlot_rows_fit_the_slot_budget(synth, merlot_ckpt, tmp_path, monkeypatch):
+    from brainalign import finetune_heads
+
+    qa = finetune.build_qa_model(merlot_cfg(tmp_path, synth, merlot_ckpt))
+    vocab = word_level(MERLOT_SPECIAL, "<unk>").get_vocab()
+    sub, q, a = ["okay", "red", "coffee", "so"], ["which", "colour"], ["blue"]
+    monkeypatch.setattr(finetune_heads, "MAX_SLOTS", 6 + 6)                # 6 audio slots + 6 for the row
+    row = qa.encode_answers(sub, q, [a])[0]
+    assert row == [vocab[w] for w in q + a] + [MASK] + [vocab[w] for w in sub[:2]]
+    monkeypatch.setattr(finetune_heads, "MAX_SLOTS", 6 + 3)
+    assert qa.encode_answers(sub, q, [a])[0] == [vocab["colour"], vocab["blue"], MASK]
+
+
+def test_merlot_two_ranks_match_one(synth, merlot_ckpt, tmp_path):
+    """DistributedDataParallel (2 gloo processes) trains the MERLOT head like one process."""
+    hist = {}
+    for n in (1, 2):
+        cfg = merlot_cfg(tmp_path / f"r{n}", synth, merlot_ckpt, epochs=1)
+        if n == 1:
+            finetune.run_finetune(cfg)
+        else:
+            finetune.run_finetune_spawn(cfg, 2)
+        hist[n] = json.loads((cfg.out / "finetune" / "metrics.json").read_text())["epochs"][0]
+    for k in ("train_loss", "val_loss", "val_accuracy"):
+        assert hist[2][k] == pytest.approx(hist[1][k], rel=1e-4, abs=1e-6), k
+
+
+@pytest.mark.parametrize("backbone,lr", [("merlot_reserve", 5e-4), ("hf", 1e-2)])
+def test_a_few_steps_fit_a_batch(synth, merlot_ckpt, git_ckpt, tmp_path, backbone, lr):
+    """The head + backbone can fit: 15 AdamW steps on one batch of 4 questions cut its loss by over a quarter
+    (eval mode: GIT's dropout off, so the steps are deterministic)."""
+    cfg = merlot_cfg(tmp_path, synth, merlot_ckpt if backbone == "merlot_reserve" else git_ckpt)
+    cfg.model.backbone = backbone
+    qa = finetune.build_qa_model(cfg).eval()
+    ds = finetune.load_split(cfg, "train")
+    ds.set_encoder(qa.encode_answers, qa.pad_id)
+    frames, ids, labels = first_batch(ds, 4)
+    opt = torch.optim.AdamW([p for p in qa.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(15):
+        loss = qa_loss(qa(frames, ids), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0], losses

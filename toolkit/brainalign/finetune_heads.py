@@ -236,13 +236,24 @@ class HFQAModel(nn.Module):
                 p.requires_grad_(False)
 
     def encode_answers(self, sub: list, question: list, answers: list) -> list:
+        """5 rows ``tokenizer(" ".join(subtitle words + question + answer))`` of at most max_position_embeddings
+        tokens: the subtitle words are cut first (from the end), then the question (from its start)."""
         from .models.hf import tokenize_words
+
+        limit = self.hf.max_text
+
+        def ids(words):
+            return tokenize_words(self.hf.tokenizer, words)[0]
 
         rows = []
         for a in answers:
             qa = question + a
-            room = max(0, self.hf.max_text - 2 - len(qa))          # special tokens + at least ~1 token/word
-            rows.append(tokenize_words(self.hf.tokenizer, sub[:room] + qa, self.hf.max_text)[0])
+            while len(qa) > 1 and len(ids(qa)) > limit:
+                qa = qa[1:]
+            k = len(sub)
+            while k > 0 and (n := len(ids(sub[:k] + qa))) > limit:
+                k -= min(k, n - limit)                   # every word has at least one token
+            rows.append(ids(sub[:k] + qa)[:limit])
         return rows
 
     def forward(self, frames, ids):
