@@ -14,5 +14,17 @@ def repo_root():
     return ROOT
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny torch models: one intra-op thread is faster and does not spin on a busy 2-core CI box.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: minutes-long install test (deselect: -m 'not slow')")

@@ -5,7 +5,6 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from brainalign import extract
 from brainalign.config import Config, TinyModelConfig, WindowsConfig
@@ -17,13 +16,7 @@ from brainalign.models.synthetic import synthetic_stimuli
 N_WINDOWS = {"e1": 7, "e2": 9, "e3": 5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model's tensors are small: one intra-op thread is faster and does not spin on a busy CI box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -16,12 +16,7 @@ from brainalign.models.tiny import load_checkpoint, TinyMultimodal, TinySpec
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,7 @@ WORDS = sorted(set(tvqa.SEATS) | set(tvqa.COLOURS) | set(tvqa.FILLER)
                | set(tvqa.normalise_words(tvqa.QUESTION.format(who="x"))) - {"x"})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ from brainalign.models.tiny import MASK, TinyMultimodal, token_ids
 N_WINDOWS = {"e1": 9, "e2": 7, "e3": 6}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

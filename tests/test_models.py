@@ -17,13 +17,7 @@ from brainalign.models.tiny import TinyBackbone, TinySpec, pool, save_checkpoint
 CONDS = ("joint", "no_vision", "no_language", "no_audio", "vision_only", "language_only")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model's tensors are small: one intra-op thread is faster and does not spin on a busy CI box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_cfg(**tiny):
