@@ -116,11 +116,9 @@ def read_cifti_bold(path, tr: float | None = None) -> np.ndarray:
 def write_cifti_dscalar(path, values, like, names=None) -> Path:
     """Write maps (k, n_grayordinates) or (n_grayordinates,) as a CIFTI-2 dscalar on the grayordinates of the
     dtseries file ``like``, atomically; ``names`` labels the k maps (default map0, map1, ...)."""
-    import os
-
     import nibabel as nib
 
-    from ..h5io import atomic_path
+    from .volumes import save_image
 
     _, models = _axes(_load(like), like)
     values = np.atleast_2d(np.asarray(values, dtype=np.float32))
@@ -130,16 +128,7 @@ def write_cifti_dscalar(path, values, like, names=None) -> Path:
     if len(names) != values.shape[0]:
         raise DataError(f"dscalar: {len(names)} names for {values.shape[0]} maps")
     img = nib.Cifti2Image(values, header=(nib.cifti2.ScalarAxis(names), models))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        named = tmp.with_name(tmp.name + ".dscalar.nii")
-        try:
-            nib.save(img, str(named))
-            os.replace(named, tmp)
-        finally:
-            if named.exists():
-                named.unlink()
-    return path
+    return save_image(img, path, ".dscalar.nii")
 
 
 def structure_labels(info: CiftiInfo) -> tuple[np.ndarray, dict]:

@@ -260,9 +260,18 @@ def write_nifti(path, data: np.ndarray, affine: np.ndarray, tr: float | None = N
             hdr[k] = v
         except (ValueError, KeyError) as e:
             raise DataError(f"NIfTI header field {k!r} cannot be set to {v!r}: {e}") from None
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix or ".nii"
+    return save_image(img, path, suffix)
+
+
+def save_image(img, path, suffix: str) -> Path:
+    """Save a nibabel image atomically; the temporary name ends in ``suffix`` because nibabel picks the
+    format (and gzip) from it (e.g. ".nii.gz", ".dscalar.nii")."""
+    import nibabel as nib
+
+    path = Path(path)
     with atomic_path(path) as tmp:
-        suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix or ".nii"
-        named = tmp.with_name(tmp.name + suffix)   # nibabel picks the format (and gzip) from the suffix
+        named = tmp.with_name(tmp.name + suffix)
         try:
             nib.save(img, str(named))
             os.replace(named, tmp)
