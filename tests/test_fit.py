@@ -273,7 +273,7 @@ def test_rerun_skips_and_a_failed_fit_resumes_from_its_shards(fixture_dir, monke
 
 
 def test_stale_shards_of_another_config_are_ignored(fixture_dir):
-    from brainalign.dist.shards import scan_shards
+    from brainalign.sharding.shards import scan_shards
     from brainalign.fit import run_fit
 
     out, _ = fixture_dir
@@ -329,7 +329,7 @@ def test_missing_and_bad_inputs_give_one_line_errors(fixture_dir):
 
 
 def test_unknown_mpi_mode_and_singleton_under_launcher(monkeypatch):
-    from brainalign.dist.comm import LocalComm, launcher_size, world
+    from brainalign.sharding.comm import LocalComm, launcher_size, world
 
     for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "PMIX_RANK"):
         monkeypatch.delenv(key, raising=False)
@@ -342,7 +342,7 @@ def test_unknown_mpi_mode_and_singleton_under_launcher(monkeypatch):
 
 
 def test_scheduler_keeps_design_affinity_and_steals_at_the_end():
-    from brainalign.dist.scheduler import UnitScheduler
+    from brainalign.sharding.scheduler import UnitScheduler
     from brainalign.fit import Unit
 
     units = [Unit(f, 0, k, c) for f in range(2) for k in range(3) for c in range(4)]
@@ -373,7 +373,7 @@ def test_scheduler_keeps_design_affinity_and_steals_at_the_end():
 
 
 def test_shard_writer_parts_are_atomic_and_complete(tmp_path):
-    from brainalign.dist.shards import ShardWriter, scan_shards
+    from brainalign.sharding.shards import ShardWriter, scan_shards
 
     w = ShardWriter(tmp_path, epoch=3, rank=1, n_subjects=2, width=4, attrs={"config_hash": "abc", "layout": "L"},
                     flush_s=3600, max_units=2)

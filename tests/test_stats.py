@@ -13,7 +13,8 @@ from scipy import stats as sps
 from brainalign import h5io
 from brainalign.config import parse_config
 from brainalign.errors import ConfigError, DataError
-from brainalign.stats import (CSV_COLUMNS, fdr_bh, fisher_z, one_sample_t, roi_means, run_stats)
+from brainalign.fdr import fdr_bh
+from brainalign.stats import (CSV_COLUMNS, fisher_z, one_sample_t, roi_means, run_stats)
 
 FEATURE_SETS = ["joint", "no_vision", "no_language"]
 ROI_NAMES = ["planted", "null", "reverse"]
@@ -336,7 +337,7 @@ def test_null_data_fdr_controlled(tmp_path):
 
 def test_fdr_controlled_with_true_effects(tmp_path):
     """A mixture of true and null voxels: the false discovery proportion averages <= q."""
-    from brainalign.stats import fdr_bh as bh
+    from brainalign.fdr import fdr_bh as bh
     rng = np.random.default_rng(5)
     q, fdps = 0.1, []
     for _ in range(20):

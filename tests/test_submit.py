@@ -19,9 +19,9 @@ import yaml
 
 from brainalign.cli import main as cli_main
 from brainalign.config import load_config
-from brainalign.dist.plan import BIN, build_plan
-from brainalign.dist.profile import load_profile, mem_gb, parse_profile, time_minutes
-from brainalign.dist.submit import CheckpointableStageTask, JobFailed, StageFailed, StageTask, submit_study
+from brainalign.cluster.plan import BIN, build_plan
+from brainalign.cluster.profile import load_profile, mem_gb, parse_profile, time_minutes
+from brainalign.cluster.submit import CheckpointableStageTask, JobFailed, StageFailed, StageTask, submit_study
 from brainalign.errors import ConfigError
 
 from slurm_fixture import slurm_cluster  # noqa: F401  (session fixture, reference counted)
@@ -217,7 +217,7 @@ def test_submitit_sbatch_parameters(tmp_path, monkeypatch):
     import submitit
     from submitit.slurm.slurm import _make_sbatch_string
 
-    from brainalign.dist.submit import _executor
+    from brainalign.cluster.submit import _executor
 
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # no srun needed
     _, plan = demo_plan(tmp_path)
@@ -442,7 +442,7 @@ def test_debug_cluster_runs_plan_in_process(tmp_path, monkeypatch, capsys):
 def test_sbatch_template_requeues_on_usr2(slurm_cluster, tmp_path):  # noqa: F811
     """The emitted job script traps USR2 (sent with --signal=B:USR2@S before the time limit), requeues
     itself and runs its command again."""
-    from brainalign.dist.sbatch import render_job
+    from brainalign.cluster.sbatch import render_job
 
     cfg = load_config(small_config(tmp_path, "trap", pipeline=["simulate"]))
     plan = build_plan(cfg, load_profile("local"), "slurm", config_path=tmp_path / "c.yaml", folder=tmp_path / "sb",

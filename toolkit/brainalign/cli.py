@@ -116,7 +116,7 @@ def main(argv=None):
             for stage, out in outs.items():
                 print(f"  {stage:<9} {out}")
         elif args.verb == "submit":
-            from .dist.submit import submit_study
+            from .cluster.submit import submit_study
 
             submit_study(cfg, cluster=args.cluster, profile=args.profile, dry_run=args.dry_run,
                          wait=args.wait, force=args.force, emit_sbatch=args.emit_sbatch)

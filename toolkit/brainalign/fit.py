@@ -8,8 +8,8 @@ X-only work (decompositions) of one (feature set, layer, fold) unit serves every
 
 A *unit* is (feature set, layer, outer fold, voxel chunk); it is the piece of work a process or an MPI
 rank takes. ``run_fit`` runs unchanged in one process or under ``mpiexec -n N`` / ``srun -n N``: ranks draw
-units dynamically (brainalign.dist.scheduler), write their results to per-rank shard files
-(brainalign.dist.shards) and rank 0 assembles ``scores.h5`` whose ``/r`` and ``/alpha`` are HDF5 virtual
+units dynamically (brainalign.sharding.scheduler), write their results to per-rank shard files
+(brainalign.sharding.shards) and rank 0 assembles ``scores.h5`` whose ``/r`` and ``/alpha`` are HDF5 virtual
 datasets over the shards. A killed job resumes from the shards it left; results never depend on the
 number of ranks.
 """
@@ -244,7 +244,7 @@ def _shard_flush_seconds(cfg) -> float:
 
 def scores_complete(path, chash: str) -> bool:
     """True if ``path`` is a complete scores file for config hash ``chash`` whose shard files all exist."""
-    from .dist.shards import virtual_files
+    from .sharding.shards import virtual_files
 
     if not is_complete(path):
         return False
@@ -264,7 +264,7 @@ def scores_complete(path, chash: str) -> bool:
 
 def prepare_shards(scores_path, shard_dir, attrs: dict, force: bool):
     """Rank 0 before any unit runs: drop the old scores file, stale/partial shards; -> (epoch, done keys)."""
-    from .dist.shards import remove, scan_shards
+    from .sharding.shards import remove, scan_shards
 
     if scores_path.exists():          # it is not complete for this config (else the fit was skipped)
         scores_path.unlink()          # first, so no complete-looking file ever points at removed shards
@@ -281,7 +281,7 @@ def prepare_shards(scores_path, shard_dir, attrs: dict, force: bool):
 
 def assemble_scores(cfg, inp: FitInputs, path, shard_dir, attrs: dict, chash: str):
     """Write ``scores.h5``: /r and /alpha virtual over the shards, /r_mean, /mask, /roi_labels, attrs."""
-    from .dist.shards import compact_all, scan_shards, virtual_dataset
+    from .sharding.shards import compact_all, scan_shards, virtual_dataset
 
     scan = scan_shards(shard_dir, attrs)
     if compact_all(scan, attrs, cfg.text):      # parts left by killed attempts: few files under the VDS
@@ -389,9 +389,9 @@ def _warn_oversubscription(comm):
 
 def run_fit(cfg, force: bool = False):
     """The fit stage in this process, or as one rank of an MPI job (same command, same results)."""
-    from .dist.comm import world
-    from .dist.scheduler import Coordinator, LocalSource, RemoteSource, UnitScheduler
-    from .dist.shards import SHARD_DIR, ShardWriter
+    from .sharding.comm import world
+    from .sharding.scheduler import Coordinator, LocalSource, RemoteSource, UnitScheduler
+    from .sharding.shards import SHARD_DIR, ShardWriter
     from .pipeline import config_hash
 
     comm = world(os.environ.get("BRAINALIGN_MPI") or getattr(cfg.fit, "mpi", "auto"))

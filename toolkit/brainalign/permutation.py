@@ -290,7 +290,8 @@ def run_permutation(cfg, force: bool = False):
     from .h5io import atomic_h5, is_complete, open_h5, read_str_attr, str_attr
     from .log import progress
     from .pipeline import config_hash
-    from .stats import fdr_bh, resolve_contrasts
+    from .contrasts import resolve_contrasts
+    from .fdr import fdr_bh
 
     n_perm, layer, fsets, min_shift, seed = _settings(cfg)
     path = permutation_path(cfg)

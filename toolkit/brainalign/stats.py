@@ -61,7 +61,9 @@ from typing import Optional
 import numpy as np
 from scipy import stats as _sps
 
+from .contrasts import resolve_contrasts
 from .errors import ConfigError, DataError
+from .fdr import fdr_bh
 from .h5io import atomic_h5, atomic_path, is_complete, open_h5, read_str_attr, str_attr
 from .log import get_logger
 
@@ -74,7 +76,6 @@ FS_COLUMNS = ("feature_set", "layer", "roi", "n_subjects", "mean_r", "sem_r", "c
               "sem_normalised_r")
 ROI_STATS = ("t", "p", "q", "mean", "ci_low", "ci_high", "cohen_d")
 VOXEL_STATS = ("t", "p", "q", "mean")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 # ---- pure array functions ------------------------------------------------------------------------
@@ -119,36 +120,6 @@ def one_sample_t(x, axis=0, popmean=0.0, confidence=0.95):
         out[k] = v
     out["n"] = np.asarray(n, dtype=np.int64)
     return out
-
-
-def fdr_bh(p, axis=-1):
-    """Benjamini–Hochberg adjusted p-values (q) along ``axis``; NaN p-values are ignored and stay NaN.
-
-    p: any-shaped array of p-values in [0, 1] (or NaN). Returns float64 of the same shape; each 1-D slice
-    along ``axis`` equals ``scipy.stats.false_discovery_control`` applied to its finite values.
-    """
-    p = np.asarray(p, dtype=np.float64)
-    if p.ndim == 0:
-        return fdr_bh(p[None])[0]
-    pm = np.moveaxis(p, axis, -1)
-    shape = pm.shape
-    if p.size == 0:
-        return np.full(p.shape, np.nan)
-    flat = pm.reshape(-1, shape[-1])
-    valid = np.isfinite(flat)
-    if np.any(valid & ((flat < 0) | (flat > 1))):
-        raise ValueError("fdr_bh: p-values must lie in [0, 1]")
-    q = np.full(flat.shape, np.nan)
-    if flat.size:
-        m = valid.sum(axis=1, keepdims=True)
-        order = np.argsort(np.where(valid, flat, np.inf), axis=1, kind="stable")
-        ps = np.take_along_axis(flat, order, axis=1)
-        ok = np.take_along_axis(valid, order, axis=1)
-        qs = np.where(ok, ps * m / np.arange(1, flat.shape[1] + 1), np.inf)
-        qs = np.minimum.accumulate(qs[:, ::-1], axis=1)[:, ::-1]
-        qs = np.where(ok, np.minimum(qs, 1.0), np.nan)
-        np.put_along_axis(q, order, qs, axis=1)
-    return np.moveaxis(q.reshape(shape), -1, axis)
 
 
 def roi_means(r, labels, ids):
@@ -224,40 +195,6 @@ def read_scores_meta(f, path) -> ScoresMeta:
     if labels.shape != (expect[3],):
         raise DataError(f"scores file {path}: /roi_labels has shape {labels.shape}, expected ({expect[3]},)")
     return ScoresMeta(path, subjects, feature_sets, layers, roi_names, roi_ids, labels, mask, affine)
-
-
-# ---- contrasts -----------------------------------------------------------------------------------
-
-@dataclass
-class Contrast:
-    name: str
-    a: str
-    b: Optional[str]
-    ia: int
-    ib: Optional[int]
-
-
-def resolve_contrasts(cfg, feature_sets) -> list[Contrast]:
-    """Map cfg.stats.contrasts onto indices into scores.h5's feature sets (ConfigError naming the key)."""
-    out, seen = [], set()
-    for i, c in enumerate(cfg.stats.contrasts):
-        key = f"stats.contrasts[{i}]"
-        if not _SAFE_NAME.match(c.name or ""):
-            raise ConfigError(f"{key}.name: {c.name!r} must be letters, digits, '_', '.', '+' or '-' "
-                              "(it names HDF5 groups and files)")
-        if c.name in seen:
-            raise ConfigError(f"{key}.name: duplicate contrast name {c.name!r}")
-        seen.add(c.name)
-        for side in ("a", "b"):
-            v = getattr(c, side)
-            if (side == "a" or v is not None) and v not in feature_sets:
-                raise ConfigError(f"{key}.{side}: {v!r} is not a feature set in scores.h5 "
-                                  f"({', '.join(feature_sets)})")
-        if c.a == c.b:
-            raise ConfigError(f"{key}.b: a and b are the same feature set {c.a!r}")
-        out.append(Contrast(c.name, c.a, c.b, feature_sets.index(c.a),
-                            None if c.b is None else feature_sets.index(c.b)))
-    return out
 
 
 # ---- NIfTI ---------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import numpy as np
 from ..h5io import COMPLETE_ATTR, atomic_h5
 from ..log import get_logger
 
-log = get_logger("dist.shards")
+log = get_logger("sharding.shards")
 
 SHARD_DIR = "fit_shards"
 _NAME = re.compile(r"^e(\d{4})-rank-(\d{4})-part-(\d{5})\.h5$")

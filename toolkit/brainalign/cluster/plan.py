@@ -1,8 +1,8 @@
 """The submission plan: which jobs run which `brainalign` commands, with what resources, after what.
 
 The plan is pure data built from the config and the cluster profile; ``brainalign submit`` prints it
-(``--dry-run``), submits it through submitit (:mod:`brainalign.dist.submit`) or renders it as sbatch
-scripts (:mod:`brainalign.dist.sbatch`). The same commands run in every case.
+(``--dry-run``), submits it through submitit (:mod:`brainalign.cluster.submit`) or renders it as sbatch
+scripts (:mod:`brainalign.cluster.sbatch`). The same commands run in every case.
 
 Jobs, in order, each waiting (``afterok``) for the one before it:
 

@@ -1,4 +1,4 @@
-"""`brainalign submit`: run the plan (:mod:`brainalign.dist.plan`) through submitit.
+"""`brainalign submit`: run the plan (:mod:`brainalign.cluster.plan`) through submitit.
 
 Every job runs a :class:`StageTask`: a small picklable callable that runs the job's `brainalign` commands
 as subprocesses (the same command lines ``--dry-run`` prints and the sbatch scripts run), so the
