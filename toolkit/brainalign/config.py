@@ -60,8 +60,9 @@ class SimulateConfig:
     audio_rate: int = 16000
     roi_voxels: int = 40                   # voxels per planted/null ROI
     n_null_rois: int = 2
-    effect_r: list[float] = field(default_factory=lambda: [0.25, 0.45])   # planted voxel-wise r range
-    layer: int = -1                        # layer whose features drive the planted ROIs (-1: last)
+    effect_r: list[float] = field(default_factory=lambda: [0.3, 0.5])   # planted noise ceiling range per voxel
+    subject_share: float = 0.25            # subject-specific response variance / shared response variance
+    pretrain_steps: int = 0                # masked-word training steps of the tiny model (0: none)
 
 
 @dataclass
@@ -181,6 +182,7 @@ class MlmConfig:
     mask_fraction: float = 0.15            # share of transcript words masked per window
     bootstrap: int = 1000                  # bootstrap resamples for the confidence intervals
     seed: int = 0
+    word_class_column: Optional[str] = None   # TSV transcript column classifying words (e.g. word_class)
 
 
 @dataclass
@@ -418,8 +420,16 @@ def read_yaml(path, kind: str):
         raise ConfigError(f"{kind} {path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
 
 
+def _expand_root(cfg: Config) -> None:
+    """``{root}`` in model checkpoint paths -> data.root (so a config can load what simulate wrote)."""
+    for m in [cfg.model, *cfg.model.variants]:
+        if m.checkpoint and "{root}" in m.checkpoint:
+            m.checkpoint = m.checkpoint.replace("{root}", cfg.data.root)
+
+
 def parse_config(data, source="<config>", text="") -> Config:
     cfg = parse_schema(Config, data, source, "config", _check_semantics)
+    _expand_root(cfg)
     cfg.source = source
     cfg.text = text
     return cfg

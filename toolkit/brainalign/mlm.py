@@ -43,7 +43,8 @@ MLM_FILE = "mlm.h5"
 MLM_CSV = "mlm.csv"
 METRICS = ("top1", "top5", "loss")
 CI = (2.5, 97.5)
-CSV_COLUMNS = ["condition", "episode", "n_words"] + [f"{m}{s}" for m in METRICS
+ALL_WORDS = "all"
+CSV_COLUMNS = ["condition", "episode", "word_class", "n_words"] + [f"{m}{s}" for m in METRICS
                                                      for s in ("", "_ci_low", "_ci_high")] + ["p_top1"]
 
 
@@ -210,8 +211,10 @@ def bootstrap_means(values: np.ndarray, n_boot: int, seed, max_elements: int = 4
     return out
 
 
-def summarize(scores: dict, conditions, reference: str, n_boot: int, seed, episode: str) -> list[dict]:
-    """CSV rows for one scope (an episode or "all"): one per condition + one per paired difference.
+def summarize(scores: dict, conditions, reference: str, n_boot: int, seed, episode: str,
+              word_class: str = ALL_WORDS) -> list[dict]:
+    """CSV rows for one scope (an episode or "all", one word class or "all"): one per condition + one per
+    paired difference.
 
     ``scores`` = {condition: {"top1", "top5", "loss": (n,) arrays}} over the same n masked words.
     """
@@ -223,7 +226,7 @@ def summarize(scores: dict, conditions, reference: str, n_boot: int, seed, episo
     nm = len(METRICS)
 
     def row(name, est, bt):
-        r = {"condition": name, "episode": episode, "n_words": n}
+        r = {"condition": name, "episode": episode, "word_class": word_class, "n_words": n}
         for j, m in enumerate(METRICS):
             lo, hi = np.percentile(bt[j], CI) if bt is not None else (np.nan, np.nan)
             r.update({m: float(est[j]), f"{m}_ci_low": float(lo), f"{m}_ci_high": float(hi)})
@@ -265,6 +268,25 @@ def _load_stimuli(cfg, episode):
     return load_episode_stimuli(cfg, episode)
 
 
+def word_classes(cfg, stimuli) -> list[list[str]] | None:
+    """Per window, the class of each of its words from the transcript column ``mlm.word_class_column``
+    (None when unset). The TSV rows are windowed exactly as the words are (by onset)."""
+    from .stimuli.transcript import read_tsv
+    from .stimuli.windows import window_words
+
+    col = cfg.mlm.word_class_column
+    if not col:
+        return None
+    path = cfg.path(cfg.data.stimuli.transcript, episode=stimuli.episode)
+    if path.suffix.lower() != ".tsv":
+        raise ConfigError(f"mlm.word_class_column: needs .tsv transcripts with a {col!r} column, got {path.name}")
+    labels = window_words(sorted(read_tsv(path, word_column=col), key=lambda w: w.onset), stimuli.windows)
+    for i, (a, b) in enumerate(zip(labels, stimuli.words)):
+        if len(a) != len(b):
+            raise DataError(f"transcript {path}: window {i} has {len(b)} words but {len(a)} {col!r} labels")
+    return labels
+
+
 def run_mlm(cfg, force: bool = False, backbone=None):
     """Write ``{output}/mlm.h5`` and ``{output}/mlm.csv`` (see the module docstring); returns the .h5 path.
 
@@ -294,6 +316,9 @@ def run_mlm(cfg, force: bool = False, backbone=None):
         check_stimuli(stimuli)
         masks = choose_masks(stimuli.words, cfg.mlm.mask_fraction, episode_rng(cfg.mlm.seed, ep))
         res = evaluate_episode(head, stimuli, conds, masks, cfg.model.batch_size)
+        labels = word_classes(cfg, stimuli)
+        res["word_class"] = [labels[i][w] if labels else ALL_WORDS for i, w in zip(res["window_index"],
+                                                                                     res["word_index"])]
         per_ep.append(res)
         log.info("mlm %s: %d masked words; top-1 %s", ep, len(res["word"]),
                  ", ".join(f"{c} {res[c]['top1'].mean():.3f}" if len(res["word"]) else f"{c} -" for c in conds))
@@ -303,11 +328,18 @@ def run_mlm(cfg, force: bool = False, backbone=None):
     cat = lambda get, dt: np.concatenate([np.asarray(get(r), dt) for r in per_ep])      # noqa: E731
     ep_index = np.concatenate([np.full(len(r["word"]), e, np.int32) for e, r in enumerate(per_ep)])
     scores = {c: {m: cat(lambda r: r[c][m], np.float64) for m in METRICS} for c in conds}
-    rows = []
-    for e, (ep, r) in enumerate(zip(episodes, per_ep)):
-        rows += summarize(r, conds, reference, cfg.mlm.bootstrap, [cfg.mlm.seed, 1, e], ep)
-    overall = summarize(scores, conds, reference, cfg.mlm.bootstrap, [cfg.mlm.seed, 0], "all")
-    rows += overall
+    classes = [w for r in per_ep for w in r["word_class"]]
+    kinds = [ALL_WORDS] + (sorted(set(classes) - {ALL_WORDS}) if cfg.mlm.word_class_column else [])
+    rows, overall = [], []
+    for k, kind in enumerate(kinds):              # class "all" first, with the seeds it always had
+        extra = [k] if k else []
+        for e, (ep, r) in enumerate(zip(episodes, per_ep)):
+            rows += summarize(_subset(r, conds, kind), conds, reference, cfg.mlm.bootstrap,
+                              [cfg.mlm.seed, 1, e] + extra, ep, kind)
+        part = summarize(_subset({**scores, "word_class": classes}, conds, kind), conds, reference,
+                         cfg.mlm.bootstrap, [cfg.mlm.seed, 0] + extra, "all", kind)
+        rows += part
+        overall += part if kind == ALL_WORDS else []
 
     with atomic_h5(path, "mlm", config_text=cfg.text) as f:
         f.create_dataset("episode_index", data=ep_index)
@@ -315,6 +347,8 @@ def run_mlm(cfg, force: bool = False, backbone=None):
         f.create_dataset("word_index", data=cat(lambda r: r["word_index"], np.int32))
         f.create_dataset("n_tokens", data=cat(lambda r: r["n_tokens"], np.int32))
         f.create_dataset("word", data=str_attr([w for r in per_ep for w in r["word"]]))
+        if cfg.mlm.word_class_column:
+            f.create_dataset("word_class", data=str_attr(classes))
         for c in conds:
             g = f.create_group(c)
             g.create_dataset("correct_top1", data=cat(lambda r: r[c]["top1"], np.uint8))
@@ -325,12 +359,13 @@ def run_mlm(cfg, force: bool = False, backbone=None):
         for r in overall:
             g = f.require_group(r["condition"]) if r["condition"] in conds else f.require_group(
                 f"difference/{r['condition']}")
-            for k in CSV_COLUMNS[2:]:
+            for k in CSV_COLUMNS[3:]:
                 g.attrs[k] = r[k]
         f.attrs.update({"conditions": str_attr(conds), "episodes": str_attr(episodes), "reference": reference,
                         "mask_fraction": float(cfg.mlm.mask_fraction), "bootstrap": int(cfg.mlm.bootstrap),
                         "seed": int(cfg.mlm.seed), "n_words": int(n_words), "backbone": backbone.name,
-                        "ci_level": 0.95, "mlm_key": key})
+                        "ci_level": 0.95, "mlm_key": key, "word_classes": str_attr(kinds[1:]),
+                        "word_class_column": cfg.mlm.word_class_column or ""})
     with atomic_path(csv_path) as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
@@ -341,10 +376,18 @@ def run_mlm(cfg, force: bool = False, backbone=None):
     return path
 
 
+def _subset(scores: dict, conds, kind: str) -> dict:
+    """The per-condition metrics of the words of class ``kind`` (all words for ALL_WORDS)."""
+    if kind == ALL_WORDS:
+        return {c: scores[c] for c in conds}
+    keep = np.asarray(scores["word_class"]) == kind
+    return {c: {m: np.asarray(scores[c][m])[keep] for m in METRICS} for c in conds}
+
+
 def summary_dtype() -> np.dtype:
     """Compound dtype of the ``/summary`` table: the CSV columns (strings vlen UTF-8, n_words int64, floats)."""
     import h5py
 
     s = h5py.string_dtype()
-    return np.dtype([("condition", s), ("episode", s), ("n_words", np.int64)]
-                    + [(k, np.float64) for k in CSV_COLUMNS[3:]])
+    return np.dtype([("condition", s), ("episode", s), ("word_class", s), ("n_words", np.int64)]
+                    + [(k, np.float64) for k in CSV_COLUMNS[4:]])

@@ -8,6 +8,8 @@ Reads ``{output}/scores.h5`` and ``{output}/stats.h5`` and writes ``{output}/rep
 - ``map_mean-r_<fs>.png`` axial mosaic of the group mean r of the joint feature set at the report layer
 - ``map_contrast-<c>_t.png`` axial mosaic of each contrast's voxel-wise t, shown where q <= stats.q
 - ``map_noise-ceiling.png`` axial mosaic of the subject-mean noise ceiling (when stats.h5 has one)
+- ``findings.json``      when ``{data.root}/truth.json`` exists (simulated data): planted vs found, in words
+                         (brainalign.findings); also the first section of index.html
 - ``index.html``         every figure, the ROI table, the noise-normalised table (r, ceiling, r / ceiling) when
                          stats.h5 has ``/noise_ceiling``, per-subject permutation counts when a complete
                          ``permutation.h5`` exists, links to the CSV / HDF5 / NIfTI files, provenance
@@ -469,8 +471,8 @@ def _permutation_html(data: ReportData) -> str:
             f"<table>{head}{''.join(rows)}</table>")
 
 
-def build_html(cfg, data: ReportData, figures, links) -> str:
-    """figures: [(file name, caption)]; links: [(relative href, label)]."""
+def build_html(cfg, data: ReportData, figures, links, findings_section: str = "") -> str:
+    """figures: [(file name, caption)]; links: [(relative href, label)]; findings_section: planted vs found."""
     meta = data.meta
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     figs = "".join(f'<figure><a href="{html.escape(n)}"><img src="{html.escape(n)}" alt="{html.escape(n)}">'
@@ -490,6 +492,7 @@ def build_html(cfg, data: ReportData, figures, links) -> str:
 {html.escape(', '.join(meta.feature_sets))}; layers {html.escape(', '.join(map(str, meta.layers)))};
 {len(meta.roi_names)} ROIs; {meta.n_voxels} voxels. Report layer <b>{meta.layers[data.layer_index]}</b>
 ({html.escape(data.layer_how)}). Significance: BH-FDR q &le; {data.q:g}.</p>
+{findings_section}
 <h2>Figures</h2>{figs}
 <h2>ROI statistics, layer {meta.layers[data.layer_index]}</h2>
 <p>Two-sided one-sample t-test across subjects of the Fisher-z difference (a − b, or a − 0) of each
@@ -559,7 +562,16 @@ def run_report(cfg, force: bool = False) -> Path:
         links.append(("../permutation.h5", "permutation.h5 — per-subject circular-shift permutation tests"))
     maps = sorted((out / "maps" / "group").glob("*.nii.gz"))
     links += [(f"../maps/group/{p.name}", f"maps/group/{p.name}") for p in maps]
+    from . import findings
+
+    section = findings.build(cfg, data)         # simulated data: what was planted vs what was found
+    if section is not None:
+        with atomic_path(rep / "findings.json") as tmp:
+            Path(tmp).write_text(json.dumps(section, indent=2) + "\n", encoding="utf-8")
+        links.insert(0, ("findings.json", "findings.json — planted vs found (simulated data)"))
+        for line in section["sentences"]:
+            log.info("report: %s", line)
     with atomic_path(rep / "index.html") as tmp:
-        Path(tmp).write_text(build_html(cfg, data, figures, links), encoding="utf-8")
+        Path(tmp).write_text(build_html(cfg, data, figures, links, findings.to_html(section)), encoding="utf-8")
     log.info("report: wrote %s (%d figures)", rep / "index.html", len(figures))
     return rep

@@ -38,17 +38,21 @@ def _number(path, where, name, text) -> float:
         raise DataError(f"transcript {path} {where}: {name} {text!r} is not a number") from None
 
 
-def read_tsv(path) -> list[Word]:
-    """Tab-separated with a header naming at least ``word``, ``onset``, ``duration`` (any column order)."""
+def read_tsv(path, word_column: str = "word") -> list[Word]:
+    """Tab-separated with a header naming at least ``word``, ``onset``, ``duration`` (any column order).
+
+    ``word_column`` reads another column as the words (e.g. a per-word annotation such as ``word_class``),
+    in the same rows and order."""
     lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     if not lines:
         raise DataError(f"transcript {path}: empty file (expected a header 'word<TAB>onset<TAB>duration')")
     header = [h.strip().lower() for h in lines[0].split("\t")]
-    missing = [c for c in ("word", "onset", "duration") if c not in header]
+    word_column = word_column.strip().lower()
+    missing = [c for c in (word_column, "onset", "duration") if c not in header]
     if missing:
         raise DataError(f"transcript {path} line 1: missing column(s) {', '.join(missing)} "
                         f"(header has: {', '.join(header)}; columns must be tab-separated)")
-    iw, io, idur = (header.index(c) for c in ("word", "onset", "duration"))
+    iw, io, idur = (header.index(c) for c in (word_column, "onset", "duration"))
     words = []
     for n, line in enumerate(lines[1:], start=2):
         if not line.strip():
