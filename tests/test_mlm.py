@@ -316,3 +316,67 @@ def test_run_mlm_on_simulated_files(tmp_path):
     rows = read_csv(c.out / "mlm.csv")
     assert [(r["condition"], r["episode"]) for r in rows[-3:]] == [("joint", "all"), ("no_vision", "all"),
                                                                   ("joint-no_vision", "all")]
+
+
+class ColourOracle(Oracle):
+    """Right under joint exactly for the colour words (what the frames predict), wrong otherwise."""
+
+    def masked_word_logits(self, stimuli, idx, condition, masked):
+        from brainalign.sim.stimuli import COLOURS
+
+        out = []
+        for i, ws in zip(idx, masked):
+            row = []
+            for w in ws:
+                word = stimuli.words[i][w]
+                t = token_ids([word], 50)[0]
+                lg = torch.zeros(1, 50)
+                lg[0, t if condition == "joint" and word in COLOURS else (t + 1) % 50] = 20.0
+                row.append((lg, torch.tensor([t])))
+            out.append(row)
+        return out
+
+
+def test_word_classes_from_the_transcript_column(tmp_path):
+    """mlm.word_class_column: every masked word gets its transcript row's class; rows per class; errors."""
+    from brainalign.errors import DataError
+    from brainalign.sim.stimuli import COLOURS
+    from brainalign.simulate import write_episode_stimuli
+
+    c = Config()
+    c.data.root, c.output = str(tmp_path / "data"), str(tmp_path / "out")
+    c.data.episodes, c.data.bold.tr = ["a", "b", "c"], 1.5
+    c.simulate.trs_per_run, c.simulate.frame_size, c.simulate.audio_rate, c.simulate.fps = 40, 32, 8000, 4.0
+    c.model.tiny = TinyModelConfig(hidden=32, layers=2, heads=4, vocab=512, patch=8, n_mels=16)
+    c.windows = WindowsConfig(context=None, frames=2, image_size=32, audio_rate=8000)
+    c.mlm = MlmConfig(conditions=["joint", "no_vision"], mask_fraction=1.0, bootstrap=200, word_class_column="word_class")
+    for i, e in enumerate(c.data.episodes):
+        write_episode_stimuli(c, e, i)
+    path = mlm.run_mlm(c, backbone=ColourOracle())
+    with h5py.File(path, "r") as f:
+        words = [w.decode() for w in f["word"][()]]
+        classes = [w.decode() for w in f["word_class"][()]]
+        assert read_str_attr(f, "word_classes") == ["frame_predictable", "other"]
+    assert classes == ["frame_predictable" if w in COLOURS else "other" for w in words]   # the simulation's rule
+    n_colour = sum(w in COLOURS for w in words)
+    assert 0 < n_colour < len(words)
+    rows = {(r["condition"], r["episode"], r["word_class"]): r for r in read_csv(c.out / "mlm.csv")}
+    fp, other = rows[("joint", "all", "frame_predictable")], rows[("joint", "all", "other")]
+    assert int(fp["n_words"]) == n_colour and int(other["n_words"]) == len(words) - n_colour
+    assert float(fp["top1"]) == 1.0 and float(other["top1"]) == 0.0
+    assert float(rows[("joint", "all", "all")]["top1"]) == pytest.approx(n_colour / len(words), abs=1e-6)
+    d_fp, d_other = rows[("joint-no_vision", "all", "frame_predictable")], rows[("joint-no_vision", "all", "other")]
+    assert float(d_fp["top1"]) == 1.0 and float(d_fp["top1_ci_low"]) == 1.0
+    assert float(d_other["top1"]) == 0.0 and float(d_other["top1_ci_high"]) == 0.0
+    per_ep = sum(int(rows[("joint", e, "frame_predictable")]["n_words"]) for e in c.data.episodes
+                 if ("joint", e, "frame_predictable") in rows)
+    assert per_ep == n_colour
+    c.mlm.word_class_column = "speaker"
+    with pytest.raises(DataError, match=r"transcript .*a\.tsv line 1: missing column\(s\) speaker"):
+        mlm.run_mlm(c, backbone=ColourOracle(), force=True)
+    c.mlm.word_class_column = "word_class"
+    c.data.stimuli.transcript = "{root}/stimuli/{episode}.srt"
+    for e in c.data.episodes:
+        (tmp_path / "data" / "stimuli" / f"{e}.srt").write_text("1\n00:00:00,500 --> 00:00:01,000\nhey\n")
+    with pytest.raises(ConfigError, match=r"mlm.word_class_column: needs .tsv transcripts"):
+        mlm.run_mlm(c, backbone=ColourOracle(), force=True)

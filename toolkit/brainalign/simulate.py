@@ -59,6 +59,13 @@ def roi_names(n_null: int) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- stimuli
 
+def episode_of(cfg, index: int) -> Episode:
+    """The ``index``-th episode of the config, in memory (seed stream [simulate.seed, 1, index])."""
+    sim = cfg.simulate
+    return make_episode(sim.trs_per_run, cfg.data.bold.tr, sim.fps, sim.frame_size, sim.audio_rate,
+                        np.random.default_rng([sim.seed, 1, index]), grammar(sim.seed))
+
+
 def write_episode_stimuli(cfg, episode: str, index: int) -> Episode:
     """Write {episode}.mp4, .wav and .tsv as cfg.data.stimuli names them; returns the Episode (in memory)."""
     from scipy.io import wavfile
@@ -66,9 +73,7 @@ def write_episode_stimuli(cfg, episode: str, index: int) -> Episode:
     sim = cfg.simulate
     if sim.frame_size % 2:
         raise ConfigError(f"simulate.frame_size: must be even for h264, got {sim.frame_size}")
-    rng = np.random.default_rng([sim.seed, 1, index])
-    ep = make_episode(sim.trs_per_run, cfg.data.bold.tr, sim.fps, sim.frame_size, sim.audio_rate, rng,
-                      grammar(sim.seed))
+    ep = episode_of(cfg, index)
     st = cfg.data.stimuli
     write_mp4(cfg.path(st.video, episode=episode), ep.frames, sim.fps, ep.audio, sim.audio_rate)
     if st.audio:
@@ -125,9 +130,6 @@ def pretrain_model(cfg, path: Path) -> dict:
     from .models.tiny import TinyMultimodal, TinySpec, save_checkpoint
     from .sim.pretrain import training_clips, pretrain_tiny
 
-    if cfg.model.backbone != "tiny":
-        raise ConfigError(f"simulate.pretrain_steps: pretrains the tiny demo model, but model.backbone is "
-                          f"{cfg.model.backbone!r} (set pretrain_steps to 0)")
     t0 = time.perf_counter()
     data = training_clips(cfg.simulate, float(cfg.data.bold.tr), cfg.windows, grammar(cfg.simulate.seed))
     module = TinyMultimodal(TinySpec.from_config(cfg.model, cfg.windows))
@@ -167,6 +169,9 @@ def simulate(cfg, force: bool = False) -> Path:
         raise ConfigError(f"simulate.subject_share: must be >= 0, got {sim.subject_share}")
     if sim.pretrain_steps < 0:
         raise ConfigError(f"simulate.pretrain_steps: must be >= 0, got {sim.pretrain_steps}")
+    if sim.pretrain_steps and cfg.model.backbone != "tiny":
+        raise ConfigError(f"simulate.pretrain_steps: pretrains the tiny demo model, but model.backbone is "
+                          f"{cfg.model.backbone!r} (set pretrain_steps to 0)")
     grid = [int(g) for g in sim.grid]
     if min(grid) < 4:
         raise ConfigError(f"simulate.grid: each dimension needs at least 4 voxels, got {grid}")

@@ -9,11 +9,10 @@ see :mod:`.latents`)::
             INTRINSIC_PHI, shared by the ROI's voxels, per subject) + drift (linear trend + slow cosine)
 
 ``w_v`` (Gaussian, the same for every subject) makes the *shared* response; ``u_sv`` (Gaussian per subject)
-the *subject-specific* one, rescaled to ``subject_share`` times the shared variance. ``a_v`` is set from the
-sample variances so that the shared response correlates with the voxel's BOLD at r_v, a per-voxel target
-drawn from ``effect_r`` (the same for every subject): r_v is the planted noise ceiling, the correlation of
-the stimulus-locked signal every subject shares with one subject's BOLD. The realised value (noise is
-random) is returned per voxel and subject. ``scale_v`` makes the noise SD 1 % of the baseline (tSNR ~ 100).
+the *subject-specific* one, rescaled to ``subject_share`` times the shared variance. ``a_v`` is solved so
+that the shared response correlates with the voxel's BOLD (all runs pooled) at exactly r_v, a per-voxel
+target drawn from ``effect_r`` (the same for every subject): r_v is the planted noise ceiling, the
+correlation of the stimulus-locked signal every subject shares with one subject's BOLD. ``scale_v`` makes the noise SD 1 % of the baseline (tSNR ~ 100).
 Voxels outside planted ROIs (null ROIs included) are noise only.
 """
 from __future__ import annotations
@@ -64,15 +63,29 @@ def subject_noise(lens: list[int], groups: list[np.ndarray], n_vox: int, rng) ->
     return [ar1_noise(T, n_vox, rng) + intrinsic(T, groups, n_vox, rng) + drift(T, n_vox, rng) for T in lens]
 
 
-def response_scale(shared: np.ndarray, specific: np.ndarray, noise: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Per column a such that corr(S, a (S + P) + N) = r when S, P, N are uncorrelated (sample variances):
-    a = r sd_N / sqrt(var_S (1 - r^2) - r^2 var_P). ConfigError if r is too high for the specific share."""
-    vs, vp, vn = shared.var(0), specific.var(0), noise.var(0)
-    den = vs * (1 - r * r) - r * r * vp
-    if np.any(den <= 0):
+def response_scale(shared: np.ndarray, signal: np.ndarray, noise: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Per column the a > 0 with corr(S, a U + N) = r exactly (sample correlation over rows), where S is the
+    shared response, U = S + P the whole stimulus-driven response and N the noise.
+
+    With centred sums c_SU = <S, U>, c_SN, c_UN, v_S, v_U, v_N, squaring corr = r gives
+    a^2 (c_SU^2 - r^2 v_S v_U) + 2 a (c_SU c_SN - r^2 v_S c_UN) + c_SN^2 - r^2 v_S v_N = 0; the root with
+    a c_SU + c_SN > 0 is taken. ConfigError when r exceeds what U allows (r^2 >= corr(S, U)^2, i.e. about
+    1 / (1 + simulate.subject_share)).
+    """
+    S, U, N = (x - x.mean(0) for x in (shared, signal, noise))
+    c_su, c_sn, c_un = (S * U).sum(0), (S * N).sum(0), (U * N).sum(0)
+    v_s, v_u, v_n = (S * S).sum(0), (U * U).sum(0), (N * N).sum(0)
+    r2 = r * r
+    qa = c_su ** 2 - r2 * v_s * v_u
+    if np.any(qa <= 0):
         raise ConfigError("simulate.effect_r: a planted r this high leaves no room for the subject-specific "
                           "response (needs r^2 < 1 / (1 + simulate.subject_share))")
-    return r * np.sqrt(vn) / np.sqrt(den)
+    qb = 2 * (c_su * c_sn - r2 * v_s * c_un)
+    qc = c_sn ** 2 - r2 * v_s * v_n
+    disc = np.sqrt(np.maximum(qb * qb - 4 * qa * qc, 0.0))
+    roots = np.stack([(-qb + disc) / (2 * qa), (-qb - disc) / (2 * qa)])
+    ok = (roots > 0) & (roots * c_su + c_sn > 0)
+    return np.where(ok[0], roots[0], roots[1])
 
 
 @dataclass
@@ -108,7 +121,7 @@ def synthesize_subject(regressors: dict, weights: dict, specific: dict, target_r
         s_all, p_all = np.concatenate(S), np.concatenate(P)
         p_scale = np.sqrt(subject_share * s_all.var(0) / np.maximum(p_all.var(0), 1e-30))
         n_all = np.concatenate([n[:, idx] for n in noise])
-        a = response_scale(s_all, p_all * p_scale, n_all, target_r[idx])
+        a = response_scale(s_all, s_all + p_all * p_scale, n_all, target_r[idx])
         for e in range(len(lens)):
             signal[e][:, idx] = a * (S[e] + P[e] * p_scale)
             shared_out[e][:, idx] = a * S[e]
