@@ -65,7 +65,10 @@ def letterbox(frame: np.ndarray, size: tuple, box: tuple | None = None) -> np.nd
     H, W = (int(v) for v in size)
     h, w = frame.shape[:2]
     sh, sw = fitted_size(h, w, (H, W))
-    x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float().div_(255.0)
+    frame = np.ascontiguousarray(frame)
+    if not frame.flags.writeable:
+        frame = frame.copy()
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float().div_(255.0)
     if (sh, sw) != (h, w):
         x = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False, antialias=True)
     x = x.clamp_(0.0, 1.0)[0].permute(1, 2, 0).mul_(255.0).round_().to(torch.uint8).numpy()
