@@ -259,10 +259,10 @@ def mlm_key(cfg) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _load_stimuli(cfg, episode, spec=None):
-    from .stimuli.windows import load_episode_stimuli
+def _load_stimuli(cfg, episode, backbone=None):
+    from .extract import load_stimuli_for
 
-    return load_episode_stimuli(cfg, episode, spec)
+    return load_stimuli_for(backbone, cfg, episode)
 
 
 def run_mlm(cfg, force: bool = False, backbone=None):
@@ -290,7 +290,7 @@ def run_mlm(cfg, force: bool = False, backbone=None):
     episodes = list(cfg.data.episodes)
     per_ep = []
     for ep in progress(episodes, desc="mlm", unit="episode"):
-        stimuli = _load_stimuli(cfg, ep, getattr(backbone, "stimulus_spec", None))
+        stimuli = _load_stimuli(cfg, ep, backbone)
         check_stimuli(stimuli)
         masks = choose_masks(stimuli.words, cfg.mlm.mask_fraction, episode_rng(cfg.mlm.seed, ep))
         res = evaluate_episode(head, stimuli, conds, masks, cfg.model.batch_size)
