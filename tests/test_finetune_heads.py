@@ -13,7 +13,7 @@ from brainalign.errors import ConfigError
 from brainalign.finetune_heads import MerlotQAModel, qa_loss, qa_predict
 from brainalign.models import get_backbone
 from brainalign.models.merlot.convert import FORMAT, read_converted
-from brainalign.models.merlot.model import AUDIOSPAN, MASK, PADDING, MerlotConfig, build_model
+from brainalign.models.merlot.model import AUDIOSPAN, MASK, MerlotConfig, build_model
 from brainalign.models.synthetic import synthetic_stimuli
 
 tokenizers = pytest.importorskip("tokenizers")
