@@ -33,7 +33,7 @@ SIZES = {
         "ridgecv": (3000, 512, 5000), "nested": (1500, 256, 10000, 3, 4),       # ... + outer, inner folds
         "stream": {"n": 3000, "p": 512, "v": 200_000, "ref_v": 20_000, "outer": 3, "inner": 5,
                    "batches": (4096, 16384, 65536)},
-        "kernel": (6, 480, 16384), "kernel_reps": 20,
+        "kernel": (6, 480, 16384), "kernel_reps": 20, "eigh": 2048,
         "tiny": {"windows": 512, "batch": 64},
         "merlot": {"size": "base", "ref_windows": 4, "gpu_windows": 64, "batch": 16, "image_size": 320,
                    "tr": 1.49, "audio_rate": 22050, "max_words": 12},
@@ -43,7 +43,7 @@ SIZES = {
         "cases": {"p<n": (300, 32, 400), "p>n": (80, 200, 400)},
         "ridgecv": (300, 32, 200), "nested": (150, 16, 300, 3, 3),
         "stream": {"n": 240, "p": 24, "v": 3000, "ref_v": 1000, "outer": 2, "inner": 3, "batches": (512, 2048)},
-        "kernel": (3, 64, 1000), "kernel_reps": 3,
+        "kernel": (3, 64, 1000), "kernel_reps": 3, "eigh": 96,
         "tiny": {"windows": 16, "batch": 8},
         "merlot": {"size": "tiny", "ref_windows": 3, "gpu_windows": 6, "batch": 3, "image_size": 32,
                    "tr": 1.49, "audio_rate": 16000, "max_words": 6},
@@ -507,9 +507,29 @@ def _ridge_gpu(ctx, backend):
             m.update(compare(ctx, f"FoldSolver {label}", ref["r"], ref["alpha"], res.r, res.best_alpha,
                              ref["cv"], res.cv_scores))
         ctx.measure(label, m)
+    _eigh_cost(ctx, backend, dev)
     if backend == "torch-cuda":
         _torch_syncs_and_tf32(ctx)
     _ridgecv_and_nested(ctx, backend, ref_of)
+
+
+def _eigh_cost(ctx, backend, dev):
+    """The float64 eigendecomposition each FoldSolver runs per fold: on the device vs numpy on the host
+    (a GPU with slow float64 would want it on the host)."""
+    from brainalign.ridge import get_backend
+
+    B = get_backend(backend)
+    n = ctx.sizes["eigh"]
+    A = np.random.default_rng(4).standard_normal((n, n))
+    G = A @ A.T
+    Gd = B.asarray(G, "float64")
+    B.eigh(Gd)
+    dev.sync()
+    _, t_dev = timed(lambda: B.eigh(Gd), dev.sync)
+    (lam, _), t_host = timed(lambda: np.linalg.eigh(G))
+    lam_dev = B.to_numpy(B.eigh(Gd)[0])
+    ctx.measure("eigh_float64", {"n": n, "device_s": t_dev, "numpy_s": t_host,
+                                 "max_rel_eigenvalue_err": float(np.max(np.abs(lam_dev - lam)) / np.max(np.abs(lam)))})
 
 
 def _torch_syncs_and_tf32(ctx):
@@ -753,9 +773,11 @@ def section_extract_merlot(ctx, device="cuda"):
     s = ctx.sizes["merlot"]
     cfg = MerlotConfig(**MERLOT_QUICK) if s["size"] == "tiny" else MerlotConfig.named(s["size"])
     torch.manual_seed(0)
-    model, t_build = timed(lambda: build_model(cfg).eval())
+    # random init is quick on a GPU and slow on a CPU; the CPU reference then gets a copy of those weights
+    where = "cuda" if device == "cuda" and ctx.usable("torch-cuda")[0] else "cpu"
+    model, t_build = timed(lambda: build_model(cfg, where).eval().cpu())
     ctx.measure("model", {"size": s["size"], "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
-                          "build_s": t_build, "frame_size": list(cfg.image_size)})
+                          "build_s": t_build, "built_on": where, "frame_size": list(cfg.image_size)})
     vocab = cfg.vocab_size
 
     def tokenize(text):   # stand-in BPE ids (random base weights: the vocabulary does not matter)
