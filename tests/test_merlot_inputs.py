@@ -416,3 +416,17 @@ def test_resadapt_checkpoints_need_their_grid(tmp_path):
     model = load_converted(convert(src, tmp_path / "ok.pt", output_grid=(18, 32), **extra))
     assert model.cfg.output_grid == (18, 32) and model.cfg.image_size == (72, 128)
     assert math.prod(model.cfg.pooled_grid) == 9 * 16
+
+
+def test_encoder_cache_follows_the_stimuli_object(backbone, monkeypatch):
+    """The per-episode encoder cache belongs to one stimuli object: a new one with the same episode name and
+    window count at a freed one's address gets its own frames and clips encoded. (Address reuse is made
+    certain here: id() answers 0 for every object inside the backbone's module.)"""
+    from brainalign.models.merlot import backbone as module
+
+    monkeypatch.setattr(module, "id", lambda obj: 0, raising=False)
+    for seed in range(3):
+        st = stimuli_for([[8.51, 10.0]], TR_WORDS, 1, seed=seed)
+        got = backbone.encode(st, [0], "joint")
+        fresh = MerlotBackbone(backbone.model, word_ids).encode(st, [0], "joint")
+        torch.testing.assert_close(got, fresh)

@@ -92,8 +92,9 @@ class MerlotBackbone(Backbone):
     def _cached(self, stimuli, idx, kind: str, compute) -> torch.Tensor:
         """Per-window encoder outputs, computed once per episode: the encoders do not depend on the
         condition, so the vision / audio tokens of a window are shared by every condition that keeps them."""
-        key = (id(stimuli), stimuli.episode, stimuli.n_windows, str(self.device), self.precision)
-        if self._cache_key != key:
+        # the stimuli object itself is held (not its id, which a new object may reuse once this one is freed)
+        key = (stimuli, str(self.device), self.precision)
+        if self._cache_key is None or self._cache_key[0] is not stimuli or self._cache_key[1:] != key[1:]:
             self._cache_key, self._cache = key, {"vision": {}, "audio": {}}
         store = self._cache[kind]
         todo = [int(i) for i in idx if int(i) not in store]
