@@ -267,7 +267,6 @@ TEMPLATE_KEYS = {                          # config key -> placeholders it may u
     "data.stimuli.transcript": _RUN_FIELDS, "data.bold.dir": _SUBJECT_FIELDS,
     "data.bold.mask": _SUBJECT_FIELDS, "data.bold.rois": _SUBJECT_FIELDS, "data.bold.roi_names": _SUBJECT_FIELDS,
     "stats.noise_ceiling_repeats": _SUBJECT_FIELDS, "finetune.data": ("root",), "finetune.output": ("root",),
-    "model.checkpoint": ("root",),
 }
 _RUN_SUFFIX = re.compile(r"^(?P<task>.+?)_run-(?P<run>[0-9A-Za-z]+)$")
 _SEASON = re.compile(r"^s(?P<season>\d+)e\d+", re.IGNORECASE)
@@ -479,8 +478,9 @@ def _check_semantics(cfg: Config):
                               + ("(parcels come from data.bold.rois)" if b.format == "hdf5" else "(grayordinates)"))
     if b.format == "cifti" and b.rois:
         err("data.bold.rois", "CIFTI ROIs are the file's brain structures; leave it null")
-    if b.roi_groups and not b.rois and b.format != "cifti":
-        err("data.bold.roi_groups", "needs an atlas in data.bold.rois")
+    if b.roi_groups and not b.rois:
+        err("data.bold.roi_groups", "needs an atlas in data.bold.rois" + (" (CIFTI ROIs are its structures)"
+                                                                          if b.format == "cifti" else ""))
     if isinstance(b.roi_groups, list):
         if not b.roi_groups:
             err("data.bold.roi_groups", "an empty list; use null for one ROI per atlas label")

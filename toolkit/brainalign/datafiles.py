@@ -80,6 +80,16 @@ def _brain(cfg, want, table):
     return out
 
 
+def _unique(files):
+    """Each (stream, path) once (movie10's run-1 and run-2 share a movie), first occurrence kept."""
+    seen, out = set(), []
+    for f in files:
+        if (f.stream, f.path) not in seen:
+            seen.add((f.stream, f.path))
+            out.append(f)
+    return out
+
+
 def data_files(cfg, streams=None, table=None) -> list[DataFile]:
     """The input files of ``streams`` (default: all of STREAMS); see the module docstring. BOLD lookups raise
     the readers' one-line errors (missing directory or subject file, missing runs with data.missing_runs:
@@ -88,13 +98,13 @@ def data_files(cfg, streams=None, table=None) -> list[DataFile]:
     unknown = want - set(STREAMS)
     if unknown:
         raise ValueError(f"unknown data streams {sorted(unknown)} (known: {', '.join(STREAMS)})")
-    out = _stimuli(cfg, want)
+    out = _unique(_stimuli(cfg, want))
     if want & {"bold", "mask", "atlas", "roi_names", "confounds"}:
         if table is None and want & {"bold", "mask", "confounds"}:
             from .brain.runs import find_runs
 
             table = find_runs(cfg)
-        out += _brain(cfg, want, table)
+        out += _unique(_brain(cfg, want, table))
     if "repeats" in want and cfg.stats.noise_ceiling == "repeats" and cfg.stats.noise_ceiling_repeats:
         for s in cfg.data.bold.subjects:
             p = cfg.path(cfg.stats.noise_ceiling_repeats, "stats.noise_ceiling_repeats", subject=s)
@@ -106,6 +116,18 @@ def stage_data_files(cfg, stage: str) -> list[DataFile]:
     """The input files ``stage`` reads from the data section (empty for stages that read none)."""
     streams = STAGE_STREAMS.get(stage, ())
     return data_files(cfg, streams) if streams else []
+
+
+def _check_roi_groups(cfg):
+    """data.bold.roi_groups resolve against the label names (patterns that match nothing, overlaps)."""
+    from .brain.atlas import group_labels
+    from .brain.study import names_files
+    from .brain.volumes import read_roi_names
+
+    b = cfg.data.bold
+    files = names_files(cfg)
+    if b.roi_groups and files:
+        group_labels(read_roi_names(files[0]), b.roi_groups)
 
 
 def check_data_files(cfg, show: int = 3) -> str:
@@ -122,6 +144,7 @@ def check_data_files(cfg, show: int = 3) -> str:
         shown = "; ".join(f"{f.key}: {f.path}" for f in missing[:show])
         raise ConfigError(f"{len(missing)} of {len(files)} data files missing: {shown}"
                           + (" ..." if len(missing) > show else ""))
+    _check_roi_groups(cfg)
     count = {s: sum(f.stream == s for f in files) for s in STREAMS}
     n_found, n_all = len(table.found), len(table.subjects) * len(table.runs)
     audio = f"{count['audio']} audio files" if count["audio"] else "audio from the videos' own tracks"

@@ -12,7 +12,9 @@ import re
 from pathlib import Path
 
 from ..errors import DataError
+from ..log import get_logger
 
+log = get_logger("brain")
 _SES = re.compile(r"(^|_|/)ses-([0-9A-Za-z]+)")
 
 
@@ -45,6 +47,7 @@ def choose_rescan(names: list[str], what: str, rescans: str = "error", session: 
         if session not in sessions:
             raise DataError(f"{what}: data.bold.rescan_sessions asks for ses-{session}, found "
                             f"{', '.join(str(n) for n in names) or 'nothing'}")
+        log.info("%s: using ses-%s (data.bold.rescan_sessions)", what, session)
         return sessions.index(session)
     stripped = {_SES.sub(r"\1ses-*", str(n).rsplit("/", 1)[-1]) for n in names}
     if rescans == "error" or len(stripped) != 1 or None in sessions or len(set(sessions)) != len(sessions):
@@ -52,7 +55,10 @@ def choose_rescan(names: list[str], what: str, rescans: str = "error", session: 
                 if len(stripped) == 1 and None not in sessions else "")
         raise DataError(f"several {what}: {', '.join(str(n) for n in names)}{hint}")
     order = sorted(range(len(names)), key=lambda i: _session_key(sessions[i]))
-    return order[0] if rescans == "first" else order[-1]
+    pick = order[0] if rescans == "first" else order[-1]
+    log.info("%s: scanned in %s; using ses-%s (data.bold.rescans: %s)", what,
+             ", ".join(f"ses-{sessions[i]}" for i in order), sessions[pick], rescans)
+    return pick
 
 
 def bold_name(subject: str, task: str, space: str, desc: str = "preproc", session: str | None = None) -> str:
