@@ -138,17 +138,22 @@ def write_speech2text(path, words):
 
 # ---- atlases ---------------------------------------------------------------------------------------
 
-# network sub-regions as they appear in Schaefer2018_1000Parcels_7Networks_order.txt (CBIG v0.14.3)
-SUBREGIONS = ("Vis", "SomMot", "DorsAttn_Post", "DorsAttn_FEF", "SalVentAttn_ParOper", "SalVentAttn_FrOper",
-              "SalVentAttn_Med", "Limbic_OFC", "Limbic_TempPole", "Cont_Par", "Cont_PFCl", "Cont_pCun",
-              "Default_Par", "Default_Temp", "Default_PFC", "Default_PCC")
+# one parcel name per network sub-region as they appear in Schaefer2018_1000Parcels_7Networks_order.txt
+# (CBIG v0.14.3); the hemispheres differ (e.g. LH Default_PFC, RH Default_PFCv / PFCm)
+SUBREGIONS = {
+    "LH": ("Vis", "SomMot", "DorsAttn_Post", "DorsAttn_FEF", "SalVentAttn_ParOper", "SalVentAttn_FrOper",
+           "SalVentAttn_Med", "Limbic_OFC", "Limbic_TempPole", "Cont_Par", "Cont_PFCl", "Cont_pCun",
+           "Default_Par", "Default_Temp", "Default_PFC", "Default_PCC"),
+    "RH": ("Vis", "SomMot", "DorsAttn_Post", "DorsAttn_FEF", "SalVentAttn_TempOccPar", "SalVentAttn_FrOper",
+           "SalVentAttn_Med", "Limbic_OFC", "Limbic_TempPole", "Cont_Par", "Cont_PFCl", "Cont_pCun",
+           "Default_Par", "Default_Temp", "Default_PFCv", "Default_PCC")}
 
 
 def schaefer_names(per_network=2, subregions=False):
     """Schaefer-style label names in the LUT's order (left hemisphere's networks, then the right's); with
     ``subregions`` one parcel per sub-region name of the 1000-parcel release (32 labels)."""
     if subregions:
-        return [f"7Networks_{h}_{sr}_1" for h in ("LH", "RH") for sr in SUBREGIONS]
+        return [f"7Networks_{h}_{sr}_1" for h in ("LH", "RH") for sr in SUBREGIONS[h]]
     return [f"7Networks_{h}_{net}_{k}" for h in ("LH", "RH") for net in NETWORKS for k in range(1, per_network + 1)]
 
 
