@@ -12,7 +12,9 @@ Per run (= episode) e with n_e TRs (features and BOLD cut to the shorter when th
 4. ``align.trim`` TRs are dropped at each run start and end, after delaying.
 
 BOLD is masked, cut to the same TRs, z-scored per run (constant voxels stay 0 and are scored NaN by
-the fit) and trimmed identically.
+the fit) and trimmed identically. Which file holds each subject's run, re-scans and missing runs are decided by
+brain.runs.find_runs; the mask / parcellation / CIFTI grayordinates and the ROIs by brain.study.build_space. A
+subject's ``/bold/sub-XX`` holds only the runs it has (attr ``runs_present``).
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ import json
 
 import numpy as np
 
-from .config import require_file
 from .errors import DataError
 from .h5io import atomic_h5, is_complete, open_h5, str_attr
 from .log import get_logger, progress

@@ -551,22 +551,22 @@ def read_yaml(path, kind: str):
         raise ConfigError(f"{kind} {path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
 
 
-_LABEL_LISTS = (("data", "bold", "subjects"),)
-
-
 def _check_labels(data, source):
-    """Subject labels read by YAML as numbers (``[01, 02]`` -> 1, 2; ``010`` -> 8) cannot be zero-padded back
-    reliably, so they are refused with the fix."""
-    for path in _LABEL_LISTS:
-        node = data
-        for p in path:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, list):
-            for i, v in enumerate(node):
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    raise ConfigError(f"config {source}: {'.'.join(path)}[{i}]: {v!r} is a number (YAML reads an "
-                                      f"unquoted 01 as 1 and 010 as 8); quote the labels, e.g. "
-                                      f"subjects: [\"01\", \"02\"]")
+    """Subject and session labels read by YAML as numbers (``[01, 02]`` -> 1, 2; ``010`` -> 8; ``041`` -> 33)
+    cannot be zero-padded back reliably, so they are refused with the fix."""
+    bold = (data.get("data") or {}).get("bold") if isinstance(data.get("data"), dict) else None
+    if not isinstance(bold, dict):
+        return
+    found = []
+    if isinstance(bold.get("subjects"), list):
+        found += [(f"data.bold.subjects[{i}]", v) for i, v in enumerate(bold["subjects"])]
+    if isinstance(bold.get("rescan_sessions"), list):
+        found += [(f"data.bold.rescan_sessions[{i}].{k}", r.get(k)) for i, r in enumerate(bold["rescan_sessions"])
+                  if isinstance(r, dict) for k in ("subject", "session")]
+    for key, v in found:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            raise ConfigError(f"config {source}: {key}: {v!r} is a number (YAML reads an unquoted 01 as 1 and 010 "
+                              f"as 8); quote the labels, e.g. subjects: [\"01\", \"02\"], session: \"041\"")
 
 
 def parse_config(data, source="<config>", text="") -> Config:
