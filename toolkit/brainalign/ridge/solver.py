@@ -183,11 +183,20 @@ def _single_thread_blas():
 def run_parallel(jobs, B, n_jobs=None):
     """Run independent jobs (per-fold factorisations or scores). On the numpy backend they run one
     per CPU, each with single-threaded BLAS; without threadpoolctl (or on torch/cupy, or with one
-    CPU) they run one after the other with the library's own threading."""
-    workers = min(len(jobs), _available_cpus() if n_jobs is None else max(1, int(n_jobs)))
-    limit = _single_thread_blas() if B.name == "numpy" and workers > 1 else None
+    CPU) they run one after the other with the library's own threading.
+
+    With one CPU for this process (``n_jobs=1``: an MPI rank or SLURM task given one core) the jobs run
+    one after the other with single-threaded BLAS too: the library's own threads would oversubscribe the
+    core shared with other ranks, and the same single-threaded kernels make the numbers independent of
+    how many ranks share the work."""
+    cpus = _available_cpus() if n_jobs is None else max(1, int(n_jobs))
+    workers = min(len(jobs), cpus)
+    limit = _single_thread_blas() if B.name == "numpy" and (workers > 1 or cpus == 1) else None
     if limit is None:
         return [job() for job in jobs]
+    if workers == 1:
+        with limit:
+            return [job() for job in jobs]
     with limit, ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(job) for job in jobs]
         return [f.result() for f in futures]
