@@ -114,12 +114,14 @@ class ResidualConfig:
 
 @dataclass
 class AlignConfig:
-    delays: list[int] = field(default_factory=lambda: [1, 2, 3, 4])   # FIR delays in TRs
+    delays: Optional[list[float]] = None   # FIR delays (null: about 1.5-9 s at the data's TR, align.default_delays)
+    delay_unit: Literal["trs", "seconds"] = "trs"   # unit of align.delays (seconds: rounded to whole TRs)
     zscore: bool = True
     trim: int = 2                          # TRs dropped at each run start and end
     max_tr_mismatch: int = 2               # features vs BOLD TR counts may differ by this much (cut to the shorter)
     residuals: list[ResidualConfig] = field(default_factory=list)
-    residual_alpha: float = 1.0            # ridge penalty of the residual regression (z-scored features)
+    residual_alphas: list[float] = field(   # penalties of the residual regression, chosen by CV: 0.1, 0.3 ... 1e6
+        default_factory=lambda: [float(f"{m}e{e}") for e in range(-1, 6) for m in (1, 3)] + [1e6])
     outer_folds: Optional[int] = None      # group consecutive runs into this many CV folds (null: one per run)
 
 
@@ -231,6 +233,11 @@ class Config:
         return Path(template.format(root=self.data.root, **kw))
 
 
+# keys that were removed or renamed: the error for an old config says what replaced them
+RENAMED = {"align.residual_alpha": "replaced by align.residual_alphas, a grid the penalty is chosen from by "
+                                   "cross-validation"}
+
+
 # ---- generic validation --------------------------------------------------------------------------
 
 def _typename(tp) -> str:
@@ -310,7 +317,8 @@ def _build(cls, data: dict, prefix: str):
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in fields:
-            raise ConfigError(f"{key}: unknown key (known here: {', '.join(sorted(fields))})")
+            hint = f"; {RENAMED[key]}" if key in RENAMED else ""
+            raise ConfigError(f"{key}: unknown key (known here: {', '.join(sorted(fields))}){hint}")
         kwargs[k] = _convert(v, hints[k], key)
     return cls(**kwargs)
 
@@ -372,8 +380,17 @@ def _check_semantics(cfg: Config):
         err("data.bold.tr", f"must be positive, got {cfg.data.bold.tr}")
     if not cfg.fit.alphas or any(a <= 0 for a in cfg.fit.alphas):
         err("fit.alphas", "needs one or more positive values")
-    if any(d < 0 for d in cfg.align.delays) or not cfg.align.delays:
-        err("align.delays", "needs one or more non-negative TR delays")
+    delays = cfg.align.delays
+    if delays is not None:
+        if not delays or any(d < 0 for d in delays):
+            err("align.delays", "needs one or more non-negative delays (or null for the default)")
+        for i, d in enumerate(delays):
+            if cfg.align.delay_unit == "trs" and d != int(d):
+                err(f"align.delays[{i}]", f"{d} is not a whole number of TRs (set align.delay_unit: seconds)")
+        if len(set(delays)) != len(delays):
+            err("align.delays", "duplicate delay")
+    if not cfg.align.residual_alphas or any(a <= 0 for a in cfg.align.residual_alphas):
+        err("align.residual_alphas", "needs one or more positive penalties")
     k = cfg.align.outer_folds
     if k is not None and not 3 <= k <= len(cfg.data.episodes):
         err("align.outer_folds", f"needs 3 to {len(cfg.data.episodes)} folds (the number of runs), got {k}")
