@@ -154,7 +154,7 @@ class StatsConfig:
     permutations: int = 0                  # 0 = off; > 0: per-subject blocked (circular-shift) permutation tests
     permutation_layer: Optional[int] = None
     permutation_feature_sets: Optional[list[str]] = None
-    permutation_min_shift: int = 10        # TRs
+    permutation_min_shift: int = 0         # TRs; 0: lags drawn from all 0..n-1 (valid); > 0 leaves lags near 0 out
     permutation_seed: int = 0
 
 
