@@ -145,6 +145,7 @@ class ContrastConfig:
 @dataclass
 class StatsConfig:
     q: float = 0.05
+    fdr_family: Literal["layer", "contrast", "all"] = "contrast"   # what one BH correction spans (fdr.py)
     contrasts: list[ContrastConfig] = field(default_factory=list)
     noise_ceiling: Literal["auto", "isc", "repeats", "none"] = "auto"
     ceiling_floor: float = 0.1             # ceilings below this are not used to normalise

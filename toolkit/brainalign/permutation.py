@@ -44,7 +44,8 @@ dataset                           shape           dtype     meaning
 /r/observed                       (S, F, V)       float32   mean over outer folds of the held-out r (= the
                                                             layer's r_mean in scores.h5 up to float32)
 /r/p                              (S, F, V)       float32   one-sided (r > null) permutation p, +1 corrected
-/r/q                              (S, F, V)       float32   BH-FDR of p over voxels, per subject and F
+/r/q                              (S, F, V)       float32   BH-FDR of p over voxels, per subject and F (with
+                                                            stats.fdr_family all: over voxels of every F and C)
 /r/significant                    (S, F, V)       uint8     q <= stats.q
 /contrast/C/{observed,p,q}        (S, V)          float32   the same for r_a - r_b (contrast C, b not null)
 /contrast/C/significant           (S, V)          uint8     q <= stats.q
@@ -53,7 +54,8 @@ dataset                           shape           dtype     meaning
 
 S subjects, F permuted feature sets, V voxels (voxel order of scores.h5), K runs. Root attrs: ``subjects``,
 ``feature_sets``, ``contrasts``, ``contrast_a``, ``contrast_b`` (string lists), ``layer`` (int, the model
-layer), ``n_perm``, ``min_shift``, ``seed``, ``q``, ``tail`` ("greater"), ``statistic``, ``null``,
+layer), ``fdr_family``, ``fdr`` (what each BH correction spans), ``n_perm``, ``min_shift``, ``seed``, ``q``,
+``tail`` ("greater"), ``statistic``, ``null``,
 ``scores_created``, ``config_hash`` and the provenance attrs. NaN where the observed r is NaN (constant voxel).
 """
 from __future__ import annotations
@@ -304,7 +306,7 @@ def run_permutation(cfg, force: bool = False):
     from .log import progress
     from .pipeline import config_hash
     from .contrasts import resolve_contrasts
-    from .fdr import fdr_bh
+    from .fdr import fdr_by_family
 
     n_perm, layer, fsets, min_shift, seed = _settings(cfg)
     path = permutation_path(cfg)
@@ -421,18 +423,26 @@ def run_permutation(cfg, force: bool = False):
                            "run and permutation shared by all voxels and feature sets, "
                            + ("uniform on all lags 0..n-1" if min_shift == 0 else
                               f"uniform on [{min_shift}, n-{min_shift}]") + "; p = (1+#null>=obs)/(1+n)")
+        # BH per subject (rows) over voxels of each test; stats.fdr_family 'all' pools the tests of a subject
+        family = getattr(cfg.stats, "fdr_family", "contrast")
+        tests = {f"r:{fs}": pv[:, fi] for fi, fs in enumerate(fsets)} | {f"c:{c.name}": cp[c.name] for c in contrasts}
+        qs = fdr_by_family(tests, family == "all", False)
+        g.attrs["fdr_family"] = family
+        g.attrs["fdr"] = ("Benjamini-Hochberg per subject across voxels and " + (
+            "every feature set and contrast together" if family == "all" else "within each feature set or contrast")
+            + f" (stats.fdr_family: {family})")
         gr = g.create_group("r")
-        q = fdr_bh(pv, axis=-1).astype(np.float32)
+        q = np.stack([qs[f"r:{fs}"] for fs in fsets], axis=1).astype(np.float32)
         for k, arr in (("observed", obs), ("p", pv), ("q", q), ("significant", sig(q))):
             gr.create_dataset(k, data=arr, compression="gzip", shuffle=True)
         gc = g.create_group("contrast")
         for c in contrasts:
             gg = gc.create_group(c.name)
             gg.attrs["a"], gg.attrs["b"] = c.a, c.b
-            cq = fdr_bh(cp[c.name], axis=-1).astype(np.float32)
+            cq = qs[f"c:{c.name}"].astype(np.float32)
             for k, arr in (("observed", cobs[c.name]), ("p", cp[c.name]), ("q", cq), ("significant", sig(cq))):
                 gg.create_dataset(k, data=arr, compression="gzip", shuffle=True)
         g.create_dataset("shifts", data=all_shifts)
     log.info("permutation: wrote %s; significant voxels (q <= %g) per subject and feature set: %s", path, q_level,
-             {fs: sig(fdr_bh(pv[:, fi], axis=-1)).sum(axis=-1).tolist() for fi, fs in enumerate(fsets)})
+             {fs: sig(q[:, fi]).sum(axis=-1).tolist() for fi, fs in enumerate(fsets)})
     return path

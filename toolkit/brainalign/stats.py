@@ -13,20 +13,22 @@ dataset                        shape        dtype         meaning
 =============================  ===========  ============  ==================================================
 /roi/mean_r                    (S, F, L, R) float64       per subject: nan-mean over the ROI's voxels of r_mean
 /roi/C/{t,p,q}                 (L, R)       float64       one-sample t on Fisher-z(ROI mean r) a − b; BH q
-                                                          over ROIs within each layer
+                                                          over the family of ``stats.fdr_family``
 /roi/C/{mean,ci_low,ci_high}   (L, R)       float64       mean difference in Fisher z and its 95 % CI
 /roi/C/cohen_d                 (L, R)       float64       mean / SD of the per-subject z differences
 /roi/C/n_subjects              (L, R)       int32         subjects with a finite difference
 /roi/C/significant             (L, R)       uint8         q <= stats.q
 /voxel/mean_r                  (F, L, V)    float32       nan-mean of r_mean across subjects
 /voxel/C/{t,p,q,mean}          (L, V)       float32       same test per voxel on Fisher-z(r_mean); BH q over
-                                                          voxels within each layer
+                                                          the family of ``stats.fdr_family`` (voxels)
 /voxel/C/significant           (L, V)       uint8         q <= stats.q
 =============================  ===========  ============  ==================================================
 
 Root attrs: ``subjects``, ``feature_sets``, ``roi_names`` (string lists), ``layers``, ``roi_ids`` (int64),
 ``contrasts``, ``contrast_a``, ``contrast_b`` (string lists, b = "" means "a vs zero"), ``q`` (float),
-``test``, ``fdr``, ``scores_file``, ``scores_created`` (the ``created`` attr of the scores.h5 used),
+``test``, ``fdr_family`` (``stats.fdr_family``: ``layer`` = BH within each layer and contrast, ``contrast`` =
+across layers × ROIs (voxels) within each contrast, ``all`` = across every contrast, layer and ROI (voxel)),
+``fdr`` (that family in words), ``scores_file``, ``scores_created`` (the ``created`` attr of the scores.h5 used),
 ``config_hash`` and the usual provenance attrs (config, git_commit, created, host, packages, ...).
 Each ``/roi/C`` and ``/voxel/C`` group carries attrs ``a``, ``b``. The group ``/permutation`` is reserved
 (per-subject permutation tests live in permutation.h5, see brainalign.permutation). NaN marks elements with
@@ -63,7 +65,7 @@ from scipy import stats as _sps
 
 from .contrasts import resolve_contrasts
 from .errors import ConfigError, DataError
-from .fdr import fdr_bh
+from .fdr import fdr_by_family, family_text, stats_family
 from .h5io import atomic_h5, atomic_path, is_complete, open_h5, read_str_attr, str_attr
 from .log import get_logger
 
@@ -424,18 +426,20 @@ def run_stats(cfg, force: bool = False) -> Path:
                 res = one_sample_t(d, axis=0)
                 for k in ("t", "p", "mean"):
                     vox[c.name][k][li] = res[k]
-    for c in contrasts:
-        v = vox[c.name]
-        v["q"][:] = fdr_bh(v["p"], axis=-1)
-        v["significant"] = _significant(v["q"], q_level)
+    family = cfg.stats.fdr_family
+    across = stats_family(family)
+    for name, q in fdr_by_family({c.name: vox[c.name]["p"] for c in contrasts}, *across).items():
+        vox[name]["q"][:] = q
+        vox[name]["significant"] = _significant(q, q_level)
 
     roi_z = fisher_z(roi_r)
     roi = {}
     for c in contrasts:
         d = roi_z[:, c.ia] - (roi_z[:, c.ib] if c.ib is not None else 0.0)   # (S, L, R)
-        res = roi[c.name] = one_sample_t(d, axis=0)
-        res["q"] = fdr_bh(res["p"], axis=-1)                                 # across ROIs, per layer
-        res["significant"] = _significant(res["q"], q_level)
+        roi[c.name] = one_sample_t(d, axis=0)
+    for name, q in fdr_by_family({c.name: roi[c.name]["p"] for c in contrasts}, *across).items():
+        roi[name]["q"] = q                                    # the family of stats.fdr_family (fdr.py)
+        roi[name]["significant"] = _significant(q, q_level)
 
     # CSV and maps first, stats.h5 (with its completion marker) last: a killed job never looks done
     rows = []
@@ -487,7 +491,9 @@ def run_stats(cfg, force: bool = False) -> Path:
         g.attrs["q"] = q_level
         g.attrs["test"] = ("two-sided one-sample t across subjects of Fisher-z(r) differences a - b "
                            "(ROI: z of the ROI-mean r; voxel: z of r_mean)")
-        g.attrs["fdr"] = "Benjamini-Hochberg over ROIs (roi) or voxels (voxel), within each layer"
+        g.attrs["fdr_family"] = family
+        g.attrs["fdr"] = (family_text(family, "ROI") + " for /roi; " + family_text(family, "voxel")
+                          + " for /voxel (ROI and voxel tests are corrected separately)")
         g.attrs["scores_file"] = str(scores_path)
         groi = g.create_group("roi")
         groi.create_dataset("mean_r", data=roi_r)
