@@ -207,12 +207,9 @@ def _read_run(cfg, source, mask):
         y = read_hdf5_bold(path, dataset) if dataset else read_bold_run(path, mask, tr=cfg.data.bold.tr)
     strategy = cfg.data.bold.confounds
     if strategy:
-        if dataset == "cifti":
-            y = regress_out(y, read_confounds(confounds_path(str(path).replace(".dtseries.nii", ".nii.gz")),
-                                              strategy))
-        elif dataset:
+        if dataset and dataset != "cifti":
             raise DataError(f"data.bold.confounds needs fMRIPrep confound TSVs; {path} is HDF5 parcel data")
-        y = regress_out(y, read_confounds(confounds_path(path), strategy))
+        y = regress_out(y, read_confounds(confounds_path(path), strategy))   # once, NIfTI or CIFTI alike
     return y
 
 
