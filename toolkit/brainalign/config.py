@@ -126,6 +126,13 @@ class AlignConfig:
 
 
 @dataclass
+class PartitionConfig:
+    name: str = ""
+    bands: list[str] = field(default_factory=list)   # 2-4 feature sets (conditions or residuals) stacked
+    n_iter: int = 20                       # band-weight vectors of the banded ridge random search
+
+
+@dataclass
 class FitConfig:
     alphas: list[float] = field(default_factory=lambda: [float(a) for a in (10.0 ** i for i in range(0, 7))])
     inner_folds: Literal["runs"] = "runs"  # inner CV leaves one training run out
@@ -133,6 +140,7 @@ class FitConfig:
     chunk_voxels: int = 4096
     feature_sets: Optional[list[str]] = None   # null: every condition and residual
     write_maps: bool = True
+    partitions: list[PartitionConfig] = field(default_factory=list)   # variance partitioning (partition.py)
 
 
 @dataclass
@@ -358,6 +366,9 @@ def _check_semantics(cfg: Config):
     for i, fs in enumerate(cfg.fit.feature_sets or []):
         if fs not in names:
             err(f"fit.feature_sets[{i}]", f"{fs!r} is neither a condition nor a residual")
+    from .partition import check_partitions
+
+    check_partitions(cfg, err)
     for i, c in enumerate(cfg.stats.contrasts):
         key = f"stats.contrasts[{i}]"
         if not c.name:

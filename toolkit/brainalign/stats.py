@@ -66,6 +66,8 @@ from scipy import stats as _sps
 from .contrasts import resolve_contrasts
 from .errors import ConfigError, DataError
 from .fdr import fdr_by_family, family_text, stats_family
+from .partition import CSV_COLUMNS as PARTITION_COLUMNS
+from .partition import partition_group_stats, partition_rows, test_names, write_partition_stats
 from .h5io import atomic_h5, atomic_path, is_complete, open_h5, read_str_attr, str_attr
 from .log import get_logger
 
@@ -305,14 +307,7 @@ def compute_ceiling(cfg, meta: ScoresMeta) -> Optional[Ceiling]:
 
 def write_fs_csv(path, rows):
     """roi_scores.csv with FS_COLUMNS, written atomically."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(FS_COLUMNS)
-    for row in rows:
-        w.writerow([_fmt(row[k]) for k in FS_COLUMNS])
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(buf.getvalue())
-    return Path(path)
+    return write_csv(path, FS_COLUMNS, rows)
 
 
 def _mean_sem(x):
@@ -336,16 +331,21 @@ def _fmt(v):
     return "" if v is None else (repr(float(v)) if isinstance(v, (float, np.floating)) else str(v))
 
 
-def write_roi_csv(path, rows):
-    """Tidy CSV with CSV_COLUMNS (floats at full precision, b empty = vs zero), written atomically."""
+def write_csv(path, columns, rows):
+    """Tidy CSV of ``rows`` (dicts) with ``columns`` (floats at full precision), written atomically."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
+    w.writerow(columns)
     for row in rows:
-        w.writerow([_fmt(row[k]) for k in CSV_COLUMNS])
+        w.writerow([_fmt(row[k]) for k in columns])
     with atomic_path(path) as tmp:
         Path(tmp).write_text(buf.getvalue())
     return Path(path)
+
+
+def write_roi_csv(path, rows):
+    """Tidy CSV with CSV_COLUMNS (floats at full precision, b empty = vs zero), written atomically."""
+    return write_csv(path, CSV_COLUMNS, rows)
 
 
 def map_paths(out, feature_sets, contrasts, ceiling: bool = False) -> list[Path]:
@@ -368,6 +368,8 @@ def _up_to_date(cfg, stats_path, scores_created) -> bool:
         maps = map_paths(cfg.output, read_str_attr(g, "feature_sets"), read_str_attr(g, "contrasts"),
                          "noise_ceiling" in g)
         if "noise_ceiling" in g and not (Path(cfg.output) / "roi_scores.csv").is_file():
+            return False
+        if "partition" in g and not (Path(cfg.output) / "roi_partitions.csv").is_file():
             return False
     return all(p.is_file() for p in maps)
 
@@ -426,20 +428,27 @@ def run_stats(cfg, force: bool = False) -> Path:
                 res = one_sample_t(d, axis=0)
                 for k in ("t", "p", "mean"):
                     vox[c.name][k][li] = res[k]
-    family = cfg.stats.fdr_family
-    across = stats_family(family)
-    for name, q in fdr_by_family({c.name: vox[c.name]["p"] for c in contrasts}, *across).items():
-        vox[name]["q"][:] = q
-        vox[name]["significant"] = _significant(q, q_level)
+        parts = partition_group_stats(f, meta)    # variance partitioning (fit.partitions): region > 0 tests
 
     roi_z = fisher_z(roi_r)
     roi = {}
     for c in contrasts:
         d = roi_z[:, c.ia] - (roi_z[:, c.ib] if c.ib is not None else 0.0)   # (S, L, R)
         roi[c.name] = one_sample_t(d, axis=0)
-    for name, q in fdr_by_family({c.name: roi[c.name]["p"] for c in contrasts}, *across).items():
-        roi[name]["q"] = q                                    # the family of stats.fdr_family (fdr.py)
-        roi[name]["significant"] = _significant(q, q_level)
+    # multiple comparisons: the families of stats.fdr_family (fdr.py) over contrasts and partition regions
+    family = cfg.stats.fdr_family
+    across = stats_family(family)
+    for level, store, get in (("voxel", vox, lambda ps: ps.vox), ("roi", roi, lambda ps: ps.roi)):
+        tests = {c.name: store[c.name]["p"] for c in contrasts}
+        for ps in parts:
+            tests.update(zip(test_names(ps), get(ps)["p"]))
+        qs = fdr_by_family(tests, *across)
+        for c in contrasts:
+            store[c.name]["q"] = qs[c.name].astype(store[c.name]["p"].dtype)
+            store[c.name]["significant"] = _significant(qs[c.name], q_level)
+        for ps in parts:
+            q = np.stack([qs[t] for t in test_names(ps)]).astype(get(ps)["p"].dtype)
+            get(ps)["q"], get(ps)["significant"] = q, _significant(q, q_level)
 
     # CSV and maps first, stats.h5 (with its completion marker) last: a killed job never looks done
     rows = []
@@ -453,6 +462,8 @@ def run_stats(cfg, force: bool = False) -> Path:
                              "t": res["t"][li, ri], "p": res["p"][li, ri], "q": res["q"][li, ri],
                              "significant": int(res["significant"][li, ri])})
     write_roi_csv(out / "roi_stats.csv", rows)
+    if parts:
+        write_csv(out / "roi_partitions.csv", PARTITION_COLUMNS, partition_rows(parts, meta.layers, meta.roi_names))
     if ceil is not None:
         from .ceiling import normalise
 
@@ -512,6 +523,7 @@ def run_stats(cfg, force: bool = False) -> Path:
             gr.create_dataset("significant", data=res["significant"])
             for k, arr in vox[c.name].items():
                 gv.create_dataset(k, data=arr, compression="gzip", shuffle=True, chunks=True)
+        write_partition_stats(g, parts)
 
         if ceil is not None:
             gc = g.create_group("noise_ceiling")
