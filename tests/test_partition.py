@@ -211,3 +211,17 @@ def test_stats_group_tests_of_partitions(fitted):
         np.testing.assert_allclose(gp["voxel/t"][()], np.asarray(refv.statistic), rtol=1e-4)
     rows = (out / "roi_partitions.csv").read_text().splitlines()
     assert rows[0].split(",")[:4] == ["partition", "region", "layer", "roi"] and len(rows) == 1 + 3 * 1 * 4
+
+
+def test_report_shows_the_partition_table_with_its_fdr_family(fitted):
+    import html as _html
+
+    from brainalign.report import run_report
+
+    cfg, _ = fitted
+    text = _html.unescape((run_report(cfg) / "index.html").read_text())
+    i = text.index("Variance partitioning 'ab'")
+    block = text[i:text.index("</table>", i)]
+    assert "unique no_vision" in block and "shared no_vision+no_language" in block
+    assert "stats.fdr_family: contrast" in block and block.count("<tr>") == 1 + 4
+    assert 'href="../roi_partitions.csv"' in text

@@ -64,6 +64,7 @@ class ReportData:
     #                              voxel (V,) subject-mean ceiling, method, formula, floor
     permutation: dict | None = None   # permutation.h5 summary (see _load_permutation)
     fdr_family: str = "layer"    # stats.h5 attr fdr_family (files written before it existed: per layer)
+    partitions: list = field(default_factory=list)   # [(name, regions, {mean, ci_low, ci_high, q, significant}: (M, L, R))]
 
     def fdr(self, unit="ROI") -> str:
         """What one BH correction of stats.h5 spans, in words (for captions)."""
@@ -142,10 +143,13 @@ def load_report_data(cfg) -> ReportData:
                 voxel = np.nanmean(gc["ceiling"][()].astype(np.float64), axis=0)
             ceiling = {"roi_ceiling": gc["roi_ceiling"][()], "roi_normalised": gc["roi_normalised"][()],
                        "voxel": voxel, **_attrs_as_text(gc)}
+        partitions = [(name, read_str_attr(gp, "regions"),
+                       {k: gp[f"roi/{k}"][()] for k in ("mean", "ci_low", "ci_high", "q", "significant")})
+                      for name, gp in (g["partition"].items() if "partition" in g else [])]
         data = ReportData(meta, roi_r, vox_all[:, li], float(g.attrs["q"]), li, how, contrasts,
                           {"scores.h5": scores_attrs, "stats.h5": _attrs_as_text(g)}, ceiling,
                           _load_permutation(out / "permutation.h5", meta),
-                          str(g.attrs.get("fdr_family", "layer")))
+                          str(g.attrs.get("fdr_family", "layer")), partitions)
     return data
 
 
@@ -457,6 +461,30 @@ def _ceiling_html(data: ReportData) -> str:
             f"; mean ± SEM across subjects. All layers: roi_scores.csv.</p><table>{head}{''.join(rows)}</table>")
 
 
+def _partition_html(data: ReportData) -> str:
+    """Unique and shared variance (held-out R²) per ROI and region at the report layer (stats.h5 /partition)."""
+    if not data.partitions or not data.meta.roi_names:
+        return ""
+    meta, li = data.meta, data.layer_index
+    out = []
+    for name, regions, st in data.partitions:
+        head = "<tr><th class=l>ROI</th>" + "".join(f"<th>{_fmt(r)}</th>" for r in regions) + "</tr>"
+        rows = []
+        for ri, roi in enumerate(meta.roi_names):
+            cells = "".join(
+                f"<td{' class=sig' if st['significant'][mi, li, ri] else ''}>{_fmt(st['mean'][mi, li, ri])} "
+                f"[{_fmt(st['ci_low'][mi, li, ri])}, {_fmt(st['ci_high'][mi, li, ri])}], q {_fmt(st['q'][mi, li, ri])}"
+                f"{' ' + stars(st['q'][mi, li, ri]) if st['significant'][mi, li, ri] else ''}</td>"
+                for mi in range(len(regions)))
+            rows.append(f"<tr><td class=l>{_fmt(roi)}</td>{cells}</tr>")
+        out.append(f"<h2>Variance partitioning '{html.escape(name)}', layer {meta.layers[li]}</h2><p>Unique and "
+                   "shared variance (held-out R², banded ridge on the stacked feature sets, brainalign.partition): "
+                   "group mean of the subjects' ROI means [95 % CI]; one-sided t-test across subjects (variance > 0),"
+                   f" q = {html.escape(data.fdr('ROI'))}. All layers: roi_partitions.csv.</p>"
+                   f"<table>{head}{''.join(rows)}</table>")
+    return "".join(out)
+
+
 def _permutation_html(data: ReportData) -> str:
     """Per-subject voxel counts significant by circular-shift permutation (permutation.h5)."""
     pm = data.permutation
@@ -487,7 +515,7 @@ def build_html(cfg, data: ReportData, figures, links) -> str:
                   f"{_roi_table(data, range(len(meta.layers)))}</details>" if n_rows <= 5000 else
                   "<p>All layers: see roi_stats.csv.</p>")
     own = provenance(cfg.text, "report")
-    extra_sections = _ceiling_html(data) + _permutation_html(data)
+    extra_sections = _ceiling_html(data) + _partition_html(data) + _permutation_html(data)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(cfg.report.title)}</title>
 <style>{_CSS}</style></head><body>
 <h1>{html.escape(cfg.report.title)}</h1>
@@ -569,6 +597,8 @@ def run_report(cfg, force: bool = False) -> Path:
         links.insert(1, ("../roi_scores.csv", "roi_scores.csv — mean r, noise ceiling and r / ceiling per ROI"))
     if data.permutation is not None:
         links.append(("../permutation.h5", "permutation.h5 — per-subject circular-shift permutation tests"))
+    if data.partitions:
+        links.insert(1, ("../roi_partitions.csv", "roi_partitions.csv — unique/shared variance tests per ROI"))
     maps = sorted((out / "maps" / "group").glob("*.nii.gz"))
     links += [(f"../maps/group/{p.name}", f"maps/group/{p.name}") for p in maps]
     with atomic_path(rep / "index.html") as tmp:
