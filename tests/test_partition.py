@@ -11,10 +11,9 @@ import yaml
 from scipy import stats as sps
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_fit import _zscore_runs  # noqa: E402
+from test_fit import _zscore_runs, write_align_outputs  # noqa: E402
 
 from brainalign.config import parse_config  # noqa: E402
-from brainalign.h5io import atomic_h5, str_attr  # noqa: E402
 from brainalign.partition import regions_from_r2, region_names, subsets  # noqa: E402
 
 RUNS = (40, 36, 44, 38)
@@ -66,32 +65,8 @@ def make_partition_fixture(out: Path, seed=0):
         Y = drive / np.maximum(drive.std(0), 1e-12) + rng.standard_normal(drive.shape) * 1.2
         bold[s] = _zscore_runs(Y, runs).astype(np.float32)
     episodes = [f"e{i + 1}" for i in range(len(RUNS))]
-    with atomic_h5(out / "design.h5", "align") as f:
-        f.create_dataset("runs", data=runs)
-        f.attrs["episodes"] = str_attr(episodes)
-        f.attrs["folds"] = str_attr(episodes)
-        f.attrs["layers"] = np.arange(1, dtype=np.int64)
-        f.attrs["delays"] = np.asarray([0], np.int64)
-        f.attrs["trim"] = 0
-        f.attrs["tr"] = 1.49
-        f.attrs["run_lengths"] = np.asarray(RUNS, np.int64)
-        f.attrs["feature_sets"] = str_attr(["no_vision", "no_language"])
-        g = f.create_group("design")
-        g.create_dataset("no_vision", data=A[None].astype(np.float32)).attrs["per_fold"] = 0
-        g.create_dataset("no_language", data=B[None].astype(np.float32)).attrs["per_fold"] = 0
-    with atomic_h5(out / "bold.h5", "align") as f:
-        f.create_dataset("runs", data=runs)
-        f.attrs["subjects"] = str_attr(SUBJECTS)
-        f.attrs["episodes"] = str_attr(episodes)
-        f.attrs["run_lengths"] = np.asarray(RUNS, np.int64)
-        f.attrs["tr"] = 1.49
-        f.create_dataset("mask", data=mask.astype(np.uint8)).attrs["affine"] = np.eye(4)
-        f.create_dataset("roi_labels", data=labels)
-        f.attrs["roi_ids"] = np.asarray(list(ROIS), np.int64)
-        f.attrs["roi_names"] = str_attr(list(ROIS.values()))
-        g = f.create_group("bold")
-        for s, Y in bold.items():
-            g.create_dataset(f"sub-{s}", data=Y, chunks=(n, 20))
+    write_align_outputs(out, runs, episodes, {"no_vision": (A[None], 0), "no_language": (B[None], 0)}, bold, mask,
+                        labels, ROIS, 1, [0], chunk=20)
     return {"runs": runs, "A": A.astype(np.float32), "B": B.astype(np.float32), "bold": bold, "labels": labels}
 
 
