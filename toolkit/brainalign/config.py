@@ -196,7 +196,7 @@ class MlmConfig:
 
 @dataclass
 class ReportConfig:
-    layer: Optional[int] = None            # layer for ROI bar charts (null: best mean joint layer)
+    layer: Optional[int] = None            # report layer (null: the last layer, fixed in advance)
     title: str = "brainalign report"
 
 
