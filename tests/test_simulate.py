@@ -25,9 +25,14 @@ ANALYSIS = ("align", "fit", "ridge", "stats", "extract", "mlm", "ceiling", "cont
             "residuals", "partition", "report", "findings")
 
 
+ATLAS = {"mask": "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz",
+         "rois": "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-rois_dseg.nii.gz",
+         "roi_names": "{root}/derivatives/atlas/desc-rois_dseg.tsv"}
+
+
 def tiny_cfg(root, **sim):
     return parse_config({
-        "data": {"root": str(root), "episodes": EPISODES, "bold": {"subjects": ["01", "02", "03"], "tr": 1.5}},
+        "data": {"root": str(root), "episodes": EPISODES, "bold": {"subjects": ["01", "02", "03"], "tr": 1.5, **ATLAS}},
         "simulate": {"trs_per_run": 30, "grid": [9, 9, 7], "fps": 4.0, "frame_size": 32, "audio_rate": 8000,
                      "roi_voxels": 8, "n_null_rois": 2, **sim},
         "model": {"tiny": {"hidden": 8, "layers": 2, "heads": 2, "vocab": 256, "patch": 8}},
@@ -248,7 +253,7 @@ def test_simulate_imports_no_analysis_code(repo_root, tmp_path):
 
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump({"data": {"root": str(tmp_path / "d"), "episodes": EPISODES,
-                                                 "bold": {"subjects": ["01", "02"], "tr": 1.5}},
+                                                 "bold": {"subjects": ["01", "02"], "tr": 1.5, **ATLAS}},
                                         "simulate": {"trs_per_run": 20, "grid": [8, 8, 6], "fps": 4.0,
                                                      "frame_size": 32, "audio_rate": 8000, "roi_voxels": 6,
                                                      "pretrain_steps": 2},
@@ -256,14 +261,39 @@ def test_simulate_imports_no_analysis_code(repo_root, tmp_path):
                                                            "patch": 16}},
                                         "windows": {"image_size": 32, "audio_rate": 8000},
                                         "finetune": {"n_train": 2, "n_val": 1}}))
-    code = ("import sys; from brainalign.config import load_config; from brainalign.simulate import simulate; "
-            f"simulate(load_config({str(cfg_path)!r})); "
-            f"print([m for m in sys.modules if m.startswith('brainalign.') and m.split('.')[1] in {ANALYSIS!r}])")
+    code = f"""
+import os, sys, threading
+import brainalign
+from brainalign.config import load_config
+from brainalign.simulate import simulate
+from brainalign.provenance import provenance
+cfg = load_config({str(cfg_path)!r})
+provenance(None, "x")              # bookkeeping every stage shares (it asks ridge.backend for the cupy version)
+root, before, calls = os.path.dirname(brainalign.__file__), set(sys.modules), set()
+def under_provenance(frame):
+    while frame is not None:
+        if frame.f_code.co_filename == os.path.join(root, "provenance.py"):
+            return True
+        frame = frame.f_back
+    return False
+def profile(frame, event, arg):                      # every Python function call, in any thread
+    f = frame.f_code.co_filename
+    if event == "call" and f.startswith(root + os.sep):
+        top = os.path.relpath(f, root).split(os.sep)[0].removesuffix(".py")
+        if top in {ANALYSIS!r} and not under_provenance(frame):
+            calls.add(os.path.relpath(f, root) + ":" + frame.f_code.co_name)
+sys.setprofile(profile)
+threading.setprofile(profile)
+simulate(cfg)
+sys.setprofile(None)
+new = sorted(m for m in set(sys.modules) - before if m.startswith("brainalign.") and m.split(".")[1] in {ANALYSIS!r})
+print(sorted(calls), new)
+"""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root,
                          env={"PYTHONPATH": str(repo_root / "toolkit"), "PATH": "/usr/bin:/bin",
                               "BRAINALIGN_PROGRESS": "0"})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert out.stdout.strip().splitlines()[-1] == "[] []"         # no analysis function called, none imported
     assert (tmp_path / "d" / "model" / "tiny-pretrained.pt").is_file()
 
 

@@ -62,8 +62,8 @@ def demo_plan(tmp_path, profile=PROFILE, cluster="slurm", force=False, **over):
 def test_plan_jobs_array_mpi_and_afterok_chain(tmp_path):
     cfg, plan = demo_plan(tmp_path)
     names = [j.name for j in plan.jobs]
-    assert names == ["simulate", "extract", "align", "fit", "stats", "report"]
-    assert [j.after for j in plan.jobs] == [[], ["simulate"], ["extract"], ["align"], ["fit"], ["stats"]]
+    assert names == ["simulate", "extract", "align", "fit", "stats", "mlm", "report"]
+    assert [j.after for j in plan.jobs] == [[], ["simulate"], ["extract"], ["align"], ["fit"], ["stats"], ["mlm"]]
     conf = str(tmp_path / "sub" / "config.yaml")
     prefix = [sys.executable, str(BIN)]
 
@@ -242,7 +242,8 @@ def test_emit_sbatch_scripts(tmp_path, monkeypatch, capsys):
     submit_study(cfg, cluster="slurm", profile=str(write_profile(tmp_path, PROFILE)), emit_sbatch=str(out))
     names = sorted(p.name for p in out.iterdir())
     assert names == ["01-simulate.sbatch", "02-extract.sbatch", "03-align.sbatch", "04-fit.sbatch",
-                     "05-stats.sbatch", "06-report.sbatch", "config.yaml", "logs", "plan.json", "plan.txt",
+                     "05-stats.sbatch", "06-mlm.sbatch", "07-report.sbatch", "config.yaml", "logs", "plan.json",
+                     "plan.txt",
                      "submit.sh"]
     assert (out / "config.yaml").read_text() == cfg.text
     for p in out.glob("*.s*"):
@@ -256,7 +257,8 @@ def test_emit_sbatch_scripts(tmp_path, monkeypatch, capsys):
     assert f"step srun --mpi=pmi2 -n 6 --ntasks-per-node 3 {sys.executable} {BIN} fit" in fit
     sub = (out / "submit.sh").read_text()
     assert 'extract=$(submit extract 02-extract.sbatch "$simulate")' in sub
-    assert 'report=$(submit report 06-report.sbatch "$stats")' in sub
+    assert 'mlm=$(submit mlm 06-mlm.sbatch "$stats")' in sub
+    assert 'report=$(submit report 07-report.sbatch "$mlm")' in sub
 
 
 # ---- job tasks -----------------------------------------------------------------------------------------
@@ -390,7 +392,11 @@ def test_slurm_submit_matches_local_run(slurm_cluster, tmp_path):  # noqa: F811
     with 2 ranks, afterok chain) gives the scores of a local `brainalign run`, with SLURM ids in provenance."""
     env = _env(slurm_cluster)
     ref_cfg = small_config(tmp_path, "ref", pipeline=["simulate", "extract", "align", "fit"])
-    ref = subprocess.Popen([sys.executable, str(BIN), "run", str(ref_cfg)], cwd=tmp_path, env=env,
+    # The SLURM jobs run with OMP_NUM_THREADS = their cpus_per_task (1 on the local profile); torch's CPU
+    # kernels round differently with another thread count (~1e-5 in the simulated BOLD), so the local
+    # reference runs with the same single thread. The ridge fit itself is thread-count independent.
+    ref = subprocess.Popen([sys.executable, str(BIN), "run", str(ref_cfg)], cwd=tmp_path,
+                           env={**env, "OMP_NUM_THREADS": "1"},
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cfg = small_config(tmp_path, "slurm")
     t0 = time.time()

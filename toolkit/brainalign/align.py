@@ -4,24 +4,31 @@ Per run (= episode) e with n_e TRs (features and BOLD cut to the shorter when th
 ``align.max_tr_mismatch`` TRs):
 
 1. every condition's features (n_e, hidden) per layer are z-scored within the run;
-2. residual features: target − ridge prediction from the concatenated predictor conditions, the
-   regression fitted on the *training runs of each outer fold only* (so held-out runs never inform it),
-   then z-scored within each run again;
-3. FIR delays: the row for TR t holds the features of TRs t−d for each d in ``align.delays``
-   (zeros before the run start), giving hidden × len(delays) columns;
+2. residual features (brainalign.residuals): target − ridge prediction from the concatenated predictor
+   conditions, *cross-fitted* per outer fold: a training run's residual comes from a regression fitted on
+   the other training folds, the held-out fold's from all training folds, the penalty chosen from
+   ``align.residual_alphas`` by leave-one-training-fold-out CV per layer and fold; then z-scored within
+   each run again;
+3. FIR delays (:func:`fir_delays`): the row for TR t holds the features of TRs t−d for each delay d
+   (zeros before the run start), giving hidden × n_delays columns; the default delays cover about
+   1.5–9 s after each TR at the data's TR;
 4. ``align.trim`` TRs are dropped at each run start and end, after delaying.
 
 BOLD is masked, cut to the same TRs, z-scored per run (constant voxels stay 0 and are scored NaN by
-the fit) and trimmed identically.
+the fit) and trimmed identically. Which file holds each subject's run, re-scans and missing runs are decided by
+brain.runs.find_runs; the mask / parcellation / CIFTI grayordinates and the ROIs by brain.study.build_space. A
+subject's ``/bold/sub-XX`` holds only the runs it has (attr ``runs_present``).
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-from .config import require_file
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .h5io import atomic_h5, is_complete, open_h5, str_attr
 from .log import get_logger, progress
+from .residuals import crossfit_residuals, ridge_residual  # noqa: F401  (ridge_residual: public, simulate uses it)
 
 log = get_logger("align")
 
@@ -46,21 +53,35 @@ def delay(x: np.ndarray, delays) -> np.ndarray:
     return out
 
 
-def ridge_residual(target: np.ndarray, predictors: np.ndarray, train: np.ndarray, alpha: float) -> np.ndarray:
-    """target − ridge prediction from predictors, the map (with intercept) fitted on rows ``train`` only.
+# the default FIR window (seconds after the TR's own stimulus): where the canonical HRF has its mass
+DEFAULT_DELAY_WINDOW_S = (1.5, 9.0)
 
-    target (n, d), predictors (n, q), train bool (n,) -> residual (n, d) float64.
+
+def default_delays(tr: float) -> list[int]:
+    """Whole-TR delays d >= 1 with d·TR in about DEFAULT_DELAY_WINDOW_S: round(1.5 / TR) … floor(9 / TR).
+
+    TR 1.49 s -> 1…6 (1.5–8.9 s), TR 2 s -> 1…4 (2–8 s), TR 0.72 s -> 2…12.
     """
-    P = predictors[train]
-    mu_p = P.mean(0)
-    mu_t = target[train].mean(0)
-    Pc = P - mu_p
-    # dual or primal form, whichever is smaller
-    if Pc.shape[1] <= Pc.shape[0]:
-        W = np.linalg.solve(Pc.T @ Pc + alpha * np.eye(Pc.shape[1]), Pc.T @ (target[train] - mu_t))
-    else:
-        W = Pc.T @ np.linalg.solve(Pc @ Pc.T + alpha * np.eye(Pc.shape[0]), target[train] - mu_t)
-    return target - ((predictors - mu_p) @ W + mu_t)
+    lo_s, hi_s = DEFAULT_DELAY_WINDOW_S
+    lo = max(1, int(round(lo_s / tr)))
+    return list(range(lo, max(lo, int(np.floor(hi_s / tr + 1e-9))) + 1))
+
+
+def fir_delays(align_cfg, tr: float) -> list[int]:
+    """The FIR delays in TRs from ``align.delays`` / ``align.delay_unit`` (null: :func:`default_delays`).
+
+    Delays in seconds are rounded to the nearest whole TR; two that round to the same TR are an error.
+    """
+    delays = align_cfg.delays
+    if delays is None:
+        return default_delays(tr)
+    if align_cfg.delay_unit == "seconds":
+        out = [int(round(d / tr)) for d in delays]
+        if len(set(out)) != len(out):
+            raise ConfigError(f"align.delays: {list(delays)} s round to the TR delays {out} at TR {tr} s "
+                              "(two coincide); give them in TRs or spaced by at least one TR")
+        return out
+    return [int(d) for d in delays]
 
 
 def design_from_runs(runs: list[np.ndarray], delays, trim: int, zscore_runs: bool = True) -> np.ndarray:
@@ -131,48 +152,27 @@ def tr_grid_features(cfg, feats, condition, episode) -> np.ndarray:
 
 
 def _bold_sources(cfg):
-    """{(subject, episode): (path, dataset or None)} for every subject and run, checking the files exist."""
-    b = cfg.data.bold
-    if b.format == "hdf5":
-        from .brain.volumes import find_hdf5_dataset
+    """{(subject, episode): (path, dataset, "cifti" or None)} of every run found (brain.runs.find_runs)."""
+    from .brain.runs import find_runs
 
-        out = {}
-        for s in b.subjects:
-            path = require_file("data.bold.dir", cfg.path(b.dir, subject=s), f"BOLD HDF5 file of sub-{s}")
-            for ep in cfg.data.episodes:
-                out[(s, ep)] = (path, find_hdf5_dataset(path, ep))
-        return out
-    from .brain.bids import find_bold
-    from .brain.cifti import find_cifti_bold
-
-    bids_dir = require_file("data.bold.dir", cfg.path(b.dir), "fMRIPrep derivatives directory")
-    if b.format == "cifti":
-        return {(s, ep): (find_cifti_bold(bids_dir, s, ep, b.space), "cifti")
-                for s in b.subjects for ep in cfg.data.episodes}
-    return {(s, ep): (find_bold(bids_dir, s, ep, b.space, b.desc), None)
-            for s in b.subjects for ep in cfg.data.episodes}
+    return {key: _source(run) for key, run in find_runs(cfg).items()}
 
 
-def _read_space(cfg):
-    """The voxel space: (mask Mask or None, labels (n_vox,) or None, {id: name})."""
-    from .brain.volumes import load_mask, load_rois
+def _source(run):
+    """(path, dataset) as _read_run takes it: the HDF5 dataset name, "cifti", or None for NIfTI."""
+    return run.path, run.dataset if run.kind == "hdf5" else ("cifti" if run.kind == "cifti" else None)
 
-    b = cfg.data.bold
-    if b.format == "hdf5":
-        return None, None, {}
-    if b.format == "cifti":                  # grayordinates; ROIs = the CIFTI brain structures
-        from .brain.cifti import cifti_info, structure_labels
 
-        first = next(iter(_bold_sources(cfg).values()))[0]
-        labels, names = structure_labels(cifti_info(first))
-        return None, labels, names
-    mask = load_mask(require_file("data.bold.mask", cfg.path(b.mask), "brain mask"))
-    if not b.rois:
-        return mask, None, {}
-    labels, names = load_rois(require_file("data.bold.rois", cfg.path(b.rois), "ROI label image"),
-                              require_file("data.bold.roi_names", cfg.path(b.roi_names), "ROI names TSV")
-                              if b.roi_names else None, mask)
-    return mask, labels, names
+def _n_columns(table):
+    """Parcel count of HDF5 data: the column count of the first run's dataset."""
+    import h5py
+
+    run = table.items()[0][1]
+    with h5py.File(run.path, "r") as f:
+        shape = f[run.dataset].shape
+    if len(shape) != 2:
+        raise DataError(f"BOLD HDF5 {run.path}:{run.dataset}: expected 2D (TRs, parcels), got shape {shape}")
+    return int(shape[1])
 
 
 def _read_run(cfg, source, mask):
@@ -189,13 +189,48 @@ def _read_run(cfg, source, mask):
         y = read_hdf5_bold(path, dataset) if dataset else read_bold_run(path, mask, tr=cfg.data.bold.tr)
     strategy = cfg.data.bold.confounds
     if strategy:
-        if dataset == "cifti":
-            y = regress_out(y, read_confounds(confounds_path(str(path).replace(".dtseries.nii", ".nii.gz")),
-                                              strategy))
-        elif dataset:
+        if dataset and dataset != "cifti":
             raise DataError(f"data.bold.confounds needs fMRIPrep confound TSVs; {path} is HDF5 parcel data")
-        y = regress_out(y, read_confounds(confounds_path(path), strategy))
+        y = regress_out(y, read_confounds(confounds_path(path), strategy))   # once, NIfTI or CIFTI alike
     return y
+
+
+def _residual_design(cfg, res, grid, fold_of_row, splits, delays, trim, n_folds, attrs):
+    """(K, L, N, P) float32 design of residual feature set ``res``: per outer fold k and layer, the
+    cross-fitted residuals (brainalign.residuals) delayed and trimmed; ``attrs`` gets the chosen alphas."""
+    alphas = np.asarray(cfg.align.residual_alphas, np.float64)
+    n_layers = grid[res.target][0].shape[0]
+    X = None
+    chosen = np.empty((n_folds, n_layers))
+    cv_r2 = np.empty_like(chosen)
+    for li in range(n_layers):
+        tgt = np.concatenate([r[li] for r in grid[res.target]])
+        prd = np.concatenate([np.concatenate([r[li] for r in grid[p]]) for p in res.predictors], axis=1)
+        for k in range(n_folds):            # outer fold k: its runs never enter a regression of its design
+            cf = crossfit_residuals(tgt, prd, fold_of_row, k, alphas)
+            Xk = design_from_runs(np.split(cf.residual, splits), delays, trim)
+            if X is None:
+                X = np.empty((n_folds, n_layers) + Xk.shape, np.float32)
+            X[k, li] = Xk
+            chosen[k, li] = cf.alpha
+            cv_r2[k, li] = cf.cv_r2[int(np.flatnonzero(alphas == cf.alpha)[0])]
+            if li == 0 and k == 0 and prd.shape[1] > cf.min_fit_rows:
+                log.warning("align: residual %s: %d predictor columns exceed the %d TRs its smallest "
+                            "cross-fitted regression is fitted on; the penalty, not the data, then shapes "
+                            "the residual (use more runs or fewer predictor dimensions)", res.name,
+                            prd.shape[1], cf.min_fit_rows)
+    edge = np.isin(chosen, [alphas.min(), alphas.max()])
+    if alphas.size > 1 and edge.any():
+        log.warning("align: residual %s: the chosen penalty is at the edge of align.residual_alphas for %d of "
+                    "%d layer x fold cells (widen the grid)", res.name, int(edge.sum()), edge.size)
+    log.info("align: residual %s: penalty per layer (median over folds) %s; out-of-sample R² of %s from %s %s",
+             res.name, np.median(chosen, 0).tolist(), res.target, "+".join(res.predictors),
+             np.round(np.median(cv_r2, 0), 3).tolist())
+    attrs.update(alpha=chosen, cv_r2=cv_r2, alphas=alphas, criterion=(
+        "cross-fitted: training fold j's rows from a ridge fitted on the other training folds, the held-out "
+        "fold's from all training folds; alpha per (fold, layer) minimising the leave-one-training-fold-out "
+        "squared error of the target summed over columns (ties: larger alpha); instantaneous (no lags)"))
+    return X
 
 
 def run_align(cfg, force: bool = False):
@@ -218,27 +253,32 @@ def run_align(cfg, force: bool = False):
         raise DataError(f"{out / 'features.h5'} lacks episodes {', '.join(missing)} (run extract)")
     layers = list(feats.layers)
     b = cfg.data.bold
-    mask, labels, names = _read_space(cfg)
-    sources = _bold_sources(cfg)
+    from .brain.runs import find_runs
+    from .brain.study import build_space
+
+    table = find_runs(cfg)
+    study = build_space(cfg, table, _n_columns(table) if b.format == "hdf5" else None)
 
     # read BOLD once per run; lengths first
     bold_runs, bold_lengths = {}, {}
-    for (s, ep), src in progress(sources.items(), desc="read BOLD"):
-        y = _read_run(cfg, src, mask)
+    for (s, ep), run in progress(table.items(), desc="read BOLD"):
+        y = _read_run(cfg, _source(run), study.mask)
         bold_runs[(s, ep)] = y
-        bold_lengths.setdefault(ep, {})[(s, src[0])] = y.shape[0]
+        bold_lengths.setdefault(ep, {})[(s, run.label)] = y.shape[0]
     n_vox = {y.shape[1] for y in bold_runs.values()}
     if len(n_vox) != 1:
         raise DataError(f"BOLD runs disagree on their voxel/parcel count: {sorted(n_vox)} "
-                        f"({', '.join(str(src[0]) for src in sources.values())})")
+                        f"({', '.join(run.label for _, run in table.items()[:6])} ...)")
     (n_vox,) = n_vox
+    if n_vox != study.space.n:
+        raise DataError(f"BOLD runs have {n_vox} units but the study space has {study.space.n}")
     for c in cfg.all_conditions:
         if c not in feats.conditions:
             raise DataError(f"{out / 'features.h5'} lacks condition {c!r} (has {', '.join(feats.conditions)})")
     on_grid = {(c, ep): tr_grid_features(cfg, feats, c, ep) for c in cfg.all_conditions for ep in episodes}
     feat_lengths = {ep: on_grid[(cfg.model.conditions[0], ep)].shape[1] for ep in episodes}
     n_use = _match_lengths(cfg, feat_lengths, bold_lengths)
-    trim, delays = cfg.align.trim, list(cfg.align.delays)
+    trim, delays = cfg.align.trim, fir_delays(cfg.align, b.tr)
     kept = run_lengths_after_trim([n_use[e] for e in episodes], trim)
     runs_index = np.concatenate([np.full(k, i, np.int32) for i, k in enumerate(kept)])
     fold_of_run, fold_names = fold_groups(episodes, cfg.align.outer_folds)
@@ -256,6 +296,7 @@ def run_align(cfg, force: bool = False):
         f.attrs["folds"] = str_attr(fold_names)
         f.attrs["layers"] = np.asarray(layers, np.int64)
         f.attrs["delays"] = np.asarray(delays, np.int64)
+        f.attrs["delays_s"] = np.asarray(delays, np.float64) * b.tr
         f.attrs["trim"] = trim
         f.attrs["tr"] = b.tr
         f.attrs["run_lengths"] = np.asarray(kept, np.int64)
@@ -265,22 +306,17 @@ def run_align(cfg, force: bool = False):
             X = np.stack([design_from_runs([r[li] for r in grid[c]], delays, trim) for li in range(len(layers))])
             ds = g.create_dataset(c, data=X, chunks=(1,) + X.shape[1:])
             ds.attrs["per_fold"] = 0
-        alpha = cfg.align.residual_alpha
         fold_of_row = np.concatenate([np.full(n_use[e], fold_of_run[i]) for i, e in enumerate(episodes)])
         splits = np.cumsum([n_use[e] for e in episodes])[:-1]
         for res in progress(cfg.align.residuals, desc="residual features"):
-            X = np.empty((len(fold_names), len(layers), len(runs_index), grid[res.target][0].shape[2] * len(delays)),
-                         np.float32)
-            for li in range(len(layers)):
-                tgt = np.concatenate([r[li] for r in grid[res.target]])
-                prd = np.concatenate([np.concatenate([r[li] for r in grid[p]]) for p in res.predictors], axis=1)
-                for k in range(len(fold_names)):                 # fitted without outer fold k's runs
-                    resid = ridge_residual(tgt, prd, fold_of_row != k, alpha)
-                    X[k, li] = design_from_runs(np.split(resid, splits), delays, trim)
+            attrs = {}
+            X = _residual_design(cfg, res, grid, fold_of_row, splits, delays, trim, len(fold_names), attrs)
             ds = g.create_dataset(res.name, data=X, chunks=(1, 1) + X.shape[2:])
             ds.attrs["per_fold"] = 1
             ds.attrs["target"] = res.target
             ds.attrs["predictors"] = str_attr(res.predictors)
+            for k, v in attrs.items():
+                ds.attrs[k] = v
 
     with atomic_h5(bold_path, "align", cfg.text, extra) as f:
         f.create_dataset("runs", data=runs_index)
@@ -288,20 +324,19 @@ def run_align(cfg, force: bool = False):
         f.attrs["episodes"] = str_attr(episodes)
         f.attrs["run_lengths"] = np.asarray(kept, np.int64)
         f.attrs["tr"] = b.tr
-        # parcel (hdf5) and grayordinate (cifti) data have no volume: a (n, 1, 1) all-ones "mask" keeps one layout
-        mdata = mask.data if mask is not None else np.ones((n_vox, 1, 1), bool)
-        m = f.create_dataset("mask", data=mdata.astype(np.uint8))
-        m.attrs["affine"] = np.asarray(mask.affine if mask is not None else np.eye(4), np.float64)
-        m.attrs["volumetric"] = int(mask is not None)
-        ids = sorted(names)
-        f.create_dataset("roi_labels", data=(labels if labels is not None else np.zeros(n_vox)).astype(np.int32))
+        study.space.to_h5(f)               # /mask (+ /atlas for parcels, /cifti for grayordinates)
+        ids = sorted(study.names)
+        f.create_dataset("roi_labels", data=study.labels.astype(np.int32))
         f.attrs["roi_ids"] = np.asarray(ids, np.int64)
-        f.attrs["roi_names"] = str_attr([names[i] for i in ids])
+        f.attrs["roi_names"] = str_attr([study.names[i] for i in ids])
+        f.attrs["runs_present"] = json.dumps({s: table.of(s) for s in b.subjects})
         g = f.create_group("bold")
         for s in b.subjects:
-            Y = np.concatenate([zscore(bold_runs[(s, ep)][: n_use[ep]])[trim: n_use[ep] - trim] for ep in episodes])
-            g.create_dataset(f"sub-{s}", data=Y.astype(np.float32),
-                             chunks=(Y.shape[0], min(Y.shape[1], max(1, cfg.fit.chunk_voxels))))
+            present = table.of(s)
+            Y = np.concatenate([zscore(bold_runs[(s, ep)][: n_use[ep]])[trim: n_use[ep] - trim] for ep in present])
+            ds = g.create_dataset(f"sub-{s}", data=Y.astype(np.float32),
+                                  chunks=(Y.shape[0], min(Y.shape[1], max(1, cfg.fit.chunk_voxels))))
+            ds.attrs["runs_present"] = np.asarray([episodes.index(ep) for ep in present], np.int64)
     log.info("align: %d runs, %d TRs kept, %d layers, feature sets %s, %d voxels x %d subjects",
              len(episodes), len(runs_index), len(layers), ", ".join(cfg.feature_sets), n_vox,
              len(b.subjects))

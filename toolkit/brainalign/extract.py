@@ -136,6 +136,19 @@ def encode_stimuli(backbone, stimuli, conditions, layers, batch_size: int) -> di
     return out
 
 
+def load_stimuli_for(backbone, cfg, episode):
+    """The episode's stimuli as ``backbone`` takes them (its ``stimulus_spec``; the loader's defaults if None)."""
+    from .stimuli import windows
+
+    spec = getattr(backbone, "stimulus_spec", None)
+    return windows.load_episode_stimuli(cfg, episode) if spec is None else \
+        windows.load_episode_stimuli(cfg, episode, spec)
+
+
+def _spec_key(spec):
+    return None if spec is None else (spec.frame_size, spec.audio_rate, spec.peak_normalise, spec.window_audio)
+
+
 def extract_episode_features(cfg, episode, conditions=None, backbone=None) -> dict[str, np.ndarray]:
     """Load ``episode``'s stimuli and encode them: {condition: float32 (n_layers, n_windows, hidden)}.
 
@@ -143,13 +156,12 @@ def extract_episode_features(cfg, episode, conditions=None, backbone=None) -> di
     ``backbone`` defaults to ``get_backbone(cfg.model, cfg.windows)`` (pass one to reuse it).
     """
     from .models import get_backbone
-    from .stimuli.windows import load_episode_stimuli
 
     conds = _conditions(cfg, conditions)
     _check_batch_size(cfg)
     backbone = backbone or get_backbone(cfg.model, cfg.windows)
     layers = resolve_layers(cfg.model.layers, backbone.n_layers, backbone.name)
-    stimuli = load_episode_stimuli(cfg, episode)
+    stimuli = load_stimuli_for(backbone, cfg, episode)
     return encode_stimuli(backbone, stimuli, conds, layers, cfg.model.batch_size)
 
 
@@ -182,7 +194,6 @@ def _descriptive_attrs(cfg, backbone, layers) -> dict:
 def extract_one(cfg, episode, backbone=None, force=False) -> Path:
     """Write ``{output}/features/{episode}.h5`` (atomically) unless it is complete for these settings."""
     from .models import get_backbone
-    from .stimuli.windows import load_episode_stimuli
 
     path = shard_path(cfg, episode)
     status = shard_status(cfg, episode)
@@ -196,7 +207,7 @@ def extract_one(cfg, episode, backbone=None, force=False) -> Path:
     backbone = backbone or get_backbone(cfg.model, cfg.windows)
     layers = resolve_layers(cfg.model.layers, backbone.n_layers, backbone.name)
     t0 = time.perf_counter()
-    stimuli = load_episode_stimuli(cfg, episode)
+    stimuli = load_stimuli_for(backbone, cfg, episode)
     t1 = time.perf_counter()
     feats = encode_stimuli(backbone, stimuli, conds, layers, cfg.model.batch_size)
     for v in cfg.model.variants:     # the same backbone with another checkpoint (e.g. fine-tuned): CONDITION@NAME
@@ -204,6 +215,9 @@ def extract_one(cfg, episode, backbone=None, force=False) -> Path:
         if (vb.n_layers, vb.hidden) != (backbone.n_layers, backbone.hidden):
             raise ConfigError(f"model.variants: {v.name!r} ({v.checkpoint}) has {vb.n_layers} layers x "
                               f"{vb.hidden} hidden, the main model {backbone.n_layers} x {backbone.hidden}")
+        if _spec_key(vb.stimulus_spec) != _spec_key(backbone.stimulus_spec):
+            raise ConfigError(f"model.variants: {v.name!r} ({v.checkpoint}) takes other stimuli than the main model "
+                              "(frame grid or audio rate)")
         vb.to(backbone.device)
         for c, x in encode_stimuli(vb, stimuli, conds, layers, cfg.model.batch_size).items():
             feats[f"{c}@{v.name}"] = x

@@ -262,10 +262,10 @@ def mlm_key(cfg) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _load_stimuli(cfg, episode):
-    from .stimuli.windows import load_episode_stimuli
+def _load_stimuli(cfg, episode, backbone=None):
+    from .extract import load_stimuli_for
 
-    return load_episode_stimuli(cfg, episode)
+    return load_stimuli_for(backbone, cfg, episode)
 
 
 def word_classes(cfg, stimuli) -> list[list[str]] | None:
@@ -312,7 +312,7 @@ def run_mlm(cfg, force: bool = False, backbone=None):
     episodes = list(cfg.data.episodes)
     per_ep = []
     for ep in progress(episodes, desc="mlm", unit="episode"):
-        stimuli = _load_stimuli(cfg, ep)
+        stimuli = _load_stimuli(cfg, ep, backbone)
         check_stimuli(stimuli)
         masks = choose_masks(stimuli.words, cfg.mlm.mask_fraction, episode_rng(cfg.mlm.seed, ep))
         res = evaluate_episode(head, stimuli, conds, masks, cfg.model.batch_size)

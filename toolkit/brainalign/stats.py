@@ -4,7 +4,8 @@ The array functions are pure (numpy in, numpy out, float64) and agree with scipy
 stage: ``{output}/scores.h5`` -> ``{output}/stats.h5``, ``{output}/roi_stats.csv`` and group NIfTI maps
 ``{output}/maps/group/group_feat-<FS>_stat-r_bold.nii.gz`` (mean r across subjects) and
 ``group_contrast-<C>_stat-{t,q}_bold.nii.gz``: float32 (X, Y, Z, L), last axis = layer (order of the
-``layers`` attr), NaN outside the mask and where fewer than 2 subjects are finite.
+``layers`` attr), NaN outside the mask and where fewer than 2 subjects are finite. Parcel data are written into
+their parcellation (brain.space), CIFTI data as ``*.dscalar.nii`` (one map per layer).
 
 stats.h5 layout (S subjects, F feature sets, L layers, R ROIs, V voxels; C = one contrast name):
 
@@ -13,20 +14,23 @@ dataset                        shape        dtype         meaning
 =============================  ===========  ============  ==================================================
 /roi/mean_r                    (S, F, L, R) float64       per subject: nan-mean over the ROI's voxels of r_mean
 /roi/C/{t,p,q}                 (L, R)       float64       one-sample t on Fisher-z(ROI mean r) a − b; BH q
-                                                          over ROIs within each layer
+                                                          over the family of ``stats.fdr_family``
 /roi/C/{mean,ci_low,ci_high}   (L, R)       float64       mean difference in Fisher z and its 95 % CI
 /roi/C/cohen_d                 (L, R)       float64       mean / SD of the per-subject z differences
 /roi/C/n_subjects              (L, R)       int32         subjects with a finite difference
 /roi/C/significant             (L, R)       uint8         q <= stats.q
 /voxel/mean_r                  (F, L, V)    float32       nan-mean of r_mean across subjects
 /voxel/C/{t,p,q,mean}          (L, V)       float32       same test per voxel on Fisher-z(r_mean); BH q over
-                                                          voxels within each layer
+                                                          the family of ``stats.fdr_family`` (voxels)
 /voxel/C/significant           (L, V)       uint8         q <= stats.q
+/voxel/C/n_subjects            (L, V)       int16         subjects with a finite difference
 =============================  ===========  ============  ==================================================
 
 Root attrs: ``subjects``, ``feature_sets``, ``roi_names`` (string lists), ``layers``, ``roi_ids`` (int64),
 ``contrasts``, ``contrast_a``, ``contrast_b`` (string lists, b = "" means "a vs zero"), ``q`` (float),
-``test``, ``fdr``, ``scores_file``, ``scores_created`` (the ``created`` attr of the scores.h5 used),
+``test``, ``fdr_family`` (``stats.fdr_family``: ``layer`` = BH within each layer and contrast, ``contrast`` =
+across layers × ROIs (voxels) within each contrast, ``all`` = across every contrast, layer and ROI (voxel)),
+``fdr`` (that family in words), ``scores_file``, ``scores_created`` (the ``created`` attr of the scores.h5 used),
 ``config_hash`` and the usual provenance attrs (config, git_commit, created, host, packages, ...).
 Each ``/roi/C`` and ``/voxel/C`` group carries attrs ``a``, ``b``. The group ``/permutation`` is reserved
 (per-subject permutation tests live in permutation.h5, see brainalign.permutation). NaN marks elements with
@@ -53,6 +57,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +68,9 @@ from scipy import stats as _sps
 
 from .contrasts import resolve_contrasts
 from .errors import ConfigError, DataError
-from .fdr import fdr_bh
+from .fdr import fdr_by_family, family_text, stats_family
+from .partition import CSV_COLUMNS as PARTITION_COLUMNS
+from .partition import partition_group_stats, partition_rows, test_names, write_partition_stats
 from .h5io import atomic_h5, atomic_path, is_complete, open_h5, read_str_attr, str_attr
 from .log import get_logger
 
@@ -126,19 +133,34 @@ def roi_means(r, labels, ids):
     """Nan-mean of r over each ROI's voxels.
 
     r: (..., n_voxels); labels: (n_voxels,) int ROI id per voxel; ids: (n_rois,) ROI ids.
-    Returns float64 (..., n_rois); NaN for an ROI with no voxel or only NaN values.
+    Returns float64 (..., n_rois); NaN for an ROI with no voxel or only NaN values. One pass over the voxels
+    (sums by sorted label), so 1,000 parcels cost what 10 ROIs do.
     """
     r = np.asarray(r, dtype=np.float64)
     labels = np.asarray(labels)
     if labels.shape != r.shape[-1:]:
         raise ValueError(f"roi_means: labels shape {labels.shape} does not match r's last axis {r.shape[-1:]}")
-    out = np.full(r.shape[:-1] + (len(ids),), np.nan)
-    for j, rid in enumerate(np.asarray(ids).ravel()):
-        vals = r[..., labels == rid]
-        ok = np.isfinite(vals)
-        cnt = ok.sum(axis=-1)
+    ids = np.asarray(ids).ravel()
+    lead = r.shape[:-1]
+    out = np.full(lead + (len(ids),), np.nan)
+    if not len(ids) or not labels.size:
+        return out
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    flat = r.reshape(-1, r.shape[-1])[:, order]
+    ok = np.isfinite(flat)
+    starts = np.searchsorted(sorted_labels, ids, side="left")
+    stops = np.searchsorted(sorted_labels, ids, side="right")
+    has = stops > starts
+    if has.any():
+        cuts = np.unique(np.concatenate([starts[has], stops[has]]))
+        cuts = cuts[cuts < flat.shape[1]]
+        sums = np.add.reduceat(np.where(ok, flat, 0.0), cuts, axis=1)
+        cnts = np.add.reduceat(ok, cuts, axis=1)
+        pos = np.searchsorted(cuts, starts[has])
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[..., j] = np.where(cnt > 0, np.where(ok, vals, 0.0).sum(axis=-1) / cnt, np.nan)
+            mean = np.where(cnts[:, pos] > 0, sums[:, pos] / cnts[:, pos], np.nan)
+        out.reshape(-1, len(ids))[:, has] = mean
     return out
 
 
@@ -156,6 +178,8 @@ class ScoresMeta:
     roi_labels: np.ndarray       # (V,) int32
     mask: np.ndarray             # (X, Y, Z) bool
     affine: np.ndarray           # (4, 4) float64
+    space: object = None         # brain.space.MapSpace: how a value per unit becomes a map
+    runs_present: dict | None = None   # subject -> run indices it has (None: every subject has every run)
 
     @property
     def n_voxels(self) -> int:
@@ -194,7 +218,11 @@ def read_scores_meta(f, path) -> ScoresMeta:
                         "(subjects, feature_sets, layers, voxels in /mask)")
     if labels.shape != (expect[3],):
         raise DataError(f"scores file {path}: /roi_labels has shape {labels.shape}, expected ({expect[3]},)")
-    return ScoresMeta(path, subjects, feature_sets, layers, roi_names, roi_ids, labels, mask, affine)
+    from .brain.space import MapSpace
+
+    runs_present = json.loads(f.attrs["runs_present"]) if "runs_present" in f.attrs else None
+    return ScoresMeta(path, subjects, feature_sets, layers, roi_names, roi_ids, labels, mask, affine,
+                      MapSpace.from_h5(f, path), runs_present)
 
 
 # ---- NIfTI ---------------------------------------------------------------------------------------
@@ -237,8 +265,10 @@ def _isc_from_bold(cfg, meta: ScoresMeta, required: bool, spearman_brown: bool):
     with open_h5(bold_path, "BOLD file (noise ceiling)", require=("runs", "bold")) as f:
         subjects = read_str_attr(f, "subjects")
         runs = f["runs"][()]
+        local, common = _shared_rows(f, meta.subjects, runs)
         shapes = {s: f["bold"][f"sub-{s}"].shape if f"sub-{s}" in f["bold"] else None for s in meta.subjects}
-        mismatch = subjects != meta.subjects or any(sh != (len(runs), meta.n_voxels) for sh in shapes.values())
+        mismatch = subjects != meta.subjects or any(sh is None or sh[1] != meta.n_voxels
+                                                    for sh in shapes.values())
         if mismatch:
             msg = (f"{bold_path} does not match {meta.path} (subjects {subjects} vs {meta.subjects}, or voxel "
                    f"count differs from {meta.n_voxels})")
@@ -252,8 +282,8 @@ def _isc_from_bold(cfg, meta: ScoresMeta, required: bool, spearman_brown: bool):
         step = max(1, int(cfg.fit.chunk_voxels))
         for a in range(0, meta.n_voxels, step):
             b = min(a + step, meta.n_voxels)
-            Y = np.stack([f["bold"][f"sub-{s}"][:, a:b] for s in meta.subjects])
-            isc[:, a:b] = loso_isc(Y, runs)
+            Y = np.stack([f["bold"][f"sub-{s}"][:, a:b][local[s]] for s in meta.subjects])
+            isc[:, a:b] = loso_isc(Y, runs[common])
     S = len(meta.subjects)
     ceiling = spearman_brown_isc(isc, S) if spearman_brown else np.where(isc > 0, isc, np.where(np.isnan(isc),
                                                                                                    np.nan, 0.0))
@@ -262,6 +292,21 @@ def _isc_from_bold(cfg, meta: ScoresMeta, required: bool, spearman_brown: bool):
         if spearman_brown else ", uncorrected (ceiling = max(isc, 0))"))
     return Ceiling("isc", ceiling, "isc", isc, {"formula": formula, "spearman_brown": int(spearman_brown),
                                                 "bold_file": str(bold_path)})
+
+
+def _shared_rows(f, subjects, runs):
+    """Rows of the runs every subject has: ({subject: indices into its /bold rows}, indices into /runs)."""
+    n_runs = int(runs.max()) + 1 if len(runs) else 0
+    present = {s: (np.asarray(f["bold"][f"sub-{s}"].attrs.get("runs_present", np.arange(n_runs)))
+                   if f"sub-{s}" in f["bold"] else np.arange(n_runs)) for s in subjects}
+    shared = np.arange(n_runs)
+    for p in present.values():
+        shared = np.intersect1d(shared, p)
+    if len(shared) < n_runs:
+        log.info("stats: ISC noise ceiling on the %d of %d runs every subject has", len(shared), n_runs)
+    common = np.flatnonzero(np.isin(runs, shared))
+    local = {s: np.flatnonzero(np.isin(runs[np.isin(runs, p)], shared)) for s, p in present.items()}
+    return local, common
 
 
 def _ceiling_from_repeats(cfg, meta: ScoresMeta, template, n_avg: int):
@@ -303,14 +348,7 @@ def compute_ceiling(cfg, meta: ScoresMeta) -> Optional[Ceiling]:
 
 def write_fs_csv(path, rows):
     """roi_scores.csv with FS_COLUMNS, written atomically."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(FS_COLUMNS)
-    for row in rows:
-        w.writerow([_fmt(row[k]) for k in FS_COLUMNS])
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(buf.getvalue())
-    return Path(path)
+    return write_csv(path, FS_COLUMNS, rows)
 
 
 def _mean_sem(x):
@@ -334,28 +372,37 @@ def _fmt(v):
     return "" if v is None else (repr(float(v)) if isinstance(v, (float, np.floating)) else str(v))
 
 
-def write_roi_csv(path, rows):
-    """Tidy CSV with CSV_COLUMNS (floats at full precision, b empty = vs zero), written atomically."""
+def write_csv(path, columns, rows):
+    """Tidy CSV of ``rows`` (dicts) with ``columns`` (floats at full precision), written atomically."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
+    w.writerow(columns)
     for row in rows:
-        w.writerow([_fmt(row[k]) for k in CSV_COLUMNS])
+        w.writerow([_fmt(row[k]) for k in columns])
     with atomic_path(path) as tmp:
         Path(tmp).write_text(buf.getvalue())
     return Path(path)
 
 
-def map_paths(out, feature_sets, contrasts, ceiling: bool = False) -> list[Path]:
-    """The group NIfTI maps run_stats writes (4-D float32, last axis = layer, NaN outside the mask), then
-    (with a noise ceiling) the 3-D subject-mean ceiling map."""
+def write_roi_csv(path, rows):
+    """Tidy CSV with CSV_COLUMNS (floats at full precision, b empty = vs zero), written atomically."""
+    return write_csv(path, CSV_COLUMNS, rows)
+
+
+def map_paths(out, feature_sets, contrasts, ceiling: bool = False, space=None) -> list[Path]:
+    """The group maps run_stats writes (last axis / map = layer; NIfTI with NaN outside the mask or parcels, or
+    CIFTI dscalar for grayordinates), then (with a noise ceiling) the subject-mean ceiling map. None for a space
+    without maps (parcel data without an atlas)."""
+    if space is not None and not space.has_maps:
+        return []
+    name = space.map_name if space is not None else (lambda stem: f"{stem}_bold.nii.gz")
     d = Path(out) / "maps" / "group"
-    return ([d / f"group_feat-{_safe(fs)}_stat-r_bold.nii.gz" for fs in feature_sets]
-            + [d / f"group_contrast-{c}_stat-{k}_bold.nii.gz" for c in contrasts for k in ("t", "q")]
-            + ([d / "group_stat-ceiling_bold.nii.gz"] if ceiling else []))
+    return ([d / name(f"group_feat-{_safe(fs)}_stat-r") for fs in feature_sets]
+            + [d / name(f"group_contrast-{c}_stat-{k}") for c in contrasts for k in ("t", "q")]
+            + ([d / name("group_stat-ceiling")] if ceiling else []))
 
 
-def _up_to_date(cfg, stats_path, scores_created) -> bool:
+def _up_to_date(cfg, stats_path, scores_created, space=None) -> bool:
     from .pipeline import config_hash
 
     if not is_complete(stats_path) or not (Path(cfg.output) / "roi_stats.csv").is_file():
@@ -364,8 +411,10 @@ def _up_to_date(cfg, stats_path, scores_created) -> bool:
         if g.attrs.get("config_hash") != config_hash(cfg) or g.attrs.get("scores_created") != scores_created:
             return False
         maps = map_paths(cfg.output, read_str_attr(g, "feature_sets"), read_str_attr(g, "contrasts"),
-                         "noise_ceiling" in g)
+                         "noise_ceiling" in g, space)
         if "noise_ceiling" in g and not (Path(cfg.output) / "roi_scores.csv").is_file():
+            return False
+        if "partition" in g and not (Path(cfg.output) / "roi_partitions.csv").is_file():
             return False
     return all(p.is_file() for p in maps)
 
@@ -375,7 +424,6 @@ def run_stats(cfg, force: bool = False) -> Path:
     the group maps of ``map_paths`` (+ roi_scores.csv with a noise ceiling; + permutation.h5 when
     ``stats.permutations`` > 0, see brainalign.permutation). Skipped when stats.h5 is complete for this
     config and this scores.h5 (unless ``force``). Returns the stats.h5 path."""
-    from .brain.volumes import write_nifti
     from .pipeline import config_hash
 
     out = Path(cfg.output)
@@ -389,7 +437,7 @@ def run_stats(cfg, force: bool = False) -> Path:
     with open_h5(scores_path, "scores file", require=("r_mean", "mask", "roi_labels")) as f:
         meta = read_scores_meta(f, scores_path)
         scores_created = str(f.attrs.get("created", ""))
-        if not force and _up_to_date(cfg, stats_path, scores_created):
+        if not force and _up_to_date(cfg, stats_path, scores_created, meta.space):
             log.info("stats: %s is complete for this config and scores file; skipping", stats_path)
             return stats_path
         contrasts = resolve_contrasts(cfg, meta.feature_sets)
@@ -407,6 +455,7 @@ def run_stats(cfg, force: bool = False) -> Path:
         roi_r = np.empty((S, F, L, R))
         vox_mean_r = np.empty((F, L, V), dtype=np.float32)
         vox = {c.name: {k: np.empty((L, V), dtype=np.float32) for k in VOXEL_STATS} for c in contrasts}
+        vox_n = {c.name: np.empty((L, V), dtype=np.int16) for c in contrasts}
         for li in range(L):                      # one layer at a time keeps memory at S*F*V
             rm = f["r_mean"][:, :, li, :].astype(np.float64)
             roi_r[:, :, li, :] = roi_means(rm, meta.roi_labels, meta.roi_ids)
@@ -424,18 +473,28 @@ def run_stats(cfg, force: bool = False) -> Path:
                 res = one_sample_t(d, axis=0)
                 for k in ("t", "p", "mean"):
                     vox[c.name][k][li] = res[k]
-    for c in contrasts:
-        v = vox[c.name]
-        v["q"][:] = fdr_bh(v["p"], axis=-1)
-        v["significant"] = _significant(v["q"], q_level)
+                vox_n[c.name][li] = res["n"]
+        parts = partition_group_stats(f, meta)    # variance partitioning (fit.partitions): region > 0 tests
 
     roi_z = fisher_z(roi_r)
     roi = {}
     for c in contrasts:
         d = roi_z[:, c.ia] - (roi_z[:, c.ib] if c.ib is not None else 0.0)   # (S, L, R)
-        res = roi[c.name] = one_sample_t(d, axis=0)
-        res["q"] = fdr_bh(res["p"], axis=-1)                                 # across ROIs, per layer
-        res["significant"] = _significant(res["q"], q_level)
+        roi[c.name] = one_sample_t(d, axis=0)
+    # multiple comparisons: the families of stats.fdr_family (fdr.py) over contrasts and partition regions
+    family = cfg.stats.fdr_family
+    across = stats_family(family)
+    for level, store, get in (("voxel", vox, lambda ps: ps.vox), ("roi", roi, lambda ps: ps.roi)):
+        tests = {c.name: store[c.name]["p"] for c in contrasts}
+        for ps in parts:
+            tests.update(zip(test_names(ps), get(ps)["p"]))
+        qs = fdr_by_family(tests, *across)
+        for c in contrasts:
+            store[c.name]["q"] = qs[c.name].astype(store[c.name]["p"].dtype)
+            store[c.name]["significant"] = _significant(qs[c.name], q_level)
+        for ps in parts:
+            q = np.stack([qs[t] for t in test_names(ps)]).astype(get(ps)["p"].dtype)
+            get(ps)["q"], get(ps)["significant"] = q, _significant(q, q_level)
 
     # CSV and maps first, stats.h5 (with its completion marker) last: a killed job never looks done
     rows = []
@@ -449,6 +508,8 @@ def run_stats(cfg, force: bool = False) -> Path:
                              "t": res["t"][li, ri], "p": res["p"][li, ri], "q": res["q"][li, ri],
                              "significant": int(res["significant"][li, ri])})
     write_roi_csv(out / "roi_stats.csv", rows)
+    if parts:
+        write_csv(out / "roi_partitions.csv", PARTITION_COLUMNS, partition_rows(parts, meta.layers, meta.roi_names))
     if ceil is not None:
         from .ceiling import normalise
 
@@ -468,12 +529,13 @@ def run_stats(cfg, force: bool = False) -> Path:
     vols += [(vox[c.name][k], f"{c.name} {k}") for c in contrasts for k in ("t", "q")]
     if ceil is not None:
         vols.append((_mean_sem(ceil.ceiling)[0].astype(np.float32)[None], f"subject-mean noise ceiling ({ceil.method})"))
-    for path, (values, what) in zip(map_paths(out, meta.feature_sets, [c.name for c in contrasts], ceil is not None),
-                                    vols):
-        descrip = (f"{what}; axis 4 = layers {','.join(map(str, meta.layers))}" if values.shape[0] == L
-                   and "ceiling" not in what else what)[:79]
-        vol = unmask(values.T, meta.mask)
-        write_nifti(path, vol[..., 0] if "ceiling" in what else vol, meta.affine, extra_header={"descrip": descrip})
+    layer_names = [f"layer {x}" for x in meta.layers]
+    for path, (values, what) in zip(map_paths(out, meta.feature_sets, [c.name for c in contrasts], ceil is not None,
+                                              meta.space), vols):
+        per_layer = values.shape[0] == L and "ceiling" not in what
+        descrip = f"{what}; axis 4 = layers {','.join(map(str, meta.layers))}" if per_layer else what
+        meta.space.write_map(path, values.T if per_layer else values[0], names=layer_names if per_layer else [what],
+                             descrip=descrip)
     extra = {"config_hash": config_hash(cfg), "scores_created": scores_created}
     with atomic_h5(stats_path, "stats", cfg.text, extra) as g:
         g.attrs["subjects"] = str_attr(meta.subjects)
@@ -487,7 +549,9 @@ def run_stats(cfg, force: bool = False) -> Path:
         g.attrs["q"] = q_level
         g.attrs["test"] = ("two-sided one-sample t across subjects of Fisher-z(r) differences a - b "
                            "(ROI: z of the ROI-mean r; voxel: z of r_mean)")
-        g.attrs["fdr"] = "Benjamini-Hochberg over ROIs (roi) or voxels (voxel), within each layer"
+        g.attrs["fdr_family"] = family
+        g.attrs["fdr"] = (family_text(family, "ROI") + " for /roi; " + family_text(family, "voxel")
+                          + " for /voxel (ROI and voxel tests are corrected separately)")
         g.attrs["scores_file"] = str(scores_path)
         groi = g.create_group("roi")
         groi.create_dataset("mean_r", data=roi_r)
@@ -506,6 +570,8 @@ def run_stats(cfg, force: bool = False) -> Path:
             gr.create_dataset("significant", data=res["significant"])
             for k, arr in vox[c.name].items():
                 gv.create_dataset(k, data=arr, compression="gzip", shuffle=True, chunks=True)
+            gv.create_dataset("n_subjects", data=vox_n[c.name], compression="gzip", shuffle=True, chunks=True)
+        write_partition_stats(g, parts)
 
         if ceil is not None:
             gc = g.create_group("noise_ceiling")

@@ -6,12 +6,12 @@ import math
 import numpy as np
 
 from ..config import require_file
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..log import get_logger
-from .audio import read_audio
+from .audio import peak_normalise, read_audio, source_sample_rate
 from .episode import EpisodeStimuli
 from .transcript import read_transcript
-from .video import sample_frames, video_info
+from .video import sample_frames, sample_frames_letterboxed, video_info
 
 log = get_logger("stimuli")
 
@@ -50,16 +50,37 @@ def window_audio(audio: np.ndarray, rate: int, windows: np.ndarray) -> np.ndarra
     return out
 
 
-def load_episode_stimuli(cfg, episode: str) -> EpisodeStimuli:
-    """Read and window one episode's video, audio and transcript as configured in ``cfg.data.stimuli``."""
+def audio_source(cfg, episode: str, video, has_audio: bool):
+    """The audio file of an episode, or None for the video's own track: ``data.stimuli.audio`` when that file
+    exists; when it is null or missing and the video carries an audio track (Algonauts/CNeuroMod .mkv: h264 +
+    mp3), that track (a missing file is logged). One line naming the key when there is neither."""
+    template = cfg.data.stimuli.audio
+    path = cfg.path(template, "data.stimuli.audio", episode=episode) if template else None
+    if path is not None and path.is_file():
+        return path
+    if not has_audio:
+        if path is None:
+            raise DataError(f"video {video} has no audio track and data.stimuli.audio is null")
+        raise ConfigError(f"data.stimuli.audio: audio not found: {path} (and video {video} has no audio track)")
+    if path is not None:
+        log.info("episode %s: %s not found; using the audio track of %s", episode, path, video)
+    return None
+
+
+def load_episode_stimuli(cfg, episode: str, spec=None) -> EpisodeStimuli:
+    """Read and window one episode's video, audio and transcript as configured in ``cfg.data.stimuli``.
+
+    ``spec`` (a :class:`.spec.StimulusSpec`, from ``backbone.stimulus_spec``) overrides the frame times,
+    the frame geometry and the audio rate; None: ``windows.frames`` squashed ``windows.image_size`` frames
+    and audio at ``windows.audio_rate``.
+    """
     st = cfg.data.stimuli
     tr = float(cfg.data.bold.tr)
-    video = require_file("data.stimuli.video", cfg.path(st.video, episode=episode), "video")
-    transcript = require_file("data.stimuli.transcript", cfg.path(st.transcript, episode=episode), "transcript")
-    audio_path = (require_file("data.stimuli.audio", cfg.path(st.audio, episode=episode), "audio")
-                  if st.audio else None)
-
+    video = require_file("data.stimuli.video", cfg.path(st.video, "data.stimuli.video", episode=episode), "video")
+    transcript = require_file("data.stimuli.transcript",
+                              cfg.path(st.transcript, "data.stimuli.transcript", episode=episode), "transcript")
     duration, _fps, has_audio = video_info(video)
+    audio_path = audio_source(cfg, episode, video, has_audio)
     step = float(cfg.windows.step) if cfg.windows.step else tr     # windows end every `step` s (default: each TR)
     if step <= 0:
         raise DataError(f"windows.step must be positive, got {step}")
@@ -72,17 +93,22 @@ def load_episode_stimuli(cfg, episode: str) -> EpisodeStimuli:
     windows = window_bounds(n_windows, step, context)
 
     # audio
-    rate = int(cfg.windows.audio_rate)
-    if audio_path is None and not has_audio:
-        raise DataError(f"video {video} has no audio track and data.stimuli.audio is null")
-    audio = read_audio(audio_path if audio_path is not None else video, rate)
+    rate = int(spec.audio_rate) if spec is not None and spec.audio_rate else int(cfg.windows.audio_rate)
+    source = audio_path if audio_path is not None else video
+    audio = read_audio(source, rate)
+    native = source_sample_rate(source)
+    if spec is not None and spec.audio_rate and native and native < rate:
+        log.warning("audio %s is band-limited: stored at %d Hz, so nothing above %d Hz reaches %s's %d Hz input "
+                    "(its top mel bands stay empty)", source, native, native // 2, spec.name or "the model", rate)
+    if spec is not None and spec.peak_normalise:
+        audio = peak_normalise(audio)
     audio_s = len(audio) / rate
     if audio_s < duration - tr:
         raise DataError(f"audio {audio_path or video} is unsynchronised with video {video}: "
                         f"{audio_s:.2f} s of audio for {duration:.2f} s of video (tolerance one TR, {tr} s)")
 
     # transcript
-    words = read_transcript(transcript)
+    words = read_transcript(transcript, st.transcript_format)
     if not words:
         raise DataError(f"transcript {transcript} has no words")
     last = words[-1].onset
@@ -90,11 +116,23 @@ def load_episode_stimuli(cfg, episode: str) -> EpisodeStimuli:
         raise DataError(f"transcript {transcript} is unsynchronised with video {video}: a word at {last:.2f} s "
                         f"but the video ends at {duration:.2f} s (tolerance one TR, {tr} s)")
 
-    times = frame_times(windows, int(cfg.windows.frames), duration)
-    size = int(cfg.windows.image_size)
-    frames = sample_frames(video, times.reshape(-1), size).reshape(n_windows, times.shape[1], size, size, 3)
+    if spec is not None and spec.frame_times is not None:
+        times = np.clip(np.asarray(spec.frame_times(windows), dtype=np.float64), 0.0, np.nextafter(duration, 0.0))
+    else:
+        times = frame_times(windows, int(cfg.windows.frames), duration)
+    if spec is not None and spec.frame_size is not None:
+        H, W = (int(v) for v in spec.frame_size)
+        flat, box = sample_frames_letterboxed(video, times.reshape(-1), (H, W))
+        frames = flat.reshape(n_windows, times.shape[1], H, W, 3)
+        log.debug("episode %s: frames letterboxed to %dx%d, crop %s", episode, H, W, box)
+    else:
+        size = int(cfg.windows.image_size)
+        frames = sample_frames(video, times.reshape(-1), size).reshape(n_windows, times.shape[1], size, size, 3)
+    per_window = spec is None or spec.window_audio
     log.debug("episode %s: %d windows of %.2f s, %d words, %.1f s audio", episode, n_windows, context,
               len(words), audio_s)
     return EpisodeStimuli(episode=episode, tr=tr, windows=windows, frames=frames,
-                          words=window_words(words, windows), audio=window_audio(audio, rate, windows),
-                          audio_rate=rate)
+                          words=window_words(words, windows),
+                          audio=window_audio(audio, rate, windows) if per_window
+                          else np.zeros((n_windows, 0), np.float32),
+                          audio_rate=rate, waveform=audio, transcript=words, frame_times=times)
