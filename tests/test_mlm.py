@@ -295,19 +295,25 @@ def test_errors(cfg, loads):
     assert loads == []
 
 
-def test_run_mlm_on_simulated_files(tmp_path):
-    """The real stimulus loader (mp4 + wav + TSV written by simulate) feeds the stage end to end."""
+def simulated_episodes(tmp_path, trs: int, tr: float, mlm_cfg: MlmConfig) -> Config:
+    """A config over 3 episodes whose mp4 + wav + TSV simulate wrote (no BOLD)."""
     from brainalign.simulate import write_episode_stimuli
 
     c = Config()
     c.data.root, c.output = str(tmp_path / "data"), str(tmp_path / "out")
-    c.data.episodes, c.data.bold.tr = ["a", "b", "c"], 1.0
-    c.simulate.trs_per_run, c.simulate.frame_size, c.simulate.audio_rate, c.simulate.fps = 12, 32, 8000, 4.0
+    c.data.episodes, c.data.bold.tr = ["a", "b", "c"], tr
+    c.simulate.trs_per_run, c.simulate.frame_size, c.simulate.audio_rate, c.simulate.fps = trs, 32, 8000, 4.0
     c.model.tiny = TinyModelConfig(hidden=32, layers=2, heads=4, vocab=512, patch=8, n_mels=16)
     c.windows = WindowsConfig(context=None, frames=2, image_size=32, audio_rate=8000)
-    c.mlm.bootstrap = 100
+    c.mlm = mlm_cfg
     for i, e in enumerate(c.data.episodes):
         write_episode_stimuli(c, e, i)
+    return c
+
+
+def test_run_mlm_on_simulated_files(tmp_path):
+    """The real stimulus loader (mp4 + wav + TSV written by simulate) feeds the stage end to end."""
+    c = simulated_episodes(tmp_path, 12, 1.0, MlmConfig(bootstrap=100))
     path = mlm.run_mlm(c)
     with h5py.File(path, "r") as f:
         n = int(f.attrs["n_words"])
@@ -341,17 +347,9 @@ def test_word_classes_from_the_transcript_column(tmp_path):
     """mlm.word_class_column: every masked word gets its transcript row's class; rows per class; errors."""
     from brainalign.errors import DataError
     from brainalign.sim.stimuli import COLOURS
-    from brainalign.simulate import write_episode_stimuli
 
-    c = Config()
-    c.data.root, c.output = str(tmp_path / "data"), str(tmp_path / "out")
-    c.data.episodes, c.data.bold.tr = ["a", "b", "c"], 1.5
-    c.simulate.trs_per_run, c.simulate.frame_size, c.simulate.audio_rate, c.simulate.fps = 40, 32, 8000, 4.0
-    c.model.tiny = TinyModelConfig(hidden=32, layers=2, heads=4, vocab=512, patch=8, n_mels=16)
-    c.windows = WindowsConfig(context=None, frames=2, image_size=32, audio_rate=8000)
-    c.mlm = MlmConfig(conditions=["joint", "no_vision"], mask_fraction=1.0, bootstrap=200, word_class_column="word_class")
-    for i, e in enumerate(c.data.episodes):
-        write_episode_stimuli(c, e, i)
+    c = simulated_episodes(tmp_path, 40, 1.5, MlmConfig(conditions=["joint", "no_vision"], mask_fraction=1.0,
+                                                        bootstrap=200, word_class_column="word_class"))
     path = mlm.run_mlm(c, backbone=ColourOracle())
     with h5py.File(path, "r") as f:
         words = [w.decode() for w in f["word"][()]]

@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 
 from brainalign.config import parse_config
-from brainalign.h5io import atomic_h5, str_attr
 from brainalign.pipeline import run_pipeline
 from brainalign.sim import latents as lat
 from brainalign.simulate import episode_of, simulate
+from feature_files import write_features_h5
 
 EPISODES = ["e1", "e2", "e3", "e4"]
 HIDDEN = 16
@@ -55,20 +55,6 @@ def oracle_features(cfg, seed=0):
     return out
 
 
-def write_features(path, feats, tr):
-    ends = (np.arange(TRS) + 1.0) * tr
-    with atomic_h5(path, "extract") as f:
-        f.attrs["conditions"] = str_attr(list(feats))
-        f.attrs["episodes"] = str_attr(EPISODES)
-        for k, v in dict(layers=np.array([0]), tr=tr, hidden=HIDDEN, n_layers=1, backbone="oracle",
-                         window_context=tr, frames_per_window=1).items():
-            f.attrs[k] = v
-        for i, ep in enumerate(EPISODES):
-            f[f"windows/{ep}"] = np.stack([ends - tr, ends], 1)
-            for c, runs in feats.items():
-                f[f"{c}/{ep}"] = runs[i]
-
-
 @pytest.fixture(scope="module")
 def oracle_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("oracle")
@@ -92,7 +78,7 @@ def oracle_run(tmp_path_factory):
                 {"name": "language_gain", "a": "joint", "b": "no_language"}]}}
     cfg = parse_config(data, text=str(data))
     simulate(cfg)
-    write_features(cfg.out / "features.h5", oracle_features(cfg), cfg.data.bold.tr)
+    write_features_h5(cfg.out / "features.h5", oracle_features(cfg), EPISODES, cfg.data.bold.tr, "oracle")
     run_pipeline(cfg)
     with open(cfg.out / "roi_stats.csv") as fh:
         return {(r["contrast"], r["roi"]): r for r in csv.DictReader(fh)}

@@ -113,21 +113,11 @@ def _simulate(seed, hidden=HIDDEN):
 
 
 def _write_inputs(root, feats, bold):
-    hidden = feats['joint'].shape[1]
-    from brainalign.h5io import atomic_h5, str_attr
+    from feature_files import write_features_h5
 
     root.mkdir(parents=True)
-    ends = (np.arange(N_TRS) + 1.0) * TR
-    with atomic_h5(root / "features.h5", "extract") as f:
-        f.attrs["conditions"] = str_attr(list(feats))
-        f.attrs["episodes"] = str_attr(EPISODES)
-        for k, v in dict(layers=np.array([0]), tr=TR, hidden=hidden, n_layers=1, backbone="sim",
-                         window_context=TR, frames_per_window=1).items():
-            f.attrs[k] = v
-        for i, ep in enumerate(EPISODES):
-            f[f"windows/{ep}"] = np.stack([ends - TR, ends], 1)
-            for c, x in feats.items():
-                f[f"{c}/{ep}"] = x[i * N_TRS:(i + 1) * N_TRS][None].astype(np.float32)
+    write_features_h5(root / "features.h5", {c: [x[i * N_TRS:(i + 1) * N_TRS][None] for i in range(len(EPISODES))]
+                                             for c, x in feats.items()}, EPISODES, TR)
     for s, y in bold.items():
         with h5py.File(root / f"sub-{s}.h5", "w") as f:
             for i, ep in enumerate(EPISODES):
