@@ -8,6 +8,7 @@ Reads ``{output}/scores.h5`` and ``{output}/stats.h5`` and writes ``{output}/rep
 - ``map_mean-r_<fs>.png`` axial mosaic of the group mean r of the joint feature set at the report layer
 - ``map_contrast-<c>_t.png`` axial mosaic of each contrast's voxel-wise t, shown where q <= stats.q
 - ``map_noise-ceiling.png`` axial mosaic of the subject-mean noise ceiling (when stats.h5 has one)
+- ``.complete``          JSON written last: the stage key and its record (brainalign.pipeline.keys)
 - ``index.html``         every figure, the ROI table, the noise-normalised table (r, ceiling, r / ceiling) when
                          stats.h5 has ``/noise_ceiling``, per-subject permutation counts when a complete
                          ``permutation.h5`` exists, links to the CSV / HDF5 / NIfTI files, provenance
@@ -508,10 +509,17 @@ subject's ROI-mean r; q = Benjamini–Hochberg across ROIs within the layer. Hig
 # ---- the stage -----------------------------------------------------------------------------------
 
 def run_report(cfg, force: bool = False) -> Path:
-    """The ``report`` stage; returns the report directory ``{output}/report``. Always regenerated (cheap),
-    so ``force`` has no effect; it exists for the stage-function signature of brainalign.pipeline."""
+    """The ``report`` stage; returns the report directory ``{output}/report``. Skipped while its stage key
+    (report.*, name, and the keys of scores.h5, stats.h5, permutation.h5) is current; ``report/.complete``
+    (JSON: the key and its record) is written last."""
+    from .pipeline.keys import stage_check
+
     out = Path(cfg.output)
     rep = out / "report"
+    key = stage_check(cfg, "report", force)
+    if key.current:
+        return rep
+    (rep / ".complete").unlink(missing_ok=True)
     data = load_report_data(cfg)
     meta, title = data.meta, cfg.report.title
     layer = meta.layers[data.layer_index]
@@ -561,5 +569,7 @@ def run_report(cfg, force: bool = False) -> Path:
     links += [(f"../maps/group/{p.name}", f"maps/group/{p.name}") for p in maps]
     with atomic_path(rep / "index.html") as tmp:
         Path(tmp).write_text(build_html(cfg, data, figures, links), encoding="utf-8")
+    with atomic_path(rep / ".complete") as tmp:
+        Path(tmp).write_text(json.dumps(key.json_fields(), indent=1, sort_keys=True) + "\n")
     log.info("report: wrote %s (%d figures)", rep / "index.html", len(figures))
     return rep

@@ -18,8 +18,6 @@ noiseless signal correlates with the voxel's BOLD exactly at a target r drawn fr
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -412,17 +410,6 @@ def synthesize_bold(drivers: dict[str, list[np.ndarray]], roi_index: dict[str, n
 
 # ---------------------------------------------------------------------------------------------- driver
 
-def _config_hash(cfg) -> str:
-    m = cfg.model
-    parts = {"data": dataclasses.asdict(cfg.data), "simulate": dataclasses.asdict(cfg.simulate),
-             "windows": dataclasses.asdict(cfg.windows),
-             "tvqa": [cfg.finetune.data, cfg.finetune.n_train, cfg.finetune.n_val],
-             "model": {"backbone": m.backbone, "checkpoint": m.checkpoint, "seed": m.seed, "layers": m.layers,
-                       "precision": m.precision,
-                       "tiny": dataclasses.asdict(m.tiny)}}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def session_of(index: int) -> str:
     return f"{index // EPISODES_PER_SESSION + 1:03d}"
 
@@ -444,18 +431,21 @@ def _write_json(path, obj) -> None:
 def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
     """Write the demo dataset under cfg.data.root (see the module docstring); returns the root.
 
-    Skipped when ``{root}/.complete`` holds the hash of the current config. ``features`` ({episode:
+    Skipped while ``{root}/.complete`` (JSON, written last) holds the current stage key and every file it
+    writes exists (brainalign.pipeline.keys). ``features`` ({episode:
     {condition: (n_layers, n_windows, hidden)}}) replaces running the demo model (tests).
     """
     from .brain.volumes import write_nifti
     from .provenance import provenance
 
+    from .pipeline.keys import stage_check
+
     root = Path(cfg.data.root)
     marker = root / ".complete"
-    h = _config_hash(cfg)
-    if not force and marker.is_file() and marker.read_text().split("\n", 1)[0].strip() == h:
-        log.info("simulated data in %s are up to date (config hash %s)", root, h)
+    stage = stage_check(cfg, "simulate", force)      # files it wrote that a user replaced count as data
+    if stage.current:
         return root
+    h = stage.key
     if cfg.data.bold.format != "bids":
         raise ConfigError("data.bold.format: simulate writes BIDS derivatives; set it to 'bids'")
     for key in ("mask", "rois", "roi_names"):
@@ -534,7 +524,7 @@ def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
         "crossmodal_alpha": cm_alpha,
         "noise": {"ar1": AR1, "drift": "linear trend + slow cosine per run", "sd_percent_of_baseline": 1.0},
         "hrf": "SPM canonical double gamma", "weights": f"Gaussian in the driver's top {WEIGHT_RANK} principal "
-                                                         "directions, per voxel and subject", "model": cfg.model.backbone, "config_hash": h,
+                                                         "directions, per voxel and subject", "model": cfg.model.backbone, "stage_key": h,
         "rois": [],
     }
     for k, n in enumerate(names, start=1):
@@ -547,7 +537,8 @@ def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
                        if contrast else None)})
     _write_json(root / "truth.json", truth)
     with atomic_path(marker) as tmp:
-        tmp.write_text(h + "\n" + json.dumps(provenance(cfg.text or None, "simulate"), default=str) + "\n")
+        tmp.write_text(json.dumps(dict(stage.json_fields(), provenance=provenance(cfg.text or None, "simulate")),
+                                  default=str, indent=1) + "\n")
     log.info("simulate: %d subjects x %d runs of BOLD in %s in %.1f s", len(b.subjects), len(cfg.data.episodes),
              bold_dir, time.perf_counter() - t0)
     return root

@@ -475,7 +475,7 @@ def submit_study(cfg, cluster: str = "slurm", profile: Optional[str] = None, dry
               f"{plan.folder / 'submit.sh'})")
         return plan
     plan = make_plan(cfg, cluster, profile, force)
-    if dry_run:
+    if dry_run or not plan.jobs:
         print(plan.describe())
         return plan
     _preflight(plan)
