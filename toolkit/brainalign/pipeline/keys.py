@@ -64,11 +64,11 @@ class MissingInput(DataError):
         super().__init__(f"{inp.key + ': ' if inp.key else ''}{inp.role} not found: {inp.path}")
 
 
-_SHA: dict = {}      # (path, size, mtime_ns) -> sha256: each file is hashed once per process
+_SHA: dict = {}      # (path, inode, size, mtime_ns, ctime_ns) -> sha256: each file is hashed once per process
 
 
 def _sha_file(path: Path, st) -> str:
-    k = (str(path), st.st_size, st.st_mtime_ns)
+    k = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)    # ctime: utime cannot reset it
     if k not in _SHA:
         h = hashlib.sha256()
         with open(path, "rb") as fh:
@@ -532,8 +532,10 @@ class Assessor:
                 f"{u}: {units[u].reasons[0]}" for u in todo[:MAX_REASONS]) + (" ..." if len(todo) > MAX_REASONS else ""))
         if stored.status == "missing":
             st.reasons.append(f"no {record_path} yet")
+        elif stored.status == "unkeyed":
+            st.reasons.append(f"{record_path} has no stage key (made by hand or by an older brainalign)")
         elif stored.status != "ok":
-            st.reasons.append(f"{record_path} is {stored.status} {stored.detail}".rstrip())
+            st.reasons.append(f"{record_path} is incomplete or corrupt ({stored.detail})")
         elif not todo and (stored.record or {}).get("units") != keys:
             st.reasons.append(f"{record_path} was assembled from other units")
         if not st.reasons:

@@ -22,7 +22,7 @@ def assess_all(cfg, stages=None) -> list[State]:
 def format_status(cfg, states, verbose=False) -> str:
     mode = "content (SHA-256)" if cfg.pipeline.fingerprint == "content" else "size + mtime"
     lines = [f"brainalign status {cfg.source or cfg.name}: {len(states)} stages; input files compared by {mode}"]
-    width = max([len(s.stage) for s in states] + [5])
+    width = max([len(s.stage) for s in states] + [8])
     for st in states:
         if st.current:
             units = f", {len(st.units)} units" if st.units else ""
