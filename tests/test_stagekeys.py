@@ -20,22 +20,11 @@ import yaml
 
 from brainalign.cli import main
 from brainalign.config import parse_config
+from test_submit import SMALL as SUBMIT_SMALL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SMALL = {
-    "name": "keys",
-    "pipeline": ["simulate", "extract", "align", "fit", "stats", "report"],
-    "data": {"episodes": ["s01e01a", "s01e01b", "s01e02a"], "bold": {"subjects": ["01", "02"]}},
-    "simulate": {"trs_per_run": 30, "grid": [8, 8, 6], "roi_voxels": 10, "n_null_rois": 1},
-    "model": {"conditions": ["joint", "no_vision", "no_language"], "tiny": {"hidden": 16, "layers": 2, "heads": 2}},
-    "align": {"delays": [1, 2], "trim": 1,
-              "residuals": [{"name": "crossmodal", "target": "joint", "predictors": ["no_vision", "no_language"]}]},
-    "fit": {"alphas": [1.0, 100.0, 10000.0]},
-    "stats": {"contrasts": [{"name": "vision_gain", "a": "joint", "b": "no_vision"},
-                            {"name": "crossmodal_vs_0", "a": "crossmodal"}]},
-    "report": {"title": "keys test"},
-}
+SMALL = dict(json.loads(json.dumps(SUBMIT_SMALL)), name="keys", report={"title": "keys test"})   # 3 runs x 30 TRs
 
 # which stage wrote which output file (relative to OUTPUT)
 STAGE_OF = (("features", "extract"), ("design.h5", "align"), ("bold.h5", "align"), ("scores.h5", "fit"),
