@@ -378,15 +378,16 @@ class Assessor:
         self.specs = STAGES
         self._states: dict = {}
         self._ups: dict = {}
+        self._produced: dict = {}
 
     @property
     def mode(self) -> str:
         return "content" if self.content else "mtime"
 
     # -- pieces --
-    def _inputs(self, inputs, reasons, raise_missing):
-        """Fingerprints of ``inputs``; a missing one is raised (one line naming it) or becomes a reason
-        (planning: perhaps a producer's pending write)."""
+    def _inputs(self, stage, inputs, reasons, raise_missing):
+        """Fingerprints of ``inputs``; a missing one is raised (one line naming it) or becomes a reason.
+        Planning, an input that a pending stage (simulate, finetune) will write is a reason too."""
         fps, sources = [], {}
         for inp in inputs:
             try:
@@ -395,22 +396,27 @@ class Assessor:
             except MissingInput as e:
                 if raise_missing:
                     raise
-                producer = self._pending_producer(inp.path)
+                producer = self._pending_producer(inp.path, stage)
                 reasons.append(f"{inp.role} will be written by {producer}" if producer else str(e))
+                continue
+            producer = self._pending_producer(inp.path, stage)
+            if producer:
+                reasons.append(f"{inp.role} will be rewritten by {producer}")
         return fps, sources
 
-    def _pending_producer(self, path) -> Optional[str]:
-        """Planning: the stage in the pipeline that writes ``path`` and is not current (simulate, finetune)."""
+    def _pending_producer(self, path, stage) -> Optional[str]:
+        """Planning: the stage of the pipeline that writes ``path`` (or a folder above it) and is not current."""
         if not self.planning:
             return None
         p = Path(os.path.abspath(path))
         for name, spec in self.specs.items():
-            if spec.produces is None or name not in self.cfg.pipeline:
+            if spec.produces is None or name == stage or name not in self.cfg.pipeline:
                 continue
-            for q in spec.produces(self.cfg):
-                q = Path(os.path.abspath(q))
-                if (p == q or q in p.parents) and not self.state(name).current:
-                    return name
+            if name not in self._produced:
+                self._produced[name] = {Path(os.path.abspath(q)) for q in spec.produces(self.cfg)}
+            if (p in self._produced[name] or any(q in self._produced[name] for q in p.parents)) \
+                    and not self.state(name).current:
+                return name
         return None
 
     def _upstream(self, spec):
@@ -447,7 +453,7 @@ class Assessor:
                        and not self.state(p).current]
             reasons.append(f"inputs will be written by {pending[0]}" if pending else str(e))
             inputs = []
-        fps, sources = self._inputs(inputs, reasons, raise_missing)
+        fps, sources = self._inputs(stage, inputs, reasons, raise_missing)
         return Expected(stage, unit, self.mode, values, ups, fps, sources), reasons
 
     # -- states --
