@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: venv demo test bench container lint slurm-up slurm-down clean help
+.PHONY: venv demo test bench gpu-check container lint slurm-up slurm-down clean help
 
 help:
 	@echo "make demo       create .venv, install, run the whole pipeline on the embedded demo data"
 	@echo "make test       create .venv, install test deps, run pytest (starts MPI and a local SLURM)"
 	@echo "make bench      benchmarks under bench/ (ridge vs himalaya/sklearn, MPI scaling)"
+	@echo "make gpu-check  the prepared GPU check (bench/gpu_check.py) -> build/gpu_check/"
 	@echo "make container  build the Apptainer images where apptainer exists"
 
 venv: $(STAMP)
@@ -32,6 +33,10 @@ test: venv
 bench: venv
 	$(BIN)/python bench/ridge.py
 	@if [ -f bench/scaling.py ]; then $(BIN)/python bench/scaling.py; fi
+
+# Without a GPU it runs the CPU reference parts and reports the GPU parts as skipped (and why).
+gpu-check:
+	PYTHONPATH=toolkit $(PYTHON) bench/gpu_check.py build/gpu_check
 
 SLURM_DIR ?= /tmp/brainalign-slurm
 slurm-up:

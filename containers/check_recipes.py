@@ -13,7 +13,9 @@ brainalign images promise:
 - %environment exports OMP/MKL/OPENBLAS_NUM_THREADS from SLURM_CPUS_PER_TASK;
 - %test runs ``brainalign --help``; %post has pip install lines, one installing the toolkit with
   ``-c .../constraints-cpu.txt``;
-- the shell sections pass ``bash -n`` (``sh -n`` for %environment) after argument substitution.
+- the shell sections pass ``bash -n`` (``sh -n`` for %environment) after argument substitution;
+- an ``nvidia/cuda:MAJOR.x`` base installs CuPy for that CUDA major only: every ``cupy-cudaNNx`` that
+  %post installs, directly or through a toolkit extra (read from toolkit/pyproject.toml), has NN = MAJOR.
 
 Usage::
 
@@ -31,6 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +46,10 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _ARG_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _PIP_RE = re.compile(r"(^|\s|/)(pip3?|-m\s+pip)\s+install\b")
 _SECTION_RE = re.compile(r"^%([A-Za-z]+)\b(.*)$")
+_CUPY_RE = re.compile(r"\bcupy-cuda(\d+)x\b")
+_EXTRAS_RE = re.compile(r"toolkit\[([^\]]+)\]")
+_CUDA_FROM_RE = re.compile(r"^(?:[\w.-]+/)*nvidia/cuda:(\d+)\.")
+PYPROJECT = Path(__file__).resolve().parents[1] / "toolkit" / "pyproject.toml"
 
 
 class RecipeError(ValueError):
@@ -189,11 +196,50 @@ def check_recipe(path: str | Path) -> Recipe:
     if not any("toolkit" in ln and re.search(r"(-c|--constraint)\s+\S*constraints-cpu\.txt", ln) for ln in pips):
         raise RecipeError(f"{p}: %post: no pip line installs the toolkit with -c .../constraints-cpu.txt")
 
+    _cuda_matches_cupy(rec)
     for name in ("post", "runscript", "test"):
         _shell_syntax(rec, name, "bash")
     _shell_syntax(rec, "environment", "sh")
     _spython_check(rec)
     return rec
+
+
+def toolkit_extras(pyproject: Path = PYPROJECT) -> dict[str, list[str]]:
+    """``[project.optional-dependencies]`` of the toolkit: extra name -> requirement strings."""
+    try:
+        data = tomllib.loads(pyproject.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RecipeError(f"{pyproject}: cannot read the toolkit's extras: {exc}") from None
+    return data.get("project", {}).get("optional-dependencies", {})
+
+
+def cupy_wheels(rec: Recipe, pyproject: Path = PYPROJECT) -> dict[str, str]:
+    """The CuPy wheels %post installs: ``{"cupy-cuda13x": "toolkit[gpu-cuda13]", ...}`` (wheel -> where from)."""
+    extras = None
+    found = {}
+    for ln in pip_install_lines(rec):
+        for m in _CUPY_RE.finditer(ln):
+            found[m.group(0)] = "a pip line"
+        for m in _EXTRAS_RE.finditer(ln):
+            extras = toolkit_extras(pyproject) if extras is None else extras
+            for name in (e.strip() for e in m.group(1).split(",")):
+                if name not in extras:
+                    raise RecipeError(f"{rec.path}: %post: toolkit extra [{name}] is not defined in {pyproject.name}")
+                for req in extras[name]:
+                    for c in _CUPY_RE.finditer(req):
+                        found[c.group(0)] = f"toolkit[{name}]"
+    return found
+
+
+def _cuda_matches_cupy(rec: Recipe) -> None:
+    m = _CUDA_FROM_RE.match(rec.header.get("from", ""))
+    if m is None:
+        return
+    major = m.group(1)
+    for wheel, origin in cupy_wheels(rec).items():
+        if _CUPY_RE.match(wheel).group(1) != major:
+            raise RecipeError(f"{rec.path}: header: From {rec.header['from']} is CUDA {major} but %post installs "
+                              f"{wheel} (via {origin}); use the gpu-cuda{major} extra or another base image")
 
 
 def logical_lines(lines: list[str]) -> list[str]:

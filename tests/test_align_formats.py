@@ -3,7 +3,9 @@ import h5py
 import numpy as np
 import pytest
 
-from brainalign.align import _bold_sources, _read_run, _read_space
+from brainalign.align import _bold_sources, _read_run
+from brainalign.brain.runs import find_runs
+from brainalign.brain.study import build_space
 from brainalign.config import parse_config
 from brainalign.errors import DataError
 
@@ -27,8 +29,9 @@ def test_cifti_runs_and_structures_as_rois(tmp_path):
     cfg = _cfg(tmp_path, "cifti", "{root}/prep")
     sources = _bold_sources(cfg)
     assert set(sources) == {("01", "e1"), ("01", "e2"), ("01", "e3")}
-    mask, labels, names = _read_space(cfg)
-    assert mask is None and labels.shape == (36,)
+    study = build_space(cfg, find_runs(cfg))
+    mask, labels, names = study.mask, study.labels, study.names
+    assert mask is None and labels.shape == (36,) and study.space.kind == "grayordinates"
     assert names == {1: "CORTEX_LEFT", 2: "CORTEX_RIGHT", 3: "THALAMUS_LEFT"}
     np.testing.assert_array_equal(labels, np.repeat([1, 2, 3], [10, 18, 8]))
     np.testing.assert_array_equal(_read_run(cfg, sources[("01", "e2")], mask), data["e2"])
@@ -49,7 +52,8 @@ def test_hdf5_parcels_one_dataset_per_run(tmp_path):
     y = _read_run(cfg, sources[("01", "e3")], None)
     with h5py.File(tmp_path / "sub-01.h5") as f:
         np.testing.assert_allclose(y, f["sub-01_task-e3"][()], rtol=1e-6)
-    assert _read_space(cfg) == (None, None, {})
+    study = build_space(cfg, find_runs(cfg), n_columns=7)
+    assert study.space.kind == "none" and study.names == {} and not study.labels.any()
     missing = _cfg(tmp_path, "hdf5", "{root}/sub-{subject}-nope.h5")
     with pytest.raises(Exception, match=r"data\.bold\.dir: BOLD HDF5 file of sub-01 not found"):
         _bold_sources(missing)

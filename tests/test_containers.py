@@ -57,8 +57,37 @@ def test_gpu_recipe_builds_mpi4py_against_mpich_and_installs_cupy():
     assert any(ln.startswith("apt-get install") and " mpich " in f" {ln} " and "libmpich-dev" in ln for ln in post)
     pips = cr.pip_install_lines(rec)
     assert any("--no-binary=mpi4py" in ln for ln in pips)
-    assert any("toolkit[gpu]" in ln for ln in pips) and not any("toolkit[mpi]" in ln for ln in pips)
-    assert rec.header["from"].startswith("nvidia/cuda:12.")
+    assert any("toolkit[gpu-cuda13]" in ln for ln in pips) and not any("toolkit[mpi]" in ln for ln in pips)
+    assert rec.header["from"].startswith("nvidia/cuda:13.")
+    assert cr.cupy_wheels(rec) == {"cupy-cuda13x": "toolkit[gpu-cuda13]"}
+
+
+def test_gpu_extras_offer_both_cupy_wheels():
+    import tomllib
+
+    extras = tomllib.loads((REPO / "toolkit" / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert [r.split(">")[0] for r in extras["gpu-cuda12"]] == ["cupy-cuda12x"]
+    assert [r.split(">")[0] for r in extras["gpu-cuda13"]] == ["cupy-cuda13x"]
+    assert extras["gpu"] == extras["gpu-cuda13"]
+    assert cr.toolkit_extras() == extras
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("From: nvidia/cuda:13.0.1-cudnn-runtime-ubuntu22.04", "From: nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04",
+     r"header: From nvidia/cuda:12\.4\.1\S* is CUDA 12 but %post installs cupy-cuda13x \(via toolkit\[gpu-cuda13\]\)"),
+    ('"$PREFIX/toolkit[gpu-cuda13]"', '"$PREFIX/toolkit[gpu-cuda12]"',
+     r"is CUDA 13 but %post installs cupy-cuda12x \(via toolkit\[gpu-cuda12\]\)"),
+    ('"$PREFIX/toolkit[gpu-cuda13]"', '"$PREFIX/toolkit" cupy-cuda12x', r"installs cupy-cuda12x \(via a pip line\)"),
+    ('"$PREFIX/toolkit[gpu-cuda13]"', '"$PREFIX/toolkit[gpu-cuda14]"', r"toolkit extra \[gpu-cuda14\] is not defined"),
+], ids=["base-12-wheel-13", "base-13-extra-12", "direct-wheel", "unknown-extra"])
+def test_gpu_recipe_cuda_base_must_match_the_cupy_wheel(tmp_path, old, new, message):
+    text = GPU_DEF.read_text()
+    assert old in text
+    broken = tmp_path / "gpu.def"
+    broken.write_text(text.replace(old, new))
+    with pytest.raises(cr.RecipeError, match=message) as info:
+        cr.check_recipe(broken)
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{broken}: ")
 
 
 def test_missing_runscript_is_rejected_though_spython_accepts_it(tmp_path):

@@ -23,7 +23,11 @@ def random_features(episodes, n_windows, hidden=6, n_layers=2, seed=0):
 
 def tiny_cfg(root, **sim):
     return parse_config({
-        "data": {"root": str(root), "episodes": EPISODES, "bold": {"subjects": ["01", "02"], "tr": 1.5}},
+        "data": {"root": str(root), "episodes": EPISODES, "bold": {
+            "subjects": ["01", "02"], "tr": 1.5,
+            "mask": "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz",
+            "rois": "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-rois_dseg.nii.gz",
+            "roi_names": "{root}/derivatives/atlas/desc-rois_dseg.tsv"}},
         "simulate": {"trs_per_run": 30, "grid": [9, 9, 7], "fps": 4.0, "frame_size": 32, "audio_rate": 8000,
                      "roi_voxels": 8, "n_null_rois": 2, **sim},
         "model": {"tiny": {"hidden": 8, "layers": 2, "heads": 2, "vocab": 256}},

@@ -107,6 +107,8 @@ def roi_rows(results):
     ({"windows": {"resample": "average"}}, {"align", "simulate"}),   # resampling happens in align
     ({"windows": {"frames": 3}}, {"simulate", "extract", "finetune", "mlm"}),
     ({"data": {"bold": {"confounds": "minimal"}}}, {"align"}),
+    ({"data": {"missing_runs": "error", "bold": {"rescans": "first"}}}, {"align"}),
+    ({"data": {"bold": {"subjects": ["01"]}}}, {"align", "simulate"}),
     ({"data": {"root": "elsewhere"}, "output": "other", "name": "renamed"}, {"report"}),   # files count, not paths
     ({"model": {"seed": 3}}, {"simulate", "extract", "finetune", "mlm"}),
     ({"model": {"tiny": {"hidden": 32}}}, {"simulate", "extract", "finetune", "mlm"}),

@@ -257,7 +257,8 @@ def test_stats_h5_layout(planted):
             assert g["n_subjects"].dtype == np.int32 and g["significant"].dtype == np.uint8
             assert np.all(g["n_subjects"][()] == S)
             gv = f[f"voxel/{c}"]
-            assert set(gv) == {"t", "p", "q", "mean", "significant"}
+            assert set(gv) == {"t", "p", "q", "mean", "significant", "n_subjects"}
+            assert gv["n_subjects"].dtype == np.int16 and gv["n_subjects"].shape == (L, V)
             for k in ("t", "p", "q", "mean"):
                 assert gv[k].shape == (L, V) and gv[k].dtype == np.float32
             assert gv["significant"].dtype == np.uint8

@@ -234,10 +234,26 @@ def test_windows_audio_from_the_video_track(tmp_path):
     assert np.abs(st.audio[0, :7900]).max() < 0.02 and np.abs(st.audio[1, 200:]).max() > 0.4
 
 
+def test_missing_wav_falls_back_to_the_video_track(tmp_path, caplog):
+    """The default data.stimuli.audio is a wav beside the video; a movie that carries its own track (Algonauts
+    .mkv) and no wav uses that track (logged) instead of failing."""
+    make_episode(tmp_path)
+    (tmp_path / "stimuli" / "ep.wav").unlink()
+    cfg = episode_cfg(tmp_path)
+    assert cfg.data.stimuli.audio.endswith("{episode}.wav")
+    with caplog.at_level("INFO", logger="brainalign.stimuli"):
+        st = load_episode_stimuli(cfg, "ep")
+    assert "ep.wav not found; using the audio track of" in caplog.text
+    ref = episode_cfg(tmp_path)
+    ref.data.stimuli.audio = None
+    np.testing.assert_array_equal(st.audio, load_episode_stimuli(ref, "ep").audio)
+
+
 @pytest.mark.parametrize("setup,exc,msg", [
     (lambda r: (r / "stimuli" / "ep.mp4").unlink(), ConfigError, r"data.stimuli.video: video not found: .*ep.mp4"),
     (lambda r: (r / "stimuli" / "ep.tsv").unlink(), ConfigError, r"data.stimuli.transcript: transcript not found"),
-    (lambda r: (r / "stimuli" / "ep.wav").unlink(), ConfigError, r"data.stimuli.audio: audio not found"),
+    (lambda r: ((r / "stimuli" / "ep.wav").unlink(), write_video(r / "stimuli" / "ep.mp4", 45)), ConfigError,
+     r"data.stimuli.audio: audio not found: .*ep.wav \(and video .*ep.mp4 has no audio track\)"),
     (lambda r: make_episode(r, n_frames=8), DataError, r"ep.mp4: 0.800 s is shorter than one window step"),
     (lambda r: make_episode(r, words=[("a", 1.0), ("late", 6.0)]), DataError,
      r"transcript .*ep.tsv is unsynchronised with video .*ep.mp4: a word at 6.00 s"),

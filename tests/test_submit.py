@@ -390,7 +390,11 @@ def test_slurm_submit_matches_local_run(slurm_cluster, tmp_path):  # noqa: F811
     with 2 ranks, afterok chain) gives the scores of a local `brainalign run`, with SLURM ids in provenance."""
     env = _env(slurm_cluster)
     ref_cfg = small_config(tmp_path, "ref", pipeline=["simulate", "extract", "align", "fit"])
-    ref = subprocess.Popen([sys.executable, str(BIN), "run", str(ref_cfg)], cwd=tmp_path, env=env,
+    # The SLURM jobs run with OMP_NUM_THREADS = their cpus_per_task (1 on the local profile); torch's CPU
+    # kernels round differently with another thread count (~1e-5 in the simulated BOLD), so the local
+    # reference runs with the same single thread. The ridge fit itself is thread-count independent.
+    ref = subprocess.Popen([sys.executable, str(BIN), "run", str(ref_cfg)], cwd=tmp_path,
+                           env={**env, "OMP_NUM_THREADS": "1"},
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cfg = small_config(tmp_path, "slurm")
     t0 = time.time()

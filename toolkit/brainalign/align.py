@@ -12,13 +12,16 @@ Per run (= episode) e with n_e TRs (features and BOLD cut to the shorter when th
 4. ``align.trim`` TRs are dropped at each run start and end, after delaying.
 
 BOLD is masked, cut to the same TRs, z-scored per run (constant voxels stay 0 and are scored NaN by
-the fit) and trimmed identically.
+the fit) and trimmed identically. Which file holds each subject's run, re-scans and missing runs are decided by
+brain.runs.find_runs; the mask / parcellation / CIFTI grayordinates and the ROIs by brain.study.build_space. A
+subject's ``/bold/sub-XX`` holds only the runs it has (attr ``runs_present``).
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-from .config import require_file
 from .errors import DataError
 from .h5io import atomic_h5, str_attr
 from .log import get_logger, progress
@@ -131,48 +134,27 @@ def tr_grid_features(cfg, feats, condition, episode) -> np.ndarray:
 
 
 def _bold_sources(cfg):
-    """{(subject, episode): (path, dataset or None)} for every subject and run, checking the files exist."""
-    b = cfg.data.bold
-    if b.format == "hdf5":
-        from .brain.volumes import find_hdf5_dataset
+    """{(subject, episode): (path, dataset, "cifti" or None)} of every run found (brain.runs.find_runs)."""
+    from .brain.runs import find_runs
 
-        out = {}
-        for s in b.subjects:
-            path = require_file("data.bold.dir", cfg.path(b.dir, subject=s), f"BOLD HDF5 file of sub-{s}")
-            for ep in cfg.data.episodes:
-                out[(s, ep)] = (path, find_hdf5_dataset(path, ep))
-        return out
-    from .brain.bids import find_bold
-    from .brain.cifti import find_cifti_bold
-
-    bids_dir = require_file("data.bold.dir", cfg.path(b.dir), "fMRIPrep derivatives directory")
-    if b.format == "cifti":
-        return {(s, ep): (find_cifti_bold(bids_dir, s, ep, b.space), "cifti")
-                for s in b.subjects for ep in cfg.data.episodes}
-    return {(s, ep): (find_bold(bids_dir, s, ep, b.space, b.desc), None)
-            for s in b.subjects for ep in cfg.data.episodes}
+    return {key: _source(run) for key, run in find_runs(cfg).items()}
 
 
-def _read_space(cfg):
-    """The voxel space: (mask Mask or None, labels (n_vox,) or None, {id: name})."""
-    from .brain.volumes import load_mask, load_rois
+def _source(run):
+    """(path, dataset) as _read_run takes it: the HDF5 dataset name, "cifti", or None for NIfTI."""
+    return run.path, run.dataset if run.kind == "hdf5" else ("cifti" if run.kind == "cifti" else None)
 
-    b = cfg.data.bold
-    if b.format == "hdf5":
-        return None, None, {}
-    if b.format == "cifti":                  # grayordinates; ROIs = the CIFTI brain structures
-        from .brain.cifti import cifti_info, structure_labels
 
-        first = next(iter(_bold_sources(cfg).values()))[0]
-        labels, names = structure_labels(cifti_info(first))
-        return None, labels, names
-    mask = load_mask(require_file("data.bold.mask", cfg.path(b.mask), "brain mask"))
-    if not b.rois:
-        return mask, None, {}
-    labels, names = load_rois(require_file("data.bold.rois", cfg.path(b.rois), "ROI label image"),
-                              require_file("data.bold.roi_names", cfg.path(b.roi_names), "ROI names TSV")
-                              if b.roi_names else None, mask)
-    return mask, labels, names
+def _n_columns(table):
+    """Parcel count of HDF5 data: the column count of the first run's dataset."""
+    import h5py
+
+    run = table.items()[0][1]
+    with h5py.File(run.path, "r") as f:
+        shape = f[run.dataset].shape
+    if len(shape) != 2:
+        raise DataError(f"BOLD HDF5 {run.path}:{run.dataset}: expected 2D (TRs, parcels), got shape {shape}")
+    return int(shape[1])
 
 
 def _read_run(cfg, source, mask):
@@ -215,20 +197,25 @@ def run_align(cfg, force: bool = False):
         raise DataError(f"{out / 'features.h5'} lacks episodes {', '.join(missing)} (run extract)")
     layers = list(feats.layers)
     b = cfg.data.bold
-    mask, labels, names = _read_space(cfg)
-    sources = _bold_sources(cfg)
+    from .brain.runs import find_runs
+    from .brain.study import build_space
+
+    table = find_runs(cfg)
+    study = build_space(cfg, table, _n_columns(table) if b.format == "hdf5" else None)
 
     # read BOLD once per run; lengths first
     bold_runs, bold_lengths = {}, {}
-    for (s, ep), src in progress(sources.items(), desc="read BOLD"):
-        y = _read_run(cfg, src, mask)
+    for (s, ep), run in progress(table.items(), desc="read BOLD"):
+        y = _read_run(cfg, _source(run), study.mask)
         bold_runs[(s, ep)] = y
-        bold_lengths.setdefault(ep, {})[(s, src[0])] = y.shape[0]
+        bold_lengths.setdefault(ep, {})[(s, run.label)] = y.shape[0]
     n_vox = {y.shape[1] for y in bold_runs.values()}
     if len(n_vox) != 1:
         raise DataError(f"BOLD runs disagree on their voxel/parcel count: {sorted(n_vox)} "
-                        f"({', '.join(str(src[0]) for src in sources.values())})")
+                        f"({', '.join(run.label for _, run in table.items()[:6])} ...)")
     (n_vox,) = n_vox
+    if n_vox != study.space.n:
+        raise DataError(f"BOLD runs have {n_vox} units but the study space has {study.space.n}")
     for c in cfg.all_conditions:
         if c not in feats.conditions:
             raise DataError(f"{out / 'features.h5'} lacks condition {c!r} (has {', '.join(feats.conditions)})")
@@ -285,20 +272,19 @@ def run_align(cfg, force: bool = False):
         f.attrs["episodes"] = str_attr(episodes)
         f.attrs["run_lengths"] = np.asarray(kept, np.int64)
         f.attrs["tr"] = b.tr
-        # parcel (hdf5) and grayordinate (cifti) data have no volume: a (n, 1, 1) all-ones "mask" keeps one layout
-        mdata = mask.data if mask is not None else np.ones((n_vox, 1, 1), bool)
-        m = f.create_dataset("mask", data=mdata.astype(np.uint8))
-        m.attrs["affine"] = np.asarray(mask.affine if mask is not None else np.eye(4), np.float64)
-        m.attrs["volumetric"] = int(mask is not None)
-        ids = sorted(names)
-        f.create_dataset("roi_labels", data=(labels if labels is not None else np.zeros(n_vox)).astype(np.int32))
+        study.space.to_h5(f)               # /mask (+ /atlas for parcels, /cifti for grayordinates)
+        ids = sorted(study.names)
+        f.create_dataset("roi_labels", data=study.labels.astype(np.int32))
         f.attrs["roi_ids"] = np.asarray(ids, np.int64)
-        f.attrs["roi_names"] = str_attr([names[i] for i in ids])
+        f.attrs["roi_names"] = str_attr([study.names[i] for i in ids])
+        f.attrs["runs_present"] = json.dumps({s: table.of(s) for s in b.subjects})
         g = f.create_group("bold")
         for s in b.subjects:
-            Y = np.concatenate([zscore(bold_runs[(s, ep)][: n_use[ep]])[trim: n_use[ep] - trim] for ep in episodes])
-            g.create_dataset(f"sub-{s}", data=Y.astype(np.float32),
-                             chunks=(Y.shape[0], min(Y.shape[1], max(1, cfg.fit.chunk_voxels))))
+            present = table.of(s)
+            Y = np.concatenate([zscore(bold_runs[(s, ep)][: n_use[ep]])[trim: n_use[ep] - trim] for ep in present])
+            ds = g.create_dataset(f"sub-{s}", data=Y.astype(np.float32),
+                                  chunks=(Y.shape[0], min(Y.shape[1], max(1, cfg.fit.chunk_voxels))))
+            ds.attrs["runs_present"] = np.asarray([episodes.index(ep) for ep in present], np.int64)
     log.info("align: %d runs, %d TRs kept, %d layers, feature sets %s, %d voxels x %d subjects",
              len(episodes), len(runs_index), len(layers), ", ".join(cfg.feature_sets), n_vox,
              len(b.subjects))

@@ -33,9 +33,23 @@ VERBS = {
               "as an MPI job (srun), then stats and report, chained with afterok; --dry-run prints the plan",
     "status": "per stage of the config's pipeline: current (would be skipped), stale (with what changed: a "
               "config value it reads, an upstream output, an input file) or missing; runs nothing",
-    "validate": "check the config against the schema and print it resolved; runs nothing",
+    "validate": "check the config against the schema and that the files its data section resolves to exist "
+                "(listing the first missing ones); runs nothing",
 }
 KEYED = ("simulate", "extract", "align", "fit", "stats", "report", "mlm", "finetune", "run", "submit", "status")
+
+
+def parse_value(text: str):
+    """A --set value as YAML (numbers, lists, null, ...), except that text YAML cannot read or would read as a
+    mapping without any ``key: value`` pair -- a path template such as ``{root}/atlas.nii.gz`` or ``{root}`` --
+    stays the string it is."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, dict) and value and all(v is None for v in value.values()):
+        return text                      # "{root}" is a flow mapping {root: null} to YAML, a template to us
+    return value
 
 
 def _parse_set(items):
@@ -44,7 +58,7 @@ def _parse_set(items):
         if "=" not in item:
             raise BrainAlignError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        out[k.strip()] = parse_value(v)
     return out
 
 
@@ -116,8 +130,11 @@ def main(argv=None):
         if getattr(args, "verify", False):
             cfg.pipeline.fingerprint = "content"
         if args.verb == "validate":
+            from .datafiles import check_data_files
+
+            summary = check_data_files(cfg)
             print(cfg.text if args.set else f"config {cfg.source}: ok ({cfg.name}; pipeline "
-                  f"{' '.join(cfg.pipeline)}; feature sets {' '.join(cfg.feature_sets)})")
+                  f"{' '.join(cfg.pipeline)}; feature sets {' '.join(cfg.feature_sets)}; {summary})")
             return 0
         from .pipeline import run_pipeline, run_stage
 

@@ -2,12 +2,18 @@
 
 Every problem is reported as one ConfigError line that names the key path, e.g.
 ``config configs/x.yaml: fit.alphas[2]: expected a number, got 'ten'``.
-Relative paths in the config are relative to the current working directory. String paths may use the
-placeholders ``{root}`` (data.root), ``{episode}`` and ``{subject}``.
+Relative paths in the config are relative to the current working directory. Path templates may use the
+placeholders of ``TEMPLATE_FIELDS`` (which ones depends on the key; see ``TEMPLATE_KEYS`` and the README):
+``{root}`` (data.root), ``{subject}``, ``{episode}`` (a run as listed in data.episodes) and what is derived from
+it: ``{task}`` (the run without a ``_run-N`` suffix), ``{run}`` (N), ``{season}`` (Friends season number, e.g. 1
+for s01e02a; ``{season:02d}`` gives 01) and ``{movie}`` (the task without its trailing segment number, e.g.
+figures for figures01).
 """
 from __future__ import annotations
 
 import dataclasses
+import re
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,8 +30,22 @@ CONDITIONS = ("joint", "no_vision", "no_language", "no_audio", "vision_only", "l
 @dataclass
 class StimuliConfig:
     video: str = "{root}/stimuli/{episode}.mp4"          # mp4/mkv with or without an audio track
-    audio: Optional[str] = "{root}/stimuli/{episode}.wav"  # null: use the video's audio track
-    transcript: str = "{root}/stimuli/{episode}.tsv"     # .tsv (word onset duration) | .json (Speech2Text) | .srt
+    audio: Optional[str] = "{root}/stimuli/{episode}.wav"  # null: the video's track; a missing file falls back to it
+    transcript: str = "{root}/stimuli/{episode}.tsv"     # .tsv (word onset duration | Algonauts per-TR) | .json | .srt
+    transcript_format: Literal["auto", "words", "algonauts", "json", "srt"] = "auto"   # auto: by extension/header
+
+
+@dataclass
+class RoiGroupConfig:
+    name: str = ""                         # the ROI's name in tables and figures
+    labels: list[str] = field(default_factory=list)   # atlas label names (fnmatch patterns) or label numbers
+
+
+@dataclass
+class RescanConfig:
+    subject: str = ""                      # a run scanned in several sessions: which session to use
+    run: str = ""
+    session: str = ""                      # without ses-
 
 
 @dataclass
@@ -36,10 +56,13 @@ class BoldConfig:
     space: str = "MNI152NLin2009cAsym"
     desc: str = "preproc"
     tr: float = 1.49
-    mask: str = "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz"
-    rois: Optional[str] = "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-rois_dseg.nii.gz"
-    roi_names: Optional[str] = "{root}/derivatives/atlas/desc-rois_dseg.tsv"
+    mask: Optional[str] = None             # null: intersection of the runs' fMRIPrep brain masks; may use {subject}
+    rois: Optional[str] = None             # ROI/parcel label image (dseg NIfTI); may use {subject}
+    roi_names: Optional[str] = None        # BIDS dseg TSV, colour LUT (Schaefer *_order.txt) or labels list
+    roi_groups: Optional[typing.Union[Literal["networks"], list[RoiGroupConfig]]] = None   # null: one ROI per label
     confounds: Optional[typing.Union[Literal["minimal"], list[str]]] = None   # see brain/confounds.py
+    rescans: Literal["last", "first", "error"] = "last"   # a run scanned in several sessions (QC re-scans)
+    rescan_sessions: list[RescanConfig] = field(default_factory=list)   # per-run session choice, overrides rescans
 
 
 @dataclass
@@ -48,6 +71,7 @@ class DataConfig:
     episodes: list[str] = field(default_factory=lambda: ["s01e01a", "s01e01b", "s01e02a", "s01e02b"])
     stimuli: StimuliConfig = field(default_factory=StimuliConfig)
     bold: BoldConfig = field(default_factory=BoldConfig)
+    missing_runs: Literal["skip", "error"] = "skip"   # a run some subject lacks: fit that subject without it
 
 
 @dataclass
@@ -187,6 +211,7 @@ class MlmConfig:
 class ReportConfig:
     layer: Optional[int] = None            # layer for ROI bar charts (null: best mean joint layer)
     title: str = "brainalign report"
+    max_rois: int = 12                     # ROIs in the bar/curve figures (more: the top ones by mean r)
 
 
 STAGES = ("simulate", "finetune", "extract", "align", "fit", "stats", "report", "mlm")
@@ -263,8 +288,75 @@ class Config:
         names = self.all_conditions + [r.name for r in self.align.residuals]
         return list(self.fit.feature_sets) if self.fit.feature_sets else names
 
-    def path(self, template: str, **kw) -> Path:
-        return Path(template.format(root=self.data.root, **kw))
+    def path(self, template: str, key: str = "", **kw) -> Path:
+        """The path a template resolves to; ``key`` (the config key) names the culprit in errors."""
+        return Path(expand(template, key, root=self.data.root, **kw))
+
+
+# ---- path templates ------------------------------------------------------------------------------
+
+TEMPLATE_FIELDS = ("root", "subject", "episode", "task", "run", "season", "movie")
+_RUN_FIELDS = ("root", "episode", "task", "run", "season", "movie")
+_SUBJECT_FIELDS = ("root", "subject")
+TEMPLATE_KEYS = {                          # config key -> placeholders it may use
+    "data.stimuli.video": _RUN_FIELDS, "data.stimuli.audio": _RUN_FIELDS,
+    "data.stimuli.transcript": _RUN_FIELDS, "data.bold.dir": _SUBJECT_FIELDS,
+    "data.bold.mask": _SUBJECT_FIELDS, "data.bold.rois": _SUBJECT_FIELDS, "data.bold.roi_names": _SUBJECT_FIELDS,
+    "stats.noise_ceiling_repeats": _SUBJECT_FIELDS, "finetune.data": ("root",), "finetune.output": ("root",),
+}
+_RUN_SUFFIX = re.compile(r"^(?P<task>.+?)_run-(?P<run>[0-9A-Za-z]+)$")
+_SEASON = re.compile(r"^s(?P<season>\d+)e\d+", re.IGNORECASE)
+_MOVIE = re.compile(r"^(?P<movie>.*?[A-Za-z_-])\d+$")
+
+
+def run_fields(episode: str) -> dict:
+    """What a run name yields for templates: task and run (``figures01_run-2`` -> figures01, 2), season
+    (``s01e02a`` -> 1, an int) and movie (``figures01`` -> figures); absent keys cannot be derived."""
+    out = {"episode": episode}
+    m = _RUN_SUFFIX.match(episode)
+    out["task"], out["run"] = (m["task"], m["run"]) if m else (episode, "")
+    if (m := _SEASON.match(out["task"])):
+        out["season"] = int(m["season"])
+    if (m := _MOVIE.match(out["task"])):
+        out["movie"] = m["movie"]
+    return out
+
+
+class _Fields(dict):
+    def __init__(self, template, key, **kw):
+        super().__init__(kw)
+        self.template, self.key = template, key
+        if kw.get("episode") is not None and kw["episode"] != "*":
+            super().update({k: v for k, v in run_fields(str(kw["episode"])).items() if k not in kw})
+
+    def __missing__(self, name):
+        where = f"{self.key}: " if self.key else ""
+        if name in ("season", "movie") and "episode" in self:
+            what = "a Friends run name like s01e02a" if name == "season" else "a run name ending in digits (figures01)"
+            raise ConfigError(f"{where}{{{name}}} in {self.template!r} needs {what}; run {self['episode']!r} has none")
+        if self.get("episode") == "*" and name in _RUN_FIELDS:
+            return "*"
+        raise ConfigError(f"{where}placeholder {{{name}}} in {self.template!r} cannot be filled here "
+                          f"(this key knows: {', '.join(sorted(k for k in self if isinstance(k, str)))})")
+
+
+def expand(template: str, key: str = "", **kw) -> str:
+    """``template`` with its placeholders filled (see TEMPLATE_FIELDS); one ConfigError line naming ``key``."""
+    try:
+        return template.format_map(_Fields(template, key, **kw))
+    except (ValueError, IndexError, AttributeError) as e:
+        raise ConfigError(f"{key + ': ' if key else ''}bad path template {template!r} ({e})") from None
+
+
+def template_fields(template: str, key: str) -> set:
+    """The placeholder names of ``template``; ConfigError naming ``key`` on a syntax error."""
+    try:
+        names = {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template) if name}
+    except ValueError as e:
+        raise ConfigError(f"{key}: bad path template {template!r} ({e}; write literal braces as {{{{ }}}})") from None
+    if any(not n or n.isdigit() for n in names):
+        raise ConfigError(f"{key}: bad path template {template!r} (placeholders need a name, e.g. {{root}})")
+    return names
 
 
 # ---- generic validation --------------------------------------------------------------------------
@@ -406,6 +498,47 @@ def _check_semantics(cfg: Config):
         err("data.episodes", "nested cross-validation by runs needs at least 3 runs")
     if not cfg.data.bold.subjects:
         err("data.bold.subjects", "needs at least one subject")
+    if len(set(cfg.data.bold.subjects)) != len(cfg.data.bold.subjects):
+        err("data.bold.subjects", "duplicate subject")
+    for key, allowed in TEMPLATE_KEYS.items():
+        section, *path = key.split(".")
+        value = getattr(cfg, section)
+        for p in path:
+            value = getattr(value, p)
+        if isinstance(value, str):
+            bad = template_fields(value, key) - set(allowed)
+            if bad:
+                err(key, f"placeholder(s) {', '.join('{' + b + '}' for b in sorted(bad))} in {value!r} are not "
+                         f"available here (known: {', '.join('{' + a + '}' for a in allowed)})")
+    b = cfg.data.bold
+    if b.format in ("hdf5", "cifti") and b.mask:
+        err("data.bold.mask", f"{b.format} data has no voxel grid to mask; leave it null "
+                              + ("(parcels come from data.bold.rois)" if b.format == "hdf5" else "(grayordinates)"))
+    if b.format == "cifti" and b.rois:
+        err("data.bold.rois", "CIFTI ROIs are the file's brain structures; leave it null")
+    if b.roi_groups and not b.rois:
+        err("data.bold.roi_groups", "needs an atlas in data.bold.rois" + (" (CIFTI ROIs are its structures)"
+                                                                          if b.format == "cifti" else ""))
+    if isinstance(b.roi_groups, list):
+        if not b.roi_groups:
+            err("data.bold.roi_groups", "an empty list; use null for one ROI per atlas label")
+        for i, g in enumerate(b.roi_groups):
+            if not g.name:
+                err(f"data.bold.roi_groups[{i}].name", "an ROI needs a name")
+            if not g.labels:
+                err(f"data.bold.roi_groups[{i}].labels", "needs atlas label names (patterns) or numbers")
+        if len({g.name for g in b.roi_groups}) != len(b.roi_groups):
+            err("data.bold.roi_groups", "duplicate ROI name")
+    for i, rs in enumerate(b.rescan_sessions):
+        for k in ("subject", "run", "session"):
+            if not getattr(rs, k):
+                err(f"data.bold.rescan_sessions[{i}].{k}", "needs a value")
+        if rs.subject not in b.subjects:
+            err(f"data.bold.rescan_sessions[{i}].subject", f"{rs.subject!r} is not in data.bold.subjects")
+        if rs.run not in cfg.data.episodes:
+            err(f"data.bold.rescan_sessions[{i}].run", f"{rs.run!r} is not in data.episodes")
+    if cfg.report.max_rois < 1:
+        err("report.max_rois", f"must be at least 1, got {cfg.report.max_rois}")
     if cfg.data.bold.tr <= 0:
         err("data.bold.tr", f"must be positive, got {cfg.data.bold.tr}")
     if not cfg.fit.alphas or any(a <= 0 for a in cfg.fit.alphas):
@@ -456,7 +589,27 @@ def read_yaml(path, kind: str):
         raise ConfigError(f"{kind} {path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
 
 
+def _check_labels(data, source):
+    """Subject and session labels read by YAML as numbers (``[01, 02]`` -> 1, 2; ``010`` -> 8; ``041`` -> 33)
+    cannot be zero-padded back reliably, so they are refused with the fix."""
+    bold = (data.get("data") or {}).get("bold") if isinstance(data.get("data"), dict) else None
+    if not isinstance(bold, dict):
+        return
+    found = []
+    if isinstance(bold.get("subjects"), list):
+        found += [(f"data.bold.subjects[{i}]", v) for i, v in enumerate(bold["subjects"])]
+    if isinstance(bold.get("rescan_sessions"), list):
+        found += [(f"data.bold.rescan_sessions[{i}].{k}", r.get(k)) for i, r in enumerate(bold["rescan_sessions"])
+                  if isinstance(r, dict) for k in ("subject", "session")]
+    for key, v in found:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            raise ConfigError(f"config {source}: {key}: {v!r} is a number (YAML reads an unquoted 01 as 1 and 010 "
+                              f"as 8); quote the labels, e.g. subjects: [\"01\", \"02\"], session: \"041\"")
+
+
 def parse_config(data, source="<config>", text="") -> Config:
+    if isinstance(data, dict):
+        _check_labels(data, source)
     cfg = parse_schema(Config, data, source, "config", _check_semantics)
     cfg.source = source
     cfg.text = text

@@ -5,6 +5,9 @@ inner folds leave one training run (group) out
 and pick every voxel's alpha by mean inner-fold Pearson r; the model refit on the whole outer training set
 with that alpha is scored on the held-out run (Pearson r). The design is shared by all subjects, so the
 X-only work (decompositions) of one (feature set, layer, fold) unit serves every subject and voxel chunk.
+A subject that lacks some runs (``data.missing_runs: skip``; bold.h5 ``/bold/sub-XX`` attr ``runs_present``) is
+fitted on the rows of the runs it has, with its own solver per fold (one per distinct set of runs); in a fold
+whose held-out runs it lacks its r is NaN, so its fold-mean r averages the folds it has.
 
 A *unit* is (feature set, layer, outer fold, voxel chunk); it is the piece of work a process or an MPI
 rank takes. ``run_fit`` runs unchanged in one process or under ``mpiexec -n N`` / ``srun -n N``: ranks draw
@@ -99,12 +102,19 @@ class FitInputs:
         self.folds = read_str_attr(self.design, "folds")
         self.subjects = read_str_attr(self.bold, "subjects")
         self.n_vox = int(self.bold["mask"][()].sum())
+        self.rows, self.present = {}, {}
+        n_runs = int(self.runs.max()) + 1 if len(self.runs) else 0
         for s in self.subjects:
             if f"sub-{s}" not in self.bold["bold"]:
                 raise DataError(f"{out / 'bold.h5'} lacks /bold/sub-{s} (re-run align)")
-            shape = self.bold["bold"][f"sub-{s}"].shape
-            if shape != (len(self.runs), self.n_vox):
-                raise DataError(f"bold.h5 sub-{s} has shape {shape}, expected {(len(self.runs), self.n_vox)}")
+            ds = self.bold["bold"][f"sub-{s}"]
+            present = np.asarray(ds.attrs.get("runs_present", np.arange(n_runs)), np.int64)
+            self.present[s] = present
+            self.rows[s] = None if len(present) == n_runs else np.flatnonzero(np.isin(self.runs, present))
+            n_rows = len(self.runs) if self.rows[s] is None else len(self.rows[s])
+            if ds.shape != (n_rows, self.n_vox):
+                raise DataError(f"bold.h5 sub-{s} has shape {ds.shape}, expected {(n_rows, self.n_vox)} "
+                                f"({len(present)} of {n_runs} runs)")
         self.chunks = voxel_chunks(self.n_vox, cfg.fit.chunk_voxels)
         self.chunk_width = max((b - a for a, b in self.chunks), default=0)
 
@@ -117,7 +127,8 @@ class FitInputs:
         """JSON of the output geometry; shards made for another geometry are stale."""
         return json.dumps({"subjects": self.subjects, "feature_sets": self.feature_sets, "layers": self.layers,
                            "folds": self.folds, "n_trs": int(len(self.runs)), "n_vox": self.n_vox,
-                           "chunk_voxels": self.chunk_width}, sort_keys=True)
+                           "chunk_voxels": self.chunk_width,
+                           "runs_present": {s: self.present[s].tolist() for s in self.subjects}}, sort_keys=True)
 
     def X(self, unit: Unit) -> np.ndarray:
         """Design matrix of ``unit``: float32 (n_trs, n_features)."""
@@ -139,27 +150,37 @@ class FitInputs:
 
 
 class SolverCache:
-    """The FoldSolver of the most recent design matrix (Unit.xkey): consecutive units of a rank share it."""
+    """The FoldSolvers of the most recent design matrix (Unit.xkey): consecutive units of a rank share them.
+
+    One solver per set of rows: all rows (subjects with every run), and one per distinct subset of runs that
+    a subject with missing runs has. ``get(unit, rows)`` returns (solver, train, test) with train/test indexing
+    those rows, or (None, ...) when the subject lacks the fold's held-out runs or has < 2 training groups."""
 
     def __init__(self, inp: FitInputs, cfg):
         self.inp, self.cfg = inp, cfg
-        self.key, self.solver, self.split, self.builds, self.build_s = None, None, None, 0, 0.0
+        self.key, self.solvers, self.builds, self.build_s = None, {}, 0, 0.0
 
-    def get(self, unit: Unit):
-        """(solver, train rows, test rows) for ``unit``; X is read and decomposed once per xkey."""
+    def get(self, unit: Unit, rows=None):
+        """(solver, train rows, test rows) for ``unit`` on ``rows`` (None: all); built once per xkey and rows."""
         if unit.xkey != self.key:
+            self.key, self.solvers = unit.xkey, {}      # free the previous design's solvers first
+        pattern = None if rows is None else rows.tobytes()
+        if pattern not in self.solvers:
             from .ridge import FoldSolver
 
-            self.key = self.solver = None          # free the previous solver before building the next
             t0 = time.perf_counter()
-            train, test, inner = fold_splits(self.inp.groups, unit.fold)
-            X = self.inp.X(unit)
-            self.solver = FoldSolver(X[train], X[test], np.asarray(self.cfg.fit.alphas, np.float64), inner,
-                                     backend=self.cfg.fit.backend, n_jobs=_cores_per_rank())
-            self.key, self.split = unit.xkey, (train, test)
-            self.builds += 1
-            self.build_s += time.perf_counter() - t0
-        return self.solver, *self.split
+            groups = self.inp.groups if rows is None else self.inp.groups[rows]
+            train, test, inner = fold_splits(groups, unit.fold)
+            if not len(test) or len(inner) < 2:
+                self.solvers[pattern] = (None, train, test)
+            else:
+                X = self.inp.X(unit) if rows is None else self.inp.X(unit)[rows]
+                solver = FoldSolver(X[train], X[test], np.asarray(self.cfg.fit.alphas, np.float64), inner,
+                                    backend=self.cfg.fit.backend, n_jobs=_cores_per_rank())
+                self.solvers[pattern] = (solver, train, test)
+                self.builds += 1
+                self.build_s += time.perf_counter() - t0
+        return self.solvers[pattern]
 
 
 def _cores_per_rank():
@@ -176,11 +197,13 @@ def compute_unit(inp: FitInputs, unit: Unit, cache: SolverCache):
 
     Returns (r, alpha): float32 arrays (n_subjects, stop - start) of held-out Pearson r and chosen alpha.
     """
-    solver, train, test = cache.get(unit)
     a, b = inp.chunks[unit.chunk]
     r = np.full((len(inp.subjects), b - a), np.nan, np.float32)
     alpha = np.full_like(r, np.nan)
     for si, s in enumerate(inp.subjects):
+        solver, train, test = cache.get(unit, inp.rows[s])
+        if solver is None:                 # this subject lacks the fold's held-out run(s): NaN
+            continue
         Y = inp.bold["bold"][f"sub-{s}"][:, a:b]
         res = solver.score_chunk(Y[train], Y[test])
         r[si] = res.r
@@ -198,8 +221,10 @@ def write_scores_header(f, inp: FitInputs, cfg):
     f.attrs["backend"] = cfg.fit.backend
     f.attrs["roi_ids"] = inp.bold.attrs["roi_ids"]
     f.attrs["roi_names"] = inp.bold.attrs["roi_names"]
-    m = f.create_dataset("mask", data=inp.bold["mask"][()])
-    m.attrs["affine"] = inp.bold["mask"].attrs["affine"]
+    f.attrs["runs_present"] = json.dumps({s: inp.present[s].tolist() for s in inp.subjects})
+    from .brain.space import MapSpace
+
+    MapSpace.copy_h5(inp.bold, f)          # /mask (+ /atlas or /cifti): maps need no input file
     f.create_dataset("roi_labels", data=inp.bold["roi_labels"][()])
 
 
@@ -219,17 +244,22 @@ def write_r_mean(f):
 
 
 def write_maps(cfg, scores_path):
-    """Per subject and feature set a 4D NIfTI (x, y, z, layer) of fold-mean r under OUTPUT/maps/sub-XX/."""
-    from .brain.volumes import load_mask, write_volume
+    """Per subject and feature set a map of fold-mean r, last axis = layer, under OUTPUT/maps/sub-XX/: 4D NIfTI
+    on the mask grid (voxels) or the parcellation (parcels, every voxel of a parcel holding its r), or a CIFTI-2
+    dscalar with one map per layer (grayordinates). Nothing for parcel data without an atlas."""
+    from .brain.space import MapSpace
 
-    mask = load_mask(cfg.path(cfg.data.bold.mask))
     paths = []
     with open_h5(scores_path, "scores file") as f:
+        space = MapSpace.from_h5(f, scores_path)
+        if not space.has_maps:
+            return paths
         subjects, fsets = read_str_attr(f, "subjects"), read_str_attr(f, "feature_sets")
+        layers = [f"layer {int(x)}" for x in np.atleast_1d(f.attrs["layers"])]
         for si, s in enumerate(subjects):
             for fi, fs in enumerate(fsets):
-                p = cfg.out / "maps" / f"sub-{s}" / f"sub-{s}_feat-{fs}_stat-r_bold.nii.gz"
-                write_volume(p, f["r_mean"][si, fi].T, mask)   # (n_vox, n_layers)
+                p = cfg.out / "maps" / f"sub-{s}" / space.map_name(f"sub-{s}_feat-{fs}_stat-r")
+                space.write_map(p, f["r_mean"][si, fi].T, names=layers, fill=0.0)   # (n_vox, n_layers)
                 paths.append(p)
     return paths
 
@@ -413,6 +443,6 @@ def run_fit(cfg, force: bool = False):
         _on_root(comm, lambda: assemble_scores(cfg, inp, path, shard_dir, attrs, key.attrs))
     finally:
         inp.close()
-    if cfg.fit.write_maps and cfg.data.bold.format == "bids":     # parcels/grayordinates have no volume
+    if cfg.fit.write_maps:
         _on_root(comm, lambda: write_maps(cfg, path))
     return path

@@ -347,6 +347,9 @@ def run_permutation(cfg, force: bool = False):
                     rng = np.random.default_rng([seed, si])
                     shifts = draw_shifts(lengths, n_perm, rng, min_shift)
                     all_shifts[si] = shifts
+                    if inp.rows[s] is not None:      # missing runs (data.missing_runs: skip): left NaN
+                        log.warning("permutation: sub-%s lacks some runs; its permutation tests are skipped (NaN)", s)
+                        continue
                     Yds = inp.bold["bold"][f"sub-{s}"]
                     # pass 1: held-out predictions of every feature set (X-only work once per fold)
                     for fs in fsets:

@@ -36,15 +36,19 @@ def git_commit():
 
 @functools.lru_cache(maxsize=1)
 def package_versions():
+    """Installed versions of the packages that shape results; cupy as ``"14.2.0 (cupy-cuda13x)"``,
+    whichever CuPy wheel provides the ``cupy`` module."""
+    from .ridge.backend import cupy_distribution
+
     vers = {}
     for name in _PACKAGES:
+        dist = cupy_distribution() if name == "cupy" else name
+        if dist is None:
+            continue
         try:
-            vers[name] = _md.version(name if name != "cupy" else "cupy-cuda12x")
+            vers[name] = _md.version(dist) + (f" ({dist})" if name == "cupy" and dist != "cupy" else "")
         except _md.PackageNotFoundError:
-            try:
-                vers[name] = _md.version(name)
-            except _md.PackageNotFoundError:
-                continue
+            continue
     return vers
 
 

@@ -5,7 +5,12 @@ Reads ``{output}/scores.h5`` and ``{output}/stats.h5`` and writes ``{output}/rep
 - ``roi_bars.png``       mean r per ROI and feature set at the report layer, SEM error bars, subject dots,
                          significance marks (brackets for a vs b, marks above a bar for a vs zero)
 - ``layer_curves.png``   mean r vs layer per ROI (one panel each), SEM bands
+                         (both figures show at most ``report.max_rois`` ROIs: with more, e.g. 1,000 parcels, the
+                         ones with the best group mean r of the joint feature set at the report layer; the tables
+                         and roi_stats.csv keep every ROI)
 - ``map_mean-r_<fs>.png`` axial mosaic of the group mean r of the joint feature set at the report layer
+                         (parcels: projected into the parcellation; CIFTI grayordinates get no slice figures)
+- ``glass_mean-r_<fs>.png`` nilearn glass brain of the same map, for parcel data
 - ``map_contrast-<c>_t.png`` axial mosaic of each contrast's voxel-wise t, shown where q <= stats.q
 - ``map_noise-ceiling.png`` axial mosaic of the subject-mean noise ceiling (when stats.h5 has one)
 - ``.complete``          JSON written last: the stage key and its record (brainalign.pipeline.keys)
@@ -18,6 +23,7 @@ best mean r of the ``joint`` feature set (first feature set if there is no ``joi
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import html
 import json
@@ -167,6 +173,29 @@ def _load_permutation(path, meta: ScoresMeta):
                 "n_voxels": meta.n_voxels}
 
 
+def shown_rois(data: ReportData, k: int) -> np.ndarray:
+    """Indices of the ROIs the bar and curve figures show: all when there are at most ``k``, else the ``k``
+    with the best group mean r of the joint feature set at the report layer, best first (NaN last)."""
+    R = data.roi_r.shape[-1]
+    if R <= k:
+        return np.arange(R)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        score = np.nanmean(data.roi_r[:, data.joint, data.layer_index, :], axis=0)
+    return np.argsort(np.where(np.isfinite(score), -score, np.inf), kind="stable")[:k]
+
+
+def subset_rois(data: ReportData, idx) -> ReportData:
+    """A ReportData restricted to the ROIs ``idx`` (for figures; tables use every ROI)."""
+    idx = np.asarray(idx, int)
+    meta = dataclasses.replace(data.meta, roi_names=[data.meta.roi_names[i] for i in idx],
+                               roi_ids=data.meta.roi_ids[idx])
+    contrasts = [dataclasses.replace(c, roi={k: v[..., idx] for k, v in c.roi.items()}) for c in data.contrasts]
+    return dataclasses.replace(data, meta=meta, roi_r=data.roi_r[..., idx], contrasts=contrasts)
+
+
 # ---- figures -------------------------------------------------------------------------------------
 
 def _figure(**kw):
@@ -303,15 +332,16 @@ def _slices(mask3d, n_max=12):
 
 
 def fig_mosaic(values, meta: ScoresMeta, title: str, cbar_label: str, note: str = ""):
-    """Axial mosaic of a voxel map (V,) over the mask, reoriented to RAS (left = subject's left).
+    """Axial mosaic of a voxel/parcel map (V,) over the mask or parcellation, reoriented to RAS (left = subject's
+    left).
 
     NaN values are transparent over the grey brain mask; colour scale symmetric around zero."""
     import nibabel as nib
-    from .stats import unmask
 
-    vol = unmask(np.asarray(values, dtype=np.float32), meta.mask)
-    img = nib.as_closest_canonical(nib.Nifti1Image(np.stack([vol, meta.mask.astype(np.float32)], -1),
-                                                   meta.affine))
+    space = meta.space
+    vol = space.volume(values)
+    img = nib.as_closest_canonical(nib.Nifti1Image(np.stack([vol, space.brain.astype(np.float32)], -1),
+                                                   space.affine))
     data = np.asarray(img.dataobj)
     vol, mask = data[..., 0], data[..., 1] > 0.5
     zs = _slices(mask)
@@ -352,12 +382,11 @@ def glass_brain_png(values, meta: ScoresMeta, title: str, path) -> Path | None:
         return None
     import matplotlib.pyplot as plt
     import nibabel as nib
-    from .stats import unmask
 
-    if meta.mask.ndim != 3 or min(meta.mask.shape) < 2:       # parcels / grayordinates: no volume to project
+    if not meta.space.volumetric:                 # grayordinates / parcels without an atlas: no volume
         return None
-    vol = np.nan_to_num(unmask(np.asarray(values, dtype=np.float32), meta.mask), nan=0.0)
-    img = nib.Nifti1Image(vol.astype(np.float32), meta.affine)
+    vol = np.nan_to_num(meta.space.volume(values), nan=0.0)
+    img = nib.Nifti1Image(vol.astype(np.float32), meta.space.affine)
     vmax = float(np.abs(vol).max()) or 1.0
     with atomic_path(path) as tmp:
         display = plotting.plot_glass_brain(img, threshold=1e-6, colorbar=True, plot_abs=False, vmin=-vmax,
@@ -470,6 +499,25 @@ def _permutation_html(data: ReportData) -> str:
             f"<table>{head}{''.join(rows)}</table>")
 
 
+def _units(meta) -> str:
+    return {"parcels": "parcels", "grayordinates": "grayordinates", "none": "parcels"}.get(
+        getattr(meta.space, "kind", "volume"), "voxels")
+
+
+def _runs_html(meta) -> str:
+    """One sentence on the runs each subject contributed when some subject lacks runs."""
+    rp = meta.runs_present
+    if not rp:
+        return ""
+    n = max((max(v) + 1 for v in rp.values() if v), default=0)
+    counts = {s: len(v) for s, v in rp.items()}
+    if all(c == n for c in counts.values()):
+        return ""
+    return (" Runs per subject (missing runs are skipped, data.missing_runs): "
+            + html.escape(", ".join(f"sub-{s} {c}/{n}" for s, c in counts.items()))
+            + "; the n column of the tables counts the subjects in each cell.")
+
+
 def build_html(cfg, data: ReportData, figures, links) -> str:
     """figures: [(file name, caption)]; links: [(relative href, label)]."""
     meta = data.meta
@@ -489,8 +537,8 @@ def build_html(cfg, data: ReportData, figures, links) -> str:
 <p>Experiment <b>{html.escape(cfg.name)}</b>, report created {now}.
 {len(meta.subjects)} subjects ({html.escape(', '.join(meta.subjects))}); feature sets
 {html.escape(', '.join(meta.feature_sets))}; layers {html.escape(', '.join(map(str, meta.layers)))};
-{len(meta.roi_names)} ROIs; {meta.n_voxels} voxels. Report layer <b>{meta.layers[data.layer_index]}</b>
-({html.escape(data.layer_how)}). Significance: BH-FDR q &le; {data.q:g}.</p>
+{len(meta.roi_names)} ROIs; {meta.n_voxels} {_units(meta)}. Report layer <b>{meta.layers[data.layer_index]}</b>
+({html.escape(data.layer_how)}). Significance: BH-FDR q &le; {data.q:g}.{_runs_html(meta)}</p>
 <h2>Figures</h2>{figs}
 <h2>ROI statistics, layer {meta.layers[data.layer_index]}</h2>
 <p>Two-sided one-sample t-test across subjects of the Fisher-z difference (a − b, or a − 0) of each
@@ -525,19 +573,37 @@ def run_report(cfg, force: bool = False) -> Path:
     layer = meta.layers[data.layer_index]
     figures = []
     if meta.roi_names:
-        save_png(fig_roi_bars(data, title), rep / "roi_bars.png")
+        idx = shown_rois(data, int(cfg.report.max_rois))
+        shown = subset_rois(data, idx)
+        which = ("" if len(idx) == len(meta.roi_names) else
+                 f" Shown: the {len(idx)} of {len(meta.roi_names)} ROIs with the best group mean r of "
+                 f"'{meta.feature_sets[data.joint]}' at layer {layer} (report.max_rois); every ROI is in the "
+                 "tables below and in roi_stats.csv.")
+        save_png(fig_roi_bars(shown, title), rep / "roi_bars.png")
         figures.append(("roi_bars.png", f"Encoding performance per ROI at layer {layer} (mean ± SEM across "
-                        "subjects, dots = subjects). Brackets/marks: contrasts significant after BH-FDR."))
-        save_png(fig_layer_curves(data, title), rep / "layer_curves.png")
-        figures.append(("layer_curves.png", "Encoding performance across layers per ROI (mean ± SEM)."))
+                        "subjects, dots = subjects). Brackets/marks: contrasts significant after BH-FDR." + which))
+        save_png(fig_layer_curves(shown, title), rep / "layer_curves.png")
+        figures.append(("layer_curves.png", "Encoding performance across layers per ROI (mean ± SEM)." + which))
     else:
         log.warning("report: scores.h5 has no ROIs; ROI figures skipped")
     fs = meta.feature_sets[data.joint]
-    name = f"map_mean-r_{fs}.png"
-    save_png(fig_mosaic(data.vox_mean_r[data.joint], meta, f"group mean r, {fs}, layer {layer}", "Pearson r"),
-             rep / name)
-    figures.append((name, f"Group mean encoding performance of '{fs}' at layer {layer} (axial slices, RAS)."))
+    volumetric = meta.space.volumetric
+    if volumetric:
+        name = f"map_mean-r_{fs}.png"
+        save_png(fig_mosaic(data.vox_mean_r[data.joint], meta, f"group mean r, {fs}, layer {layer}", "Pearson r"),
+                 rep / name)
+        figures.append((name, f"Group mean encoding performance of '{fs}' at layer {layer} (axial slices, RAS"
+                        + (", parcels projected into the parcellation)." if meta.space.kind == "parcels" else ").")))
+    else:
+        log.info("report: %s data have no volume; brain figures skipped (maps: %s)", meta.space.kind,
+                 "maps/ (CIFTI dscalar)" if meta.space.has_maps else "none without data.bold.rois")
+    if meta.space.kind == "parcels":
+        name = f"glass_mean-r_{fs}.png"
+        if glass_brain_png(data.vox_mean_r[data.joint], meta, f"group mean r, {fs}, layer {layer}", rep / name):
+            figures.append((name, f"Glass-brain projection (nilearn) of the group mean r of '{fs}' per parcel."))
     for c in data.contrasts:
+        if not volumetric:
+            continue
         t = np.where(np.nan_to_num(c.q_map, nan=np.inf) <= data.q, c.t_map, np.nan)
         n_sig = int(np.isfinite(t).sum())
         if n_sig:
@@ -553,7 +619,7 @@ def run_report(cfg, force: bool = False) -> Path:
             name = f"glass_contrast-{c.name}_t.png"
             if glass_brain_png(t, meta, f"{c.name}, layer {layer}: t where q ≤ {data.q:g}", rep / name):
                 figures.append((name, "Glass-brain projection (nilearn) of the same thresholded t map."))
-    if data.ceiling is not None:
+    if data.ceiling is not None and volumetric:
         name = "map_noise-ceiling.png"
         save_png(fig_mosaic(data.ceiling["voxel"], meta, f"noise ceiling ({data.ceiling.get('method', '')}), "
                             "mean across subjects", "ceiling (r)"), rep / name)
@@ -565,7 +631,7 @@ def run_report(cfg, force: bool = False) -> Path:
         links.insert(1, ("../roi_scores.csv", "roi_scores.csv — mean r, noise ceiling and r / ceiling per ROI"))
     if data.permutation is not None:
         links.append(("../permutation.h5", "permutation.h5 — per-subject circular-shift permutation tests"))
-    maps = sorted((out / "maps" / "group").glob("*.nii.gz"))
+    maps = sorted(p for p in (out / "maps" / "group").glob("*") if p.name.endswith((".nii.gz", ".dscalar.nii")))
     links += [(f"../maps/group/{p.name}", f"maps/group/{p.name}") for p in maps]
     with atomic_path(rep / "index.html") as tmp:
         Path(tmp).write_text(build_html(cfg, data, figures, links), encoding="utf-8")

@@ -5,7 +5,8 @@ Layout under ``data.root`` (default templates of config.py)::
 
     stimuli/{episode}.mp4 .wav .tsv
     derivatives/fmriprep/dataset_description.json
-    derivatives/fmriprep/sub-XX/ses-NNN/func/sub-XX_ses-NNN_task-{episode}_space-S_desc-preproc_bold.nii.gz (+ .json)
+    derivatives/fmriprep/sub-XX/ses-NNN/func/sub-XX_ses-NNN_task-{episode}_space-S_desc-preproc_bold.nii.gz (+ .json,
+                                                  + the run's ..._desc-brain_mask.nii.gz, as fMRIPrep writes it)
     derivatives/atlas/space-S_desc-brain_mask.nii.gz, space-S_desc-rois_dseg.nii.gz, desc-rois_dseg.tsv
     truth.json      planted ROIs, drivers, layer, target r, expected contrasts
     .complete       written last: hash of the config sections the data depend on
@@ -410,6 +411,13 @@ def synthesize_bold(drivers: dict[str, list[np.ndarray]], roi_index: dict[str, n
 
 # ---------------------------------------------------------------------------------------------- driver
 
+# where the demo's study mask and ROI atlas go when data.bold.mask / rois / roi_names are null (then align uses
+# the per-run fMRIPrep-style brain masks written beside each BOLD run, and no ROIs)
+ATLAS_PATHS = {"mask": "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz",
+               "rois": "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-rois_dseg.nii.gz",
+               "roi_names": "{root}/derivatives/atlas/desc-rois_dseg.tsv"}
+
+
 def session_of(index: int) -> str:
     return f"{index // EPISODES_PER_SESSION + 1:03d}"
 
@@ -435,6 +443,7 @@ def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
     writes exists (brainalign.pipeline.keys). ``features`` ({episode:
     {condition: (n_layers, n_windows, hidden)}}) replaces running the demo model (tests).
     """
+    from .brain.bids import brain_mask_path
     from .brain.volumes import write_nifti
     from .provenance import provenance
 
@@ -448,9 +457,6 @@ def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
     h = stage.key
     if cfg.data.bold.format != "bids":
         raise ConfigError("data.bold.format: simulate writes BIDS derivatives; set it to 'bids'")
-    for key in ("mask", "rois", "roi_names"):
-        if not getattr(cfg.data.bold, key):
-            raise ConfigError(f"data.bold.{key}: simulate needs a path here")
     root.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     sim, b = cfg.simulate, cfg.data.bold
@@ -473,9 +479,10 @@ def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
     mask = ellipsoid_mask(grid)
     names = roi_names(sim.n_null_rois)
     labels3d = place_rois(mask, names, sim.roi_voxels)
-    write_nifti(cfg.path(b.mask), mask.astype(np.uint8), affine, dtype=np.uint8)
-    write_nifti(cfg.path(b.rois), labels3d, affine, dtype=np.int16)
-    with atomic_path(cfg.path(b.roi_names)) as tmp:
+    atlas = {k: cfg.path(getattr(b, k) or v) for k, v in ATLAS_PATHS.items()}   # null keys: the demo's places
+    write_nifti(atlas["mask"], mask.astype(np.uint8), affine, dtype=np.uint8)
+    write_nifti(atlas["rois"], labels3d, affine, dtype=np.int16)
+    with atomic_path(atlas["roi_names"]) as tmp:
         tmp.write_text("index\tname\n" + "".join(f"{k}\t{n}\n" for k, n in enumerate(names, start=1)))
     labels = labels3d[mask]
     roi_index = {n: np.flatnonzero(labels == k) for k, n in enumerate(names, start=1)}
@@ -511,6 +518,7 @@ def simulate(cfg, force: bool = False, features: dict | None = None) -> Path:
             vol[mask] = out.bold[i].T
             path = bold_path(cfg, sub, ep, i)
             write_nifti(path, vol, affine, tr=tr)
+            write_nifti(brain_mask_path(path), mask.astype(np.uint8), affine, dtype=np.uint8)   # as fMRIPrep does
             _write_json(path.with_name(path.name.replace(".nii.gz", ".json")),
                         {"RepetitionTime": tr, "TaskName": ep, "SkullStripped": False,
                          "SliceTimingCorrected": False, "Simulated": True})

@@ -114,13 +114,14 @@ def read_cifti_bold(path, tr: float | None = None) -> np.ndarray:
 
 
 def write_cifti_dscalar(path, values, like, names=None) -> Path:
-    """Write maps (k, n_grayordinates) or (n_grayordinates,) as a CIFTI-2 dscalar on the grayordinates of the
-    dtseries file ``like``, atomically; ``names`` labels the k maps (default map0, map1, ...)."""
+    """Write maps (k, n_grayordinates) or (n_grayordinates,) as a CIFTI-2 dscalar on the grayordinates of
+    ``like`` (a dtseries file, or its BrainModelAxis), atomically; ``names`` labels the k maps (default map0,
+    map1, ...)."""
     import nibabel as nib
 
     from .volumes import save_image
 
-    _, models = _axes(_load(like), like)
+    models = like if isinstance(like, nib.cifti2.BrainModelAxis) else _axes(_load(like), like)[1]
     values = np.atleast_2d(np.asarray(values, dtype=np.float32))
     if values.shape[1] != len(models):
         raise DataError(f"dscalar values of shape {values.shape} do not fit {like} ({len(models)} grayordinates)")
@@ -129,6 +130,43 @@ def write_cifti_dscalar(path, values, like, names=None) -> Path:
         raise DataError(f"dscalar: {len(names)} names for {values.shape[0]} maps")
     img = nib.Cifti2Image(values, header=(nib.cifti2.ScalarAxis(names), models))
     return save_image(img, path, ".dscalar.nii")
+
+
+def brain_models(path):
+    """The BrainModelAxis (grayordinate geometry) of a dtseries file."""
+    return _axes(_load(path), path)[1]
+
+
+def brain_models_to_h5(group, axis):
+    """Store a BrainModelAxis in an HDF5 group: per grayordinate its structure (index into attr ``structures``),
+    voxel ijk (-1 on surfaces) and vertex (-1 in volumes); attrs ``nvertices`` (JSON), ``affine``,
+    ``volume_shape`` (when there are voxels)."""
+    import json
+
+    names = np.asarray(axis.name)
+    structures, index = np.unique(names, return_inverse=True)
+    group.create_dataset("structure", data=index.astype(np.int16), compression="gzip", shuffle=True)
+    group.create_dataset("voxel", data=np.asarray(axis.voxel, np.int32), compression="gzip", shuffle=True)
+    group.create_dataset("vertex", data=np.asarray(axis.vertex, np.int32), compression="gzip", shuffle=True)
+    group.attrs["structures"] = np.array([str(x) for x in structures], dtype=object).astype("S")
+    group.attrs["nvertices"] = json.dumps({str(k): int(v) for k, v in axis.nvertices.items()})
+    if axis.affine is not None:
+        group.attrs["affine"] = np.asarray(axis.affine, np.float64)
+        group.attrs["volume_shape"] = np.asarray(axis.volume_shape, np.int64)
+
+
+def brain_models_from_h5(group):
+    """The BrainModelAxis stored by brain_models_to_h5."""
+    import json
+
+    import nibabel as nib
+
+    structures = [s.decode() if isinstance(s, bytes) else str(s) for s in group.attrs["structures"]]
+    name = np.asarray(structures, dtype=object)[group["structure"][()].astype(np.int64)]
+    affine = group.attrs["affine"] if "affine" in group.attrs else None
+    shape = tuple(int(x) for x in group.attrs["volume_shape"]) if "volume_shape" in group.attrs else None
+    return nib.cifti2.BrainModelAxis(name, voxel=group["voxel"][()], vertex=group["vertex"][()], affine=affine,
+                                     volume_shape=shape, nvertices=json.loads(group.attrs["nvertices"]))
 
 
 def structure_labels(info: CiftiInfo) -> tuple[np.ndarray, dict]:
@@ -142,19 +180,21 @@ def structure_labels(info: CiftiInfo) -> tuple[np.ndarray, dict]:
     return labels, names
 
 
-def find_cifti_bold(bids_dir, subject: str, task: str, space: str = "fsLR", den: str = "91k") -> Path:
-    """The one fMRIPrep CIFTI run ``sub-<s>[_ses-*]_task-<task>_space-<space>_den-<den>_bold.dtseries.nii``
-    under ``bids_dir`` (with or without ses- folders); DataError naming what was searched otherwise."""
+def find_cifti_bold(bids_dir, subject: str, task: str, space: str = "fsLR", den: str = "91k", rescans: str = "error",
+                    session: str | None = None) -> Path:
+    """The fMRIPrep CIFTI run ``sub-<s>[_ses-*]_task-<task>_space-<space>_den-<den>_bold.dtseries.nii`` under
+    ``bids_dir`` (with or without ses- folders; re-scans chosen as in bids.choose_rescan); MissingRunError naming
+    what was searched when there is none."""
+    from .bids import MissingRunError, choose_rescan
+
     bids_dir = Path(bids_dir)
     if not bids_dir.is_dir():
         raise DataError(f"BOLD derivatives directory not found: {bids_dir} (data.bold.dir)")
     s = f"sub-{subject}"
     stem = f"task-{task}_space-{space}_den-{den}_bold.dtseries.nii"
     found = sorted(set(bids_dir.glob(f"{s}/ses-*/func/{s}_ses-*_{stem}")) | set(bids_dir.glob(f"{s}/func/{s}_{stem}")))
-    if len(found) == 1:
-        return found[0]
     if found:
-        raise DataError(f"several CIFTI runs for {s} task-{task} under {bids_dir}: "
-                        f"{', '.join(str(p.relative_to(bids_dir)) for p in found)}")
-    raise DataError(f"no CIFTI run for {s} task-{task} space-{space} den-{den} under {bids_dir} "
-                    f"(expected e.g. {s}/func/{s}_{stem})")
+        rel = [str(p.relative_to(bids_dir)) for p in found]
+        return found[choose_rescan(rel, f"CIFTI runs for {s} task-{task} under {bids_dir}", rescans, session)]
+    raise MissingRunError(f"no CIFTI run for {s} task-{task} space-{space} den-{den} under {bids_dir} "
+                          f"(expected e.g. {s}/func/{s}_{stem})")

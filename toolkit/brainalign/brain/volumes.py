@@ -4,7 +4,6 @@ Voxel order everywhere is the order of ``np.nonzero(mask.data)`` (C order over x
 """
 from __future__ import annotations
 
-import csv
 import os
 import re
 from dataclasses import dataclass
@@ -162,61 +161,73 @@ def read_hdf5_bold(path, dataset: str) -> np.ndarray:
     return _check_values(np.asarray(data), f"BOLD HDF5 {path}:{dataset}")
 
 
-def find_hdf5_dataset(path, task: str) -> str:
-    """The one dataset of an HDF5 BOLD file whose name contains ``task-{task}`` (or equals ``task``)."""
+def hdf5_datasets(path) -> list[str]:
+    """The names of every dataset in an HDF5 file (DataError naming the file if it is missing or unreadable)."""
     import h5py
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"BOLD HDF5 file not found: {path}")
-    with h5py.File(path, "r") as f:
-        names = []
-        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-    pat = re.compile(rf"(^|_)task-{re.escape(task)}(_|$)")
-    hits = [n for n in names if n.split("/")[-1] == task or pat.search(n.split("/")[-1])]
-    if len(hits) != 1:
-        what = "several datasets" if hits else "no dataset"
-        raise DataError(f"BOLD HDF5 {path}: {what} for task-{task} ({', '.join(hits) or ', '.join(names[:8])})")
-    return hits[0]
-
-
-def read_roi_names(path) -> dict[int, str]:
-    """BIDS dseg.tsv (columns ``index`` and ``name``, tab-separated) -> {index: name}."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"ROI names TSV not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh, delimiter="\t")
-        cols = reader.fieldnames or []
-        if "index" not in cols or "name" not in cols:
-            raise DataError(f"ROI names {path} line 1: needs tab-separated columns 'index' and 'name' "
-                            f"(has: {', '.join(cols) or 'nothing'})")
-        names = {}
-        for n, row in enumerate(reader, start=2):
-            try:
-                idx = int(row["index"])
-            except (TypeError, ValueError):
-                raise DataError(f"ROI names {path} line {n}: index {row['index']!r} is not an integer") from None
-            if idx in names:
-                raise DataError(f"ROI names {path} line {n}: duplicate index {idx}")
-            names[idx] = (row["name"] or "").strip()
+    try:
+        with h5py.File(path, "r") as f:
+            names = []
+            f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    except OSError as e:
+        raise DataError(f"BOLD HDF5 {path} is not a readable HDF5 file: {e}") from None
     return names
 
 
-def load_rois(labels_path, names_tsv, mask: Mask) -> tuple[np.ndarray, dict[int, str]]:
-    """int32 (n_voxels,) ROI label of each mask voxel (0 = none) and {label: name} from a dseg image + TSV.
+def find_hdf5_dataset(path, task: str, rescans: str = "error", session: str | None = None, names=None) -> str:
+    """The dataset of an HDF5 BOLD file whose name contains ``task-{task}`` (or equals ``task``), e.g.
+    Algonauts' ``ses-003_task-s01e01a`` or ``ses-010_task-figures01_run-1``. MissingRunError when none;
+    several that differ only in ``ses-`` (a re-scan) are chosen by ``rescans``/``session`` (bids.choose_rescan)."""
+    from .bids import MissingRunError, choose_rescan
 
-    A label image on another grid is resampled onto the mask's with nearest-neighbour interpolation
-    (needs nilearn). Labels used inside the mask must all be named in the TSV.
-    """
-    img = _load_img(labels_path, "ROI label image")
-    names = read_roi_names(names_tsv)
+    names = hdf5_datasets(path) if names is None else names
+    pat = re.compile(rf"(^|_)task-{re.escape(task)}(_|$)")
+    hits = [n for n in names if n.split("/")[-1] == task or pat.search(n.split("/")[-1])]
+    if not hits:
+        raise MissingRunError(f"BOLD HDF5 {path}: no dataset for task-{task} (has: {', '.join(names[:8])}"
+                              f"{' ...' if len(names) > 8 else ''})")
+    return hits[choose_rescan(hits, f"datasets for task-{task} in BOLD HDF5 {path}", rescans, session)]
+
+
+def read_roi_names(path) -> dict[int, str]:
+    """{index: name} of an atlas: BIDS dseg TSV, colour LUT or labels list (see brain.atlas)."""
+    from .atlas import read_label_names
+
+    return read_label_names(path)
+
+
+def load_label_image(path):
+    """A 3D integer label image (dseg NIfTI; a trailing length-1 4th axis is dropped) as a nibabel image."""
+    import nibabel as nib
+
+    img = _load_img(path, "ROI label image")
     if len(img.shape) == 4 and img.shape[3] == 1:
-        import nibabel as nib
-
         img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., 0], img.affine, img.header)
     if len(img.shape) != 3:
-        raise DataError(f"ROI label image {labels_path}: expected 3D, got shape {img.shape}")
+        raise DataError(f"ROI label image {path}: expected 3D, got shape {img.shape}")
+    return img
+
+
+def label_data(img, path) -> np.ndarray:
+    """int32 labels of a label image; DataError naming ``path`` if they are not integers."""
+    data = np.asanyarray(img.dataobj)
+    if not np.all(np.isfinite(data)) or not np.all(data == np.round(data)):
+        raise DataError(f"ROI label image {path}: labels must be integers")
+    return data.astype(np.int32)
+
+
+def load_rois(labels_path, names_tsv, mask: Mask) -> tuple[np.ndarray, dict[int, str]]:
+    """int32 (n_voxels,) ROI label of each mask voxel (0 = none) and {label: name} from a dseg image + names
+    file (``None``: every label named by its number).
+
+    A label image on another grid is resampled onto the mask's with nearest-neighbour interpolation
+    (needs nilearn). Labels used inside the mask must all be named in the names file.
+    """
+    img = load_label_image(labels_path)
+    names = read_roi_names(names_tsv) if names_tsv is not None else None
     if not _same_grid(img.shape, img.affine, mask.shape, mask.affine):
         try:
             from nilearn.image import resample_to_img
@@ -228,10 +239,9 @@ def load_rois(labels_path, names_tsv, mask: Mask) -> tuple[np.ndarray, dict[int,
         target = nib.Nifti1Image(mask.data.astype(np.uint8), mask.affine)
         log.info("resampling ROI labels %s onto the mask grid (nearest neighbour)", labels_path)
         img = resample_to_img(img, target, interpolation="nearest", force_resample=True, copy_header=True)
-    data = np.asanyarray(img.dataobj)
-    if not np.all(np.isfinite(data)) or not np.all(data == np.round(data)):
-        raise DataError(f"ROI label image {labels_path}: labels must be integers")
-    labels = data[mask.data].astype(np.int32)
+    labels = label_data(img, labels_path)[mask.data]
+    if names is None:
+        names = {int(k): str(int(k)) for k in np.unique(labels) if k != 0}
     unnamed = sorted(set(np.unique(labels).tolist()) - set(names) - {0})
     if unnamed:
         raise DataError(f"ROI label image {labels_path}: label(s) {unnamed} have no row in {names_tsv}")

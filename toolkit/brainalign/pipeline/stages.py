@@ -9,7 +9,9 @@ A stage's key covers exactly what its entry declares:
   its keys. ``model.<backbone section>`` of a backbone other than ``model.backbone`` does not count either.
 - ``derived``: values computed from several sections (e.g. the feature sets).
 - ``upstream``: the stages whose outputs it reads; their keys enter its key.
-- ``inputs``: the files it reads, resolved from the config's data templates (``Input(role, path, key)``).
+- ``inputs``: the files it reads (``Input(role, path, key)``): the data files through brainalign.datafiles
+  (the readers' own lookups; ``STAGE_STREAMS`` there says which stage reads which data streams), plus
+  checkpoints and TVQA data.
 - ``records``: the output files that carry the key (the first is the one downstream stages read);
   ``outputs``: every file that must exist for the output to be complete; ``check``: further integrity.
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..datafiles import STAGE_STREAMS
 from .keys import Input, select_values
 
 
@@ -84,13 +87,22 @@ def _checkpoint(cfg, path, role="checkpoint", key="model.checkpoint"):
     return [Input(role, cfg.path(path), key, kind="tree", optional=cfg.model.backbone == "hf")]
 
 
-def stimulus_inputs(cfg, episode) -> list:
-    st = cfg.data.stimuli
-    out = [Input(f"video {episode}", cfg.path(st.video, episode=episode), "data.stimuli.video"),
-           Input(f"transcript {episode}", cfg.path(st.transcript, episode=episode), "data.stimuli.transcript")]
-    if st.audio:
-        out.append(Input(f"audio {episode}", cfg.path(st.audio, episode=episode), "data.stimuli.audio"))
+def data_inputs(cfg, streams, episodes=None) -> list:
+    """The data files of ``streams`` (brainalign.datafiles: the readers' own lookups) as Inputs."""
+    from ..datafiles import data_files
+
+    out, seen = [], set()
+    for f in data_files(cfg, streams, episodes=episodes):
+        role = f.role or f"{f.stream} {f.path.name}"
+        if role in seen:                      # e.g. per-subject atlases of the same file name
+            role = f"{f.stream} {f.path}"
+        seen.add(role)
+        out.append(Input(role, f.path, f.key))
     return out
+
+
+def stimulus_inputs(cfg, episode) -> list:
+    return data_inputs(cfg, STAGE_STREAMS["extract"], episodes=[episode])
 
 
 def _split_unit(unit):
@@ -110,47 +122,8 @@ def _extract_unit_inputs(cfg, unit) -> list:
     return stimulus_inputs(cfg, episode) + ckpt
 
 
-def bold_inputs(cfg) -> list:
-    """Every BOLD run (or per-subject HDF5 file), confound TSVs when asked for, mask and ROI atlas."""
-    from ..align import _bold_sources
-    from ..brain.confounds import confounds_path
-
-    b = cfg.data.bold
-    out, seen = [], set()
-    for (s, ep), (path, dataset) in _bold_sources(cfg).items():
-        if b.format == "hdf5":
-            if path not in seen:
-                out.append(Input(f"bold sub-{s}", path, "data.bold.dir"))
-                seen.add(path)
-            continue
-        out.append(Input(f"bold sub-{s} task-{ep}", path, "data.bold.dir"))
-        if b.confounds:
-            bold = str(path).replace(".dtseries.nii", ".nii.gz") if b.format == "cifti" else path
-            out.append(Input(f"confounds sub-{s} task-{ep}", confounds_path(bold), "data.bold.confounds"))
-    if b.format == "bids":
-        out.append(Input("mask", cfg.path(b.mask), "data.bold.mask"))
-        if b.rois:
-            out.append(Input("rois", cfg.path(b.rois), "data.bold.rois"))
-            if b.roi_names:
-                out.append(Input("roi names", cfg.path(b.roi_names), "data.bold.roi_names"))
-    return out
-
-
-def _fit_inputs(cfg) -> list:
-    if cfg.fit.write_maps and cfg.data.bold.format == "bids":
-        return [Input("mask", cfg.path(cfg.data.bold.mask), "data.bold.mask")]
-    return []
-
-
-def _stats_inputs(cfg) -> list:
-    if cfg.stats.noise_ceiling != "repeats" or not cfg.stats.noise_ceiling_repeats:
-        return []
-    return [Input(f"noise-ceiling repeats sub-{s}", cfg.path(cfg.stats.noise_ceiling_repeats, subject=s),
-                  "stats.noise_ceiling_repeats") for s in cfg.data.bold.subjects]
-
-
 def _mlm_inputs(cfg) -> list:
-    return [i for ep in cfg.data.episodes for i in stimulus_inputs(cfg, ep)] + _checkpoint(cfg, cfg.model.checkpoint)
+    return data_inputs(cfg, STAGE_STREAMS["mlm"]) + _checkpoint(cfg, cfg.model.checkpoint)
 
 
 def _tvqa_inputs(cfg) -> list:
@@ -167,15 +140,18 @@ def _finetune_inputs(cfg) -> list:
 # ---- outputs ----------------------------------------------------------------------------------------
 
 def _simulate_outputs(cfg) -> list:
-    from ..simulate import bold_path
+    """Every file simulate writes (its stage is current only while they all exist)."""
+    from ..brain.bids import brain_mask_path
+    from ..simulate import ATLAS_PATHS, bold_path
 
-    b = cfg.data.bold
+    b, st = cfg.data.bold, cfg.data.stimuli
     root = Path(cfg.data.root)
-    out = [root / ".complete", root / "truth.json", cfg.path(b.mask)]
-    out += [cfg.path(p) for p in (b.rois, b.roi_names) if p]
+    out = [root / ".complete", root / "truth.json"] + [cfg.path(getattr(b, k) or v) for k, v in ATLAS_PATHS.items()]
     for i, ep in enumerate(cfg.data.episodes):
-        out += [inp.path for inp in stimulus_inputs(cfg, ep)]
-        out += [bold_path(cfg, s, ep, i) for s in b.subjects]
+        out += [cfg.path(t, episode=ep) for t in (st.video, st.audio, st.transcript) if t]
+        for s in b.subjects:
+            p = bold_path(cfg, s, ep, i)
+            out += [p, brain_mask_path(p)]
     return out
 
 
@@ -186,11 +162,23 @@ def _finetune_model(cfg) -> Path:
 
 
 def _fit_outputs(cfg) -> list:
-    out = [cfg.out / "scores.h5"]
-    if cfg.fit.write_maps and cfg.data.bold.format == "bids":
-        out += [cfg.out / "maps" / f"sub-{s}" / f"sub-{s}_feat-{fs}_stat-r_bold.nii.gz"
-                for s in cfg.data.bold.subjects for fs in cfg.feature_sets]
-    return out
+    """scores.h5 and (fit.write_maps) every subject's maps in the space scores.h5 records."""
+    path = cfg.out / "scores.h5"
+    if not cfg.fit.write_maps or not path.is_file():
+        return [path]
+    import h5py
+
+    from ..brain.space import MapSpace
+
+    try:
+        with h5py.File(path, "r") as f:
+            space = MapSpace.from_h5(f, path)
+    except Exception:             # unreadable / incomplete: output_problems names the file
+        return [path]
+    if not space.has_maps:
+        return [path]
+    return [path] + [cfg.out / "maps" / f"sub-{s}" / space.map_name(f"sub-{s}_feat-{fs}_stat-r")
+                     for s in cfg.data.bold.subjects for fs in cfg.feature_sets]
 
 
 def _fit_check(cfg) -> list:
@@ -214,6 +202,7 @@ def _stats_outputs(cfg) -> list:
     """stats.h5, roi_stats.csv and the group maps of the feature sets and contrasts stats.h5 records."""
     import h5py
 
+    from ..brain.space import MapSpace
     from ..h5io import read_str_attr
     from ..stats import map_paths
 
@@ -222,9 +211,11 @@ def _stats_outputs(cfg) -> list:
     try:
         with h5py.File(path, "r") as g:
             fs, cs, ceil = read_str_attr(g, "feature_sets"), read_str_attr(g, "contrasts"), "noise_ceiling" in g
-    except (OSError, KeyError):
+        with h5py.File(cfg.out / "scores.h5", "r") as f:
+            space = MapSpace.from_h5(f, cfg.out / "scores.h5")
+    except Exception:             # unreadable / incomplete: output_problems names the file
         return out
-    return out + map_paths(cfg.out, fs, cs, ceil) + ([cfg.out / "roi_scores.csv"] if ceil else [])
+    return out + map_paths(cfg.out, fs, cs, ceil, space) + ([cfg.out / "roi_scores.csv"] if ceil else [])
 
 
 # ---- the table --------------------------------------------------------------------------------------
@@ -235,9 +226,11 @@ _ALIGN_ONLY_WINDOWS = ("windows.resample", "windows.resample_lobes")
 
 STAGES: dict = {s.name: s for s in (
     StageSpec("simulate",
-              reads=("data", "simulate", "windows", "model", "finetune.data", "finetune.n_train", "finetune.n_val"),
-              ignores=("data.bold.confounds",) + _MODEL_EXEC + ("model.conditions", "model.variants",
-                                                                 "model.checkpoint"),
+              reads=("data.episodes", "data.stimuli", "data.bold.format", "data.bold.dir", "data.bold.subjects",
+                     "data.bold.space", "data.bold.desc", "data.bold.tr", "data.bold.mask", "data.bold.rois",
+                     "data.bold.roi_names", "simulate", "windows", "model", "finetune.data", "finetune.n_train",
+                     "finetune.n_val"),
+              ignores=_MODEL_EXEC + ("model.conditions", "model.variants", "model.checkpoint"),
               inputs=lambda cfg: _checkpoint(cfg, cfg.model.checkpoint),
               records=lambda cfg: [Path(cfg.data.root) / ".complete"],
               outputs=_simulate_outputs,
@@ -262,17 +255,16 @@ STAGES: dict = {s.name: s for s in (
                                           "unit.variant": _split_unit(u)[2] or None},
               unit_record=lambda cfg, u: (cfg.out / "features" / f"{_split_unit(u)[0]}.h5", u.split("/", 1)[1])),
     StageSpec("align",
-              reads=("align", "data.episodes", "data.bold", "windows.step") + _ALIGN_ONLY_WINDOWS,
+              reads=("align", "data.episodes", "data.missing_runs", "data.bold", "windows.step") + _ALIGN_ONLY_WINDOWS,
               derived=(("conditions", lambda cfg: cfg.all_conditions),),
               upstream=("extract",),
-              inputs=bold_inputs,
+              inputs=lambda cfg: data_inputs(cfg, STAGE_STREAMS["align"]),
               records=lambda cfg: [cfg.out / "design.h5", cfg.out / "bold.h5"]),
     StageSpec("fit",
-              reads=("fit", "data.bold.format"),
+              reads=("fit",),
               ignores=("fit.backend", "fit.chunk_voxels", "fit.write_maps"),   # same numbers; maps are outputs
               derived=(("feature_sets", lambda cfg: cfg.feature_sets),),
               upstream=("align",),
-              inputs=_fit_inputs,
               records=lambda cfg: [cfg.out / "scores.h5"],
               outputs=_fit_outputs,
               check=_fit_check),
@@ -285,7 +277,7 @@ STAGES: dict = {s.name: s for s in (
               reads=("stats",),
               ignores=("stats.permutations", "stats.permutation_*"),
               upstream=lambda cfg: ("fit",) + (("align",) if cfg.stats.noise_ceiling in ("auto", "isc") else ()),
-              inputs=_stats_inputs,
+              inputs=lambda cfg: data_inputs(cfg, STAGE_STREAMS["stats"]),
               records=lambda cfg: [cfg.out / "stats.h5"],
               outputs=_stats_outputs),
     StageSpec("report",

@@ -1,11 +1,15 @@
 """Nested cross-validation and voxel-chunk streaming (HDF5 datasets or in-memory arrays).
 
 Memory does not grow with the number of voxels beyond the small per-voxel outputs: targets are
-read ``chunk`` columns at a time, scored, and dropped.
+read ``chunk`` columns at a time, scored, and dropped. On a GPU backend the targets stay on the host
+(in memory or in HDF5): each chunk is read by a background thread while the previous one is scored,
+moved to the device once per outer fold (all its rows in one copy) and its train/test rows are
+selected there (:meth:`FoldSolver.score_rows`); device memory holds one chunk, never all voxels.
 """
 from __future__ import annotations
 
 from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -29,7 +33,7 @@ def default_chunk(n_rows):
 def stream_chunks(data, chunk=None, rows=None):
     """Yield ``(cols, block)`` over column chunks of a (n_samples, n_voxels) array or h5py dataset.
 
-    ``cols`` is a slice into the voxel axis; ``block`` a float32 ndarray (n_rows, width) holding
+    ``cols`` is a slice into the voxel axis; ``block`` a C-contiguous float32 ndarray (n_rows, width) holding
     ``data[rows, cols]`` (all rows if ``rows`` is None). Only one chunk is in memory at a time.
     """
     shape = getattr(data, "shape", None)
@@ -41,18 +45,37 @@ def stream_chunks(data, chunk=None, rows=None):
         raise ConfigError(f"chunk must be >= 1, got {chunk}")
     for c0 in range(0, v, chunk):
         cols = slice(c0, min(v, c0 + chunk))
-        block = np.asarray(data[:, cols], dtype=np.float32)
+        # contiguous: one plain copy here (in score_stream's prefetch thread), none later
+        block = np.ascontiguousarray(data[:, cols], dtype=np.float32)
         if rows is not None:
             block = block[rows]
         yield cols, block
 
 
-def score_stream(solver, Y, train_rows, test_rows, chunk=None, sink=None):
+def prefetched(iterable):
+    """Iterate ``iterable`` with its next item produced by a background thread while the caller
+    works on the current one (reading chunk i+1 from HDF5 / host memory overlaps scoring chunk i).
+    Holds at most two items; the order and the items are those of ``iterable``."""
+    it = iter(iterable)
+    done = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="brainalign-prefetch") as pool:
+        pending = pool.submit(next, it, done)
+        while True:
+            item = pending.result()
+            if item is done:
+                return
+            pending = pool.submit(next, it, done)
+            yield item
+
+
+def score_stream(solver, Y, train_rows, test_rows, chunk=None, sink=None, prefetch=True):
     """Score every voxel of ``Y`` (n, v) (array or h5py dataset) with ``solver`` chunk by chunk.
 
     ``train_rows`` / ``test_rows`` index the rows of Y that match the solver's X_train / X_test.
     With ``sink`` (callable ``sink(cols, ChunkResult)``) nothing is accumulated and None is
     returned; otherwise the concatenated :class:`ChunkResult` over all voxels is returned.
+    Y stays where it is (host memory or file); each chunk is read (in a background thread with
+    ``prefetch``) and handed to :meth:`FoldSolver.score_rows`, which moves it to the device once.
     """
     n, v = Y.shape
     train_rows = np.asarray(train_rows, dtype=np.int64)
@@ -64,8 +87,9 @@ def score_stream(solver, Y, train_rows, test_rows, chunk=None, sink=None):
         r = np.empty(v, np.float32)
         alpha = np.empty(v, np.float32)
         cv = np.empty((solver.alphas.size, v), np.float32)
-    for cols, block in stream_chunks(Y, chunk):
-        res = solver.score_chunk(block[train_rows], block[test_rows])
+    chunks = stream_chunks(Y, chunk)
+    for cols, block in (prefetched(chunks) if prefetch else chunks):
+        res = solver.score_rows(block, train_rows, test_rows)
         if sink is not None:
             sink(cols, res)
         else:
@@ -125,4 +149,5 @@ def nested_cv(X, Y, outer_splits, alphas, inner_cv=5, backend="numpy", chunk_siz
     return NestedResult(r, best, cvs, outer)
 
 
-__all__ = ["NestedResult", "default_chunk", "kfold_splits", "nested_cv", "score_stream", "stream_chunks"]
+__all__ = ["NestedResult", "default_chunk", "kfold_splits", "nested_cv", "prefetched", "score_stream",
+           "stream_chunks"]

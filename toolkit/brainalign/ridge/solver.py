@@ -8,8 +8,15 @@ rows ``X_eval`` (centred with the *training* means) are, for penalty ``a``::
 ``U``, ``s`` and ``M`` depend on X only, so :class:`FoldSolver` computes them once (in float64, then
 stores them in the working dtype). Per voxel chunk the cost is one GEMM ``Z = U^T Y`` per inner fold
 and, per fold, GEMMs ``[M d_a1; M d_a2; ...] @ Z`` over small groups of alphas (as many as fit a
-48 MiB prediction buffer), each followed by one column-reduction pass that yields ``sum(P^2)`` and
-``sum(P * Y_val)``; predictions for all alphas of a whole chunk are never held at once.
+48 MiB prediction buffer and a 48 MiB buffer of scaled evaluation maps), each followed by one
+column-reduction pass that yields ``sum(P^2)`` and ``sum(P * Y_val)``; predictions for all alphas of
+a whole chunk are never held at once.
+
+Targets may be numpy arrays (host) or arrays of the solver's backend (a cupy array or torch tensor
+already on the device): :meth:`FoldSolver.score_rows` takes one (n, v) block with the train/test row
+indices, moves it to the device once and selects the rows there (the host-resident streaming path of
+:func:`brainalign.ridge.score_stream`). Per target batch the host waits for the device only to read
+the inner-CV scores (alpha selection) and the final r; nothing inside the fold/alpha loops syncs.
 Inner scores use the alpha-normalised shrinkage ``d_a / max(d_a)`` (Pearson r is scale-free), so
 alphas from 1e-3 to 1e9 stay well inside float32 range.
 
@@ -44,7 +51,7 @@ coef (p, v), intercept (v,), r (v,) test Pearson r or None without test rows (nu
 
 SCORINGS = ("r", "r2")
 METHODS = ("eigh", "svd")
-_GROUP_BYTES = 48 * 2**20  # predictions held at once by the stacked scoring GEMM
+_GROUP_BYTES = 48 * 2**20  # predictions (and scaled maps) held at once by the stacked scoring GEMM
 _RUN_LIMIT = 4  # at most this many contiguous row runs are used as slices; more -> one gather
 
 
@@ -176,11 +183,20 @@ def _single_thread_blas():
 def run_parallel(jobs, B, n_jobs=None):
     """Run independent jobs (per-fold factorisations or scores). On the numpy backend they run one
     per CPU, each with single-threaded BLAS; without threadpoolctl (or on torch/cupy, or with one
-    CPU) they run one after the other with the library's own threading."""
-    workers = min(len(jobs), _available_cpus() if n_jobs is None else max(1, int(n_jobs)))
-    limit = _single_thread_blas() if B.name == "numpy" and workers > 1 else None
+    CPU) they run one after the other with the library's own threading.
+
+    With one CPU for this process (``n_jobs=1``: an MPI rank or SLURM task given one core) the jobs run
+    one after the other with single-threaded BLAS too: the library's own threads would oversubscribe the
+    core shared with other ranks, and the same single-threaded kernels make the numbers independent of
+    how many ranks share the work."""
+    cpus = _available_cpus() if n_jobs is None else max(1, int(n_jobs))
+    workers = min(len(jobs), cpus)
+    limit = _single_thread_blas() if B.name == "numpy" and (workers > 1 or cpus == 1) else None
     if limit is None:
         return [job() for job in jobs]
+    if workers == 1:
+        with limit:
+            return [job() for job in jobs]
     with limit, ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(job) for job in jobs]
         return [f.result() for f in futures]
@@ -287,6 +303,31 @@ class FoldSolver:
         """Like :meth:`score_chunk` but also returns coefficients (needs ``keep_coef=True``)."""
         return self._run(Y_train, Y_test, want_coef=want_coef)
 
+    def score_rows(self, Y, train_rows, test_rows):
+        """Score a block ``Y`` (n, v) whose rows ``train_rows`` / ``test_rows`` match X_train / X_test.
+
+        Equal to ``score_chunk(Y[train_rows], Y[test_rows])``, but the block goes to the device once
+        (one host-to-device copy per block instead of two host gathers and two copies) and the rows are
+        selected on the device. ``Y`` may be a numpy array (it stays the caller's: never modified)
+        or a native array of this backend.
+        """
+        if self.n_test == 0:
+            raise DataError("score_rows needs X_test; this FoldSolver was built with X_test=None")
+        B = self.B
+        Y = self._targets(Y, "Y")
+        tr = np.asarray(train_rows, dtype=np.int64).reshape(-1)
+        te = np.asarray(test_rows, dtype=np.int64).reshape(-1)
+        n = Y.shape[0]
+        if tr.size != self.n_train or te.size != self.n_test:
+            raise DataError(f"score_rows: {tr.size} train / {te.size} test rows given, solver expects "
+                            f"{self.n_train} / {self.n_test}")
+        for what, idx in (("train_rows", tr), ("test_rows", te)):
+            if idx.min() < 0 or idx.max() >= n:
+                raise DataError(f"score_rows: {what} out of range [0, {n}) (min {idx.min()}, max {idx.max()})")
+        Yd = Y if B.is_native(Y) else B.asarray(Y, self.dtype)   # one upload; a view when nothing moves
+        res = self._run(_Rows(B, tr).single(Yd), _Rows(B, te).single(Yd), want_coef=False)
+        return ChunkResult(res.r, res.best_alpha, res.cv_scores)
+
     def flops_per_target(self, with_test=True):
         """Floating-point operations of the per-chunk GEMMs for one target (for benchmarks):
         per inner fold ``2 r n_tr`` (U^T Y) + ``n_alphas * 2 n_val r`` (scoring), then the refit
@@ -301,20 +342,31 @@ class FoldSolver:
         return float(total)
 
     # ------------------------------------------------------------------ internals
+    def _targets(self, Y, name):
+        """``Y`` checked for shape and kind; a native array of the backend stays as it is (on its device)."""
+        B = self.B
+        if not B.is_native(Y) or isinstance(Y, np.ndarray):
+            return check_matrix(Y, name)
+        if len(Y.shape) != 2 or Y.shape[0] * Y.shape[1] == 0:
+            raise DataError(f"{name}: expected a non-empty 2-D array, got shape {tuple(Y.shape)}")
+        if not B.is_floating(Y):
+            raise DataError(f"{name}: expected floating-point values, got dtype {Y.dtype}")
+        return Y
+
     def _run(self, Y_train, Y_test, want_coef):
         B = self.B
-        Yt_np = check_matrix(Y_train, "Y_train")
+        Yt_np = self._targets(Y_train, "Y_train")
         if Yt_np.shape[0] != self.n_train:
             raise DataError(f"Y_train has {Yt_np.shape[0]} rows but X_train has {self.n_train} "
-                            f"(shapes {Yt_np.shape} vs ({self.n_train}, {self.n_features}))")
+                            f"(shapes {tuple(Yt_np.shape)} vs ({self.n_train}, {self.n_features}))")
         v = Yt_np.shape[1]
         Ys_np = None
         if Y_test is not None:
             if self.n_test == 0:
                 raise DataError("Y_test given but this FoldSolver was built with X_test=None")
-            Ys_np = check_matrix(Y_test, "Y_test")
-            if Ys_np.shape != (self.n_test, v):
-                raise DataError(f"Y_test has shape {Ys_np.shape}; expected ({self.n_test}, {v}) "
+            Ys_np = self._targets(Y_test, "Y_test")
+            if tuple(Ys_np.shape) != (self.n_test, v):
+                raise DataError(f"Y_test has shape {tuple(Ys_np.shape)}; expected ({self.n_test}, {v}) "
                                 "to match X_test rows and Y_train columns")
         if want_coef and self.full.V is None:
             raise DataError("coefficients requested but the FoldSolver was built with keep_coef=False")
@@ -336,25 +388,24 @@ class FoldSolver:
                 out_coef[:, cols], out_b[cols] = res[3], res[4]
         return FitResult(out_a, out_cv, out_coef, out_b, out_r)
 
-    def _batch(self, Yt_np, Ys_np, want_coef):
+    def _batch(self, Yt_in, Ys_in, want_coef):
         B, dt = self.B, self.dtype
-        Yt = B.asarray(np.array(Yt_np, dtype=dt, order="C", copy=True), dt)
+        Yt = B.copy_in(Yt_in, dt)                        # host -> device here (or a device copy)
         valid = B.all0(B.isfinite(Yt)) & (B.amax0(Yt) != B.amin0(Yt))
         Ys = None
-        if Ys_np is not None:
-            Ys = B.asarray(np.array(Ys_np, dtype=dt, order="C", copy=True), dt)
+        if Ys_in is not None:
+            Ys = B.copy_in(Ys_in, dt)
             valid = valid & B.all0(B.isfinite(Ys)) & (B.amax0(Ys) != B.amin0(Ys))
-        valid_np = B.to_numpy(valid).astype(bool)
-        if not valid_np.all():
-            bad = B.index(np.flatnonzero(~valid_np))
-            Yt[:, bad] = 0
-            if Ys is not None:
-                Ys[:, bad] = 0
+        # Invalid columns become 0 on the device (no host round trip to find them first).
+        B.zero_invalid(Yt, valid)
+        if Ys is not None:
+            B.zero_invalid(Ys, valid)
         mu_y = B.mean0_64(Yt)
         Yt -= B.cast(mu_y, dt)
-        total = B.to_numpy(Yt.sum(0, dtype=B.dtype("float64")))
+        total = Yt.sum(0, dtype=B.dtype("float64"))      # stays on the device
         cv = self._inner_cv(Yt, total)
-        cv_np = B.to_numpy(cv).astype(np.float64)
+        cv_np = B.to_numpy(cv).astype(np.float64)        # the host waits here, once per batch
+        valid_np = B.to_numpy(valid).astype(bool)
         cv_np[:, ~valid_np] = np.nan
         best = self._select(cv_np)
         ok = valid_np & (best >= 0)
@@ -362,7 +413,7 @@ class FoldSolver:
         alpha = np.where(ok, self.alphas[best_safe], np.nan).astype(np.float32)
         full = self.full
         W = full.UT @ Yt                                 # (r, vb), Yt has mean ~0 already
-        mean_rest = B.asarray(total / self.n_train, dt)
+        mean_rest = B.cast(total / self.n_train, dt)
         W -= full.u1[:, None] * mean_rest[None, :]
         W *= B.gather_rows(full.DT, B.index(best_safe))  # per-voxel shrinkage
         r = None
@@ -408,7 +459,7 @@ class FoldSolver:
         cnt = B.zeros((A, vb), "float64")
         W = f.tr.left_gemm(f.UT, Yt)                  # (r, vb) = U^T Y_tr
         sum_va = f.ev.colsum(Yt)
-        mean_tr = (B.asarray(total, "float64") - sum_va) / f.tr.n  # inner-train mean (centred Y)
+        mean_tr = (total - sum_va) / f.tr.n           # inner-train mean (centred Y), on the device
         W -= f.u1[:, None] * B.cast(mean_tr, dt)[None, :]
         Yv = f.ev.single(Yt)
         mean_va = sum_va / f.ev.n
@@ -421,7 +472,7 @@ class FoldSolver:
         else:
             target = Yv                                 # P is centred, so sum(P*Yv) = sum(P*Yvc)
         n_va, r = f.M.shape
-        g = self._alpha_group(n_va, vb)
+        g = self._alpha_group(n_va, vb, r)
         buf = B.zeros((g * n_va, r), dt)                # alpha-scaled evaluation maps, stacked
         pbuf = B.zeros((g * n_va, vb), dt)              # reused: no page faults per GEMM
         for a0 in range(0, A, g):
@@ -445,12 +496,15 @@ class FoldSolver:
             cnt[a0:a0 + k] += B.cast(good, "float64")
         return acc, cnt
 
-    def _alpha_group(self, n_val, vb):
-        """Alphas per stacked GEMM: as many as fit ``_GROUP_BYTES`` of predictions (at least 1),
-        balanced over groups. Memory is bounded by the batch size, never by n_alphas x v."""
+    def _alpha_group(self, n_val, vb, rank):
+        """Alphas per stacked GEMM: as many as fit ``_GROUP_BYTES`` of predictions (k n_val x vb)
+        AND ``_GROUP_BYTES`` of scaled evaluation maps (k n_val x rank), at least 1, balanced over
+        groups. Memory is bounded by the batch size and the rank, never by n_alphas x v or
+        n_alphas x rank (many alphas with a wide design once took n_alphas x n_val x rank)."""
         A = self.alphas.size
         item = np.dtype(self.dtype).itemsize
-        g = int(max(1, min(A, _GROUP_BYTES // max(1, n_val * vb * item))))
+        widest = max(vb, rank, 1)
+        g = int(max(1, min(A, _GROUP_BYTES // max(1, n_val * widest * item))))
         groups = -(-A // g)
         return -(-A // groups)
 

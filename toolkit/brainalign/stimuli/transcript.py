@@ -1,10 +1,19 @@
-"""Word-level transcripts with timings: TSV (``word onset duration``), Speech2Text JSON, SRT subtitles.
+"""Word-level transcripts with timings: TSV (``word onset duration``), the Algonauts 2025 per-TR TSV,
+Speech2Text JSON, SRT subtitles.
 
 Every reader returns ``list[Word]`` sorted by onset (stable for equal onsets). Bad rows raise one
 DataError line naming the file and the line (TSV/SRT) or the JSON path (``words[3]``).
+
+The Algonauts 2025 transcripts (``stimuli/transcripts/friends/s1/friends_s01e01a.tsv``) have one row per
+1.49 s chunk and the columns ``text_per_tr, words_per_tr, onsets_per_tr, durations_per_tr``, the last three
+Python list literals (``['Hey', 'Ross']``, ``[12.3, 12.61]``); a word is listed in the chunk that holds its
+*offset* (onset + duration), so a word that starts in chunk k and ends in chunk k + 1 is in row k + 1. We read
+each word's own onset and duration and drop the rows: brainalign's rule, for every transcript format, is that a
+word belongs to the window that holds its *onset* (stimuli.windows.window_words), so that word is in window k.
 """
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -137,15 +146,84 @@ def read_srt(path) -> list[Word]:
     return words
 
 
-_READERS = {".tsv": read_tsv, ".json": read_json, ".srt": read_srt}
+ALGONAUTS_COLUMNS = ("words_per_tr", "onsets_per_tr", "durations_per_tr")
 
 
-def read_transcript(path) -> list[Word]:
-    """Words of a transcript file, by extension (.tsv, .json, .srt), sorted by onset."""
+def _literal_list(path, where, column, cell) -> list:
+    cell = (cell or "").strip()
+    if not cell or cell.lower() in ("nan", "n/a", "none"):
+        return []
+    try:
+        value = ast.literal_eval(cell)
+    except (ValueError, SyntaxError):
+        raise DataError(f"transcript {path} {where}: column {column} is not a Python list literal: "
+                        f"{cell[:60]!r}") from None
+    if not isinstance(value, (list, tuple)):
+        raise DataError(f"transcript {path} {where}: column {column} is not a list: {cell[:60]!r}")
+    return list(value)
+
+
+def read_algonauts_tsv(path) -> list[Word]:
+    """The Algonauts 2025 per-TR transcript: rows of chunks with list-literal ``words_per_tr``,
+    ``onsets_per_tr`` (s from the movie's start) and ``durations_per_tr`` (s); empty chunks have empty cells
+    (or ``[]``). The chunk a word is listed in (its offset's) is not kept; see the module docstring."""
+    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    header = [h.strip() for h in lines[0].split("\t")] if lines else []
+    missing = [c for c in ALGONAUTS_COLUMNS if c not in header]
+    if missing:
+        raise DataError(f"transcript {path} line 1: missing column(s) {', '.join(missing)} of the Algonauts per-TR "
+                        f"format (header has: {', '.join(header) or 'nothing'})")
+    idx = [header.index(c) for c in ALGONAUTS_COLUMNS]
+    words = []
+    for n, line in enumerate(lines[1:], start=2):
+        cells = line.split("\t")
+        where = f"line {n}"
+        if not line.strip():
+            continue
+        if len(cells) > len(header):
+            raise DataError(f"transcript {path} {where}: {len(cells)} columns, header has {len(header)} "
+                            "(a tab inside a cell?)")
+        cells += [""] * (len(header) - len(cells))
+        ws, ons, durs = (_literal_list(path, where, c, cells[i]) for c, i in zip(ALGONAUTS_COLUMNS, idx))
+        if not len(ws) == len(ons) == len(durs):
+            raise DataError(f"transcript {path} {where}: {len(ws)} words but {len(ons)} onsets and {len(durs)} "
+                            "durations")
+        for k, (w, o, d) in enumerate(zip(ws, ons, durs)):
+            wk = f"{where} word {k + 1}"
+            onset, duration = _number(path, wk, "onset", o), _number(path, wk, "duration", d)
+            _check_times(path, wk, onset, duration)
+            words.append(Word(str(w).strip(), onset, duration))
+    return words
+
+
+def _tsv_header(path) -> list[str]:
+    with open(path, encoding="utf-8-sig") as fh:
+        return [h.strip().lower() for h in fh.readline().rstrip("\r\n").split("\t")]
+
+
+_READERS = {"words": read_tsv, "algonauts": read_algonauts_tsv, "json": read_json, "srt": read_srt}
+_BY_SUFFIX = {".tsv": "words", ".json": "json", ".srt": "srt"}
+
+
+def transcript_format(path, fmt: str = "auto") -> str:
+    """The reader a transcript gets: ``fmt`` when named, else by extension, and for ``.tsv`` by its header
+    (the Algonauts per-TR columns, or word/onset/duration)."""
+    if fmt != "auto":
+        return fmt
     path = Path(path)
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(f"transcript {path}: unknown format {path.suffix!r} (expected .tsv, .json or .srt)")
+    name = _BY_SUFFIX.get(path.suffix.lower())
+    if name is None:
+        raise DataError(f"transcript {path}: unknown format {path.suffix!r} (expected .tsv, .json or .srt, or set "
+                        "data.stimuli.transcript_format)")
+    if name == "words" and path.is_file() and "words_per_tr" in _tsv_header(path):
+        return "algonauts"
+    return name
+
+
+def read_transcript(path, fmt: str = "auto") -> list[Word]:
+    """Words of a transcript file (format ``fmt``, default by extension and header), sorted by onset."""
+    path = Path(path)
+    name = transcript_format(path, fmt)
     if not path.is_file():
         raise DataError(f"transcript not found: {path}")
-    return sorted(reader(path), key=lambda w: w.onset)
+    return sorted(_READERS[name](path), key=lambda w: w.onset)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from ..config import require_file
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..log import get_logger
 from .audio import read_audio
 from .episode import EpisodeStimuli
@@ -50,16 +50,32 @@ def window_audio(audio: np.ndarray, rate: int, windows: np.ndarray) -> np.ndarra
     return out
 
 
+def audio_source(cfg, episode: str, video, has_audio: bool):
+    """The audio file of an episode, or None for the video's own track: ``data.stimuli.audio`` when that file
+    exists; when it is null or missing and the video carries an audio track (Algonauts/CNeuroMod .mkv: h264 +
+    mp3), that track (a missing file is logged). One line naming the key when there is neither."""
+    template = cfg.data.stimuli.audio
+    path = cfg.path(template, "data.stimuli.audio", episode=episode) if template else None
+    if path is not None and path.is_file():
+        return path
+    if not has_audio:
+        if path is None:
+            raise DataError(f"video {video} has no audio track and data.stimuli.audio is null")
+        raise ConfigError(f"data.stimuli.audio: audio not found: {path} (and video {video} has no audio track)")
+    if path is not None:
+        log.info("episode %s: %s not found; using the audio track of %s", episode, path, video)
+    return None
+
+
 def load_episode_stimuli(cfg, episode: str) -> EpisodeStimuli:
     """Read and window one episode's video, audio and transcript as configured in ``cfg.data.stimuli``."""
     st = cfg.data.stimuli
     tr = float(cfg.data.bold.tr)
-    video = require_file("data.stimuli.video", cfg.path(st.video, episode=episode), "video")
-    transcript = require_file("data.stimuli.transcript", cfg.path(st.transcript, episode=episode), "transcript")
-    audio_path = (require_file("data.stimuli.audio", cfg.path(st.audio, episode=episode), "audio")
-                  if st.audio else None)
-
+    video = require_file("data.stimuli.video", cfg.path(st.video, "data.stimuli.video", episode=episode), "video")
+    transcript = require_file("data.stimuli.transcript",
+                              cfg.path(st.transcript, "data.stimuli.transcript", episode=episode), "transcript")
     duration, _fps, has_audio = video_info(video)
+    audio_path = audio_source(cfg, episode, video, has_audio)
     step = float(cfg.windows.step) if cfg.windows.step else tr     # windows end every `step` s (default: each TR)
     if step <= 0:
         raise DataError(f"windows.step must be positive, got {step}")
@@ -73,8 +89,6 @@ def load_episode_stimuli(cfg, episode: str) -> EpisodeStimuli:
 
     # audio
     rate = int(cfg.windows.audio_rate)
-    if audio_path is None and not has_audio:
-        raise DataError(f"video {video} has no audio track and data.stimuli.audio is null")
     audio = read_audio(audio_path if audio_path is not None else video, rate)
     audio_s = len(audio) / rate
     if audio_s < duration - tr:
@@ -82,7 +96,7 @@ def load_episode_stimuli(cfg, episode: str) -> EpisodeStimuli:
                         f"{audio_s:.2f} s of audio for {duration:.2f} s of video (tolerance one TR, {tr} s)")
 
     # transcript
-    words = read_transcript(transcript)
+    words = read_transcript(transcript, st.transcript_format)
     if not words:
         raise DataError(f"transcript {transcript} has no words")
     last = words[-1].onset
