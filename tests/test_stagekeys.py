@@ -20,11 +20,13 @@ import yaml
 
 from brainalign.cli import main
 from brainalign.config import parse_config
+from brainalign.simulate import ATLAS_PATHS
 from test_submit import SMALL as SUBMIT_SMALL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SMALL = dict(json.loads(json.dumps(SUBMIT_SMALL)), name="keys", report={"title": "keys test"})   # 3 runs x 30 TRs
+SMALL["data"]["bold"].update(rois=ATLAS_PATHS["rois"], roi_names=ATLAS_PATHS["roi_names"])   # mask: the runs' masks
 
 # which stage wrote which output file (relative to OUTPUT)
 STAGE_OF = (("features", "extract"), ("design.h5", "align"), ("bold.h5", "align"), ("scores.h5", "fit"),
