@@ -35,8 +35,7 @@ SIZES = {
                    "batches": (4096, 16384, 65536)},
         "kernel": (6, 480, 16384), "kernel_reps": 20, "eigh": 2048,
         "tiny": {"windows": 512, "batch": 64},
-        "merlot": {"size": "base", "ref_windows": 4, "gpu_windows": 64, "batch": 16, "image_size": 320,
-                   "tr": 1.49, "audio_rate": 22050, "max_words": 12},
+        "merlot": {"size": "base", "ref_windows": 4, "gpu_windows": 64, "batch": 16, "tr": 1.49, "max_words": 12},
     },
     "quick": {
         "gemm_cpu": 256, "gemm_gpu": 1024, "gemm_reps": 3, "copy_mib": 16,
@@ -45,8 +44,7 @@ SIZES = {
         "stream": {"n": 240, "p": 24, "v": 3000, "ref_v": 1000, "outer": 2, "inner": 3, "batches": (512, 2048)},
         "kernel": (3, 64, 1000), "kernel_reps": 3, "eigh": 96,
         "tiny": {"windows": 16, "batch": 8},
-        "merlot": {"size": "tiny", "ref_windows": 3, "gpu_windows": 6, "batch": 3, "image_size": 32,
-                   "tr": 1.49, "audio_rate": 16000, "max_words": 6},
+        "merlot": {"size": "tiny", "ref_windows": 3, "gpu_windows": 6, "batch": 3, "tr": 1.49, "max_words": 6},
     },
 }
 # a MERLOT Reserve of a few layers for --quick (same code paths as base, seconds on a CPU)
@@ -783,9 +781,9 @@ def section_extract_merlot(ctx, device="cuda"):
     def tokenize(text):   # stand-in BPE ids (random base weights: the vocabulary does not matter)
         return [100 + zlib.crc32(wd.encode()) % (vocab - 100) for wd in text.split()]
 
-    bb = MerlotBackbone(model, tokenize, n_frames=2)
-    make = lambda name, n: synthetic_stimuli(name, n_windows=n, tr=s["tr"], frames=2,  # noqa: E731
-                                             image_size=s["image_size"], audio_rate=s["audio_rate"],
-                                             max_words=s["max_words"], seed=6)
+    bb = MerlotBackbone(model, tokenize)
+    # the inputs the loader makes for MERLOT (frames letterboxed at its grid, one per 5-s segment; 22,050 Hz)
+    make = lambda name, n: synthetic_stimuli(name, n_windows=n, tr=s["tr"],  # noqa: E731
+                                             max_words=s["max_words"], seed=6, spec=bb.stimulus_spec)
     _extraction(ctx, f"MERLOT Reserve {s['size']}", bb, make, s["ref_windows"], s["gpu_windows"], s["batch"],
                 device)

@@ -57,3 +57,27 @@ def test_hdf5_parcels_one_dataset_per_run(tmp_path):
     missing = _cfg(tmp_path, "hdf5", "{root}/sub-{subject}-nope.h5")
     with pytest.raises(Exception, match=r"data\.bold\.dir: BOLD HDF5 file of sub-01 not found"):
         _bold_sources(missing)
+
+
+def test_cifti_runs_with_confounds_regress_them_once(tmp_path):
+    """fMRIPrep writes one confounds TSV per run, shared by its volumetric and CIFTI outputs:
+    sub-01_ses-001_task-e1_desc-confounds_timeseries.tsv beside ..._space-fsLR_den-91k_bold.dtseries.nii."""
+    rng = np.random.default_rng(2)
+    d = tmp_path / "prep" / "sub-01" / "ses-001" / "func"
+    d.mkdir(parents=True)
+    conf = {}
+    for ep in ("e1", "e2", "e3"):
+        y = rng.standard_normal((30, 36)).astype(np.float32)
+        write_dtseries(d / f"sub-01_ses-001_task-{ep}_space-fsLR_den-91k_bold.dtseries.nii", y)
+        c = rng.standard_normal((30, 2))
+        conf[ep] = (y, c)
+        (d / f"sub-01_ses-001_task-{ep}_desc-confounds_timeseries.tsv").write_text(
+            "csf\twhite_matter\n" + "".join(f"{float(a)!r}\t{float(b)!r}\n" for a, b in c))
+    cfg = _cfg(tmp_path, "cifti", "{root}/prep")
+    cfg.data.bold.confounds = ["csf", "white_matter"]
+    y, c = conf["e2"]
+    got = _read_run(cfg, _bold_sources(cfg)[("01", "e2")], None)
+    # independent reference: least-squares residual on [1, confounds], the run mean kept
+    A = np.column_stack([np.ones(30), c])
+    ref = y - A @ np.linalg.lstsq(A, y.astype(np.float64), rcond=None)[0] + y.mean(0)
+    np.testing.assert_allclose(got, ref, atol=1e-4)

@@ -13,7 +13,7 @@ from brainalign.errors import ConfigError
 from brainalign.finetune_heads import MerlotQAModel, qa_loss, qa_predict
 from brainalign.models import get_backbone
 from brainalign.models.merlot.convert import FORMAT, read_converted
-from brainalign.models.merlot.model import AUDIOSPAN, MASK, PADDING, MerlotConfig, build_model
+from brainalign.models.merlot.model import AUDIOSPAN, MASK, MerlotConfig, build_model
 from brainalign.models.synthetic import synthetic_stimuli
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -32,7 +32,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    return tvqa.write_synthetic_tvqa(tmp_path_factory.mktemp("tvqa"), n_train=24, n_val=8, seed=0, size=SIZE)
+    return tvqa.write_synthetic_tvqa(tmp_path_factory.mktemp("tvqa"), n_train=24, n_val=8, seed=0, size=SIZE,
+                                     audio=True)
 
 
 def word_level(special, unk):
@@ -81,58 +82,137 @@ def first_batch(ds, n=3):
     return finetune.collate_for(ds)([ds[i] for i in range(n)])
 
 
-def manual_merlot_logits(model, frames, ids):
-    """Independent of MerlotQAModel: raw-frame forward per row, MASK found with list.index, seq -> proj."""
-    cfg = model.cfg
-    x = torch.from_numpy(frames.numpy()).float() / 255.0                 # (B, T, S, S, 3)
-    b, t = x.shape[:2]
-    x = torch.nn.functional.interpolate(x.reshape(b * t, SIZE, SIZE, 3).permute(0, 3, 1, 2), size=cfg.image_size,
-                                        mode="bilinear", align_corners=False, antialias=True)
-    x = x.permute(0, 2, 3, 1).reshape(b, t, *cfg.image_size, 3).clamp(0, 1)
-    silence = torch.zeros(1, 1, cfg.audio_seq_length, cfg.num_mels + 1)
-    silence[..., -1] = 1.0
-    out = np.zeros((b, 2, ids.shape[1]))
+def loaded(cfg, qa, split="train", **kw):
+    return finetune.attach_model(finetune.load_split(cfg, split, **kw), qa)
+
+
+def test_tvqa_segments_as_the_original():
+    """prep_data.py's segments, derived by hand: 4.667-s segments, the first centred on the middle of ts
+    rounded to 1/3 s, then -1, +1, -2, +2, ... segments (each end rounded to 1/3 s) while inside the clip."""
+    seg = 4.6666667
+    got = tvqa.merlot_segments((0.1, 1.9), 7, 11 / 3)               # a 4-s clip at 3 fps: 12 frames
+    np.testing.assert_allclose(got, [(1 - seg / 2, 1 + seg / 2), (10 / 3, 8.0)], atol=1e-6)
+    got = tvqa.merlot_segments((30.0, 32.2), 7, 60.0)                # mid 31.1 -> 31.0 (nearest 1/3 s: 93 / 3)
+    want = sorted([(31 - seg / 2, 31 + seg / 2)] + [(x, x + 14 / 3) for x in
+                  (24.0, 100 / 3, 58 / 3, 38.0, 44 / 3, 128 / 3)])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert len(tvqa.merlot_segments((30.0, 32.2), 3, 60.0)) == 3
+
+
+def manual_merlot_logits(model, inputs, ids):
+    """Independent of MerlotQAModel.forward: per row, the model on raw frames with frame t at segment t + 1,
+    the audio pass's k-th AUDIOSPAN taking clip k // 6, MASK found with list.index, seq -> proj."""
+    from brainalign.models.merlot.model import PADDING as PAD
+
+    b, a, _ = ids.shape
+    T = inputs.audio.shape[1]
+    out = np.zeros((b, 2, a))
     for i in range(b):
-        for k in range(ids.shape[1]):
-            row = [v for v in ids[i, k].tolist()]
-            m = row.index(MASK)
-            audio_row = row[: m + 1] + [AUDIOSPAN] * cfg.audio_token_length
-            for p, (r, kw) in enumerate([(audio_row, {"audio": silence,
-                                                      "audio_ptr": torch.tensor([[0] * len(audio_row)])}),
-                                         (row, {})]):
+        x = inputs.frames[i: i + 1].float() / 255.0
+        clips = inputs.audio[i].reshape(1, 3 * T, *inputs.audio.shape[3:])
+        for k in range(a):
+            passes = []
+            row = [v for v, s in zip(inputs.audio_rows[i, k].tolist(), inputs.audio_seg[i, k].tolist()) if v != PAD]
+            seg = inputs.audio_seg[i, k, :len(row)].tolist()
+            n_audio = 0
+            ptr = []
+            for v in row:
+                ptr.append(n_audio // 6 if v == AUDIOSPAN else -1)
+                n_audio += v == AUDIOSPAN
+            passes.append((row, seg, {"audio": clips, "audio_ptr": torch.tensor([ptr])}))
+            trow = [v for v in ids[i, k].tolist() if v != PAD]
+            passes.append((trow, inputs.text_seg[i, k, :len(trow)].tolist(), {}))
+            for p, (r, sg, kw) in enumerate(passes):
                 with torch.no_grad():
-                    seq = model(tokens=torch.tensor([r]), frames=x[i: i + 1], **kw)["seq"][0]
-                    out[i, p, k] = float(seq[m] @ model.proj.weight[0])
+                    seq = model(tokens=torch.tensor([r]), token_segment=torch.tensor([sg]), frames=x,
+                                vision_segment_offset=1, **kw)["seq"][0]
+                    out[i, p, k] = float(seq[r.index(MASK)] @ model.proj.weight[0])
     return out
 
 
 def test_merlot_rows_logits_and_mask_pooling(synth, merlot_ckpt, tmp_path):
+    from brainalign.models.merlot.model import START
+    from brainalign.models.merlot.spectrogram import tvqa_clips
+    from brainalign.stimuli.audio import peak_normalise, read_audio
+
     cfg = merlot_cfg(tmp_path, synth, merlot_ckpt)
+    cfg.windows.frames = 3
     qa = finetune.build_qa_model(cfg).eval()
     assert isinstance(qa, MerlotQAModel) and not hasattr(qa.model, "head") and not hasattr(qa.model, "span_encoder")
-    ds = finetune.load_split(cfg, "train")
-    ds.set_encoder(qa.encode_answers, qa.pad_id)
+    ds = loaded(cfg, qa)
     it = ds.items[0]
-    vocab = word_level(MERLOT_SPECIAL, "<unk>").get_vocab()
-    sub = ds.subtitle_words(it)
-    q = tvqa.normalise_words(it.question)
-    rows = ds[0][1]
-    for a, row in zip(it.answers, rows):                     # question + answer, MASK, subtitles
-        qa_ids = [vocab[w] for w in q + tvqa.normalise_words(a)]
-        assert row == qa_ids + [MASK] + [vocab[w] for w in sub] and sub
-    frames, ids, labels = first_batch(ds)
-    assert ids.dtype == torch.int64 and (ids[0, :, len(rows[0]):] == PADDING).all()
-    tokens, ptr = qa.audio_rows(ids.reshape(-1, ids.shape[-1]))
-    m = rows[0].index(MASK)
-    assert tokens[0].tolist() == rows[0][: m + 1] + [AUDIOSPAN] * 6 + [PADDING] * (tokens.shape[1] - m - 7)
-    assert ptr[0].tolist() == [-1] * (m + 1) + [0] * 6 + [-1] * (tokens.shape[1] - m - 7)
+    tok = word_level(MERLOT_SPECIAL, "<unk>")
+    enc = lambda text: tok.encode(text).ids                              # noqa: E731
+    segs = tvqa.merlot_segments(it.ts, 3, 11 / 3)
+    assert len(segs) == 2 and segs[0][0] < 0                             # the 4-s clip holds 2 of the 3
+    inputs, rows, label = ds[0]
+    # segment 0: "{start} to {end}" (in % of the segments' span) + START + question + "answer: " + answer, MASK
+    t0, dur = segs[0][0], segs[-1][1] - segs[0][0]
+    rel = f"{int((it.ts[0] - t0) / dur * 100)} to {int((it.ts[1] - t0) / dur * 100)}"
+    subs = [[], [], []]
+    bounds = [segs[0][0], segs[1][0], segs[1][1]]
+    for w in ds.transcript(it):                                          # subtitle words by their centre
+        c = w.onset + w.duration / 2
+        subs[0 if c < bounds[1] else 1].append(w.word)
+    assert subs[0] and subs[1]
+    for a, row, seg, arow, aseg in zip(it.answers, rows, inputs.text_seg, inputs.audio_rows, inputs.audio_seg):
+        option = enc(rel) + [START] + enc(it.question) + enc("answer: ") + enc(a) + [MASK]
+        assert row == option + enc(" ".join(subs[0])) + enc(" ".join(subs[1]))
+        assert seg == [0] * len(option) + [1] * len(enc(" ".join(subs[0]))) + [2] * len(enc(" ".join(subs[1])))
+        assert arow == option + [AUDIOSPAN] * 54 and aseg == [0] * len(option) + [1] * 18 + [2] * 18 + [3] * 18
+    # frames: the middle of each segment, letterboxed (32 x 32 -> 16 x 16 in the 16 x 24 grid); the third
+    # segment does not exist: black frame, silent audio (speed column 1)
+    assert inputs.frames.shape == (3, 16, 24, 3) and inputs.valid.tolist() == [True, True, False]
+    assert (inputs.frames[:, :, 16:] == 0).all() and inputs.frames[0, :, :16].mean() > 20
+    assert (inputs.frames[2] == 0).all() and (inputs.audio[2, ..., :64] == 0).all()
+    assert (inputs.audio[..., 64] == 1).all()
+    # audio: the clip's wav at 22,620 Hz over its peak; segment 1 = samples [floor(sr t0), floor(sr t1))
+    wave = peak_normalise(read_audio(tvqa.audio_path(synth, it.vid_name), 22620))
+    i0, i1 = int(np.floor(22620 * segs[1][0])), int(np.floor(22620 * segs[1][1]))
+    seg1 = np.zeros(i1 - i0, np.float32)
+    seg1[: len(wave) - i0] = wave[i0:]
+    np.testing.assert_allclose(inputs.audio[1], tvqa_clips(seg1), atol=1e-5)
+    assert inputs.audio[1, ..., :64].max() > 1.0                         # real sound, not silence
+    # logits: the model's own forward per row agrees; pooling at the MASK (rolling gives other logits)
+    batch, ids, labels = first_batch(ds)
     with torch.no_grad():
-        logits = qa(frames, ids)
+        logits = qa(batch, ids)
     assert logits.shape == (3, 2, 5) and logits.dtype == torch.float32
-    want = manual_merlot_logits(qa.model, frames, ids)
+    want = manual_merlot_logits(qa.model, batch, ids)
     np.testing.assert_allclose(logits.numpy(), want, rtol=1e-4, atol=1e-5)
-    # pooling one slot off the MASK gives other logits (the test above can tell positions apart)
     assert np.abs(want[:, 1] - np.roll(want[:, 1], 1, axis=1)).max() > 1e-4
+    # the frames' rotary segment coordinate starts at 1 (the dummy first image's segment 0 is the query's)
+    with torch.no_grad():
+        emb = qa.model.embed_inputs(tokens=ids[:1, 0], token_segment=batch.text_seg[:1, 0],
+                                    frames=batch.frames[:1].float() / 255, vision_segment_offset=1)
+    vis_seg = (emb["coords"][0, ids.shape[-1]:, 2] * 16).tolist()
+    assert vis_seg == [1.0] * 6 + [2.0] * 6 + [3.0] * 6
+
+
+def test_merlot_proj_starts_as_the_original_trained_it(merlot_ckpt):
+    """tvqa_finetune.py trains params['proj'] = np.random.randn(hsz, 1) * 0.01 (its Dense's normal(0.02)
+    initialiser is never run: the loaded parameters are passed to the train state)."""
+    w = MerlotQAModel.from_checkpoint(merlot_ckpt, seed=3).model.proj.weight.detach()
+    assert w.shape == (1, 96)
+    ws = torch.cat([MerlotQAModel.from_checkpoint(merlot_ckpt, seed=s).model.proj.weight.detach()
+                    for s in range(30)]).reshape(-1).double()
+    assert abs(ws.std().item() - 0.01) < 0.001 and abs(ws.mean().item()) < 0.001
+
+
+def test_merlot_tvqa_needs_the_clip_audio(synth, merlot_ckpt, tmp_path):
+    import shutil
+
+    from brainalign.errors import DataError
+
+    data = tmp_path / "noaudio"
+    shutil.copytree(synth, data, ignore=shutil.ignore_patterns("audio"))
+    cfg = merlot_cfg(tmp_path, data, merlot_ckpt)
+    qa = finetune.build_qa_model(cfg)
+    with pytest.raises(DataError, match=r"TVQA clip synth_train_00000: no audio file .*audio/synth_train_00000.mp3"):
+        loaded(cfg, qa)[0]
+    cfg.windows.frames = 8
+    with pytest.raises(ConfigError, match=r"windows.frames: MERLOT Reserve's TVQA head takes 1..7 segments"):
+        finetune.build_qa_model(cfg)
 
 
 def test_two_pass_loss_is_the_sum_of_the_single_pass_losses():
@@ -150,6 +230,20 @@ def test_two_pass_loss_is_the_sum_of_the_single_pass_losses():
         pytest.approx(ce(logits[:, 1]), rel=1e-5)
     soft = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     np.testing.assert_array_equal(qa_predict(torch.tensor(logits)).numpy(), soft.sum(1).argmax(1))
+
+
+def merlot_stimuli():
+    """Three 1.5-s windows as MERLOT's loader gives them (one 16 x 24 frame per segment, 22,050 Hz audio)."""
+    from brainalign.stimuli.episode import EpisodeStimuli
+    from brainalign.stimuli.transcript import Word
+
+    rng = np.random.default_rng(1)
+    ends = np.array([6.0, 7.5, 9.0])
+    words = [Word(w, t, 0.2) for w, t in [("ross", 4.8), ("red", 5.5), ("okay", 7.7), ("blue", 8.2), ("coffee", 8.6)]]
+    return EpisodeStimuli("ep", 1.5, np.stack([ends - 1.5, ends], 1),
+                          rng.integers(0, 256, (3, 1, 16, 24, 3), dtype=np.uint8), [[]] * 3,
+                          np.zeros((3, 0), np.float32), 22050,
+                          waveform=(0.1 * rng.standard_normal(10 * 22050)).astype(np.float32), transcript=words)
 
 
 def encode_all(bb, stim):
@@ -171,8 +265,7 @@ def test_merlot_finetune_learns_and_saves_a_loadable_checkpoint(synth, merlot_ck
     state = torch.load(cfg.out / "finetune" / "checkpoint.pt", weights_only=True)["model"]
     torch.testing.assert_close(qa.model.proj.weight, state["model.proj.weight"])
     # extraction through the registry: the pre-trained and fine-tuned weights give different features
-    stim = synthetic_stimuli("ep", n_windows=3, frames=FRAMES, image_size=SIZE, audio_rate=16000, seed=1)
-    stim.words = [["ross", "red"], [], ["okay", "blue", "coffee"]]
+    stim = merlot_stimuli()
     pre = get_backbone(cfg.model, cfg.windows)
     cfg.model.checkpoint = str(path)
     post = get_backbone(cfg.model, cfg.windows)
@@ -269,8 +362,7 @@ def test_every_trained_parameter_gets_a_gradient(synth, merlot_ckpt, git_ckpt, t
     cfg = merlot_cfg(tmp_path, synth, merlot_ckpt if backbone == "merlot_reserve" else git_ckpt)
     cfg.model.backbone = backbone
     qa = finetune.build_qa_model(cfg)
-    ds = finetune.load_split(cfg, "train", use_frames=use_frames)
-    ds.set_encoder(qa.encode_answers, qa.pad_id)
+    ds = loaded(cfg, qa, use_frames=use_frames)
     if not use_frames:
         qa.freeze_vision()
     frames, ids, labels = first_batch(ds, 2)
@@ -294,17 +386,22 @@ def test_git_rows_cut_subtitles_first(synth, git_ckpt, tmp_path):
     assert qa.encode_answers(sub, q, [a])[0] == [2] + [vocab[w] for w in q[1:] + a] + [3]
 
 
-def test_merlot_rows_fit_the_slot_budget(synth, merlot_ckpt, tmp_path, monkeypatch):
+def test_merlot_rows_keep_their_head(synth, merlot_ckpt, tmp_path, monkeypatch):
+    """As preprocess_tvqa: the option (ts + question + answer) is cut to 255 tokens keeping its head, then
+    MASK; the whole row is cut to 256 keeping its head (subtitles at the end go first)."""
     from brainalign import finetune_heads
 
-    qa = finetune.build_qa_model(merlot_cfg(tmp_path, synth, merlot_ckpt))
-    vocab = word_level(MERLOT_SPECIAL, "<unk>").get_vocab()
-    sub, q, a = ["okay", "red", "coffee", "so"], ["which", "colour"], ["blue"]
-    monkeypatch.setattr(finetune_heads, "MAX_SLOTS", 6 + 6)                # 6 audio slots + 6 for the row
-    row = qa.encode_answers(sub, q, [a])[0]
-    assert row == [vocab[w] for w in q + a] + [MASK] + [vocab[w] for w in sub[:2]]
-    monkeypatch.setattr(finetune_heads, "MAX_SLOTS", 6 + 3)
-    assert qa.encode_answers(sub, q, [a])[0] == [vocab["colour"], vocab["blue"], MASK]
+    cfg = merlot_cfg(tmp_path, synth, merlot_ckpt)
+    qa = finetune.build_qa_model(cfg)
+    ds = loaded(cfg, qa)
+    full = ds[0][1][0]
+    m = full.index(MASK)
+    monkeypatch.setattr(finetune_heads, "TVQA_SLOTS", m + 3)
+    inputs, rows = qa.item_inputs(ds, ds.items[0])
+    assert rows[0] == full[: m + 3] and inputs.audio_rows[0] == full[: m + 1] + [AUDIOSPAN] * 2
+    monkeypatch.setattr(finetune_heads, "TVQA_SLOTS", 5)
+    inputs, rows = qa.item_inputs(ds, ds.items[0])
+    assert rows[0] == full[:4] + [MASK] and inputs.text_seg[0] == [0] * 5
 
 
 def test_merlot_two_ranks_match_one(synth, merlot_ckpt, tmp_path):
@@ -328,8 +425,7 @@ def test_a_few_steps_fit_a_batch(synth, merlot_ckpt, git_ckpt, tmp_path, backbon
     cfg = merlot_cfg(tmp_path, synth, merlot_ckpt if backbone == "merlot_reserve" else git_ckpt)
     cfg.model.backbone = backbone
     qa = finetune.build_qa_model(cfg).eval()
-    ds = finetune.load_split(cfg, "train")
-    ds.set_encoder(qa.encode_answers, qa.pad_id)
+    ds = loaded(cfg, qa)
     frames, ids, labels = first_batch(ds, 4)
     opt = torch.optim.AdamW([p for p in qa.parameters() if p.requires_grad], lr=lr)
     losses = []

@@ -78,6 +78,40 @@ def _zscore_runs(a, runs):
     return out
 
 
+def write_align_outputs(out: Path, runs, episodes, designs: dict, bold: dict, mask, labels, rois: dict, n_layers,
+                        delays, affine=None, chunk=10):
+    """design.h5 and bold.h5 in align's documented layout. designs: {feature set: (array, per_fold)} with arrays
+    (L, n, p) or, per_fold, (K, L, n, p); bold: {subject: (n, V)}; rois: {id: name} of the labels (V,)."""
+    lengths = np.bincount(runs).tolist()
+    with atomic_h5(out / "design.h5", "align") as f:
+        f.create_dataset("runs", data=runs)
+        f.attrs["episodes"] = str_attr(episodes)
+        f.attrs["folds"] = str_attr(episodes)
+        f.attrs["layers"] = np.arange(n_layers, dtype=np.int64)
+        f.attrs["delays"] = np.asarray(delays, np.int64)
+        f.attrs["trim"] = 0
+        f.attrs["tr"] = 1.49
+        f.attrs["run_lengths"] = np.asarray(lengths, np.int64)
+        f.attrs["feature_sets"] = str_attr(list(designs))
+        g = f.create_group("design")
+        for name, (X, per_fold) in designs.items():
+            g.create_dataset(name, data=np.asarray(X, np.float32)).attrs["per_fold"] = per_fold
+    with atomic_h5(out / "bold.h5", "align") as f:
+        f.create_dataset("runs", data=runs)
+        f.attrs["subjects"] = str_attr(list(bold))
+        f.attrs["episodes"] = str_attr(episodes)
+        f.attrs["run_lengths"] = np.asarray(lengths, np.int64)
+        f.attrs["tr"] = 1.49
+        f.create_dataset("mask", data=mask.astype(np.uint8)).attrs["affine"] = (np.eye(4) if affine is None
+                                                                                 else affine)
+        f.create_dataset("roi_labels", data=np.asarray(labels, np.int32))
+        f.attrs["roi_ids"] = np.asarray(list(rois), np.int64)
+        f.attrs["roi_names"] = str_attr(list(rois.values()))
+        g = f.create_group("bold")
+        for s, Y in bold.items():
+            g.create_dataset(f"sub-{s}", data=Y, chunks=(len(runs), chunk))
+
+
 def make_fit_fixture(out: Path, seed=0, n_folds=len(RUN_LENGTHS)):
     """Write OUTPUT/design.h5 and OUTPUT/bold.h5; returns a dict of the arrays written."""
     rng = np.random.default_rng(seed)
@@ -98,32 +132,9 @@ def make_fit_fixture(out: Path, seed=0, n_folds=len(RUN_LENGTHS)):
         Y = _zscore_runs(Y, runs)
         Y[:, 3] = 0.0                                   # a constant voxel: NaN r and alpha
         bold[s] = Y.astype(np.float32)
-    with atomic_h5(out / "design.h5", "align") as f:
-        f.create_dataset("runs", data=runs)
-        f.attrs["episodes"] = str_attr(episodes)
-        f.attrs["folds"] = str_attr(episodes)
-        f.attrs["layers"] = np.arange(N_LAYERS, dtype=np.int64)
-        f.attrs["delays"] = np.asarray([1], np.int64)
-        f.attrs["trim"] = 0
-        f.attrs["tr"] = 1.49
-        f.attrs["run_lengths"] = np.asarray(lengths, np.int64)
-        f.attrs["feature_sets"] = str_attr(["joint", "crossmodal"])
-        g = f.create_group("design")
-        g.create_dataset("joint", data=joint.astype(np.float32)).attrs["per_fold"] = 0
-        g.create_dataset("crossmodal", data=resid.astype(np.float32)).attrs["per_fold"] = 1
-    with atomic_h5(out / "bold.h5", "align") as f:
-        f.create_dataset("runs", data=runs)
-        f.attrs["subjects"] = str_attr(SUBJECTS)
-        f.attrs["episodes"] = str_attr(episodes)
-        f.attrs["run_lengths"] = np.asarray(lengths, np.int64)
-        f.attrs["tr"] = 1.49
-        f.create_dataset("mask", data=mask.astype(np.uint8)).attrs["affine"] = np.diag([3.0, 3.0, 3.0, 1.0])
-        f.create_dataset("roi_labels", data=(np.arange(n_vox) % 3).astype(np.int32))
-        f.attrs["roi_ids"] = np.asarray([1, 2], np.int64)
-        f.attrs["roi_names"] = str_attr(["A1", "V1"])
-        g = f.create_group("bold")
-        for s, Y in bold.items():
-            g.create_dataset(f"sub-{s}", data=Y, chunks=(n, 10))
+    write_align_outputs(out, runs, episodes, {"joint": (joint, 0), "crossmodal": (resid, 1)}, bold, mask,
+                        (np.arange(n_vox) % 3).astype(np.int32), {1: "A1", 2: "V1"}, N_LAYERS, [1],
+                        affine=np.diag([3.0, 3.0, 3.0, 1.0]), chunk=10)
     return {"runs": runs, "joint": joint, "crossmodal": resid, "bold": bold, "episodes": episodes,
             "n_vox": n_vox}
 

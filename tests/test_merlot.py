@@ -1,5 +1,5 @@
 """MERLOT Reserve port: rotary math, Flax msgpack reading, converter, torch vs independent numpy forward,
-parameter counts of base/large, input conditions. Checkpoints here are written by the test in the official
+parameter counts of base/large (the input pipeline: test_merlot_inputs.py). Checkpoints here are written by the test in the official
 format (a Flax train-state msgpack, float16 weights) with random weights for a tiny config."""
 import math
 
@@ -13,8 +13,8 @@ from brainalign.models.merlot import flaxmsgpack
 from brainalign.models.merlot import reference_numpy as ref
 from brainalign.models.merlot.convert import (convert, convert_flax_checkpoint, infer_config, load_converted,
                                               main as convert_main, read_flax_params)
-from brainalign.models.merlot.inputs import apply_condition, pack_windows
-from brainalign.models.merlot.model import (AUDIOSPAN, MASK, PADDING, MerlotConfig, apply_rotary, build_model,
+from brainalign.models.merlot.inputs import batch_windows, rows_from_ids
+from brainalign.models.merlot.model import (MerlotConfig, apply_rotary, build_model,
                                             count_parameters, rotary_coordinates, rotary_coordinates_2d,
                                             rotary_factor, rotary_sinusoids)
 
@@ -113,7 +113,7 @@ def inputs(cfg, B=2, T=2, S=2, seed=1):
     frames = torch.rand(B, T, h, w, 3, generator=g)
     audio = torch.randn(B, S, cfg.audio_seq_length, cfg.num_mels + 1, generator=g)
     words = [[7, 8, 9, 10, 11], [12, 13, 14]]
-    return pack_windows(words, frames, audio, cfg.audio_token_length)
+    return batch_windows(rows_from_ids(words, S, cfg.audio_token_length), frames, audio)
 
 
 def close(a, b, tol=2e-5):
@@ -317,50 +317,6 @@ def test_base_large_parameter_counts(name):
     assert model.cfg.image_size == (192, 320)
 
 
-# ------------------------------------------------------------------------------------------ conditions
-def test_conditions_realisation(tiny_model):
-    model, _ = tiny_model
-    b = inputs(model.cfg)
-    lang = b.language
-    joint = apply_condition(b, "joint")
-    assert torch.equal(joint.tokens, b.tokens) and joint.frames is not None and joint.audio is not None
-    nl = apply_condition(b, "no_language")
-    assert (nl.tokens[lang] == MASK).all() and torch.equal(nl.tokens[~lang], b.tokens[~lang])
-    na = apply_condition(b, "no_audio")
-    assert na.audio is None and not (na.tokens == AUDIOSPAN).any() and torch.equal(na.tokens[lang], b.tokens[lang])
-    nv = apply_condition(b, "no_vision")
-    assert nv.frames is None and torch.equal(nv.tokens, b.tokens)
-    vo = apply_condition(b, "vision_only")
-    assert vo.frames is not None and vo.audio is None and (vo.tokens[lang] == MASK).all()
-    assert set(vo.tokens[~lang].unique().tolist()) == {PADDING}
-    lo = apply_condition(b, "language_only")
-    assert lo.frames is None and lo.audio is None and torch.equal(lo.tokens[lang], b.tokens[lang])
-    assert torch.equal(b.tokens, inputs(model.cfg).tokens)          # the input batch is not modified
-    with torch.no_grad():
-        out_nv = model(**nv.model_kwargs())
-        out_na = model(**na.model_kwargs())
-        # masking the audio slots == running without them: compare against a truncated sequence
-        short = na.tokens[:, :5]
-        out_short = model(tokens=short, frames=na.frames)
-    assert out_nv["n_vision"] == 0 and out_nv["seq"].shape[1] == b.tokens.shape[1]
-    L = na.tokens.shape[1]
-    for row, n in enumerate((5, 3)):
-        torch.testing.assert_close(out_na["hidden_states"][:, row, :n], out_short["hidden_states"][:, row, :n])
-        torch.testing.assert_close(out_na["hidden_states"][:, row, L:], out_short["hidden_states"][:, row, 5:])
-
-
-def test_pack_windows_layout():
-    cfg = MerlotConfig(**TINY)
-    audio = torch.zeros(2, 3, cfg.audio_seq_length, cfg.num_mels + 1)
-    b = pack_windows([[10, 11], []], None, audio, audio_token_length=2, length=10)
-    assert b.tokens[0].tolist() == [10, 11, 5, 5, 5, 5, 5, 5, 0, 0]
-    assert b.tokens[1].tolist() == [MASK, 5, 5, 5, 5, 5, 5, 0, 0, 0]      # no words -> one MASK slot
-    assert b.audio_ptr[0].tolist() == [-1, -1, 0, 0, 1, 1, 2, 2, -1, -1]
-    assert b.language[1].tolist() == [True] + [False] * 9
-    b = pack_windows([[1, 2, 3, 4, 5, 6, 7, 8, 9]], None, audio[:1], audio_token_length=2, length=8)
-    assert b.tokens[0, :2].tolist() == [8, 9]                              # most recent words kept
-
-
 # ------------------------------------------------------------------------------------------ spectrogram
 def test_spectrogram_matches_the_original_parameters():
     from brainalign.models.merlot import spectrogram as sp
@@ -378,58 +334,12 @@ def test_spectrogram_matches_the_original_parameters():
     centres = sp.mel_to_hz(np.linspace(sp.hz_to_mel(20.0), sp.hz_to_mel(11025.0), 66))[1:-1]
     assert spec[10].argmax() == np.abs(centres - 1000.0).argmin()
     assert np.abs(sp.log_mel(np.zeros(5000))).max() == 0.0          # silence -> 0
-    clips = sp.audio_clips(np.zeros(int(1.49 * 16000), np.float32), 16000)
-    assert clips.shape == (1, 60, 65) and (clips[..., 64] == 1).all() and (clips[..., :64] == 0).all()
-    assert sp.audio_clips(np.zeros(5 * 22050, np.float32), 22050).shape == (3, 60, 65)   # 188 frames -> 3 clips
+    assert sp.log_mel(np.zeros(5 * 22050)).shape == (188, 64)        # a 5-s segment: 188 frames
+    clips = sp.segment_clips(np.zeros(5 * 22050, np.float32), 22050, 0.0)
+    assert clips.shape == (3, 60, 65) and (clips[..., 64] == 1).all() and (clips[..., :64] == 0).all()
 
 
 # ------------------------------------------------------------------------------------------ backbone
-def _stimuli(n=3, seed=0):
-    from brainalign.stimuli.episode import EpisodeStimuli
-    rng = np.random.default_rng(seed)
-    return EpisodeStimuli(episode="ep", tr=1.5, windows=np.stack([np.arange(n) * 1.5, np.arange(1, n + 1) * 1.5], 1),
-                          frames=rng.integers(0, 256, (n, 2, 20, 20, 3), dtype=np.uint8),
-                          words=[["hello", "there", "friend"], [], ["we", "were", "on", "a", "break"]][:n],
-                          audio=rng.standard_normal((n, 24000)).astype(np.float32) * 0.1, audio_rate=16000)
-
-
-def _tiny_backbone():
-    from brainalign.models.merlot.backbone import MerlotBackbone
-    cfg = MerlotConfig(**{**TINY, "num_mels": 64, "audio_seq_length": 60, "audio_token_length": 6})
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    return MerlotBackbone(model, lambda text: [7 + len(w) for w in text.split()], n_frames=2)
-
-
-def test_backbone_encode_pools_language_positions():
-    bb = _tiny_backbone()
-    st = _stimuli()
-    out = {c: bb.encode(st, slice(None), c) for c in ("joint", "no_vision", "no_language", "no_audio",
-                                                        "vision_only", "language_only")}
-    for c, v in out.items():
-        assert v.shape == (2, 3, 96) and v.dtype == torch.float32 and torch.isfinite(v).all(), c
-    batch, vis, aud = bb.prepare(st, slice(None), "joint")
-    assert vis.shape == (3, 2 * 6, 96) and aud.shape == (3, 1, 6, 96)
-    assert batch.tokens[1, 0] == MASK and batch.language[1].sum() == 1     # window without words
-    frames = bb._frames(st.frames)
-    assert frames.shape == (3, 2, 16, 24, 3)
-    from brainalign.models.merlot.spectrogram import audio_clips
-    clips = torch.from_numpy(np.stack([audio_clips(a, 16000) for a in st.audio]))
-    with torch.no_grad():                   # from raw frames and clips: the cached encoder outputs agree
-        hs = bb.model(tokens=batch.tokens, frames=frames, audio=clips, audio_ptr=batch.audio_ptr)["hidden_states"]
-    m = batch.language
-    want = torch.stack([hs[:, b, :m.shape[1]][:, m[b]].mean(1) for b in range(3)], 1)
-    torch.testing.assert_close(out["joint"], want, rtol=1e-5, atol=1e-5)
-    # a window's vector does not depend on the batch it is in
-    torch.testing.assert_close(bb.encode(st, [2], "no_audio")[:, 0], out["no_audio"][:, 2], rtol=1e-5, atol=1e-5)
-    for c in ("no_vision", "no_language", "no_audio"):
-        assert not torch.allclose(out[c], out["joint"], atol=1e-4), c
-    other = _stimuli(seed=1)                 # another episode: the encoder cache must not be reused
-    other.words = st.words
-    assert not torch.allclose(bb.encode(other, slice(None), "vision_only"), out["vision_only"], atol=1e-4)
-    torch.testing.assert_close(bb.encode(other, slice(None), "language_only"), out["language_only"])
-
-
 def test_backbone_factory_errors(tiny_ckpt, tmp_path):
     from types import SimpleNamespace
     from brainalign.errors import ConfigError

@@ -15,14 +15,16 @@ from test_fit import RUN_LENGTHS, SUBJECTS, fit_config_data, make_fit_fixture  #
 
 from brainalign.config import parse_config  # noqa: E402
 from brainalign.errors import ConfigError, DataError  # noqa: E402
-from brainalign.permutation import (circular_shift_null, draw_shifts, heldout_predictions, lagged_r,  # noqa: E402
-                                    perm_pvalues, run_bounds, run_permutation)
+from brainalign.permutation import (circular_shift_null, draw_shifts, fold_lagged, heldout_predictions,  # noqa: E402
+                                    lagged_r, null_from_lagged, observed_from_lagged, perm_pvalues, run_bounds,
+                                    run_permutation)
 
 
 def ar1(rng, n, v, phi=0.7):
+    """Stationary AR(1) (unit variance, 200-sample burn-in) along axis 0."""
     from scipy.signal import lfilter
 
-    return lfilter([1.0], [1.0, -phi], rng.standard_normal((n, v)), axis=0)
+    return lfilter([np.sqrt(1 - phi ** 2)], [1.0, -phi], rng.standard_normal((n + 200, v)), axis=0)[200:]
 
 
 def pearson_cols(a, b):
@@ -107,12 +109,38 @@ def test_perm_pvalues_plus_one_correction_against_loop():
         perm_pvalues(obs, null[:, :3])
 
 
-def test_null_data_gives_uniform_pvalues_and_nominal_false_positive_rate():
+@pytest.mark.parametrize("n_trs", [76, 400])
+@pytest.mark.parametrize("phi", [0.3, 0.7])
+def test_false_positive_rate_is_nominal_on_ar1_nulls(phi, n_trs):
+    """Independent AR(1) prediction and BOLD (4 runs): with the default lags, the share of null voxels with
+    p <= 0.05 and p <= 0.01 lies within binomial error of 0.05 and 0.01 (two-sided binomial test at
+    1e-3). Every voxel block gets its own lags, so the voxels' decisions are independent."""
+    from brainalign.config import StatsConfig
+
+    rng = np.random.default_rng([21, int(10 * phi), n_trs])
+    K, V, block, n_perm = 4, 6000, 50, 199
+    runs = np.repeat(np.arange(K), n_trs)
+    pred, y = (np.concatenate([ar1(rng, n_trs, V, phi) for _ in range(K)]) for _ in range(2))
+    lagged, fold_of_run = fold_lagged(pred, y, runs)
+    obs = observed_from_lagged(lagged, fold_of_run)
+    min_shift = StatsConfig().permutation_min_shift          # the default the stage uses
+    p = np.empty(V)
+    for a in range(0, V, block):
+        shifts = draw_shifts([n_trs] * K, n_perm, rng, min_shift)
+        p[a:a + block] = perm_pvalues(obs[a:a + block],
+                                      null_from_lagged([x[:, a:a + block] for x in lagged], shifts, fold_of_run))
+    fpr = {alpha: int((p <= alpha).sum()) for alpha in (0.05, 0.01)}
+    print(f"phi {phi}, {n_trs} TRs: FPR {fpr[0.05] / V:.4f} at 0.05, {fpr[0.01] / V:.4f} at 0.01")
+    for alpha, k in fpr.items():
+        assert sps.binomtest(k, V, alpha).pvalue > 1e-3, (alpha, k / V)
+
+
+def test_null_data_gives_uniform_pvalues_and_shuffling_trs_does_not():
     rng = np.random.default_rng(4)
     runs = np.repeat(np.arange(4), 400)                     # CNeuroMod-like run length (~450 TRs)
     v = 1500
     pred, y = ar1(rng, runs.size, v), ar1(rng, runs.size, v)   # autocorrelated (phi 0.7), independent
-    null = circular_shift_null(pred, y, runs, 499, rng, min_shift=10)
+    null = circular_shift_null(pred, y, runs, 499, rng)
     obs = circular_shift_null(pred, y, runs, 1, None, shifts=np.zeros((1, 4), int))[0]
     p = perm_pvalues(obs, null)
     assert sps.kstest(p, "uniform").pvalue > 1e-3
@@ -124,6 +152,13 @@ def test_null_data_gives_uniform_pvalues_and_nominal_false_positive_rate():
     naive = np.stack([(pz * yz[rng.permutation(runs.size)]).mean(0) for _ in range(199)])
     p_naive = perm_pvalues((pz * yz).mean(0), naive)
     assert (p_naive <= 0.05).mean() > 2 * fpr
+
+
+def test_default_lags_cover_every_lag_including_zero():
+    shifts = draw_shifts([7, 5], 4000, np.random.default_rng(0))
+    assert set(shifts[:, 0]) == set(range(7)) and set(shifts[:, 1]) == set(range(5))
+    with pytest.raises(ConfigError, match="permutation_min_shift must be >= 0"):
+        draw_shifts([7], 3, np.random.default_rng(0), min_shift=-1)
 
 
 def test_planted_effect_is_detected_and_contrast_null_is_paired():

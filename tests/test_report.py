@@ -82,18 +82,52 @@ def test_index_html_links_tables_and_provenance(report):
 
 
 def test_report_layer_choice(report, tmp_path):
+    """Default: the last layer, a rule independent of the displayed contrasts (the fixture's joint r and
+    joint − no_vision difference both peak at the last layer, so pick a fixture where they do not)."""
     cfg, _ = report
     data = load_report_data(cfg)
-    with h5py.File(Path(cfg.output) / "stats.h5", "r") as f:
-        joint = f["roi/mean_r"][:, 0]                      # (S, L, R)
-    assert data.layer_index == int(np.argmax(joint.mean(axis=(0, 2))))
-    assert "best mean r of 'joint'" in data.layer_how
+    assert data.layer_index == 2 and "the last layer" in data.layer_how and "independent" in data.layer_how
+    text = (Path(cfg.output) / "report" / "index.html").read_text()
+    assert html.escape(data.layer_how) in text
+    sel = tmp_path / "sel"
+    make_scores(sel, seed=2)
+    with h5py.File(sel / "scores.h5", "a") as f:             # joint best at layer 0 (where no contrast is)
+        r = f["r_mean"][()]
+        r[:, 0, 0] += 0.3
+        r[:, 1:, 0] += 0.3
+        f["r_mean"][...] = r
+    c_sel = make_config(sel, contrasts=CONTRASTS)
+    run_stats(c_sel)
+    assert load_report_data(c_sel).layer_index == 2          # not the layer of the best joint r
     make_scores(tmp_path, seed=1)
     c2 = make_config(tmp_path, contrasts=CONTRASTS, report={"layer": 1})
     run_stats(c2)
     assert load_report_data(c2).layer_index == 1
+    assert load_report_data(c2).layer_how == "fixed in the config: report.layer"
     with pytest.raises(ConfigError, match=r"report\.layer: 7 is not a layer in .*scores\.h5 \(layers: 0, 1, 2\)"):
         load_report_data(make_config(tmp_path, contrasts=CONTRASTS, report={"layer": 7}))
+
+
+def test_fdr_family_is_printed_under_every_figure_and_table(report):
+    """Every figure caption and every table's paragraph says what BH spans (or that nothing is tested)."""
+    import re
+
+    cfg, rep = report
+    text = (rep / "index.html").read_text()
+    family = "across layers × ROIs within each test (stats.fdr_family: contrast)"   # the default
+    caps = re.findall(r"<figcaption>(.*?)</figcaption>", text, flags=re.S)
+    assert len(caps) == len(PNGS)
+    for cap in caps:
+        assert "stats.fdr_family: contrast" in html.unescape(cap) or "no test" in cap, cap
+    assert html.unescape(text).count(family) >= 3            # header, ROI table, captions
+    results = text[:text.index("<h2>Files</h2>")]          # result tables (provenance tables follow)
+    parts = results.split("<table>")
+    assert len(parts) >= 3, "no result tables"
+    for before in parts[:-1]:                                 # the text just above each table
+        before = html.unescape(before[-800:])
+        assert "stats.fdr_family" in before or "No significance test" in before or "all layers" in before, before
+    with h5py.File(Path(cfg.output) / "stats.h5", "r") as f:
+        assert f.attrs["fdr_family"] == "contrast" and family.split(" (")[0] in f.attrs["fdr"]
 
 
 def test_missing_stats_names_the_file(tmp_path):
@@ -128,7 +162,7 @@ def test_report_without_rois(tmp_path):
     run_stats(cfg)
     rep = run_report(cfg)
     assert sorted(p.name for p in rep.glob("*.png")) == sorted(PNGS[2:])
-    assert html.escape("best mean r of 'joint' across voxels") in (rep / "index.html").read_text()
+    assert html.escape("the last layer (report.layer is null)") in (rep / "index.html").read_text()
 
 
 def test_report_shows_noise_ceiling_and_permutation_counts(tmp_path):

@@ -97,3 +97,31 @@ def test_bad_inputs():
     np.testing.assert_array_equal(resample_features(np.eye(10), wt, wt, "none"), np.eye(10))
     far = resample_features(np.ones((10, 1)), wt, tt + 1000, "lanczos")
     assert np.all(far == 0)                              # no window within reach -> 0, never NaN
+
+
+@pytest.mark.parametrize("step", [0.25, 0.5])
+def test_lanczos_with_end_anchor_uses_no_stimulus_after_the_tr(step):
+    """anchor='end' (align's windows and TRs end at their times): row i describes TR i, so no window that
+    ends after TR i's end may contribute, and the weights' centre of mass sits at the TR's centre."""
+    wt = np.arange(1, int(120 / step) + 1) * step           # window ends
+    tt = np.arange(1, 80) * TR                               # TR ends
+    W = resample_features(np.eye(wt.size), wt, tt, "lanczos", anchor="end")    # the (n_trs, n_windows) map
+    assert np.all(W[wt[None, :] > tt[:, None] + 1e-9] == 0)
+    # a feature that switches on at 60 s leaves every TR ending by 60 s at exactly 0
+    feats = (wt > 60.0).astype(float)[:, None]
+    out = resample_features(feats, wt, tt, "lanczos", anchor="end")
+    assert np.all(out[tt <= 60.0] == 0) and out[-1, 0] == pytest.approx(1.0)
+    inner = (tt > 15) & (tt < 100)
+    lag = W @ (wt - step / 2) - (tt - TR / 2)                # weighted window centre − TR centre
+    assert np.all(np.abs(lag[inner]) < 0.25), lag[inner].min()   # (the symmetric kernel: +0.5 s ahead)
+    # a slow sinusoid comes out as its mean over each TR, within a few percent of its amplitude
+    f = 0.05
+    truth = (np.cos(2 * np.pi * f * (tt - TR)) - np.cos(2 * np.pi * f * tt)) / (2 * np.pi * f * TR)
+    got = resample_features(np.sin(2 * np.pi * f * (wt - step / 2))[:, None], wt, tt, "lanczos", anchor="end")
+    assert np.abs(got[inner, 0] - truth[inner]).max() < 0.07
+
+
+def test_lanczos_end_anchor_refuses_windows_coarser_than_the_tr():
+    wt = np.arange(1, 40) * 5.0
+    with pytest.raises(ConfigError, match=r"windows\.step <= data\.bold\.tr"):
+        resample_features(np.zeros((wt.size, 1)), wt, np.arange(1, 100) * TR, "lanczos", anchor="end")

@@ -102,6 +102,8 @@ def roi_rows(results):
     ({"stats": {"q": 0.01}}, {"stats", "permutation"}),
     ({"stats": {"contrasts": [{"name": "x", "a": "joint", "b": None}]}}, {"stats", "permutation"}),
     ({"stats": {"permutations": 100}}, {"permutation"}),
+    ({"stats": {"fdr_family": "all"}}, {"stats", "permutation"}),
+    ({"fit": {"partitions": [{"name": "p", "bands": ["joint", "no_vision"]}]}}, {"fit"}),
     ({"align": {"delays": [1]}}, {"align"}),
     ({"fit": {"alphas": [1.0]}}, {"fit"}),
     ({"fit": {"backend": "torch", "chunk_voxels": 7}}, set()),        # same numbers: execution settings

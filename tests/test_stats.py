@@ -215,8 +215,8 @@ def test_run_stats_numbers_match_independent_scipy(planted):
         lo, hi = ref.confidence_interval()
         np.testing.assert_allclose(g["ci_low"][()], lo, rtol=1e-9)
         np.testing.assert_allclose(g["ci_high"][()], hi, rtol=1e-9)
-        for li in range(3):
-            np.testing.assert_allclose(g["q"][li], sps.false_discovery_control(ref.pvalue[li]), rtol=1e-9)
+        # the default stats.fdr_family corrects across layers x ROIs within the contrast
+        np.testing.assert_allclose(g["q"][()].ravel(), sps.false_discovery_control(ref.pvalue.ravel()), rtol=1e-9)
         # voxels (NaN voxels excluded per subject)
         dv = np.arctanh(rm[:, 0]) - np.arctanh(rm[:, 1])                        # (S, L, V)
         with warnings.catch_warnings():
@@ -226,10 +226,8 @@ def test_run_stats_numbers_match_independent_scipy(planted):
         ok = np.isfinite(np.asarray(refv.statistic))
         np.testing.assert_allclose(tv[ok], np.asarray(refv.statistic)[ok], rtol=1e-5)
         assert np.all(np.isnan(tv[~ok]))
-        for li in range(3):
-            okl = np.isfinite(pv[li])
-            np.testing.assert_allclose(qv[li][okl], sps.false_discovery_control(pv[li][okl].astype(np.float64)),
-                                       rtol=1e-5)
+        okl = np.isfinite(pv)
+        np.testing.assert_allclose(qv[okl], sps.false_discovery_control(pv[okl].astype(np.float64)), rtol=1e-5)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             np.testing.assert_allclose(f["voxel/mean_r"][()], np.nanmean(rm, axis=0), rtol=1e-6)
@@ -396,3 +394,48 @@ def test_missing_incomplete_or_inconsistent_scores(tmp_path):
         f.create_dataset("roi_labels", data=np.zeros(5, dtype=np.int32))
     with pytest.raises(DataError, match=r"/roi_labels has shape \(5,\)"):
         run_stats(cfg)
+
+
+@pytest.mark.parametrize("family", [None, "layer", "contrast", "all"])     # None: the default
+def test_fdr_family_q_values_equal_scipy_over_the_family(tmp_path, family):
+    """stats.fdr_family decides what one BH correction spans; q equals scipy's BH over exactly that set.
+    The default corrects across layers x ROIs (voxels) within each contrast."""
+    make_scores(tmp_path, seed=3)
+    cfg = make_config(tmp_path)
+    if family is not None:
+        cfg.stats.fdr_family = family
+    names = ["joint-vs-novision", "joint-vs-zero"]
+    with h5py.File(run_stats(cfg, force=True), "r") as f:
+        assert f.attrs["fdr_family"] == (family or "contrast")
+        for level in ("roi", "voxel"):
+            p = {c: f[f"{level}/{c}/p"][()].astype(np.float64) for c in names}
+            q = {c: f[f"{level}/{c}/q"][()].astype(np.float64) for c in names}
+            groups = {"layer": [(c, li) for c in names for li in range(3)], "contrast": [(c,) for c in names],
+                      "all": [()]}[family or "contrast"]
+            for grp in groups:
+                sel = [(c, li) for c in names for li in range(3)
+                       if (not grp or grp[0] == c) and (len(grp) < 2 or grp[1] == li)]
+                pv = np.concatenate([p[c][li] for c, li in sel])
+                qv = np.concatenate([q[c][li] for c, li in sel])
+                ok = np.isfinite(pv)
+                np.testing.assert_allclose(qv[ok], sps.false_discovery_control(pv[ok]),
+                                           rtol=1e-9 if level == "roi" else 1e-5)
+                assert np.all(np.isnan(qv[~ok]))
+
+
+def test_per_layer_correction_inflates_false_positives_across_layers():
+    """Complete null, 10 layers x 5 ROIs: BH within each layer finds something somewhere in ~40 % of studies
+    (one chance per layer); the default family (across layers x ROIs) keeps that at <= q."""
+    from brainalign.fdr import fdr_by_family, stats_family
+
+    rng = np.random.default_rng(8)
+    q, hits = 0.05, {"layer": 0, "contrast": 0}
+    n_studies = 400
+    for _ in range(n_studies):
+        p = {"c": one_sample_t(rng.standard_normal((8, 10, 5)), axis=0)["p"]}      # (L, R)
+        for fam in hits:
+            hits[fam] += bool((fdr_by_family(p, *stats_family(fam))["c"] <= q).any())
+    print(f"any discovery in a complete null: per-layer BH {hits['layer'] / n_studies:.3f}, "
+          f"across layers {hits['contrast'] / n_studies:.3f}")
+    assert hits["layer"] / n_studies > 0.25
+    assert hits["contrast"] / n_studies <= q + 2 * np.sqrt(q * (1 - q) / n_studies)

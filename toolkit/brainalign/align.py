@@ -4,11 +4,14 @@ Per run (= episode) e with n_e TRs (features and BOLD cut to the shorter when th
 ``align.max_tr_mismatch`` TRs):
 
 1. every condition's features (n_e, hidden) per layer are z-scored within the run;
-2. residual features: target − ridge prediction from the concatenated predictor conditions, the
-   regression fitted on the *training runs of each outer fold only* (so held-out runs never inform it),
-   then z-scored within each run again;
-3. FIR delays: the row for TR t holds the features of TRs t−d for each d in ``align.delays``
-   (zeros before the run start), giving hidden × len(delays) columns;
+2. residual features (brainalign.residuals): target − ridge prediction from the concatenated predictor
+   conditions, *cross-fitted* per outer fold: a training run's residual comes from a regression fitted on
+   the other training folds, the held-out fold's from all training folds, the penalty chosen from
+   ``align.residual_alphas`` by leave-one-training-fold-out CV per layer and fold; then z-scored within
+   each run again;
+3. FIR delays (:func:`fir_delays`): the row for TR t holds the features of TRs t−d for each delay d
+   (zeros before the run start), giving hidden × n_delays columns; the default delays cover about
+   1.5–9 s after each TR at the data's TR;
 4. ``align.trim`` TRs are dropped at each run start and end, after delaying.
 
 BOLD is masked, cut to the same TRs, z-scored per run (constant voxels stay 0 and are scored NaN by
@@ -22,9 +25,10 @@ import json
 
 import numpy as np
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .h5io import atomic_h5, str_attr
 from .log import get_logger, progress
+from .residuals import crossfit_residuals, ridge_residual  # noqa: F401  (ridge_residual: public, simulate uses it)
 
 log = get_logger("align")
 
@@ -49,21 +53,35 @@ def delay(x: np.ndarray, delays) -> np.ndarray:
     return out
 
 
-def ridge_residual(target: np.ndarray, predictors: np.ndarray, train: np.ndarray, alpha: float) -> np.ndarray:
-    """target − ridge prediction from predictors, the map (with intercept) fitted on rows ``train`` only.
+# the default FIR window (seconds after the TR's own stimulus): where the canonical HRF has its mass
+DEFAULT_DELAY_WINDOW_S = (1.5, 9.0)
 
-    target (n, d), predictors (n, q), train bool (n,) -> residual (n, d) float64.
+
+def default_delays(tr: float) -> list[int]:
+    """Whole-TR delays d >= 1 with d·TR in about DEFAULT_DELAY_WINDOW_S: round(1.5 / TR) … floor(9 / TR).
+
+    TR 1.49 s -> 1…6 (1.5–8.9 s), TR 2 s -> 1…4 (2–8 s), TR 0.72 s -> 2…12.
     """
-    P = predictors[train]
-    mu_p = P.mean(0)
-    mu_t = target[train].mean(0)
-    Pc = P - mu_p
-    # dual or primal form, whichever is smaller
-    if Pc.shape[1] <= Pc.shape[0]:
-        W = np.linalg.solve(Pc.T @ Pc + alpha * np.eye(Pc.shape[1]), Pc.T @ (target[train] - mu_t))
-    else:
-        W = Pc.T @ np.linalg.solve(Pc @ Pc.T + alpha * np.eye(Pc.shape[0]), target[train] - mu_t)
-    return target - ((predictors - mu_p) @ W + mu_t)
+    lo_s, hi_s = DEFAULT_DELAY_WINDOW_S
+    lo = max(1, int(round(lo_s / tr)))
+    return list(range(lo, max(lo, int(np.floor(hi_s / tr + 1e-9))) + 1))
+
+
+def fir_delays(align_cfg, tr: float) -> list[int]:
+    """The FIR delays in TRs from ``align.delays`` / ``align.delay_unit`` (null: :func:`default_delays`).
+
+    Delays in seconds are rounded to the nearest whole TR; two that round to the same TR are an error.
+    """
+    delays = align_cfg.delays
+    if delays is None:
+        return default_delays(tr)
+    if align_cfg.delay_unit == "seconds":
+        out = [int(round(d / tr)) for d in delays]
+        if len(set(out)) != len(out):
+            raise ConfigError(f"align.delays: {list(delays)} s round to the TR delays {out} at TR {tr} s "
+                              "(two coincide); give them in TRs or spaced by at least one TR")
+        return out
+    return [int(d) for d in delays]
 
 
 def design_from_runs(runs: list[np.ndarray], delays, trim: int, zscore_runs: bool = True) -> np.ndarray:
@@ -171,13 +189,48 @@ def _read_run(cfg, source, mask):
         y = read_hdf5_bold(path, dataset) if dataset else read_bold_run(path, mask, tr=cfg.data.bold.tr)
     strategy = cfg.data.bold.confounds
     if strategy:
-        if dataset == "cifti":
-            y = regress_out(y, read_confounds(confounds_path(str(path).replace(".dtseries.nii", ".nii.gz")),
-                                              strategy))
-        elif dataset:
+        if dataset and dataset != "cifti":
             raise DataError(f"data.bold.confounds needs fMRIPrep confound TSVs; {path} is HDF5 parcel data")
-        y = regress_out(y, read_confounds(confounds_path(path), strategy))
+        y = regress_out(y, read_confounds(confounds_path(path), strategy))   # once, NIfTI or CIFTI alike
     return y
+
+
+def _residual_design(cfg, res, grid, fold_of_row, splits, delays, trim, n_folds, attrs):
+    """(K, L, N, P) float32 design of residual feature set ``res``: per outer fold k and layer, the
+    cross-fitted residuals (brainalign.residuals) delayed and trimmed; ``attrs`` gets the chosen alphas."""
+    alphas = np.asarray(cfg.align.residual_alphas, np.float64)
+    n_layers = grid[res.target][0].shape[0]
+    X = None
+    chosen = np.empty((n_folds, n_layers))
+    cv_r2 = np.empty_like(chosen)
+    for li in range(n_layers):
+        tgt = np.concatenate([r[li] for r in grid[res.target]])
+        prd = np.concatenate([np.concatenate([r[li] for r in grid[p]]) for p in res.predictors], axis=1)
+        for k in range(n_folds):            # outer fold k: its runs never enter a regression of its design
+            cf = crossfit_residuals(tgt, prd, fold_of_row, k, alphas)
+            Xk = design_from_runs(np.split(cf.residual, splits), delays, trim)
+            if X is None:
+                X = np.empty((n_folds, n_layers) + Xk.shape, np.float32)
+            X[k, li] = Xk
+            chosen[k, li] = cf.alpha
+            cv_r2[k, li] = cf.cv_r2[int(np.flatnonzero(alphas == cf.alpha)[0])]
+            if li == 0 and k == 0 and prd.shape[1] > cf.min_fit_rows:
+                log.warning("align: residual %s: %d predictor columns exceed the %d TRs its smallest "
+                            "cross-fitted regression is fitted on; the penalty, not the data, then shapes "
+                            "the residual (use more runs or fewer predictor dimensions)", res.name,
+                            prd.shape[1], cf.min_fit_rows)
+    edge = np.isin(chosen, [alphas.min(), alphas.max()])
+    if alphas.size > 1 and edge.any():
+        log.warning("align: residual %s: the chosen penalty is at the edge of align.residual_alphas for %d of "
+                    "%d layer x fold cells (widen the grid)", res.name, int(edge.sum()), edge.size)
+    log.info("align: residual %s: penalty per layer (median over folds) %s; out-of-sample R² of %s from %s %s",
+             res.name, np.median(chosen, 0).tolist(), res.target, "+".join(res.predictors),
+             np.round(np.median(cv_r2, 0), 3).tolist())
+    attrs.update(alpha=chosen, cv_r2=cv_r2, alphas=alphas, criterion=(
+        "cross-fitted: training fold j's rows from a ridge fitted on the other training folds, the held-out "
+        "fold's from all training folds; alpha per (fold, layer) minimising the leave-one-training-fold-out "
+        "squared error of the target summed over columns (ties: larger alpha); instantaneous (no lags)"))
+    return X
 
 
 def run_align(cfg, force: bool = False):
@@ -222,7 +275,7 @@ def run_align(cfg, force: bool = False):
     on_grid = {(c, ep): tr_grid_features(cfg, feats, c, ep) for c in cfg.all_conditions for ep in episodes}
     feat_lengths = {ep: on_grid[(cfg.model.conditions[0], ep)].shape[1] for ep in episodes}
     n_use = _match_lengths(cfg, feat_lengths, bold_lengths)
-    trim, delays = cfg.align.trim, list(cfg.align.delays)
+    trim, delays = cfg.align.trim, fir_delays(cfg.align, b.tr)
     kept = run_lengths_after_trim([n_use[e] for e in episodes], trim)
     runs_index = np.concatenate([np.full(k, i, np.int32) for i, k in enumerate(kept)])
     fold_of_run, fold_names = fold_groups(episodes, cfg.align.outer_folds)
@@ -240,6 +293,7 @@ def run_align(cfg, force: bool = False):
         f.attrs["folds"] = str_attr(fold_names)
         f.attrs["layers"] = np.asarray(layers, np.int64)
         f.attrs["delays"] = np.asarray(delays, np.int64)
+        f.attrs["delays_s"] = np.asarray(delays, np.float64) * b.tr
         f.attrs["trim"] = trim
         f.attrs["tr"] = b.tr
         f.attrs["run_lengths"] = np.asarray(kept, np.int64)
@@ -249,22 +303,17 @@ def run_align(cfg, force: bool = False):
             X = np.stack([design_from_runs([r[li] for r in grid[c]], delays, trim) for li in range(len(layers))])
             ds = g.create_dataset(c, data=X, chunks=(1,) + X.shape[1:])
             ds.attrs["per_fold"] = 0
-        alpha = cfg.align.residual_alpha
         fold_of_row = np.concatenate([np.full(n_use[e], fold_of_run[i]) for i, e in enumerate(episodes)])
         splits = np.cumsum([n_use[e] for e in episodes])[:-1]
         for res in progress(cfg.align.residuals, desc="residual features"):
-            X = np.empty((len(fold_names), len(layers), len(runs_index), grid[res.target][0].shape[2] * len(delays)),
-                         np.float32)
-            for li in range(len(layers)):
-                tgt = np.concatenate([r[li] for r in grid[res.target]])
-                prd = np.concatenate([np.concatenate([r[li] for r in grid[p]]) for p in res.predictors], axis=1)
-                for k in range(len(fold_names)):                 # fitted without outer fold k's runs
-                    resid = ridge_residual(tgt, prd, fold_of_row != k, alpha)
-                    X[k, li] = design_from_runs(np.split(resid, splits), delays, trim)
+            attrs = {}
+            X = _residual_design(cfg, res, grid, fold_of_row, splits, delays, trim, len(fold_names), attrs)
             ds = g.create_dataset(res.name, data=X, chunks=(1, 1) + X.shape[2:])
             ds.attrs["per_fold"] = 1
             ds.attrs["target"] = res.target
             ds.attrs["predictors"] = str_attr(res.predictors)
+            for k, v in attrs.items():
+                ds.attrs[k] = v
 
     with atomic_h5(bold_path, "align", cfg.text, extra) as f:
         f.create_dataset("runs", data=runs_index)

@@ -138,13 +138,22 @@ class ResidualConfig:
 
 @dataclass
 class AlignConfig:
-    delays: list[int] = field(default_factory=lambda: [1, 2, 3, 4])   # FIR delays in TRs
+    delays: Optional[list[float]] = None   # FIR delays (null: about 1.5-9 s at the data's TR, align.default_delays)
+    delay_unit: Literal["trs", "seconds"] = "trs"   # unit of align.delays (seconds: rounded to whole TRs)
     zscore: bool = True
     trim: int = 2                          # TRs dropped at each run start and end
     max_tr_mismatch: int = 2               # features vs BOLD TR counts may differ by this much (cut to the shorter)
     residuals: list[ResidualConfig] = field(default_factory=list)
-    residual_alpha: float = 1.0            # ridge penalty of the residual regression (z-scored features)
+    residual_alphas: list[float] = field(   # penalties of the residual regression, chosen by CV: 0.1, 0.3 ... 1e6
+        default_factory=lambda: [float(f"{m}e{e}") for e in range(-1, 6) for m in (1, 3)] + [1e6])
     outer_folds: Optional[int] = None      # group consecutive runs into this many CV folds (null: one per run)
+
+
+@dataclass
+class PartitionConfig:
+    name: str = ""
+    bands: list[str] = field(default_factory=list)   # 2-4 feature sets (conditions or residuals) stacked
+    n_iter: int = 20                       # band-weight vectors of the banded ridge random search
 
 
 @dataclass
@@ -155,6 +164,7 @@ class FitConfig:
     chunk_voxels: int = 4096
     feature_sets: Optional[list[str]] = None   # null: every condition and residual
     write_maps: bool = True
+    partitions: list[PartitionConfig] = field(default_factory=list)   # variance partitioning (partition.py)
 
 
 @dataclass
@@ -167,6 +177,7 @@ class ContrastConfig:
 @dataclass
 class StatsConfig:
     q: float = 0.05
+    fdr_family: Literal["layer", "contrast", "all"] = "contrast"   # what one BH correction spans (fdr.py)
     contrasts: list[ContrastConfig] = field(default_factory=list)
     noise_ceiling: Literal["auto", "isc", "repeats", "none"] = "auto"
     ceiling_floor: float = 0.1             # ceilings below this are not used to normalise
@@ -176,7 +187,7 @@ class StatsConfig:
     permutations: int = 0                  # 0 = off; > 0: per-subject blocked (circular-shift) permutation tests
     permutation_layer: Optional[int] = None
     permutation_feature_sets: Optional[list[str]] = None
-    permutation_min_shift: int = 10        # TRs
+    permutation_min_shift: int = 0         # TRs; 0: lags drawn from all 0..n-1 (valid); > 0 leaves lags near 0 out
     permutation_seed: int = 0
 
 
@@ -209,7 +220,7 @@ class MlmConfig:
 
 @dataclass
 class ReportConfig:
-    layer: Optional[int] = None            # layer for ROI bar charts (null: best mean joint layer)
+    layer: Optional[int] = None            # report layer (null: the last layer, fixed in advance)
     title: str = "brainalign report"
     max_rois: int = 12                     # ROIs in the bar/curve figures (more: the top ones by mean r)
 
@@ -359,6 +370,11 @@ def template_fields(template: str, key: str) -> set:
     return names
 
 
+# keys that were removed or renamed: the error for an old config says what replaced them
+RENAMED = {"align.residual_alpha": "replaced by align.residual_alphas, a grid the penalty is chosen from by "
+                                   "cross-validation"}
+
+
 # ---- generic validation --------------------------------------------------------------------------
 
 def _typename(tp) -> str:
@@ -440,7 +456,8 @@ def _build(cls, data: dict, prefix: str):
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in fields:
-            raise ConfigError(f"{key}: unknown key (known here: {', '.join(sorted(fields))})")
+            hint = f"; {RENAMED[key]}" if key in RENAMED else ""
+            raise ConfigError(f"{key}: unknown key (known here: {', '.join(sorted(fields))}){hint}")
         kwargs[k] = _convert(v, hints[k], key)
     return cls(**kwargs)
 
@@ -479,6 +496,9 @@ def _check_semantics(cfg: Config):
     for i, fs in enumerate(cfg.fit.feature_sets or []):
         if fs not in names:
             err(f"fit.feature_sets[{i}]", f"{fs!r} is neither a condition nor a residual")
+    from .partition import check_partitions
+
+    check_partitions(cfg, err)
     for i, c in enumerate(cfg.stats.contrasts):
         key = f"stats.contrasts[{i}]"
         if not c.name:
@@ -543,8 +563,17 @@ def _check_semantics(cfg: Config):
         err("data.bold.tr", f"must be positive, got {cfg.data.bold.tr}")
     if not cfg.fit.alphas or any(a <= 0 for a in cfg.fit.alphas):
         err("fit.alphas", "needs one or more positive values")
-    if any(d < 0 for d in cfg.align.delays) or not cfg.align.delays:
-        err("align.delays", "needs one or more non-negative TR delays")
+    delays = cfg.align.delays
+    if delays is not None:
+        if not delays or any(d < 0 for d in delays):
+            err("align.delays", "needs one or more non-negative delays (or null for the default)")
+        for i, d in enumerate(delays):
+            if cfg.align.delay_unit == "trs" and d != int(d):
+                err(f"align.delays[{i}]", f"{d} is not a whole number of TRs (set align.delay_unit: seconds)")
+        if len(set(delays)) != len(delays):
+            err("align.delays", "duplicate delay")
+    if not cfg.align.residual_alphas or any(a <= 0 for a in cfg.align.residual_alphas):
+        err("align.residual_alphas", "needs one or more positive penalties")
     k = cfg.align.outer_folds
     if k is not None and not 3 <= k <= len(cfg.data.episodes):
         err("align.outer_folds", f"needs 3 to {len(cfg.data.episodes)} folds (the number of runs), got {k}")

@@ -113,6 +113,19 @@ def encode_stimuli(backbone, stimuli, conditions, layers, batch_size: int) -> di
     return out
 
 
+def load_stimuli_for(backbone, cfg, episode):
+    """The episode's stimuli as ``backbone`` takes them (its ``stimulus_spec``; the loader's defaults if None)."""
+    from .stimuli import windows
+
+    spec = getattr(backbone, "stimulus_spec", None)
+    return windows.load_episode_stimuli(cfg, episode) if spec is None else \
+        windows.load_episode_stimuli(cfg, episode, spec)
+
+
+def _spec_key(spec):
+    return None if spec is None else (spec.frame_size, spec.audio_rate, spec.peak_normalise, spec.window_audio)
+
+
 def extract_episode_features(cfg, episode, conditions=None, backbone=None) -> dict[str, np.ndarray]:
     """Load ``episode``'s stimuli and encode them: {condition: float32 (n_layers, n_windows, hidden)}.
 
@@ -120,13 +133,12 @@ def extract_episode_features(cfg, episode, conditions=None, backbone=None) -> di
     ``backbone`` defaults to ``get_backbone(cfg.model, cfg.windows)`` (pass one to reuse it).
     """
     from .models import get_backbone
-    from .stimuli.windows import load_episode_stimuli
 
     conds = _conditions(cfg, conditions)
     _check_batch_size(cfg)
     backbone = backbone or get_backbone(cfg.model, cfg.windows)
     layers = resolve_layers(cfg.model.layers, backbone.n_layers, backbone.name)
-    stimuli = load_episode_stimuli(cfg, episode)
+    stimuli = load_stimuli_for(backbone, cfg, episode)
     return encode_stimuli(backbone, stimuli, conds, layers, cfg.model.batch_size)
 
 
@@ -192,7 +204,6 @@ def extract_one(cfg, episode, backbone=None, force=False, states=None, backbones
     unit is current are copied from the existing shard, the others are extracted (all with ``force``).
     ``backbones`` caches built backbones across episodes ({"": main, variant name: ...})."""
     from .models import get_backbone
-    from .stimuli.windows import load_episode_stimuli
 
     path = shard_path(cfg, episode)
     states = states if states is not None else unit_states(cfg, [episode])[episode]
@@ -218,22 +229,25 @@ def extract_one(cfg, episode, backbone=None, force=False, states=None, backbones
             backbones[variant] = get_backbone(mcfg, cfg.windows)
         return backbones[variant]
 
+    main = model("")                      # defines the stimuli (its stimulus_spec) and the geometry
     t0 = time.perf_counter()
-    stimuli = load_episode_stimuli(cfg, episode)
+    stimuli = load_stimuli_for(main, cfg, episode)
     t1 = time.perf_counter()
     by_model: dict = {}
     for fs in todo:
         c, _, variant = fs.partition("@")
         by_model.setdefault(variant, []).append(c)
-    feats, ref = {}, None
+    feats = {}
     for variant, cs in by_model.items():
         bb = model(variant)
-        if ref is not None and (bb.n_layers, bb.hidden) != ref:
-            raise ConfigError(f"model.variants: {variant!r} has {bb.n_layers} layers x {bb.hidden} hidden, "
-                              f"the main model {ref[0]} x {ref[1]}")
-        ref = (bb.n_layers, bb.hidden)
-        if variant and "" in backbones:
-            bb.to(backbones[""].device)
+        if variant:
+            if (bb.n_layers, bb.hidden) != (main.n_layers, main.hidden):
+                raise ConfigError(f"model.variants: {variant!r} has {bb.n_layers} layers x {bb.hidden} hidden, "
+                                  f"the main model {main.n_layers} x {main.hidden}")
+            if _spec_key(bb.stimulus_spec) != _spec_key(main.stimulus_spec):
+                raise ConfigError(f"model.variants: {variant!r} takes other stimuli than the main model "
+                                  "(frame grid or audio rate)")
+            bb.to(main.device)
         layers = resolve_layers(cfg.model.layers, bb.n_layers, bb.name)
         for c, x in encode_stimuli(bb, stimuli, [c for c in conds if c in cs], layers, cfg.model.batch_size).items():
             feats[f"{c}@{variant}" if variant else c] = x
@@ -250,8 +264,7 @@ def extract_one(cfg, episode, backbone=None, force=False, states=None, backbones
             ds = f.create_dataset(fs, data=x, chunks=(1,) + x.shape[1:])
             ds.attrs.update(attrs)
         f.create_dataset("windows", data=windows)
-        bb = model(next(iter(by_model)))
-        f.attrs.update(_descriptive_attrs(cfg, bb, resolve_layers(cfg.model.layers, bb.n_layers, bb.name)))
+        f.attrs.update(_descriptive_attrs(cfg, main, resolve_layers(cfg.model.layers, main.n_layers, main.name)))
         f.attrs["episode"] = episode
         f.attrs["conditions"] = str_attr(names)
     n = stimuli.n_windows

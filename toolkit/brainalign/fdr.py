@@ -34,3 +34,54 @@ def fdr_bh(p, axis=-1):
         qs = np.where(ok, np.minimum(qs, 1.0), np.nan)
         np.put_along_axis(q, order, qs, axis=1)
     return np.moveaxis(q.reshape(shape), -1, axis)
+
+
+# ---- families: which tests one BH correction spans (stats.fdr_family) ------------------------------
+
+FDR_FAMILIES = ("layer", "contrast", "all")
+_FAMILY_TEXT = {
+    "layer": "within each layer and test",
+    "contrast": "across layers × {units} within each test",
+    "all": "across every test, layer and {unit}",
+}
+
+
+def fdr_by_family(p: dict, across_tests: bool, across_rows: bool) -> dict:
+    """BH q-values of several tests' p-value arrays, each family corrected together.
+
+    p: {test name: (rows, N) p-values} (rows = layers in stats, subjects in permutation; N = ROIs or voxels).
+    A family is one row of one test (both False), all rows of one test (``across_rows``), one row of every
+    test (``across_tests``) or everything (both). Returns {test name: (rows, N) float64 q}; NaN stays NaN.
+    """
+    names = list(p)
+    if not names:
+        return {}
+    arrs = [np.asarray(p[k], dtype=np.float64) for k in names]
+    rows = {a.shape[0] for a in arrs}
+    if any(a.ndim != 2 for a in arrs) or len(rows) != 1:
+        raise ValueError(f"fdr_by_family: every test needs a (rows, N) array with the same rows, got "
+                         f"{[a.shape for a in arrs]}")
+    sizes = [a.shape[1] for a in arrs]
+    stacked = np.concatenate(arrs, axis=1) if across_tests else None
+    out = {}
+    if across_tests:
+        q = fdr_bh(stacked.reshape(1, -1))[0].reshape(stacked.shape) if across_rows else fdr_bh(stacked, axis=1)
+        for k, a, b in zip(names, np.cumsum([0] + sizes[:-1]), np.cumsum(sizes)):
+            out[k] = q[:, a:b]
+        return out
+    for k, a in zip(names, arrs):
+        out[k] = fdr_bh(a.reshape(1, -1))[0].reshape(a.shape) if across_rows else fdr_bh(a, axis=1)
+    return out
+
+
+def stats_family(family: str) -> tuple[bool, bool]:
+    """(across_tests, across_rows) of ``stats.fdr_family`` for the group statistics (rows = layers)."""
+    if family not in FDR_FAMILIES:
+        raise ValueError(f"stats.fdr_family: {family!r} is not one of {', '.join(FDR_FAMILIES)}")
+    return family == "all", family != "layer"
+
+
+def family_text(family: str, unit: str = "ROI") -> str:
+    """One line saying what a BH correction of ``stats.fdr_family`` spans, e.g. for figure captions."""
+    return ("Benjamini–Hochberg FDR " + _FAMILY_TEXT[family].format(unit=unit, units=unit + "s")
+            + f" (stats.fdr_family: {family})")

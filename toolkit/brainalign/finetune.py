@@ -25,16 +25,16 @@ Outputs under ``{output}/finetune/`` (rank 0 writes, each file atomically):
 * ``metrics.json``   per-epoch train loss, val loss and val accuracy, chance level, provenance.
 
 Other backbones (``build_qa_model`` dispatches on ``model.backbone``; heads in :mod:`.finetune_heads`):
-``merlot_reserve`` -- the original's TVQA head: the joint transformer's state at a MASK token after
-"question + answer" -> Linear -> 1 logit, once with the (silent) audio and once with the subtitles as the
-language side; loss = the sum of the two passes' cross-entropies, prediction = argmax of the summed
+``merlot_reserve`` -- the original's TVQA head: ``windows.frames`` (<= 7) segments of 4.667 s around ``ts``,
+the joint transformer's state at a MASK token after "ts + question + answer" (segment 0) -> Linear -> 1
+logit, once with the clip's audio (``audio/{vid_name}.*``) and once with the subtitles of each segment as the
+segments' input; loss = the sum of the two passes' cross-entropies, prediction = argmax of the summed
 softmaxes; saved as a converted .pt (``model.pt``). ``hf`` (GIT / TVP) -- mean last hidden state ->
 Linear -> 1 logit; saved with save_pretrained into the directory ``model/`` (+ ``qa_head.pt``). Either
 loads back through ``model.checkpoint`` for extraction.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -81,7 +81,7 @@ class TVQADataset(Dataset):
         self.root, self.items = Path(root), list(items)
         self.n_frames, self.size, self.vocab, self.fps, self.max_words = n_frames, size, vocab, fps, max_words
         self.use_frames, self.use_subtitles = use_frames, use_subtitles
-        self.encoder, self.pad = None, PAD
+        self.encoder, self.pad, self.builder = None, PAD, None
         self._subs: dict = {}        # vid_name -> subtitle words (stimuli Word list)
         self._files: dict = {}       # vid_name -> sorted frame files
         per_item = n_frames * size * size * 3 if use_frames else 0
@@ -89,6 +89,25 @@ class TVQADataset(Dataset):
 
     def __len__(self):
         return len(self.items)
+
+    def set_item_builder(self, builder, pad: int, item_bytes: int = 0) -> None:
+        """Items from ``builder(dataset, QAItem) -> (model inputs, 5 rows)`` (a QA model's ``item_inputs``,
+        e.g. MERLOT's segments, frames and audio), padded with ``pad``; ``item_bytes`` sizes the cache."""
+        self.builder, self.pad = builder, int(pad)
+        self._cache = {} if item_bytes * len(self.items) <= CACHE_BYTES else None
+
+    def frame_files(self, it: tvqa.QAItem) -> list:
+        if it.vid_name not in self._files:
+            self._files[it.vid_name] = tvqa.frame_files(self.root, it.vid_name)
+        return self._files[it.vid_name]
+
+    def transcript(self, it: tvqa.QAItem) -> list:
+        """The clip's subtitle words (stimuli Word list, raw text)."""
+        if it.vid_name not in self._subs:
+            from .stimuli.transcript import read_transcript
+
+            self._subs[it.vid_name] = read_transcript(tvqa.subtitle_path(self.root, it.vid_name))
+        return self._subs[it.vid_name]
 
     def set_encoder(self, encoder, pad: int) -> None:
         """Rows from ``encoder(sub words, question words, 5 answer word lists) -> 5 int lists``, padded with
@@ -101,11 +120,7 @@ class TVQADataset(Dataset):
         """Normalised subtitle words whose onset lies in the question's ts ([] without subtitles)."""
         if not self.use_subtitles:
             return []
-        if it.vid_name not in self._subs:
-            from .stimuli.transcript import read_transcript
-
-            self._subs[it.vid_name] = read_transcript(tvqa.subtitle_path(self.root, it.vid_name))
-        return tvqa.subtitle_words(self._subs[it.vid_name], it.ts)
+        return tvqa.subtitle_words(self.transcript(it), it.ts)
 
     def words(self, it: tvqa.QAItem) -> list:
         """5 word lists: subtitle words in ts + question + answer k."""
@@ -128,11 +143,12 @@ class TVQADataset(Dataset):
 
     def _load(self, i):
         it = self.items[i]
+        if self.builder is not None:
+            inputs, rows = self.builder(self, it)
+            return inputs, rows, it.answer_idx
         frames = None
         if self.use_frames:
-            if it.vid_name not in self._files:
-                self._files[it.vid_name] = tvqa.frame_files(self.root, it.vid_name)
-            frames = tvqa.load_frames(self._files[it.vid_name], it.ts, self.n_frames, self.size, self.fps)
+            frames = tvqa.load_frames(self.frame_files(it), it.ts, self.n_frames, self.size, self.fps)
         if self.encoder is None:
             rows = [token_ids(w, self.vocab) for w in self.words(it)]
         else:
@@ -142,14 +158,31 @@ class TVQADataset(Dataset):
 
 
 def collate(batch, pad: int = PAD):
-    """-> frames uint8 (B, F, S, S, 3) or None, ids int64 (B, 5, W) ``pad``-padded, labels int64 (B,)."""
-    frames = None if batch[0][0] is None else torch.from_numpy(np.stack([b[0] for b in batch]))
+    """-> frames uint8 (B, F, S, S, 3) or None, ids int64 (B, 5, W) ``pad``-padded, labels int64 (B,).
+    Model inputs with a ``stack(items, width)`` classmethod (e.g. MerlotQAInputs) are stacked by it."""
     width = max(1, max(len(r) for b in batch for r in b[1]))
+    first = batch[0][0]
+    if first is None:
+        frames = None
+    elif hasattr(type(first), "stack"):
+        frames = type(first).stack([b[0] for b in batch], width)
+    else:
+        frames = torch.from_numpy(np.stack([b[0] for b in batch]))
     ids = torch.full((len(batch), tvqa.N_ANSWERS, width), pad, dtype=torch.int64)
     for i, (_, rows, _) in enumerate(batch):
         for k, r in enumerate(rows):
             ids[i, k, : len(r)] = torch.tensor(r, dtype=torch.int64)
     return frames, ids, torch.tensor([b[2] for b in batch], dtype=torch.int64)
+
+
+def attach_model(ds: TVQADataset, model) -> TVQADataset:
+    """Let ``model`` build the dataset's items: its ``item_inputs`` (MERLOT: segments, frames, audio) or its
+    ``encode_answers`` rows; the tiny model's hashed word rows otherwise."""
+    if getattr(model, "item_inputs", None) is not None:
+        ds.set_item_builder(model.item_inputs, model.pad_id, model.item_bytes())
+    elif model.encode_answers is not None:
+        ds.set_encoder(model.encode_answers, model.pad_id)
+    return ds
 
 
 def collate_for(ds):
@@ -235,13 +268,13 @@ def build_qa_model(cfg) -> nn.Module:
     if name != "tiny" and not cfg.model.checkpoint:
         raise ConfigError(f"model.checkpoint: fine-tuning {name} needs the pre-trained checkpoint to start from")
     if name == "merlot_reserve":
-        from .finetune_heads import MerlotQAModel
-        from .models.merlot.model import MAX_SEGMENT
+        from .finetune_heads import MAX_TVQA_SEGMENTS, MerlotQAModel
 
-        if not 1 <= cfg.windows.frames <= int(MAX_SEGMENT):
-            raise ConfigError(f"windows.frames: MERLOT Reserve takes 1..{int(MAX_SEGMENT)} frames "
-                              f"(one segment each), got {cfg.windows.frames}")
-        return MerlotQAModel.from_checkpoint(cfg.path(cfg.model.checkpoint), seed=cfg.finetune.seed)
+        if not 1 <= cfg.windows.frames <= MAX_TVQA_SEGMENTS:
+            raise ConfigError(f"windows.frames: MERLOT Reserve's TVQA head takes 1..{MAX_TVQA_SEGMENTS} segments "
+                              f"(one frame each, after the query's segment 0), got {cfg.windows.frames}")
+        return MerlotQAModel.from_checkpoint(cfg.path(cfg.model.checkpoint), seed=cfg.finetune.seed,
+                                             n_segments=cfg.windows.frames)
     if name == "hf":
         from .finetune_heads import HFQAModel
         from .models.hf import load_hf
@@ -503,9 +536,8 @@ def run_finetune(cfg, force: bool = False, *, use_frames: bool = True, use_subti
         if device.type == "cuda":
             torch.cuda.set_device(device)
         model = build_qa_model(cfg).to(device)
-        if model.encode_answers is not None:
-            for ds in (train_ds, val_ds):
-                ds.set_encoder(model.encode_answers, model.pad_id)
+        for ds in (train_ds, val_ds):
+            attach_model(ds, model)
         if not use_frames:                  # unused without frames (and DDP requires every trained one used)
             model.freeze_vision()
         log.info("finetune: %d train / %d val questions from %s; %s on %s, %d rank(s), global batch %d",

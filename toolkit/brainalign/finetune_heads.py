@@ -11,24 +11,30 @@ Every QA model has the contract the training loop (:mod:`brainalign.finetune`) u
 * ``freeze_vision()`` (frames left out: DDP needs every trained parameter used) and
   ``save(path) -> Path``: the fine-tuned backbone in the format its ``model.checkpoint`` loads.
 
-MERLOT Reserve (as the original's finetune/tvqa/tvqa_finetune.py): answer k's row is
-``BPE(question + answer k) + [MASK] + BPE(subtitle words)`` (at most ``MAX_SLOTS`` slots, subtitle tokens
-cut first, then the question from its start). Two passes share the frames (frame t = segment t):
+MERLOT Reserve (as the original's ``finetune/tvqa/prep_data.py``, ``finetune/common_dataloader.py``
+``preprocess_tvqa`` and ``finetune/tvqa/tvqa_finetune.py``):
 
-* pass 0 (audio): the row up to its MASK, then ``audio_token_length`` AUDIOSPAN slots per audio clip;
-* pass 1 (subtitles): the row as is.
+* time: ``windows.frames`` (<= 7) segments of 4.667 s, the first centred on the middle of ``ts``, extended
+  alternately left and right inside the clip (:func:`brainalign.tvqa.merlot_segments`); segment i gets
+  segment index i + 1 and one frame (at its middle, letterboxed into the model's grid); segment 0 holds the
+  query (the original's dummy first image there is dropped from the sequence, so the frames keep indices
+  1..T); a clip with fewer segments repeats its last one with a black frame and silent audio;
+* query (segment 0): ``BPE("{start} to {end}")`` (where ``ts`` lies in the segments, in percent) + START +
+  BPE(question) + BPE("answer: ") + BPE(answer k), at most 255 tokens (head kept), then MASK;
+* text pass: the query, then each segment's subtitle words (by word centre); audio pass: the query, then
+  18 AUDIOSPAN slots per segment, its 3 clips: the clip's audio (``audio/{vid_name}.*``) decoded at
+  22,620 Hz, divided by its peak, each 4.667-s segment a 180-frame log-mel spectrogram made with the
+  22,050 Hz parameters (the original's stretch to 3 x 60 frames); both at most 256 slots (head kept);
+* the joint encoding (``seq``) at the MASK -> ``proj`` (Linear H -> 1, no bias) is the answer's logit.
+  ``proj`` starts as ``randn(H, 1) * 0.01``: tvqa_finetune.py declares ``normal(0.02)`` as the Dense
+  initialiser, but the parameters it trains are the loaded checkpoint with ``params['proj'] =
+  {'kernel': np.random.randn(hsz, 1) * 0.01}`` (model.init is never called), so 0.01 is what it used;
+* loss = CE(audio pass) + CE(text pass); prediction = argmax(softmax(audio) + softmax(text)) (``preds_joint``).
 
-The joint transformer's final-LayerNorm output (``seq``) at the MASK slot -> ``proj`` (Linear H -> 1, no
-bias, init N(0, 0.01^2) like the original) is the answer's logit. Training loss = CE(audio pass) +
-CE(subtitle pass); the prediction is argmax(softmax(audio logits) + softmax(subtitle logits)), the
-original's ``preds_joint``. TVQA as we ship it has no audio: the audio pass gets ``SILENT_CLIPS`` clip(s)
-of silence, i.e. log-mel columns 0 and the playback-speed column 1 -- exactly what the port feeds for
-frames past the end of a waveform (spectrogram.audio_clips), so the audio pass is the "question + answer
-+ frames, audio silent" view. All slots are segment 0 (the original aligns subtitle segments to frames;
-TVQA's ``ts`` windows here are short, so this is a simplification). Like the original, the fine-tuned
-model drops the pretraining ``head`` and ``span_encoder``; it is saved in the converted .pt format
-(convert.FORMAT, config with ``qa_head`` True, ``proj`` kept, the BPE vocabulary carried over) that
-``model.checkpoint`` of ``merlot_reserve`` reads.
+Like the original, the fine-tuned model drops the pretraining ``head`` and ``span_encoder``; it is saved in
+the converted .pt format (convert.FORMAT, config with ``qa_head`` True, ``proj`` kept, the BPE vocabulary
+carried over) that ``model.checkpoint`` of ``merlot_reserve`` reads. Not reproduced: the training-time
+augmentations (random scale, noise-padded audio shift) and the JPEG quantisation of the stored inputs.
 
 Hugging Face (GIT / TVP): answer k's text is ``tokenizer(" ".join(subtitle words + question + answer))``
 (subtitle words cut first to fit ``max_position_embeddings``); the core model's last hidden state, mean
@@ -41,6 +47,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,8 +55,8 @@ from torch import nn
 from .errors import ConfigError
 from .h5io import atomic_path
 
-MAX_SLOTS = 160           # MERLOT token slots per row (the port's backbone uses the same budget)
-SILENT_CLIPS = 1          # audio clips of silence in MERLOT's audio pass
+TVQA_SLOTS = 256          # lang_seq_len of tvqa_finetune.py
+MAX_TVQA_SEGMENTS = 7     # prep_data.py pads every question to 7 segments (8 with the dummy first one)
 
 
 def qa_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -68,33 +75,63 @@ def qa_predict(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(-1).sum(1).argmax(1)
 
 
-def _resize_frames(frames: torch.Tensor, size: tuple) -> torch.Tensor:
-    """uint8 (B, T, s, s, 3) -> float32 (B, T, h, w, 3) in [0, 1], bilinear (antialiased)."""
-    b, t = frames.shape[:2]
-    x = frames.float().div(255.0).reshape(b * t, *frames.shape[2:]).permute(0, 3, 1, 2)
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-    return x.permute(0, 2, 3, 1).reshape(b, t, *size, 3).clamp(0.0, 1.0)
-
-
 # ---- MERLOT Reserve --------------------------------------------------------------------------------
 
-class MerlotQAModel(nn.Module):
-    """MERLOT Reserve TVQA head: forward(frames, ids) -> logits float32 (B, 2, 5), passes (audio, subtitles)."""
+class MerlotQAInputs:
+    """One question's (or, stacked, a batch's) MERLOT inputs besides the text-pass rows.
 
-    def __init__(self, model, tokenizer_json: str, seed: int = 0, source: str = ""):
+    frames uint8 (..., T, H, W, 3) or None; valid bool (..., T); audio float32 (..., T, 3, 60, 65);
+    text_seg: segment index of each text-pass slot; audio_rows / audio_seg: the audio pass's slots (lists per
+    answer for one question; int64 (B, A, W) tensors once stacked).
+    """
+
+    def __init__(self, frames, valid, audio, text_seg, audio_rows, audio_seg):
+        self.frames, self.valid, self.audio = frames, valid, audio
+        self.text_seg, self.audio_rows, self.audio_seg = text_seg, audio_rows, audio_seg
+
+    @classmethod
+    def stack(cls, items: list, width: int) -> "MerlotQAInputs":
+        from .models.merlot.model import PADDING
+
+        def pad(rows_per_item, w, value):
+            out = torch.full((len(rows_per_item), len(rows_per_item[0]), w), value, dtype=torch.int64)
+            for i, rows in enumerate(rows_per_item):
+                for k, r in enumerate(rows):
+                    out[i, k, : len(r)] = torch.tensor(r, dtype=torch.int64)
+            return out
+
+        wa = max(1, max(len(r) for it in items for r in it.audio_rows))
+        frames = None if items[0].frames is None else torch.from_numpy(np.stack([it.frames for it in items]))
+        return cls(frames, torch.from_numpy(np.stack([it.valid for it in items])),
+                   torch.from_numpy(np.stack([it.audio for it in items])),
+                   pad([it.text_seg for it in items], width, 0), pad([it.audio_rows for it in items], wa, PADDING),
+                   pad([it.audio_seg for it in items], wa, 0))
+
+    def to(self, device, non_blocking: bool = False) -> "MerlotQAInputs":
+        return MerlotQAInputs(*(None if v is None else v.to(device, non_blocking=non_blocking) for v in
+                                (self.frames, self.valid, self.audio, self.text_seg, self.audio_rows, self.audio_seg)))
+
+
+class MerlotQAModel(nn.Module):
+    """MERLOT Reserve TVQA head: forward(MerlotQAInputs, ids) -> logits float32 (B, 2, 5), passes (audio, text)."""
+
+    def __init__(self, model, tokenizer_json: str, seed: int = 0, source: str = "", n_segments: int = 7):
         super().__init__()
         from .models.merlot.backbone import bpe_tokenizer
         from .models.merlot.model import PADDING
 
         if not getattr(model.cfg, "qa_head", False) or not hasattr(model, "proj"):
             raise ValueError("MerlotQAModel needs a MerlotReserve built with qa_head=True")
+        if not 1 <= int(n_segments) <= MAX_TVQA_SEGMENTS:
+            raise ConfigError(f"windows.frames: MERLOT Reserve's TVQA head takes 1..{MAX_TVQA_SEGMENTS} segments "
+                              f"(one frame each, after the query's segment 0), got {n_segments}")
         self.model = model
         self.tokenizer_json = tokenizer_json
         self.tokenize = bpe_tokenizer(tokenizer_json)
         self.source = source
         self.pad_id = PADDING
         self.seed = int(seed)
+        self.n_segments = int(n_segments)
         # parameters the QA loss never uses (DDP needs every trained parameter used): the pretraining
         # contrastive scales and the encoders' CLS projections (only their pooled sequences feed the joint model)
         for p in (model.contrastive_scales, *model.vision_encoder.transformer.cls_proj.parameters(),
@@ -102,7 +139,7 @@ class MerlotQAModel(nn.Module):
             p.requires_grad_(False)
 
     @classmethod
-    def from_checkpoint(cls, path, seed: int = 0) -> "MerlotQAModel":
+    def from_checkpoint(cls, path, seed: int = 0, n_segments: int = 7) -> "MerlotQAModel":
         """From a converted .pt (pre-trained: a fresh ``proj``; fine-tuned: its ``proj``)."""
         from .models.merlot.convert import read_converted
         from .models.merlot.model import MerlotConfig, build_model
@@ -119,72 +156,106 @@ class MerlotQAModel(nn.Module):
         if unexpected or set(missing) - {"proj.weight"}:
             raise ConfigError(f"model.checkpoint: {path} does not fit MERLOT Reserve {cfg.hidden_size}: "
                               f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
-        if "proj.weight" in missing:            # the original: proj kernel ~ N(0, 0.01^2)
+        if "proj.weight" in missing:            # tvqa_finetune.py: params['proj'] = randn(hsz, 1) * 0.01
             g = torch.Generator().manual_seed(int(seed))
             with torch.no_grad():
                 model.proj.weight.copy_(torch.randn(model.proj.weight.shape, generator=g) * 0.01)
-        return cls(model, payload["tokenizer_json"], seed=seed, source=str(path))
+        return cls(model, payload["tokenizer_json"], seed=seed, source=str(path), n_segments=n_segments)
 
-    def encode_answers(self, sub: list, question: list, answers: list) -> list:
-        """5 rows ``BPE(question + answer) + [MASK] + BPE(subtitles)``, at most MAX_SLOTS - audio slots."""
-        from .models.merlot.model import MASK
+    encode_answers = None           # rows come from item_inputs (they need the times, frames and audio)
 
-        room = MAX_SLOTS - SILENT_CLIPS * self.model.cfg.audio_token_length
-        sub_ids = self.tokenize(" ".join(sub)) if sub else []
-        rows = []
-        for a in answers:
-            qa = self.tokenize(" ".join(question + a))[- (room - 1):]
-            rows.append(qa + [MASK] + sub_ids[: max(0, room - 1 - len(qa))])
-        return rows
+    def item_inputs(self, ds, it) -> tuple:
+        """(MerlotQAInputs, 5 text-pass rows) of one question of ``ds`` (a finetune.TVQADataset)."""
+        from . import tvqa
+        from .models.merlot.model import AUDIOSPAN, MASK, START
+        from .models.merlot.spectrogram import TVQA_RATE, TVQA_SEGMENT_SECONDS, tvqa_clips
+        from .stimuli.audio import peak_normalise, read_audio
 
-    def audio_rows(self, ids: torch.Tensor) -> tuple:
-        """Subtitle-pass rows (N, W) -> audio-pass (tokens (N, W'), audio_ptr (N, W')): each row up to its
-        MASK, then SILENT_CLIPS runs of audio_token_length AUDIOSPAN slots, then PADDING."""
-        from .models.merlot.model import AUDIOSPAN, MASK, PADDING
+        files = ds.frame_files(it)
+        max_time = (len(files) - 1) / ds.fps
+        segs = tvqa.merlot_segments(it.ts, self.n_segments, max_time, TVQA_SEGMENT_SECONDS)
+        T = self.n_segments
+        mids = [(a + b) / 2 for a, b in segs]
+        frames = None
+        if ds.use_frames:
+            frames = tvqa.load_frames_letterboxed(files, mids, self.model.cfg.image_size, ds.fps)
+            frames = np.concatenate([frames, np.repeat(frames[-1:], T - len(segs), 0)])
+        wave = peak_normalise(read_audio(tvqa.audio_path(ds.root, it.vid_name), TVQA_RATE))
+        clips = []
+        for a, b in segs:
+            i0, i1 = int(np.floor(TVQA_RATE * a)), int(np.floor(TVQA_RATE * b))
+            seg = np.zeros(i1 - i0, np.float32)
+            lo, hi = max(i0, 0), min(i1, len(wave))
+            if hi > lo:
+                seg[lo - i0: hi - i0] = wave[lo:hi]
+            clips.append(tvqa_clips(seg))
+        audio = np.stack(clips + [clips[-1]] * (T - len(segs)))
+        valid = np.arange(T) < len(segs)
+        audio[~valid, ..., :-1] = 0.0                   # the original zeroes padded segments (speed column 1)
+        if frames is not None:
+            frames[~valid] = 0
 
+        # subtitles per segment by word centre (bounds: segment starts + the last end)
+        subs = [[] for _ in range(T)]
+        if ds.use_subtitles:
+            bounds = np.array([a for a, _ in segs] + [segs[-1][1]])
+            for w in ds.transcript(it):
+                pos = int(np.searchsorted(bounds, w.onset + w.duration / 2))
+                if 0 < pos <= len(segs):
+                    subs[pos - 1].append(w.word)
+        t0, dur = segs[0][0], segs[-1][1] - segs[0][0]
+        rel = [(max(it.ts[0], 0.0) - t0) / dur, (min(it.ts[1], max_time) - t0) / dur]
+        query = (self.tokenize(f"{int(rel[0] * 100)} to {int(rel[1] * 100)}") + [START]
+                 + self.tokenize(it.question) + self.tokenize("answer: "))
+        sub_ids = [self.tokenize(" ".join(s)) if s else [] for s in subs]
         atl = self.model.cfg.audio_token_length
-        n_audio = SILENT_CLIPS * atl
-        mask_at = mask_positions(ids, MASK)
-        width = int(mask_at.max()) + 1 + n_audio
-        pos = torch.arange(width, device=ids.device)[None, :]
-        keep = pos <= mask_at[:, None]
-        padded = F.pad(ids, (0, max(0, width - ids.shape[1])), value=PADDING)[:, :width]
-        tokens = torch.where(keep, padded, PADDING)
-        rel = pos - mask_at[:, None] - 1
-        is_audio = (rel >= 0) & (rel < n_audio)
-        tokens = torch.where(is_audio, torch.full_like(tokens, AUDIOSPAN), tokens)
-        ptr = torch.where(is_audio, rel // atl, torch.full_like(tokens, -1))
-        return tokens, ptr
+        rows, text_seg, audio_rows, audio_seg = [], [], [], []
+        for ans in it.answers:
+            option = (query + self.tokenize(ans))[: TVQA_SLOTS - 1] + [MASK]
+            row = option + [t for ids in sub_ids for t in ids]
+            seg = [0] * len(option) + [i + 1 for i, ids in enumerate(sub_ids) for _ in ids]
+            rows.append(row[:TVQA_SLOTS])
+            text_seg.append(seg[:TVQA_SLOTS])
+            arow = option + [AUDIOSPAN] * (3 * atl * T)
+            aseg = [0] * len(option) + [i + 1 for i in range(T) for _ in range(3 * atl)]
+            audio_rows.append(arow[:TVQA_SLOTS])
+            audio_seg.append(aseg[:TVQA_SLOTS])
+        return MerlotQAInputs(frames, valid, audio.astype(np.float32), text_seg, audio_rows, audio_seg), rows
 
-    def silence(self, n: int, device) -> torch.Tensor:
-        """float32 (n, SILENT_CLIPS, audio_seq_length, num_mels + 1): log-mel 0, playback speed 1."""
-        cfg = self.model.cfg
-        out = torch.zeros(n, SILENT_CLIPS, cfg.audio_seq_length, cfg.num_mels + 1, device=device)
-        out[..., cfg.num_mels] = 1.0
-        return out
+    def item_bytes(self) -> int:
+        """Bytes of one question's inputs (the dataset's cache budget)."""
+        h, w = self.model.cfg.image_size
+        return self.n_segments * (h * w * 3 + 3 * 60 * 65 * 4)
 
-    def pass_logits(self, tokens, vision_tokens=None, audio=None, audio_ptr=None) -> torch.Tensor:
+    def pass_logits(self, tokens, token_segment, vision_tokens=None, audio_tokens=None, audio_ptr=None):
         """One pass: tokens (N, L) -> logits (N,) from ``seq`` at each row's first MASK slot."""
         from .models.merlot.model import MASK
 
-        out = self.model(tokens=tokens, audio=audio, audio_ptr=audio_ptr, vision_tokens=vision_tokens,
-                         keep_layers=False)
+        out = self.model(tokens=tokens, token_segment=token_segment, audio_ptr=audio_ptr,
+                         vision_tokens=vision_tokens, audio_tokens=audio_tokens, keep_layers=False,
+                         vision_segment_offset=1)
         at = mask_positions(tokens, MASK)
         pooled = out["seq"][torch.arange(tokens.shape[0], device=tokens.device), at]
         return self.model.proj(pooled).float().squeeze(-1)
 
-    def forward(self, frames, ids):
-        """frames uint8 (B, T, S, S, 3) or None; ids int64 (B, A, W) -> logits float32 (B, 2, A)."""
+    def forward(self, inputs: MerlotQAInputs, ids):
+        """inputs (stacked MerlotQAInputs); ids int64 (B, A, W) text-pass rows -> logits float32 (B, 2, A)."""
+        from .models.merlot.model import AUDIOSPAN
+
         b, a, w = ids.shape
-        flat = ids.reshape(b * a, w)
         vis = None
-        if frames is not None:
-            v = self.model.vision_tokens(_resize_frames(frames, self.model.cfg.image_size))   # once per question
+        if inputs.frames is not None:
+            x = inputs.frames.float().div(255.0)
+            v = self.model.vision_tokens(x)                                       # once per question
             vis = v.repeat_interleave(a, dim=0)
-        tokens_a, ptr = self.audio_rows(flat)
-        audio = self.silence(b * a, ids.device)
-        la = self.pass_logits(tokens_a, vis, audio, ptr)
-        lt = self.pass_logits(flat, vis)
+        T = inputs.audio.shape[1]
+        aud = self.model.audio_tokens(inputs.audio.reshape(b, 3 * T, *inputs.audio.shape[3:]))
+        aud = aud.repeat_interleave(a, dim=0)
+        atok = inputs.audio_rows.reshape(b * a, -1)
+        ptr = ((atok == AUDIOSPAN).long().cumsum(-1) - 1).div(self.model.cfg.audio_token_length,
+                                                                 rounding_mode="floor") % (3 * T)
+        la = self.pass_logits(atok, inputs.audio_seg.reshape(b * a, -1), vis, aud, ptr)
+        lt = self.pass_logits(ids.reshape(b * a, w), inputs.text_seg.reshape(b * a, w), vis)
         return torch.stack([la, lt], 0).view(2, b, a).transpose(0, 1)
 
     def freeze_vision(self):
@@ -207,7 +278,7 @@ def mask_positions(tokens: torch.Tensor, mask_id: int) -> torch.Tensor:
     """int64 (N,): the first slot of each row holding ``mask_id`` (ValueError if a row has none)."""
     is_mask = tokens == mask_id
     if not bool(is_mask.any(1).all()):
-        raise ValueError("every MERLOT answer row needs a MASK slot (built by encode_answers)")
+        raise ValueError("every MERLOT answer row needs a MASK slot")
     return is_mask.long().argmax(1)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from .errors import BrainAlignError, DataError
 from .h5io import atomic_h5, open_h5, read_str_attr, str_attr
 from .log import get_logger, progress
+from .partition import partition_layout, partition_models
 
 log = get_logger("fit")
 
@@ -95,7 +96,9 @@ class FitInputs:
         if not np.array_equal(self.runs, self.bold["runs"][()]):
             raise DataError(f"{out / 'design.h5'} and {out / 'bold.h5'} disagree on their TR grid (re-run align)")
         self.feature_sets = list(cfg.feature_sets)
-        for fs in self.feature_sets:
+        self.models = partition_models(cfg)          # variance-partitioning subset models: units fs >= F
+        self.partitions = partition_layout(cfg)
+        for fs in self.feature_sets + [b for m in self.models for b in m.feature_sets]:
             if fs not in self.design["design"]:
                 raise DataError(f"{out / 'design.h5'} lacks feature set {fs!r} (re-run align)")
         self.layers = [int(x) for x in self.design.attrs["layers"]]
@@ -119,30 +122,46 @@ class FitInputs:
         self.chunk_width = max((b - a for a, b in self.chunks), default=0)
 
     def units(self):
-        """Every unit, ordered so that units sharing a design matrix (Unit.xkey) are consecutive."""
-        return [Unit(f, li, k, c) for f in range(len(self.feature_sets)) for li in range(len(self.layers))
-                for k in range(len(self.folds)) for c in range(len(self.chunks))]
+        """Every unit, ordered so that units sharing a design matrix (Unit.xkey) are consecutive: the feature
+        sets (fs < F), then the partition subset models (fs = F + index in ``models``)."""
+        return [Unit(f, li, k, c) for f in range(len(self.feature_sets) + len(self.models))
+                for li in range(len(self.layers)) for k in range(len(self.folds)) for c in range(len(self.chunks))]
 
     def layout(self) -> str:
         """JSON of the output geometry; shards made for another geometry are stale."""
         return json.dumps({"subjects": self.subjects, "feature_sets": self.feature_sets, "layers": self.layers,
                            "folds": self.folds, "n_trs": int(len(self.runs)), "n_vox": self.n_vox,
-                           "chunk_voxels": self.chunk_width,
+                           "chunk_voxels": self.chunk_width, "partitions": self.partitions,
                            "runs_present": {s: self.present[s].tolist() for s in self.subjects}}, sort_keys=True)
 
-    def X(self, unit: Unit) -> np.ndarray:
-        """Design matrix of ``unit``: float32 (n_trs, n_features)."""
-        ds = self.design["design"][self.feature_sets[unit.fs]]
-        X = ds[unit.fold, unit.layer] if ds.attrs.get("per_fold", 0) else ds[unit.layer]
+    def is_partition(self, unit: Unit) -> bool:
+        return unit.fs >= len(self.feature_sets)
+
+    def model(self, unit: Unit):
+        """The partition subset model of a partition unit."""
+        return self.models[unit.fs - len(self.feature_sets)]
+
+    def name(self, unit: Unit) -> str:
+        return self.model(unit).name if self.is_partition(unit) else self.feature_sets[unit.fs]
+
+    def X_of(self, fs: str, layer: int, fold: int) -> np.ndarray:
+        """Design matrix of feature set ``fs`` at layer index ``layer`` for outer fold ``fold``: float32."""
+        ds = self.design["design"][fs]
+        X = ds[fold, layer] if ds.attrs.get("per_fold", 0) else ds[layer]
         if not np.isfinite(X).all():
-            raise DataError(f"design for {self.feature_sets[unit.fs]} layer {self.layers[unit.layer]} has "
-                            "non-finite values (check the features file)")
+            raise DataError(f"design for {fs} layer {self.layers[layer]} has non-finite values (check the "
+                            "features file)")
         return X
+
+    def X(self, unit: Unit) -> np.ndarray:
+        """Design matrix of ``unit``: float32 (n_trs, n_features) (a partition model: its bands stacked)."""
+        if self.is_partition(unit):
+            return np.concatenate([self.X_of(b, unit.layer, unit.fold) for b in self.model(unit).feature_sets], 1)
+        return self.X_of(self.feature_sets[unit.fs], unit.layer, unit.fold)
 
     def describe(self, unit: Unit) -> str:
         a, b = self.chunks[unit.chunk]
-        return (f"{self.feature_sets[unit.fs]} layer {self.layers[unit.layer]} fold {self.folds[unit.fold]} "
-                f"voxels {a}:{b}")
+        return f"{self.name(unit)} layer {self.layers[unit.layer]} fold {self.folds[unit.fold]} voxels {a}:{b}"
 
     def close(self):
         self.design.close()
@@ -175,12 +194,28 @@ class SolverCache:
                 self.solvers[pattern] = (None, train, test)
             else:
                 X = self.inp.X(unit) if rows is None else self.inp.X(unit)[rows]
-                solver = FoldSolver(X[train], X[test], np.asarray(self.cfg.fit.alphas, np.float64), inner,
-                                    backend=self.cfg.fit.backend, n_jobs=_cores_per_rank())
+                alphas = np.asarray(self.cfg.fit.alphas, np.float64)
+                if self.inp.is_partition(unit):
+                    solver = _banded_solver(self.inp, unit, X, train, test, inner, alphas, self.cfg.fit.backend)
+                else:
+                    solver = FoldSolver(X[train], X[test], alphas, inner, backend=self.cfg.fit.backend,
+                                        n_jobs=_cores_per_rank())
                 self.solvers[pattern] = (solver, train, test)
                 self.builds += 1
                 self.build_s += time.perf_counter() - t0
         return self.solvers[pattern]
+
+
+def _banded_solver(inp: FitInputs, unit: Unit, X, train, test, inner, alphas, backend):
+    """BandedSolver of a partition unit: one band per feature set of its subset model, inner criterion R²."""
+    from .partition import band_weights
+    from .ridge import BandedSolver
+
+    model = inp.model(unit)
+    sizes = [inp.design["design"][b].shape[-1] for b in model.feature_sets]
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    return BandedSolver(X[train], X[test], labels, band_weights(len(sizes), model.n_iter), alphas, inner,
+                        backend=backend, scoring="r2", n_jobs=_cores_per_rank())
 
 
 def _cores_per_rank():
@@ -195,18 +230,26 @@ def _cores_per_rank():
 def compute_unit(inp: FitInputs, unit: Unit, cache: SolverCache):
     """Nested-CV ridge for one unit (every subject, one voxel chunk).
 
-    Returns (r, alpha): float32 arrays (n_subjects, stop - start) of held-out Pearson r and chosen alpha.
+    Returns (r, alpha): float32 arrays (n_subjects, stop - start) of held-out Pearson r (a partition unit:
+    held-out R²) and chosen alpha.
     """
     a, b = inp.chunks[unit.chunk]
     r = np.full((len(inp.subjects), b - a), np.nan, np.float32)
     alpha = np.full_like(r, np.nan)
+    partition = inp.is_partition(unit)
     for si, s in enumerate(inp.subjects):
         solver, train, test = cache.get(unit, inp.rows[s])
         if solver is None:                 # this subject lacks the fold's held-out run(s): NaN
             continue
         Y = inp.bold["bold"][f"sub-{s}"][:, a:b]
-        res = solver.score_chunk(Y[train], Y[test])
-        r[si] = res.r
+        if partition:                            # held-out R² of the banded model (brainalign.partition)
+            from .partition import heldout_r2
+
+            res = solver.fit_chunk(Y[train])
+            r[si] = heldout_r2(Y[test], solver.predict(res))
+        else:
+            res = solver.score_chunk(Y[train], Y[test])
+            r[si] = res.r
         alpha[si] = res.best_alpha
     return r, alpha
 
@@ -219,6 +262,8 @@ def write_scores_header(f, inp: FitInputs, cfg):
     f.attrs["folds"] = str_attr(inp.folds)
     f.attrs["alphas"] = np.asarray(cfg.fit.alphas, np.float64)
     f.attrs["backend"] = cfg.fit.backend
+    f.attrs["partitions"] = str_attr([p[0] for p in inp.partitions])
+    f.attrs["partition_models"] = str_attr([m.name for m in inp.models])
     f.attrs["roi_ids"] = inp.bold.attrs["roi_ids"]
     f.attrs["roi_names"] = inp.bold.attrs["roi_names"]
     f.attrs["runs_present"] = json.dumps({s: inp.present[s].tolist() for s in inp.subjects})
@@ -301,14 +346,24 @@ def assemble_scores(cfg, inp: FitInputs, path, shard_dir, attrs: dict, key_attrs
     if missing:
         raise DataError(f"fit: {len(missing)} of {len(units)} units have no shard in {shard_dir} "
                         f"(first: {inp.describe(missing[0])}); run fit again to compute them")
-    entries = {u.key: scan.entries[u.key] for u in units}
-    shape = (len(inp.subjects), len(inp.feature_sets), len(inp.layers), len(inp.folds), inp.n_vox)
+    F = len(inp.feature_sets)
+    entries = {u.key: scan.entries[u.key] for u in units if u.fs < F}
+    shape = (len(inp.subjects), F, len(inp.layers), len(inp.folds), inp.n_vox)
     rel = os.path.relpath(shard_dir, path.parent)
     with atomic_h5(path, "fit", cfg.text, key_attrs) as f:
         write_scores_header(f, inp, cfg)
         for name in ("r", "alpha"):
             virtual_dataset(f, name, shape, entries, index=lambda k: k[:3], shard_dir=rel)
         write_r_mean(f)
+        if inp.models:                           # variance partitioning: held-out R² of every subset model
+            from .partition import write_partitions
+
+            pe = {u.key: scan.entries[u.key] for u in units if u.fs >= F}
+            pshape = (shape[0], len(inp.models)) + shape[2:]
+            for target, source in (("partition/r2", "r"), ("partition/alpha", "alpha")):
+                virtual_dataset(f, target, pshape, pe, index=lambda k: (k[0] - F,) + tuple(k[1:3]), shard_dir=rel,
+                                source=source)
+            write_partitions(f, inp.models)
     log.info("fit: assembled %s over %d shard files", path, len({e.file for e in entries.values()}))
     return path
 

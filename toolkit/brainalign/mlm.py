@@ -247,10 +247,10 @@ def summarize(scores: dict, conditions, reference: str, n_boot: int, seed, episo
 
 # ---- the stage ------------------------------------------------------------------------------------------
 
-def _load_stimuli(cfg, episode):
-    from .stimuli.windows import load_episode_stimuli
+def _load_stimuli(cfg, episode, backbone=None):
+    from .extract import load_stimuli_for
 
-    return load_episode_stimuli(cfg, episode)
+    return load_stimuli_for(backbone, cfg, episode)
 
 
 def run_mlm(cfg, force: bool = False, backbone=None):
@@ -275,7 +275,7 @@ def run_mlm(cfg, force: bool = False, backbone=None):
     episodes = list(cfg.data.episodes)
     per_ep = []
     for ep in progress(episodes, desc="mlm", unit="episode"):
-        stimuli = _load_stimuli(cfg, ep)
+        stimuli = _load_stimuli(cfg, ep, backbone)
         check_stimuli(stimuli)
         masks = choose_masks(stimuli.words, cfg.mlm.mask_fraction, episode_rng(cfg.mlm.seed, ep))
         res = evaluate_episode(head, stimuli, conds, masks, cfg.model.batch_size)

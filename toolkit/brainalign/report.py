@@ -18,8 +18,11 @@ Reads ``{output}/scores.h5`` and ``{output}/stats.h5`` and writes ``{output}/rep
                          stats.h5 has ``/noise_ceiling``, per-subject permutation counts when a complete
                          ``permutation.h5`` exists, links to the CSV / HDF5 / NIfTI files, provenance
 
-Every file is written atomically. The report layer is ``report.layer`` or, when null, the layer with the
-best mean r of the ``joint`` feature set (first feature set if there is no ``joint``) across ROIs.
+Every file is written atomically. The report layer is ``report.layer`` or, when null, the last layer: a rule
+fixed before any result is seen, so the layer is not selected by the contrasts it displays (choosing the
+layer with the best joint r and then showing joint − X at it would be circular). Under every figure and
+table the report says which family each Benjamini–Hochberg correction spans (``stats.fdr_family``,
+written in stats.h5 and permutation.h5).
 """
 from __future__ import annotations
 
@@ -67,6 +70,14 @@ class ReportData:
     ceiling: dict | None = None  # /noise_ceiling of stats.h5: roi_ceiling (S, R), roi_normalised (S, F, L, R),
     #                              voxel (V,) subject-mean ceiling, method, formula, floor
     permutation: dict | None = None   # permutation.h5 summary (see _load_permutation)
+    fdr_family: str = "layer"    # stats.h5 attr fdr_family (files written before it existed: per layer)
+    partitions: list = field(default_factory=list)   # [(name, regions, {mean, ci_low, ci_high, q, significant}: (M, L, R))]
+
+    def fdr(self, unit="ROI") -> str:
+        """What one BH correction of stats.h5 spans, in words (for captions)."""
+        from .fdr import family_text
+
+        return family_text(self.fdr_family, unit)
 
     @property
     def joint(self) -> int:
@@ -87,25 +98,18 @@ def _attrs_as_text(obj) -> dict:
     return out
 
 
-def _pick_layer(cfg, meta: ScoresMeta, roi_r, vox_mean_r_all, joint) -> tuple[int, str]:
+def _pick_layer(cfg, meta: ScoresMeta) -> tuple[int, str]:
+    """(index, how it was chosen) of the report layer: ``report.layer``, else the last layer."""
     layers = meta.layers
     if cfg.report.layer is not None:
         if cfg.report.layer in layers:
-            return layers.index(cfg.report.layer), "report.layer"
+            return layers.index(cfg.report.layer), "fixed in the config: report.layer"
         if -len(layers) <= cfg.report.layer < 0:
-            return cfg.report.layer % len(layers), "report.layer (counted from the end)"
+            return cfg.report.layer % len(layers), "fixed in the config: report.layer (counted from the end)"
         raise ConfigError(f"report.layer: {cfg.report.layer} is not a layer in {meta.path} "
                           f"(layers: {', '.join(map(str, layers))})")
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)          # a layer with no finite r stays NaN
-        per_layer = (np.nanmean(roi_r[:, joint], axis=(0, 2)) if roi_r.shape[-1]
-                     else np.nanmean(vox_mean_r_all[joint], axis=-1))
-    if not np.any(np.isfinite(per_layer)):
-        return len(layers) - 1, "last layer (no finite mean r)"
-    return int(np.nanargmax(per_layer)), f"best mean r of '{meta.feature_sets[joint]}' across " + (
-        "ROIs" if roi_r.shape[-1] else "voxels")
+    return len(layers) - 1, ("the last layer (report.layer is null): a rule fixed before any result, so "
+                             "independent of the contrasts displayed")
 
 
 def load_report_data(cfg) -> ReportData:
@@ -126,8 +130,7 @@ def load_report_data(cfg) -> ReportData:
             raise DataError(f"stats file {stats_path}: attr layers differs from {scores_path}; rerun the stats stage")
         roi_r = g["roi/mean_r"][()]
         vox_all = g["voxel/mean_r"][()]
-        joint = meta.feature_sets.index("joint") if "joint" in meta.feature_sets else 0
-        li, how = _pick_layer(cfg, meta, roi_r, vox_all, joint)
+        li, how = _pick_layer(cfg, meta)
         names = read_str_attr(g, "contrasts") if "contrasts" in g.attrs else []
         a_s = read_str_attr(g, "contrast_a") if names else []
         b_s = read_str_attr(g, "contrast_b") if names else []
@@ -147,9 +150,13 @@ def load_report_data(cfg) -> ReportData:
                 voxel = np.nanmean(gc["ceiling"][()].astype(np.float64), axis=0)
             ceiling = {"roi_ceiling": gc["roi_ceiling"][()], "roi_normalised": gc["roi_normalised"][()],
                        "voxel": voxel, **_attrs_as_text(gc)}
+        partitions = [(name, read_str_attr(gp, "regions"),
+                       {k: gp[f"roi/{k}"][()] for k in ("mean", "ci_low", "ci_high", "q", "significant")})
+                      for name, gp in (g["partition"].items() if "partition" in g else [])]
         data = ReportData(meta, roi_r, vox_all[:, li], float(g.attrs["q"]), li, how, contrasts,
                           {"scores.h5": scores_attrs, "stats.h5": _attrs_as_text(g)}, ceiling,
-                          _load_permutation(out / "permutation.h5", meta))
+                          _load_permutation(out / "permutation.h5", meta),
+                          str(g.attrs.get("fdr_family", "layer")), partitions)
     return data
 
 
@@ -166,6 +173,7 @@ def _load_permutation(path, meta: ScoresMeta):
             return None
         names = read_str_attr(g, "contrasts") if len(g.attrs.get("contrasts", [])) else []
         return {"feature_sets": read_str_attr(g, "feature_sets"), "layer": int(g.attrs["layer"]),
+                "fdr": str(g.attrs.get("fdr", "Benjamini-Hochberg per subject across voxels of each test")),
                 "n_perm": int(g.attrs["n_perm"]), "q": float(g.attrs["q"]),
                 "r_sig": g["r/significant"][()].sum(axis=-1),                       # (S, F)
                 "contrasts": {n: (g[f"contrast/{n}"].attrs["a"], g[f"contrast/{n}"].attrs["b"],
@@ -277,8 +285,8 @@ def fig_roi_bars(data: ReportData, title: str):
         ax.set_ylim(lo, max(hi, float(np.nanmax(level)) + step))
     notes = [f"{c.name}: {c.a} vs {c.b or '0'} ({'bracket' if c.b else 'mark above ' + c.a})"
              for c in data.contrasts]
-    fig.text(0.0, -0.02, f"* q<{data.q:g}, ** q<.01, *** q<.001 (one-sample t on Fisher-z differences, "
-             "BH-FDR across ROIs)" + ("\n" + "; ".join(notes) if notes else ""), fontsize=7, va="top",
+    fig.text(0.0, -0.02, f"* q<{data.q:g}, ** q<.01, *** q<.001 (one-sample t on Fisher-z differences; "
+             f"{data.fdr('ROI')})" + ("\n" + "; ".join(notes) if notes else ""), fontsize=7, va="top",
              ha="left", wrap=True)
     return fig
 
@@ -476,10 +484,35 @@ def _ceiling_html(data: ReportData) -> str:
             cells.append(f"<td>{_mean_sem_txt(data.roi_r[:, fi, li, ri])}</td>"
                          f"<td>{_mean_sem_txt(c['roi_normalised'][:, fi, li, ri])}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<h2>Noise-normalised alignment, layer {meta.layers[li]}</h2><p>Noise ceiling: "
+    return (f"<h2>Noise-normalised alignment, layer {meta.layers[li]}</h2><p>No significance test in this "
+            "table (descriptive). Noise ceiling: "
             f"{html.escape(c.get('method', ''))} ({html.escape(c.get('formula', ''))}). r / ceiling is computed per "
             f"subject from the ROI-mean r and ROI-mean ceiling (NaN where the ceiling is ≤ {html.escape(c.get('floor', ''))})"
             f"; mean ± SEM across subjects. All layers: roi_scores.csv.</p><table>{head}{''.join(rows)}</table>")
+
+
+def _partition_html(data: ReportData) -> str:
+    """Unique and shared variance (held-out R²) per ROI and region at the report layer (stats.h5 /partition)."""
+    if not data.partitions or not data.meta.roi_names:
+        return ""
+    meta, li = data.meta, data.layer_index
+    out = []
+    for name, regions, st in data.partitions:
+        head = "<tr><th class=l>ROI</th>" + "".join(f"<th>{_fmt(r)}</th>" for r in regions) + "</tr>"
+        rows = []
+        for ri, roi in enumerate(meta.roi_names):
+            cells = "".join(
+                f"<td{' class=sig' if st['significant'][mi, li, ri] else ''}>{_fmt(st['mean'][mi, li, ri])} "
+                f"[{_fmt(st['ci_low'][mi, li, ri])}, {_fmt(st['ci_high'][mi, li, ri])}], q {_fmt(st['q'][mi, li, ri])}"
+                f"{' ' + stars(st['q'][mi, li, ri]) if st['significant'][mi, li, ri] else ''}</td>"
+                for mi in range(len(regions)))
+            rows.append(f"<tr><td class=l>{_fmt(roi)}</td>{cells}</tr>")
+        out.append(f"<h2>Variance partitioning '{html.escape(name)}', layer {meta.layers[li]}</h2><p>Unique and "
+                   "shared variance (held-out R², banded ridge on the stacked feature sets, brainalign.partition): "
+                   "group mean of the subjects' ROI means [95 % CI]; one-sided t-test across subjects (variance > 0),"
+                   f" q = {html.escape(data.fdr('ROI'))}. All layers: roi_partitions.csv.</p>"
+                   f"<table>{head}{''.join(rows)}</table>")
+    return "".join(out)
 
 
 def _permutation_html(data: ReportData) -> str:
@@ -495,7 +528,8 @@ def _permutation_html(data: ReportData) -> str:
         rows.append(f"<tr><td class=l>sub-{_fmt(s)}</td>" + "".join(f"<td>{int(v)}</td>" for v in vals) + "</tr>")
     return (f"<h2>Per-subject permutation tests, layer {pm['layer']}</h2><p>Voxels (of {pm['n_voxels']}) with "
             f"BH q ≤ {pm['q']:g} against {pm['n_perm']} within-run circular shifts of the BOLD (one-sided, r "
-            "greater than under misalignment); see permutation.h5.</p>"
+            f"greater than under misalignment); multiple comparisons: {html.escape(pm['fdr'])}; see permutation.h5."
+            "</p>"
             f"<table>{head}{''.join(rows)}</table>")
 
 
@@ -530,7 +564,7 @@ def build_html(cfg, data: ReportData, figures, links) -> str:
                   f"{_roi_table(data, range(len(meta.layers)))}</details>" if n_rows <= 5000 else
                   "<p>All layers: see roi_stats.csv.</p>")
     own = provenance(cfg.text, "report")
-    extra_sections = _ceiling_html(data) + _permutation_html(data)
+    extra_sections = _ceiling_html(data) + _partition_html(data) + _permutation_html(data)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(cfg.report.title)}</title>
 <style>{_CSS}</style></head><body>
 <h1>{html.escape(cfg.report.title)}</h1>
@@ -538,11 +572,12 @@ def build_html(cfg, data: ReportData, figures, links) -> str:
 {len(meta.subjects)} subjects ({html.escape(', '.join(meta.subjects))}); feature sets
 {html.escape(', '.join(meta.feature_sets))}; layers {html.escape(', '.join(map(str, meta.layers)))};
 {len(meta.roi_names)} ROIs; {meta.n_voxels} {_units(meta)}. Report layer <b>{meta.layers[data.layer_index]}</b>
-({html.escape(data.layer_how)}). Significance: BH-FDR q &le; {data.q:g}.{_runs_html(meta)}</p>
+({html.escape(data.layer_how)}). Significance: q &le; {data.q:g}, {html.escape(data.fdr('ROI'))} for ROI
+tests, {html.escape(data.fdr('voxel'))} for voxel maps.{_runs_html(meta)}</p>
 <h2>Figures</h2>{figs}
 <h2>ROI statistics, layer {meta.layers[data.layer_index]}</h2>
 <p>Two-sided one-sample t-test across subjects of the Fisher-z difference (a − b, or a − 0) of each
-subject's ROI-mean r; q = Benjamini–Hochberg across ROIs within the layer. Highlighted: q &le; {data.q:g}.</p>
+subject's ROI-mean r; q = {html.escape(data.fdr('ROI'))}. Highlighted: q &le; {data.q:g}.</p>
 {_roi_table(data, [data.layer_index])}{all_layers}
 {extra_sections}
 <h2>Files</h2><ul>{link_html}</ul>
@@ -581,9 +616,11 @@ def run_report(cfg, force: bool = False) -> Path:
                  "tables below and in roi_stats.csv.")
         save_png(fig_roi_bars(shown, title), rep / "roi_bars.png")
         figures.append(("roi_bars.png", f"Encoding performance per ROI at layer {layer} (mean ± SEM across "
-                        "subjects, dots = subjects). Brackets/marks: contrasts significant after BH-FDR." + which))
+                        f"subjects, dots = subjects). Brackets/marks: contrasts with q ≤ {data.q:g}, "
+                        f"{data.fdr('ROI')}." + which))
         save_png(fig_layer_curves(shown, title), rep / "layer_curves.png")
-        figures.append(("layer_curves.png", "Encoding performance across layers per ROI (mean ± SEM)." + which))
+        figures.append(("layer_curves.png", "Encoding performance across layers per ROI (mean ± SEM); no "
+                        f"significance marks (the tables' q: {data.fdr('ROI')})." + which))
     else:
         log.warning("report: scores.h5 has no ROIs; ROI figures skipped")
     fs = meta.feature_sets[data.joint]
@@ -593,14 +630,16 @@ def run_report(cfg, force: bool = False) -> Path:
         save_png(fig_mosaic(data.vox_mean_r[data.joint], meta, f"group mean r, {fs}, layer {layer}", "Pearson r"),
                  rep / name)
         figures.append((name, f"Group mean encoding performance of '{fs}' at layer {layer} (axial slices, RAS"
-                        + (", parcels projected into the parcellation)." if meta.space.kind == "parcels" else ").")))
+                        + (", parcels projected into the parcellation" if meta.space.kind == "parcels" else "")
+                        + "); descriptive, no test."))
     else:
         log.info("report: %s data have no volume; brain figures skipped (maps: %s)", meta.space.kind,
                  "maps/ (CIFTI dscalar)" if meta.space.has_maps else "none without data.bold.rois")
     if meta.space.kind == "parcels":
         name = f"glass_mean-r_{fs}.png"
         if glass_brain_png(data.vox_mean_r[data.joint], meta, f"group mean r, {fs}, layer {layer}", rep / name):
-            figures.append((name, f"Glass-brain projection (nilearn) of the group mean r of '{fs}' per parcel."))
+            figures.append((name, f"Glass-brain projection (nilearn) of the group mean r of '{fs}' per parcel; "
+                            "descriptive, no test."))
     for c in data.contrasts:
         if not volumetric:
             continue
@@ -614,23 +653,27 @@ def run_report(cfg, force: bool = False) -> Path:
         name = f"map_contrast-{c.name}_t.png"
         save_png(fig_mosaic(shown, meta, f"{c.name}: {c.a} vs {c.b or '0'}, layer {layer}, t ({where})",
                             "t", note), rep / name)
-        figures.append((name, f"Voxel-wise t of {c.a} − {c.b or '0'} (Fisher z) at layer {layer}; {note}."))
+        figures.append((name, f"Voxel-wise t of {c.a} − {c.b or '0'} (Fisher z) at layer {layer}; {note}; "
+                        f"q: {data.fdr('voxel')}."))
         if n_sig:
             name = f"glass_contrast-{c.name}_t.png"
             if glass_brain_png(t, meta, f"{c.name}, layer {layer}: t where q ≤ {data.q:g}", rep / name):
-                figures.append((name, "Glass-brain projection (nilearn) of the same thresholded t map."))
+                figures.append((name, "Glass-brain projection (nilearn) of the same thresholded t map; q: "
+                                f"{data.fdr('voxel')}."))
     if data.ceiling is not None and volumetric:
         name = "map_noise-ceiling.png"
         save_png(fig_mosaic(data.ceiling["voxel"], meta, f"noise ceiling ({data.ceiling.get('method', '')}), "
                             "mean across subjects", "ceiling (r)"), rep / name)
         figures.append((name, "Noise ceiling: the highest r a model could reach per voxel "
-                        f"({data.ceiling.get('formula', '')}); mean across subjects."))
+                        f"({data.ceiling.get('formula', '')}); mean across subjects; descriptive, no test."))
     links = [("../roi_stats.csv", "roi_stats.csv — tidy ROI statistics, all contrasts and layers"),
              ("../stats.h5", "stats.h5 — group statistics"), ("../scores.h5", "scores.h5 — encoding scores")]
     if (out / "roi_scores.csv").is_file() and data.ceiling is not None:
         links.insert(1, ("../roi_scores.csv", "roi_scores.csv — mean r, noise ceiling and r / ceiling per ROI"))
     if data.permutation is not None:
         links.append(("../permutation.h5", "permutation.h5 — per-subject circular-shift permutation tests"))
+    if data.partitions:
+        links.insert(1, ("../roi_partitions.csv", "roi_partitions.csv — unique/shared variance tests per ROI"))
     maps = sorted(p for p in (out / "maps" / "group").glob("*") if p.name.endswith((".nii.gz", ".dscalar.nii")))
     links += [(f"../maps/group/{p.name}", f"maps/group/{p.name}") for p in maps]
     with atomic_path(rep / "index.html") as tmp:

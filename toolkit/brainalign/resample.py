@@ -16,6 +16,14 @@ linear map ``out = W @ feats`` with a (n_trs, n_windows) weight matrix:
   gives Huth's unnormalised sum (the right choice for sparse events such as word onsets, whose sum then
   scales with the event rate). Rows whose kernel sum is 0 (no window within reach) are 0.
 
+  ``anchor='centre'`` (times are interval centres): the symmetric kernel above, which reaches ``window``
+  samples of the coarser grid into the future. ``anchor='end'`` (times are interval ends, as align's windows
+  and TRs: "row i describes TR i"): the kernel is evaluated between the interval centres (end − half the
+  grid's spacing) and windows that end after the TR's end get weight 0 before normalising, so no stimulus
+  after TR i enters row i (a causal, one-sided Lanczos: for windows every 0.25-0.5 s and TRs of 1.49 s its
+  centre of mass is within 0.25 s of the TR centre, tests/test_resample.py). Windows coarser than the TRs
+  cannot be resampled causally without extrapolation: a ConfigError asks for windows.step <= TR.
+
 ``average``: every window and every TR is an interval of its grid's median spacing, centred on the given
   time (``anchor='centre'``) or ending at it (``anchor='end'``, e.g. windows that end at their TR); the TR
   row is the average of the windows weighted by their overlap (in seconds) with the TR interval. TRs that
@@ -51,11 +59,27 @@ def _spacing(times, what):
     return float(np.median(d))
 
 
-def lanczos_weights(window_times, tr_times, window=3, cutoff_mult=1.0, normalize=True):
-    """(n_trs, n_windows) Lanczos weights (see the module doc)."""
+def lanczos_weights(window_times, tr_times, window=3, cutoff_mult=1.0, normalize=True, anchor="centre"):
+    """(n_trs, n_windows) Lanczos weights (see the module doc).
+
+    ``anchor='end'``: the times are interval ends; the kernel is evaluated between interval centres and
+    windows that end after a TR's end get weight 0, so row i uses no stimulus after TR i.
+    """
     wt, tt = np.asarray(window_times, np.float64), np.asarray(tr_times, np.float64)
-    cutoff = cutoff_mult / max(_spacing(wt, "window times"), _spacing(tt, "TR times"))
-    W = lanczos_kernel(tt[:, None] - wt[None, :], cutoff, window)
+    ws, ts = _spacing(wt, "window times"), _spacing(tt, "TR times")
+    cutoff = cutoff_mult / max(ws, ts)
+    if anchor == "end":
+        if ws > ts * (1 + 1e-6):
+            raise ConfigError(f"windows.resample: lanczos onto TRs of {ts:g} s from windows every {ws:g} s: row i may "
+                              "only use stimulus up to the end of TR i, and windows coarser than the TRs would have "
+                              "to be extrapolated; set windows.step <= data.bold.tr (long windows via "
+                              "windows.context)")
+        W = lanczos_kernel((tt - ts / 2)[:, None] - (wt - ws / 2)[None, :], cutoff, window)
+        W[wt[None, :] > tt[:, None] + 1e-9 * max(ws, ts)] = 0.0       # causal: nothing after the TR's end
+    elif anchor == "centre":
+        W = lanczos_kernel(tt[:, None] - wt[None, :], cutoff, window)
+    else:
+        raise ConfigError(f"resample anchor {anchor!r}: choose 'centre' or 'end'")
     if normalize:
         s = W.sum(axis=1, keepdims=True)
         W = np.divide(W, s, out=np.zeros_like(W), where=np.abs(s) > 1e-12)
@@ -104,7 +128,7 @@ def resample_features(feats, window_times, tr_times, method="lanczos", window=3,
     if method == "lanczos":
         if window < 1:
             raise ConfigError(f"resample: Lanczos window must be >= 1 lobe, got {window}")
-        W = lanczos_weights(wt, tt, window, cutoff_mult, normalize)
+        W = lanczos_weights(wt, tt, window, cutoff_mult, normalize, anchor)
     elif method == "average":
         W = average_weights(wt, tt, anchor)
     else:

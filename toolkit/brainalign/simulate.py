@@ -41,6 +41,7 @@ PLANTED = {  # roi -> (driver, expected contrast (a, b); b None = a vs zero)
     "crossmodal": ("joint_residual", ("residual", None)),
 }
 AR1 = 0.3
+PLANTED_RESIDUAL_ALPHA = 1.0   # penalty of the planted crossmodal map (z-scored features; ~ OLS)
 WEIGHT_RANK = 8        # voxel weights live in the driver's top principal subspace (learnable from few TRs)
 EPISODES_PER_SESSION = 2
 VOXEL_MM = 4.0
@@ -283,8 +284,9 @@ def crossmodal_residual(joint: list[np.ndarray], predictors: list[list[np.ndarra
                         alpha: float = 1.0) -> list[np.ndarray]:
     """joint minus its ridge prediction (with intercept) from the concatenated predictor features.
 
-    The same map as align's residual features (``align.ridge_residual``, penalty ``align.residual_alpha``),
-    here fitted on all runs pooled, so the planted signal is what the analysis's residual isolates.
+    A ridge map (``align.ridge_residual``, penalty PLANTED_RESIDUAL_ALPHA) fitted on all runs pooled: the
+    part of the joint features the predictors cannot linearly predict, which align's cross-fitted residual
+    estimates out of sample.
     joint: per run (T_r, H); predictors: per predictor set, per run (T_r, H_p). Returns per run (T_r, H).
     ConfigError if the residual vanishes (too few TRs for the predictors).
     """
@@ -325,12 +327,12 @@ def planted_drivers(features: dict, layer: int, predictors=tuple(CROSSMODAL_PRED
 
 
 def crossmodal_definition(cfg) -> tuple[list[str], float]:
-    """The predictors and penalty of the planted crossmodal signal: the config's first residual feature set
-    whose target is ``joint`` (so the analysis measures exactly what was planted), else the default."""
+    """The predictors and penalty of the planted crossmodal signal: the predictors of the config's first
+    residual feature set whose target is ``joint`` (else the default), penalty PLANTED_RESIDUAL_ALPHA."""
     for res in cfg.align.residuals:
         if res.target == "joint" and all(p in SIM_CONDITIONS for p in res.predictors):
-            return list(res.predictors), float(cfg.align.residual_alpha)
-    return list(CROSSMODAL_PREDICTORS), float(cfg.align.residual_alpha)
+            return list(res.predictors), PLANTED_RESIDUAL_ALPHA
+    return list(CROSSMODAL_PREDICTORS), PLANTED_RESIDUAL_ALPHA
 
 
 def scale_for_r(s: np.ndarray, n: np.ndarray, r: np.ndarray) -> np.ndarray:

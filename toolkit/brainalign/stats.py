@@ -14,21 +14,23 @@ dataset                        shape        dtype         meaning
 =============================  ===========  ============  ==================================================
 /roi/mean_r                    (S, F, L, R) float64       per subject: nan-mean over the ROI's voxels of r_mean
 /roi/C/{t,p,q}                 (L, R)       float64       one-sample t on Fisher-z(ROI mean r) a − b; BH q
-                                                          over ROIs within each layer
+                                                          over the family of ``stats.fdr_family``
 /roi/C/{mean,ci_low,ci_high}   (L, R)       float64       mean difference in Fisher z and its 95 % CI
 /roi/C/cohen_d                 (L, R)       float64       mean / SD of the per-subject z differences
 /roi/C/n_subjects              (L, R)       int32         subjects with a finite difference
 /roi/C/significant             (L, R)       uint8         q <= stats.q
 /voxel/mean_r                  (F, L, V)    float32       nan-mean of r_mean across subjects
 /voxel/C/{t,p,q,mean}          (L, V)       float32       same test per voxel on Fisher-z(r_mean); BH q over
-                                                          voxels within each layer
+                                                          the family of ``stats.fdr_family`` (voxels)
 /voxel/C/significant           (L, V)       uint8         q <= stats.q
 /voxel/C/n_subjects            (L, V)       int16         subjects with a finite difference
 =============================  ===========  ============  ==================================================
 
 Root attrs: ``subjects``, ``feature_sets``, ``roi_names`` (string lists), ``layers``, ``roi_ids`` (int64),
 ``contrasts``, ``contrast_a``, ``contrast_b`` (string lists, b = "" means "a vs zero"), ``q`` (float),
-``test``, ``fdr``, ``scores_file``, ``scores_created`` (the ``created`` attr of the scores.h5 used),
+``test``, ``fdr_family`` (``stats.fdr_family``: ``layer`` = BH within each layer and contrast, ``contrast`` =
+across layers × ROIs (voxels) within each contrast, ``all`` = across every contrast, layer and ROI (voxel)),
+``fdr`` (that family in words), ``scores_file``, ``scores_created`` (the ``created`` attr of the scores.h5 used),
 ``stage_key`` / ``stage_record`` (brainalign.pipeline.keys) and the usual provenance attrs (config, git_commit, created, host, packages, ...).
 Each ``/roi/C`` and ``/voxel/C`` group carries attrs ``a``, ``b``. The group ``/permutation`` is reserved
 (per-subject permutation tests live in permutation.h5, see brainalign.permutation). NaN marks elements with
@@ -66,7 +68,9 @@ from scipy import stats as _sps
 
 from .contrasts import resolve_contrasts
 from .errors import ConfigError, DataError
-from .fdr import fdr_bh
+from .fdr import fdr_by_family, family_text, stats_family
+from .partition import CSV_COLUMNS as PARTITION_COLUMNS
+from .partition import partition_group_stats, partition_rows, test_names, write_partition_stats
 from .h5io import atomic_h5, atomic_path, is_complete, open_h5, read_str_attr, str_attr
 from .log import get_logger
 
@@ -344,14 +348,7 @@ def compute_ceiling(cfg, meta: ScoresMeta) -> Optional[Ceiling]:
 
 def write_fs_csv(path, rows):
     """roi_scores.csv with FS_COLUMNS, written atomically."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(FS_COLUMNS)
-    for row in rows:
-        w.writerow([_fmt(row[k]) for k in FS_COLUMNS])
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(buf.getvalue())
-    return Path(path)
+    return write_csv(path, FS_COLUMNS, rows)
 
 
 def _mean_sem(x):
@@ -375,16 +372,21 @@ def _fmt(v):
     return "" if v is None else (repr(float(v)) if isinstance(v, (float, np.floating)) else str(v))
 
 
-def write_roi_csv(path, rows):
-    """Tidy CSV with CSV_COLUMNS (floats at full precision, b empty = vs zero), written atomically."""
+def write_csv(path, columns, rows):
+    """Tidy CSV of ``rows`` (dicts) with ``columns`` (floats at full precision), written atomically."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
+    w.writerow(columns)
     for row in rows:
-        w.writerow([_fmt(row[k]) for k in CSV_COLUMNS])
+        w.writerow([_fmt(row[k]) for k in columns])
     with atomic_path(path) as tmp:
         Path(tmp).write_text(buf.getvalue())
     return Path(path)
+
+
+def write_roi_csv(path, rows):
+    """Tidy CSV with CSV_COLUMNS (floats at full precision, b empty = vs zero), written atomically."""
+    return write_csv(path, CSV_COLUMNS, rows)
 
 
 def map_paths(out, feature_sets, contrasts, ceiling: bool = False, space=None) -> list[Path]:
@@ -405,7 +407,6 @@ def run_stats(cfg, force: bool = False) -> Path:
     the group maps of ``map_paths`` (+ roi_scores.csv with a noise ceiling; + permutation.h5 when
     ``stats.permutations`` > 0, see brainalign.permutation). Skipped while its stage key is current (the stats
     config values, scores.h5's key, inputs: brainalign.pipeline.keys; unless ``force``). Returns stats.h5."""
-    from .brain.volumes import write_nifti
     from .pipeline.keys import stage_check
 
     out = Path(cfg.output)
@@ -456,18 +457,27 @@ def run_stats(cfg, force: bool = False) -> Path:
                 for k in ("t", "p", "mean"):
                     vox[c.name][k][li] = res[k]
                 vox_n[c.name][li] = res["n"]
-    for c in contrasts:
-        v = vox[c.name]
-        v["q"][:] = fdr_bh(v["p"], axis=-1)
-        v["significant"] = _significant(v["q"], q_level)
+        parts = partition_group_stats(f, meta)    # variance partitioning (fit.partitions): region > 0 tests
 
     roi_z = fisher_z(roi_r)
     roi = {}
     for c in contrasts:
         d = roi_z[:, c.ia] - (roi_z[:, c.ib] if c.ib is not None else 0.0)   # (S, L, R)
-        res = roi[c.name] = one_sample_t(d, axis=0)
-        res["q"] = fdr_bh(res["p"], axis=-1)                                 # across ROIs, per layer
-        res["significant"] = _significant(res["q"], q_level)
+        roi[c.name] = one_sample_t(d, axis=0)
+    # multiple comparisons: the families of stats.fdr_family (fdr.py) over contrasts and partition regions
+    family = cfg.stats.fdr_family
+    across = stats_family(family)
+    for level, store, get in (("voxel", vox, lambda ps: ps.vox), ("roi", roi, lambda ps: ps.roi)):
+        tests = {c.name: store[c.name]["p"] for c in contrasts}
+        for ps in parts:
+            tests.update(zip(test_names(ps), get(ps)["p"]))
+        qs = fdr_by_family(tests, *across)
+        for c in contrasts:
+            store[c.name]["q"] = qs[c.name].astype(store[c.name]["p"].dtype)
+            store[c.name]["significant"] = _significant(qs[c.name], q_level)
+        for ps in parts:
+            q = np.stack([qs[t] for t in test_names(ps)]).astype(get(ps)["p"].dtype)
+            get(ps)["q"], get(ps)["significant"] = q, _significant(q, q_level)
 
     # CSV and maps first, stats.h5 (with its completion marker) last: a killed job never looks done
     rows = []
@@ -481,6 +491,8 @@ def run_stats(cfg, force: bool = False) -> Path:
                              "t": res["t"][li, ri], "p": res["p"][li, ri], "q": res["q"][li, ri],
                              "significant": int(res["significant"][li, ri])})
     write_roi_csv(out / "roi_stats.csv", rows)
+    if parts:
+        write_csv(out / "roi_partitions.csv", PARTITION_COLUMNS, partition_rows(parts, meta.layers, meta.roi_names))
     if ceil is not None:
         from .ceiling import normalise
 
@@ -520,7 +532,9 @@ def run_stats(cfg, force: bool = False) -> Path:
         g.attrs["q"] = q_level
         g.attrs["test"] = ("two-sided one-sample t across subjects of Fisher-z(r) differences a - b "
                            "(ROI: z of the ROI-mean r; voxel: z of r_mean)")
-        g.attrs["fdr"] = "Benjamini-Hochberg over ROIs (roi) or voxels (voxel), within each layer"
+        g.attrs["fdr_family"] = family
+        g.attrs["fdr"] = (family_text(family, "ROI") + " for /roi; " + family_text(family, "voxel")
+                          + " for /voxel (ROI and voxel tests are corrected separately)")
         g.attrs["scores_file"] = str(scores_path)
         groi = g.create_group("roi")
         groi.create_dataset("mean_r", data=roi_r)
@@ -540,6 +554,7 @@ def run_stats(cfg, force: bool = False) -> Path:
             for k, arr in vox[c.name].items():
                 gv.create_dataset(k, data=arr, compression="gzip", shuffle=True, chunks=True)
             gv.create_dataset("n_subjects", data=vox_n[c.name], compression="gzip", shuffle=True, chunks=True)
+        write_partition_stats(g, parts)
 
         if ceil is not None:
             gc = g.create_group("noise_ceiling")

@@ -8,6 +8,7 @@ Layout of a data directory (``finetune.data``), as TVQA ships it (frames at 3 fp
     frames/{vid_name}/00001.jpg …        the clip's frames (.jpg/.jpeg/.png) at ``fps``; file k (sorted by
                                           name) is shown from (k - 1) / fps seconds
     subtitles/{vid_name}.srt             the clip's subtitles (SRT; words get times spread over their block)
+    audio/{vid_name}.mp3 (.wav, ...)     the clip's sound (TVQA's tvqa_audios); needed by MERLOT Reserve's head
 
 Every problem is one DataError line naming the file, the line number and the field.
 """
@@ -28,6 +29,7 @@ N_ANSWERS = 5
 TVQA_FPS = 3.0                       # TVQA's released frames: 3 per second
 SPLIT_FILES = {"train": "tvqa_train.jsonl", "val": "tvqa_val.jsonl"}
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+AUDIO_SUFFIXES = (".mp3", ".wav", ".m4a", ".flac", ".ogg")
 REQUIRED = ("qid", "q", *(f"a{i}" for i in range(N_ANSWERS)), "answer_idx", "ts", "vid_name")
 
 
@@ -110,6 +112,57 @@ def subtitle_path(root, vid_name: str) -> Path:
     return Path(root) / "subtitles" / f"{vid_name}.srt"
 
 
+def audio_path(root, vid_name: str) -> Path:
+    """``audio/{vid_name}.<mp3|wav|m4a|flac|ogg>`` (the first that exists); DataError if none."""
+    d = Path(root) / "audio"
+    for suf in AUDIO_SUFFIXES:
+        p = d / f"{vid_name}{suf}"
+        if p.is_file():
+            return p
+    raise DataError(f"TVQA clip {vid_name}: no audio file {d / vid_name}.mp3 (or {', '.join(AUDIO_SUFFIXES[1:])})")
+
+
+def merlot_segments(ts: tuple, n: int, max_time: float, size: float = 4.6666667) -> list:
+    """The original's TVQA segments (finetune/tvqa/prep_data.py): (start, end) of up to ``n`` segments of
+    ``size`` s, the first centred on the middle of ``ts`` (rounded to 1/3 s, when TVQA's frames are), then
+    extended alternately left and right (rounded to 1/3 s) while inside [0, max_time], in time order."""
+    ts0, ts1 = max(ts[0], 0.0), min(ts[1], max_time)
+    mid = round((ts0 + ts1) / 2.0 * 3) / 3
+    t_start, t_end = mid - size * 0.5, mid + size * 0.5
+    out = [(t_start, t_end)]
+    for i in range(6):
+        for delta in (-size, size):
+            t0 = round((t_start + delta * (i + 1)) * 3) / 3
+            t1 = round((t_end + delta * (i + 1)) * 3) / 3
+            if t1 < 0 or t0 > max_time:
+                continue
+            if len(out) < n:
+                out.append((t0, t1))
+    return sorted(out)
+
+
+def load_frames_letterboxed(files: list, times, size: tuple, fps: float = TVQA_FPS) -> np.ndarray:
+    """uint8 (n, H, W, 3): the frames shown at ``times`` (file round(t * fps), clamped), each at its own
+    resolution resized into ``size`` keeping its aspect and zero-padded (MERLOT's resize_and_pad; TVQA's
+    frames are not trimmed, as in the original's TVQA preparation)."""
+    from PIL import Image
+
+    from .stimuli.frames import letterbox
+
+    idx = np.clip(np.round(np.asarray(times, dtype=np.float64) * fps).astype(np.int64), 0, len(files) - 1)
+    out = np.zeros((len(idx), *size, 3), dtype=np.uint8)
+    cache = {}
+    for k, i in enumerate(idx):
+        if i not in cache:
+            try:
+                with Image.open(files[i]) as im:
+                    cache[i] = letterbox(np.asarray(im.convert("RGB"), dtype=np.uint8), size)
+            except OSError as e:
+                raise DataError(f"TVQA frame {files[i]}: cannot be decoded ({e})") from None
+        out[k] = cache[i]
+    return out
+
+
 def check_clips(root, items, split: str) -> None:
     """Every clip the questions name has frames and a subtitle file (one DataError for the first missing)."""
     for vid in sorted({it.vid_name for it in items}):
@@ -190,13 +243,26 @@ def _scene(shirts: list, size: int) -> np.ndarray:
     return img
 
 
+def _write_clip_audio(path: Path, speakers: list, rng, rate: int = 22050) -> None:
+    from scipy.io import wavfile
+
+    t = np.arange(int(CLIP_SECONDS * rate)) / rate
+    x = 0.01 * rng.standard_normal(t.size)
+    for (t0, t1), who in zip(LINES, speakers):
+        f0 = 110.0 * (1 + SEATS.index(who))
+        on = (t >= t0) & (t < t1)
+        x[on] += sum(0.2 / k * np.sin(2 * np.pi * k * f0 * t[on]) for k in range(1, 5))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wavfile.write(str(path), rate, (np.clip(x, -1, 1) * 32767).astype(np.int16))
+
+
 def _srt_time(t: float) -> str:
     ms = int(round(t * 1000))
     return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
 
 
 def write_synthetic_tvqa(root, n_train: int = 400, n_val: int = 100, seed: int = 0, size: int = 64,
-                         fps: float = TVQA_FPS) -> Path:
+                         fps: float = TVQA_FPS, audio: bool = False) -> Path:
     """Write a small TVQA-format set under ``root`` whose answers need BOTH the frames and the subtitles.
 
     Each clip (CLIP_SECONDS long, ``fps`` noisy PNG frames of size x size) shows four friends side by side
@@ -206,6 +272,8 @@ def write_synthetic_tvqa(root, n_train: int = 400, n_val: int = 100, seed: int =
     only: "Which colour that Monica mentions is someone wearing?". The five answers are that colour, two
     other visible shirt colours and the line's two other (not visible) colours, shuffled. So the frames alone
     narrow the answer to 3 (33 %), the subtitles alone to 3 (33 %); only both together give it (chance 20 %).
+    ``audio``: also write ``audio/{vid}.wav`` (22,050 Hz: a voiced tone per subtitle line, the speaker's pitch,
+    over faint noise; its own random stream, so the rest of the set is the same with or without it).
     Returns ``root``.
     """
     if n_train < 1 or n_val < 1:
@@ -255,6 +323,8 @@ def write_synthetic_tvqa(root, n_train: int = 400, n_val: int = 100, seed: int =
             sub = root / "subtitles" / f"{vid}.srt"
             sub.parent.mkdir(parents=True, exist_ok=True)
             sub.write_text("\n".join(blocks), encoding="utf-8")
+            if audio:
+                _write_clip_audio(root / "audio" / f"{vid}.wav", speakers, np.random.default_rng([seed, len(split), c]))
         with atomic_path(root / SPLIT_FILES[split]) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return root

@@ -25,9 +25,10 @@ MINIMAL = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "white_ma
 
 
 def confounds_path(bold_path) -> Path:
-    """fMRIPrep's confounds TSV beside a preprocessed BOLD run (same entities, no space/res/desc)."""
+    """fMRIPrep's confounds TSV beside a preprocessed BOLD run (same entities, no space/res/den/desc);
+    volumetric ``…_bold.nii[.gz]`` and CIFTI ``…_bold.dtseries.nii`` runs share it."""
     p = Path(bold_path)
-    stem = re.sub(r"_bold\.nii(\.gz)?$", "", p.name)
+    stem = re.sub(r"_bold\.(dtseries\.)?nii(\.gz)?$", "", p.name)
     stem = re.sub(r"_(space|res|den|desc)-[^_]+", "", stem)
     return p.with_name(f"{stem}_desc-confounds_timeseries.tsv")
 

@@ -43,6 +43,8 @@ class Backbone(abc.ABC):
     supported_conditions: tuple = CONDITIONS
     device: torch.device = torch.device("cpu")
     precision: str = "float32"
+    #: what the stimulus loader must give this backbone (brainalign.stimuli.spec.StimulusSpec); None: defaults
+    stimulus_spec = None
 
     @abc.abstractmethod
     def encode(self, stimuli, index, condition: str) -> torch.Tensor:

@@ -182,16 +182,18 @@ def _fit_outputs(cfg) -> list:
 
 
 def _fit_check(cfg) -> list:
-    """scores.h5's /r and /alpha rest on shard files: each must exist and be complete."""
+    """scores.h5's virtual datasets (/r, /alpha, /partition/...) rest on shard files: each must exist and be
+    complete."""
     import h5py
 
     from ..h5io import is_complete
     from ..sharding.shards import virtual_files
 
     path = cfg.out / "scores.h5"
+    names = set()
     try:
         with h5py.File(path, "r") as f:
-            names = virtual_files(f["r"]) | virtual_files(f["alpha"])
+            f.visititems(lambda _, obj: names.update(virtual_files(obj)) if isinstance(obj, h5py.Dataset) else None)
     except (OSError, KeyError):
         return [f"{path} is unreadable"]
     bad = sorted(n for n in names if not is_complete(path.parent / n))
@@ -211,6 +213,8 @@ def _stats_outputs(cfg) -> list:
     try:
         with h5py.File(path, "r") as g:
             fs, cs, ceil = read_str_attr(g, "feature_sets"), read_str_attr(g, "contrasts"), "noise_ceiling" in g
+            if "partition" in g:
+                out.append(cfg.out / "roi_partitions.csv")
         with h5py.File(cfg.out / "scores.h5", "r") as f:
             space = MapSpace.from_h5(f, cfg.out / "scores.h5")
     except Exception:             # unreadable / incomplete: output_problems names the file
@@ -269,7 +273,7 @@ STAGES: dict = {s.name: s for s in (
               outputs=_fit_outputs,
               check=_fit_check),
     StageSpec("permutation",
-              reads=("stats.permutations", "stats.permutation_*", "stats.q", "stats.contrasts"),
+              reads=("stats.permutations", "stats.permutation_*", "stats.q", "stats.contrasts", "stats.fdr_family"),
               upstream=("fit", "align"),
               records=lambda cfg: [cfg.out / "permutation.h5"],
               enabled=lambda cfg: int(cfg.stats.permutations or 0) > 0),

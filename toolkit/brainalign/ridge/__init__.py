@@ -5,6 +5,7 @@ Public API::
     FoldSolver(X_train, X_test, alphas, inner_splits, backend="numpy", dtype="float32")
         .score_chunk(Y_train, Y_test) -> ChunkResult(r, best_alpha, cv_scores)
     RidgeCV, BandedRidgeCV        scikit-learn style estimators
+    BandedSolver                  banded ridge's X-only work for one training set, reused over target chunks
     nested_cv, stream_chunks, score_stream, kfold_splits
     pearson_r, get_backend
 """
@@ -12,11 +13,11 @@ from .backend import get_backend
 from .metrics import pearson_r
 from .solver import ChunkResult, FitResult, FoldSolver, factorize
 from .cv import kfold_splits, resolve_cv
-from .estimators import BandedRidgeCV, RidgeCV
+from .estimators import BandedRidgeCV, BandedSolver, RidgeCV, band_labels, band_weight_samples
 from .nested import NestedResult, nested_cv, score_stream, stream_chunks
 
 __all__ = [
-    "BandedRidgeCV", "ChunkResult", "FitResult", "FoldSolver", "NestedResult", "RidgeCV",
+    "BandedRidgeCV", "BandedSolver", "ChunkResult", "band_labels", "band_weight_samples", "FitResult", "FoldSolver", "NestedResult", "RidgeCV",
     "factorize", "get_backend", "kfold_splits", "nested_cv", "pearson_r", "resolve_cv",
     "score_stream", "stream_chunks",
 ]

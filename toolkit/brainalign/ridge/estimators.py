@@ -5,6 +5,7 @@ feature band per target). scikit-learn itself is never imported here (it is a te
 from __future__ import annotations
 
 import inspect
+from collections import namedtuple
 
 import numpy as np
 
@@ -242,47 +243,82 @@ class BandedRidgeCV(_Params):
 
     def fit(self, X, y):
         X, Y, ravel = _prepare_xy(X, y)
-        p = X.shape[1]
-        labels = band_labels(self.bands, p)
-        n_bands = int(labels.max()) + 1
-        weights = self._weights(n_bands)
-        alphas = check_alphas(self.alphas)
-        splits = resolve_cv(self.cv, X.shape[0], X)
-        v = Y.shape[1]
-        eps = float(np.finfo(np.dtype(self.dtype)).eps)
+        labels = band_labels(self.bands, X.shape[1])
+        solver = BandedSolver(X, None, labels, self._weights(int(labels.max()) + 1), self.alphas,
+                              resolve_cv(self.cv, X.shape[0], X), backend=self.backend, dtype=self.dtype,
+                              scoring=self.scoring, method=self.method, targets_batch=self.n_targets_batch)
+        res = solver.fit_chunk(Y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.band_alphas_ = (res.best_alpha[None, :] / res.best_weights).astype(np.float32)
+            self.deltas_ = np.log(res.best_weights / res.best_alpha[None, :]).astype(np.float32)
+        self.band_weights_ = solver.weights
+        self.cv_scores_ = res.cv_scores
+        self.best_band_weights_ = res.best_weights.astype(np.float32)
+        self.best_alphas_ = res.best_alpha.astype(np.float32)
+        self.coef_ = res.coef
+        self.intercept_ = res.intercept
+        self.n_features_in_ = X.shape[1]
+        self.n_bands_ = solver.n_bands
+        self._ravel = ravel
+        return self
+
+
+BandedResult = namedtuple("BandedResult", ["best_alpha", "best_weights", "cv_scores", "coef", "intercept"])
+BandedResult.__doc__ = """Result of :meth:`BandedSolver.fit_chunk`: best_alpha (v,), best_weights (n_bands, v),
+cv_scores (n_iter, v) best-over-alpha inner score per weight vector, coef (p, v) on the unscaled features and
+intercept (v,) (NaN for invalid targets)."""
+
+
+class BandedSolver:
+    """The X-only work of banded ridge for one training set: one :class:`FoldSolver` per band-weight vector.
+
+    Band k of X is scaled by sqrt(w_k) for each weight vector w (rows of ``weights``); every FoldSolver is
+    built once, then :meth:`fit_chunk` serves any number of target chunks (e.g. subjects x voxel chunks of
+    one fit unit). A target keeps a later weight vector only if it beats the best inner score so far by
+    more than the working dtype's epsilon (himalaya's rule). Memory: n_iter FoldSolvers.
+    """
+
+    def __init__(self, X_train, X_test, labels, weights, alphas, inner_splits, backend="numpy", dtype="float32",
+                 scoring="r", method="eigh", targets_batch=None, n_jobs=None):
+        X64 = np.asarray(X_train, dtype=np.float64)
+        Xte = None if X_test is None else np.asarray(X_test, dtype=np.float64)
+        self.labels = np.asarray(labels)
+        self.n_bands = int(self.labels.max()) + 1
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.alphas = check_alphas(alphas)
+        self.eps = float(np.finfo(np.dtype(dtype)).eps)
+        self.scales = [np.sqrt(w)[self.labels] for w in self.weights]
+        self.solvers = [FoldSolver(X64 * sc, None, self.alphas, inner_splits, backend=backend, dtype=dtype,
+                                   scoring=scoring, method=method, targets_batch=targets_batch, keep_coef=True,
+                                   n_jobs=n_jobs) for sc in self.scales]
+        self.X_test = Xte
+
+    def fit_chunk(self, Y_train):
+        """Best (weights, alpha) per target by inner CV and the coefficients of that refit."""
+        Y = check_matrix(Y_train, "Y_train")
+        p, v = self.labels.size, Y.shape[1]
         best_score = np.full(v, -np.inf)
-        best_w = np.full((n_bands, v), np.nan)
+        best_w = np.full((self.n_bands, v), np.nan)
         best_alpha = np.full(v, np.nan)
         coef = np.full((p, v), np.nan, dtype=np.float32)
         intercept = np.full(v, np.nan, dtype=np.float32)
-        cv_scores = np.full((len(weights), v), np.nan, dtype=np.float32)
-        X64 = np.asarray(X, dtype=np.float64)
-        for i, w in enumerate(weights):
-            scale = np.sqrt(w)[labels]
-            solver = FoldSolver(X64 * scale, None, alphas, splits, backend=self.backend,
-                                dtype=self.dtype, scoring=self.scoring, method=self.method,
-                                targets_batch=self.n_targets_batch, keep_coef=True)
+        cv_scores = np.full((len(self.weights), v), np.nan, dtype=np.float32)
+        for i, (w, scale, solver) in enumerate(zip(self.weights, self.scales, self.solvers)):
             res = solver.fit_chunk(Y)
             score = np.nanmax(np.where(np.isnan(res.cv_scores), -np.inf, res.cv_scores), 0)
             score = np.where(np.isfinite(score), score, np.nan)
             cv_scores[i] = score
-            better = np.isfinite(score) & (score > best_score + eps)
+            better = np.isfinite(score) & (score > best_score + self.eps)
             if better.any():
                 best_score[better] = score[better]
                 best_w[:, better] = w[:, None]
                 best_alpha[better] = res.best_alpha[better]
                 coef[:, better] = res.coef[:, better] * scale[:, None]
                 intercept[better] = res.intercept[better]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self.band_alphas_ = (best_alpha[None, :] / best_w).astype(np.float32)
-            self.deltas_ = np.log(best_w / best_alpha[None, :]).astype(np.float32)
-        self.band_weights_ = weights
-        self.cv_scores_ = cv_scores
-        self.best_band_weights_ = best_w.astype(np.float32)
-        self.best_alphas_ = best_alpha.astype(np.float32)
-        self.coef_ = coef
-        self.intercept_ = intercept
-        self.n_features_in_ = p
-        self.n_bands_ = n_bands
-        self._ravel = ravel
-        return self
+        return BandedResult(best_alpha, best_w, cv_scores, coef, intercept)
+
+    def predict(self, res: "BandedResult"):
+        """Predictions (n_test, v) float64 of the test rows given at construction."""
+        if self.X_test is None:
+            raise DataError("BandedSolver.predict needs X_test; it was built with X_test=None")
+        return self.X_test @ np.nan_to_num(res.coef.astype(np.float64)) + res.intercept.astype(np.float64)

@@ -215,8 +215,9 @@ def remove(paths):
             pass
 
 
-def virtual_dataset(f, name, shape, entries: dict, index, shard_dir=SHARD_DIR):
-    """Create ``f[name]``: float32 virtual dataset of ``shape`` (S, ..., V) over the shards' ``name`` datasets.
+def virtual_dataset(f, name, shape, entries: dict, index, shard_dir=SHARD_DIR, source=None):
+    """Create ``f[name]``: float32 virtual dataset of ``shape`` (S, ..., V) over the shards' ``source``
+    datasets (default: ``name``).
 
     ``index(key)`` gives the middle indices of a unit (e.g. (fs, layer, fold)); unit ``key`` fills
     ``[:, *index(key), start:stop]``. Source paths are relative (``fit_shards/<file>``), resolved by HDF5
@@ -228,7 +229,8 @@ def virtual_dataset(f, name, shape, entries: dict, index, shard_dir=SHARD_DIR):
     for key, e in entries.items():
         src = sources.get(e.file)
         if src is None:
-            src = sources[e.file] = h5py.VirtualSource(f"{shard_dir}/{e.file}", name, shape=(e.n_rows, S, e.width))
+            src = sources[e.file] = h5py.VirtualSource(f"{shard_dir}/{e.file}", source or name,
+                                                       shape=(e.n_rows, S, e.width))
         layout[(slice(None), *index(key), slice(e.start, e.stop))] = src[e.row, :, : e.stop - e.start]
     return f.create_virtual_dataset(name, layout, fillvalue=np.float32(np.nan))
 

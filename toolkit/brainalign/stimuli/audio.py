@@ -99,3 +99,33 @@ def read_audio(path, rate: int) -> np.ndarray:
     if x.size and not np.all(np.isfinite(x)):
         raise DataError(f"audio {path}: contains NaN/inf samples")
     return x
+
+
+def peak_normalise(x: np.ndarray) -> np.ndarray:
+    """``x`` divided by its peak absolute amplitude, as MERLOT Reserve's preprocessing does to the whole file
+    (``waveform /= max(abs(waveform).max(), 1.0)`` on 16-bit samples: the floor is one 16-bit step)."""
+    x = np.asarray(x, dtype=np.float32)
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    return x / np.float32(max(peak, 2.0 ** -15))
+
+
+def source_sample_rate(path) -> int | None:
+    """The sample rate stored in the file (wav header or the first audio stream), None if unknown."""
+    path = Path(path)
+    if path.suffix.lower() == ".wav":
+        from scipy.io import wavfile
+
+        try:
+            return int(wavfile.read(str(path), mmap=True)[0])
+        except Exception:
+            return None
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.audio:
+                return None
+            s = c.streams.audio[0]
+            return int(s.codec_context.sample_rate or s.rate or 0) or None
+    except Exception:
+        return None

@@ -54,16 +54,13 @@ def video_info(path) -> tuple[float, float, bool]:
         container.close()
 
 
-def sample_frames(path, times, size: int) -> np.ndarray:
-    """The frame shown at each time, resized to size x size RGB.
-
-    times: float (n,) seconds, in any order. Returns uint8 (n, size, size, 3). A time before the first
-    frame gets the first frame; a time after the last frame gets the last frame.
-    """
+def _stream_frames(path, times, convert, store) -> None:
+    """Decode ``path`` once and call ``store(i, convert(frame))`` for every requested time ``times[i]`` with
+    the frame shown then (each shown frame converted once). Times before the first frame get the first frame;
+    times after the last frame get the last frame."""
     times = np.asarray(times, dtype=np.float64).reshape(-1)
-    out = np.zeros((len(times), size, size, 3), dtype=np.uint8)
     if len(times) == 0:
-        return out
+        return
     if not np.all(np.isfinite(times)):
         raise DataError(f"video {path}: requested frame times contain NaN/inf")
     order = np.argsort(times, kind="stable")
@@ -75,9 +72,9 @@ def sample_frames(path, times, size: int) -> np.ndarray:
         nonlocal k
         if k >= len(order) or not (times[order[k]] < upto):
             return
-        rgb = frame.reformat(width=size, height=size, format="rgb24").to_ndarray()
+        value = convert(frame)
         while k < len(order) and times[order[k]] < upto:
-            out[order[k]] = rgb
+            store(int(order[k]), value)
             k += 1
 
     try:
@@ -104,4 +101,50 @@ def sample_frames(path, times, size: int) -> np.ndarray:
         emit(prev, np.inf)                  # times after the last frame: the last frame
     finally:
         container.close()
+
+
+def sample_frames(path, times, size: int) -> np.ndarray:
+    """The frame shown at each time, resized to size x size RGB (squashed: the tiny model's input).
+
+    times: float (n,) seconds, in any order. Returns uint8 (n, size, size, 3). A time before the first
+    frame gets the first frame; a time after the last frame gets the last frame.
+    """
+    times = np.asarray(times, dtype=np.float64).reshape(-1)
+    out = np.zeros((len(times), size, size, 3), dtype=np.uint8)
+
+    def store(i, rgb):
+        out[i] = rgb
+    _stream_frames(path, times, lambda f: f.reformat(width=size, height=size, format="rgb24").to_ndarray(), store)
     return out
+
+
+def sample_frames_letterboxed(path, times, size: tuple, trim: bool = True) -> tuple:
+    """MERLOT Reserve's frames (:mod:`.frames`): the frame shown at each time, decoded at the source
+    resolution, black bars trimmed (one crop for all the requested frames of the video, as the original
+    does per video), resized into ``size`` = (H, W) keeping the aspect, zero-padded bottom/right.
+
+    Two decoding passes (the first finds the crop from the per-pixel maximum over the requested frames,
+    so memory stays O(len(times) x H x W), never O(frames at source resolution)).
+    Returns (uint8 (n, H, W, 3), crop (y1, y2, x1, x2) in source pixels).
+    """
+    from .frames import channel_max, content_box, letterbox
+
+    times = np.asarray(times, dtype=np.float64).reshape(-1)
+    H, W = (int(v) for v in size)
+    out = np.zeros((len(times), H, W, 3), dtype=np.uint8)
+    if len(times) == 0:
+        return out, None
+    rgb = lambda f: f.to_ndarray(format="rgb24")        # noqa: E731  (source resolution)
+    box = None
+    if trim:
+        acc = {}
+
+        def accumulate(i, m):
+            acc["max"] = m if "max" not in acc else np.maximum(acc["max"], m)
+        _stream_frames(path, times, lambda f: channel_max(rgb(f)), accumulate)
+        box = content_box(acc["max"])
+
+    def store(i, img):
+        out[i] = img
+    _stream_frames(path, times, lambda f: letterbox(rgb(f), (H, W), box), store)
+    return out, box

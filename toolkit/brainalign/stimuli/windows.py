@@ -8,10 +8,10 @@ import numpy as np
 from ..config import require_file
 from ..errors import ConfigError, DataError
 from ..log import get_logger
-from .audio import read_audio
+from .audio import peak_normalise, read_audio, source_sample_rate
 from .episode import EpisodeStimuli
 from .transcript import read_transcript
-from .video import sample_frames, video_info
+from .video import sample_frames, sample_frames_letterboxed, video_info
 
 log = get_logger("stimuli")
 
@@ -67,8 +67,13 @@ def audio_source(cfg, episode: str, video, has_audio: bool):
     return None
 
 
-def load_episode_stimuli(cfg, episode: str) -> EpisodeStimuli:
-    """Read and window one episode's video, audio and transcript as configured in ``cfg.data.stimuli``."""
+def load_episode_stimuli(cfg, episode: str, spec=None) -> EpisodeStimuli:
+    """Read and window one episode's video, audio and transcript as configured in ``cfg.data.stimuli``.
+
+    ``spec`` (a :class:`.spec.StimulusSpec`, from ``backbone.stimulus_spec``) overrides the frame times,
+    the frame geometry and the audio rate; None: ``windows.frames`` squashed ``windows.image_size`` frames
+    and audio at ``windows.audio_rate``.
+    """
     st = cfg.data.stimuli
     tr = float(cfg.data.bold.tr)
     video = require_file("data.stimuli.video", cfg.path(st.video, "data.stimuli.video", episode=episode), "video")
@@ -88,8 +93,15 @@ def load_episode_stimuli(cfg, episode: str) -> EpisodeStimuli:
     windows = window_bounds(n_windows, step, context)
 
     # audio
-    rate = int(cfg.windows.audio_rate)
-    audio = read_audio(audio_path if audio_path is not None else video, rate)
+    rate = int(spec.audio_rate) if spec is not None and spec.audio_rate else int(cfg.windows.audio_rate)
+    source = audio_path if audio_path is not None else video
+    audio = read_audio(source, rate)
+    native = source_sample_rate(source)
+    if spec is not None and spec.audio_rate and native and native < rate:
+        log.warning("audio %s is band-limited: stored at %d Hz, so nothing above %d Hz reaches %s's %d Hz input "
+                    "(its top mel bands stay empty)", source, native, native // 2, spec.name or "the model", rate)
+    if spec is not None and spec.peak_normalise:
+        audio = peak_normalise(audio)
     audio_s = len(audio) / rate
     if audio_s < duration - tr:
         raise DataError(f"audio {audio_path or video} is unsynchronised with video {video}: "
@@ -104,11 +116,23 @@ def load_episode_stimuli(cfg, episode: str) -> EpisodeStimuli:
         raise DataError(f"transcript {transcript} is unsynchronised with video {video}: a word at {last:.2f} s "
                         f"but the video ends at {duration:.2f} s (tolerance one TR, {tr} s)")
 
-    times = frame_times(windows, int(cfg.windows.frames), duration)
-    size = int(cfg.windows.image_size)
-    frames = sample_frames(video, times.reshape(-1), size).reshape(n_windows, times.shape[1], size, size, 3)
+    if spec is not None and spec.frame_times is not None:
+        times = np.clip(np.asarray(spec.frame_times(windows), dtype=np.float64), 0.0, np.nextafter(duration, 0.0))
+    else:
+        times = frame_times(windows, int(cfg.windows.frames), duration)
+    if spec is not None and spec.frame_size is not None:
+        H, W = (int(v) for v in spec.frame_size)
+        flat, box = sample_frames_letterboxed(video, times.reshape(-1), (H, W))
+        frames = flat.reshape(n_windows, times.shape[1], H, W, 3)
+        log.debug("episode %s: frames letterboxed to %dx%d, crop %s", episode, H, W, box)
+    else:
+        size = int(cfg.windows.image_size)
+        frames = sample_frames(video, times.reshape(-1), size).reshape(n_windows, times.shape[1], size, size, 3)
+    per_window = spec is None or spec.window_audio
     log.debug("episode %s: %d windows of %.2f s, %d words, %.1f s audio", episode, n_windows, context,
               len(words), audio_s)
     return EpisodeStimuli(episode=episode, tr=tr, windows=windows, frames=frames,
-                          words=window_words(words, windows), audio=window_audio(audio, rate, windows),
-                          audio_rate=rate)
+                          words=window_words(words, windows),
+                          audio=window_audio(audio, rate, windows) if per_window
+                          else np.zeros((n_windows, 0), np.float32),
+                          audio_rate=rate, waveform=audio, transcript=words, frame_times=times)

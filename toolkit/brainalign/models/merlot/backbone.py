@@ -1,21 +1,24 @@
-"""The ``merlot_reserve`` backbone: MERLOT Reserve on the study's windows (one window per TR).
+"""The ``merlot_reserve`` backbone: MERLOT Reserve on the study's windows, laid out as the original's inputs.
 
-Per window (see :mod:`.inputs` for the token layout and the conditions):
+Per window (rules and their sources in :mod:`.layout`, :mod:`.spectrogram`, :mod:`brainalign.stimuli.frames`):
 
-* vision: the window's ``windows.frames`` frames (uint8, square ``windows.image_size``) -> float [0, 1],
-  bilinearly resized to the model's frame size (192 x 320 for the pretrained grid 12 x 20); frame t is
-  segment t (at most 16 frames);
-* language: the window's words joined by spaces, BPE-encoded with the original's vocabulary (embedded in
-  the converted checkpoint; needs the ``tokenizers`` package); at most ``MAX_SLOTS`` (160, the original's
-  text length) slots with the audio, the most recent words kept;
-* audio: the window's waveform -> 22,050 Hz log-mel clips of 60 frames (:mod:`.spectrogram`), 6 tokens each.
+* time: the 5-s segments ending at the window's end, 3 sub-segments each; the window's own last
+  sub-segments are the target (pooled), the earlier ones context;
+* vision: one frame per segment at its middle, at source resolution, black bars trimmed per episode,
+  resized into the model's grid keeping the aspect and zero-padded bottom/right (the loader does this:
+  :attr:`MerlotBackbone.stimulus_spec`); frame g is segment g;
+* audio: the episode decoded at 22,050 Hz and divided by its peak; each sub-segment's clip = frames
+  [2:62], [64:124] or [126:186] of its segment's log-mel spectrogram;
+* language: each sub-segment's words, BPE-encoded with the original's vocabulary (embedded in the
+  converted checkpoint; needs the ``tokenizers`` package);
+* conditions: each sub-segment as text, as audio, as one MASK or absent (:data:`.layout.FORMS`); frames
+  present or not.
 
 ``encode`` returns, for every joint-transformer layer, the mean of the residual stream (after that
-layer) over the window's language positions: its word tokens (MASK tokens in the conditions without
-language; one MASK slot for a window without words). Windows are padded to the longest in the batch;
-padding is masked, so a window's vector does not depend on the batch it is in. The vision and audio
-encoders do not depend on the condition: their outputs are cached per window for the current episode
-(~180 KB per frame for base) and shared by the conditions, so each frame and clip is encoded once.
+layer) over the target's slots (its word tokens, or its MASK slots). Windows are padded to the longest in
+the batch; padding is masked, so a window's vector does not depend on the batch it is in. The vision and
+audio encoders do not depend on the condition: their outputs are cached per window for the current
+episode and shared by the conditions, so each frame and clip is encoded once.
 """
 from __future__ import annotations
 
@@ -23,17 +26,20 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ...errors import ConfigError
+from ...errors import ConfigError, DataError
+from ...log import get_logger
+from ...stimuli.spec import StimulusSpec
 from ..conditions import modalities
 from ..registry import Backbone, window_indices
 from .convert import model_from_payload, read_converted
-from .inputs import apply_condition, pack_windows
-from .model import MAX_SEGMENT, MerlotReserve
-from .spectrogram import audio_clips, n_clips
+from .inputs import batch_windows
+from .layout import TEXT_SLOTS, frame_times, plan_windows, segment_starts, subsegment_words, window_tokens
+from .model import MerlotReserve
+from .spectrogram import SAMPLE_RATE, segment_clips
 
-MAX_SLOTS = 160
+MAX_SLOTS = TEXT_SLOTS
+log = get_logger("merlot")
 
 
 def bpe_tokenizer(tokenizer_json: str) -> Callable[[str], list]:
@@ -50,36 +56,45 @@ def bpe_tokenizer(tokenizer_json: str) -> Callable[[str], list]:
 class MerlotBackbone(Backbone):
     name = "merlot_reserve"
 
-    def __init__(self, model: MerlotReserve, tokenize: Callable[[str], list], n_frames: int):
-        if not 1 <= n_frames <= int(MAX_SEGMENT):
-            raise ConfigError(f"windows.frames: MERLOT Reserve takes 1..{int(MAX_SEGMENT)} frames per window "
-                              f"(one segment each), got {n_frames}")
+    def __init__(self, model: MerlotReserve, tokenize: Callable[[str], list]):
         self.model = model.eval()
         self.cfg = model.cfg
         self.tokenize = tokenize
-        self.n_frames = n_frames
         self.n_layers = self.cfg.joint_num_layers
         self.hidden = self.cfg.hidden_size
         self._cache_key, self._cache = None, {}
+        self._warned = set()
+
+    @property
+    def stimulus_spec(self) -> StimulusSpec:
+        """Letterboxed frames at the model's grid, one per segment; 22,050 Hz audio, peak-normalised."""
+        return StimulusSpec(frame_size=self.cfg.image_size, audio_rate=SAMPLE_RATE, peak_normalise=True,
+                            frame_times=frame_times, window_audio=False, name=self.name)
 
     def to(self, device) -> "MerlotBackbone":
         super().to(device)
         self.model.to(self.device)
         return self
 
-    def _frames(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 (b, T, s, s, 3) -> float32 (b, T, H, W, 3) in [0, 1] at the model's frame size."""
-        b, t = frames.shape[:2]
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).float().div_(255.0)
-        x = x.reshape(b * t, *frames.shape[2:]).permute(0, 3, 1, 2)
-        x = F.interpolate(x, size=self.cfg.image_size, mode="bilinear", align_corners=False, antialias=True)
-        return x.permute(0, 2, 3, 1).reshape(b, t, *self.cfg.image_size, 3).clamp_(0.0, 1.0)
+    def _check(self, stimuli, plan):
+        if stimuli.waveform is None or stimuli.transcript is None:
+            raise DataError(f"episode {stimuli.episode}: stimuli lack the episode waveform/transcript MERLOT "
+                            "Reserve needs (load them with the backbone's stimulus_spec)")
+        if int(stimuli.audio_rate) != SAMPLE_RATE:
+            raise DataError(f"episode {stimuli.episode}: audio at {stimuli.audio_rate} Hz; MERLOT Reserve takes "
+                            f"{SAMPLE_RATE} Hz (load the stimuli with the backbone's stimulus_spec)")
+        want = (plan.n_segments, *self.cfg.image_size, 3)
+        if tuple(stimuli.frames.shape[1:]) != want:
+            raise DataError(f"episode {stimuli.episode}: frames {tuple(stimuli.frames.shape[1:])} per window, "
+                            f"MERLOT Reserve needs {want} (one letterboxed frame per 5-s segment: load the "
+                            "stimuli with the backbone's stimulus_spec)")
 
     def _cached(self, stimuli, idx, kind: str, compute) -> torch.Tensor:
         """Per-window encoder outputs, computed once per episode: the encoders do not depend on the
         condition, so the vision / audio tokens of a window are shared by every condition that keeps them."""
-        key = (id(stimuli), stimuli.episode, stimuli.n_windows, str(self.device), self.precision)
-        if self._cache_key != key:
+        # the stimuli object itself is held (not its id, which a new object may reuse once this one is freed)
+        key = (stimuli, str(self.device), self.precision)
+        if self._cache_key is None or self._cache_key[0] is not stimuli or self._cache_key[1:] != key[1:]:
             self._cache_key, self._cache = key, {"vision": {}, "audio": {}}
         store = self._cache[kind]
         todo = [int(i) for i in idx if int(i) not in store]
@@ -91,33 +106,49 @@ class MerlotBackbone(Backbone):
         return torch.stack([store[int(i)] for i in idx])
 
     def _vision_tokens(self, stimuli, idx) -> torch.Tensor:
-        return self._cached(stimuli, idx, "vision",
-                            lambda sel: self.model.vision_tokens(self._frames(stimuli.frames[sel])))
-
-    def _audio_tokens(self, stimuli, idx) -> torch.Tensor:
         def compute(sel):
-            clips = np.stack([audio_clips(stimuli.audio[i], stimuli.audio_rate, clip_frames=self.cfg.audio_seq_length)
-                              for i in sel])
+            x = torch.from_numpy(np.ascontiguousarray(stimuli.frames[sel])).to(self.device).float().div_(255.0)
+            return self.model.vision_tokens(x)
+        return self._cached(stimuli, idx, "vision", compute)
+
+    def clips(self, stimuli, i: int, plan) -> np.ndarray:
+        """float32 (n_context, 60, 65): the context sub-segments' clips of window i."""
+        starts = segment_starts(float(stimuli.windows[i, 1]), plan)
+        subs = range(plan.n_context)
+        return np.concatenate([segment_clips(stimuli.waveform, stimuli.audio_rate, starts[j // 3], (j % 3,))
+                               for j in subs])
+
+    def _audio_tokens(self, stimuli, idx, plan) -> torch.Tensor:
+        def compute(sel):
+            clips = np.stack([self.clips(stimuli, int(i), plan) for i in sel])
             return self.model.audio_tokens(torch.from_numpy(clips).to(self.device))
         return self._cached(stimuli, idx, "audio", compute)
 
+    def window_rows(self, stimuli, idx, condition: str, plan) -> list:
+        rows = []
+        for i in idx:
+            words = subsegment_words(stimuli.transcript, float(stimuli.windows[i, 1]), plan)
+            r = window_tokens(words, plan, condition, self.tokenize, self.cfg.audio_token_length, MAX_SLOTS)
+            if r.truncated and (stimuli.episode, condition) not in self._warned:
+                self._warned.add((stimuli.episode, condition))
+                log.warning("episode %s, window %d (%s): %d slots past %d cut at the tail (the original keeps "
+                            "the head); a shorter windows.context avoids it", stimuli.episode, int(i), condition,
+                            r.truncated, MAX_SLOTS)
+            if not any(r.pooled):
+                raise DataError(f"episode {stimuli.episode}, window {int(i)} ({condition}): the {MAX_SLOTS}-slot "
+                                "limit cut every slot of the window itself; use a shorter windows.context")
+            rows.append(r)
+        return rows
+
     def prepare(self, stimuli, index, condition: str):
-        """(WindowBatch on the device with the condition applied, vision tokens or None, audio tokens or None)."""
+        """(WindowBatch on the device, vision tokens or None, audio tokens or None) under ``condition``."""
         idx = window_indices(index, stimuli.n_windows)
-        if stimuli.frames.shape[1] != self.n_frames:
-            raise ConfigError(f"windows.frames: backbone built for {self.n_frames} frames per window, "
-                              f"stimuli of {stimuli.episode} have {stimuli.frames.shape[1]}")
+        plan = plan_windows(stimuli.windows)
+        self._check(stimuli, plan)
         keep = modalities(condition)
-        ids = [self.tokenize(" ".join(stimuli.words[i])) for i in idx]
-        S = n_clips(stimuli.audio.shape[1], stimuli.audio_rate, self.cfg.audio_seq_length)
-        n_audio = S * self.cfg.audio_token_length
-        length = min(MAX_SLOTS, max(max(len(r), 1) for r in ids) + n_audio)
-        batch = apply_condition(pack_windows(ids, None, None, self.cfg.audio_token_length, length=length,
-                                             n_clips=S), condition)
-        for k in ("tokens", "token_segment", "audio_ptr", "language"):
-            setattr(batch, k, getattr(batch, k).to(self.device))
+        batch = batch_windows(self.window_rows(stimuli, idx, condition, plan)).to(self.device)
         vis = self._vision_tokens(stimuli, idx) if "vision" in keep else None
-        aud = self._audio_tokens(stimuli, idx) if "audio" in keep else None
+        aud = self._audio_tokens(stimuli, idx, plan) if "audio" in keep else None
         return batch, vis, aud
 
     @torch.no_grad()
@@ -129,7 +160,7 @@ class MerlotBackbone(Backbone):
                              vision_tokens=vis, audio_tokens=aud)
         L = batch.tokens.shape[1]
         hs = out["hidden_states"][:, :, :L].float()                         # (layers, b, L, H)
-        w = batch.language.float()
+        w = batch.pooled.float()
         pooled = (hs * w[None, :, :, None]).sum(2) / w.sum(1)[None, :, None]
         return pooled.cpu()
 
@@ -145,4 +176,4 @@ def build_merlot_reserve(model_cfg, windows_cfg) -> MerlotBackbone:
         raise ConfigError(f"model.checkpoint: {model_cfg.checkpoint} has no BPE vocabulary; convert again with "
                           "--tokenizer lowercase_encoder.json (from the original repository)")
     tokenize = bpe_tokenizer(payload["tokenizer_json"])
-    return MerlotBackbone(model_from_payload(payload), tokenize, int(windows_cfg.frames))
+    return MerlotBackbone(model_from_payload(payload), tokenize)

@@ -210,8 +210,28 @@ def params_to_state_dict(flat: dict, cfg: MerlotConfig, src="<params>") -> dict[
     return sd
 
 
+#: the grids the resolution-adapted checkpoints were trained at (mreserve/modeling.py from_pretrained)
+RESADAPT_GRIDS = ((18, 32), (24, 24))
+
+
+def check_grid(src, overrides: dict) -> None:
+    """A ``*_resadapt`` checkpoint has no parameter that tells its grid (the rotary coordinates are computed),
+    so it must be converted with one of the grids it was trained at: refused otherwise (one line)."""
+    if "resadapt" not in Path(src).name.lower():
+        return
+    grid = overrides.get("output_grid")
+    if grid is None:
+        raise DataError(f"MERLOT checkpoint {src}: a resolution-adapted checkpoint must be converted with --grid "
+                        f"(18 32 or 24 24, the grids it was trained at); without it the frames would run at the "
+                        f"pretrained 12 x 20")
+    if tuple(int(v) for v in grid) not in RESADAPT_GRIDS:
+        raise DataError(f"MERLOT checkpoint {src}: grid {tuple(grid)} is not one a resolution-adapted checkpoint "
+                        f"was trained at ({', '.join(f'{h} {w}' for h, w in RESADAPT_GRIDS)})")
+
+
 def convert_flax_checkpoint(path, **overrides) -> dict[str, torch.Tensor]:
     """Read an official Flax checkpoint and return our float32 state dict (see :func:`infer_config`)."""
+    check_grid(path, overrides)
     flat = read_flax_params(path)
     cfg = infer_config(flat, path, **overrides)
     return params_to_state_dict(flat, cfg, path)
@@ -221,7 +241,8 @@ def convert(src, dst, tokenizer=None, **overrides) -> Path:
     """Convert ``src`` (Flax msgpack) to ``dst`` (torch.save of {format, config, state_dict, source,
     tokenizer_json}), written atomically. ``tokenizer``: the original's BPE vocabulary file
     (mreserve/lowercase_encoder.json), embedded so that the .pt is all the backbone needs.
-    ``overrides``: e.g. ``output_grid=(18, 32)`` for the res-adapted checkpoints."""
+    ``overrides``: e.g. ``output_grid=(18, 32)``, required for the res-adapted checkpoints (:func:`check_grid`)."""
+    check_grid(src, overrides)
     flat = read_flax_params(src)
     cfg = infer_config(flat, src, **overrides)
     sd = params_to_state_dict(flat, cfg, src)
@@ -273,7 +294,7 @@ def main(argv=None) -> int:
     ap.add_argument("src", help="Flax msgpack checkpoint (e.g. ~/.cache/merlotreserve/base)")
     ap.add_argument("dst", help="output .pt file")
     ap.add_argument("--grid", nargs=2, type=int, metavar=("H", "W"), default=None,
-                    help="patch grid of the frames (default 12 20; 18 32 or 24 24 for *_resadapt)")
+                    help="patch grid of the frames (default 12 20; required for *_resadapt: 18 32 or 24 24)")
     ap.add_argument("--audio-seq-length", type=int, default=None, help="spectrogram frames per clip (60)")
     ap.add_argument("--audio-token-length", type=int, default=None, help="audio tokens per clip (6)")
     ap.add_argument("--tokenizer", default=None,

@@ -428,10 +428,12 @@ class MerlotReserve(nn.Module):
         return enc.reshape(B, S, self.cfg.audio_token_length, -1)
 
     def embed_inputs(self, tokens, token_segment=None, frames=None, audio=None, audio_ptr=None,
-                     vision_tokens=None, audio_tokens=None) -> dict:
+                     vision_tokens=None, audio_tokens=None, vision_segment_offset: int = 0) -> dict:
         """The joint transformer's input: {'x': (B, N, H), 'coords': (B, N, 4), 'is_valid': bool (B, N),
         'n_tokens': L, 'n_vision': T * pooled patches}. ``vision_tokens`` / ``audio_tokens`` (outputs of
-        :meth:`vision_tokens` / :meth:`audio_tokens`) replace ``frames`` / ``audio`` when already encoded."""
+        :meth:`vision_tokens` / :meth:`audio_tokens`) replace ``frames`` / ``audio`` when already encoded.
+        Frame t has segment index ``t + vision_segment_offset`` (1 in the original's TVQA head, whose
+        segment 0 is a dummy image dropped from the sequence)."""
         cfg = self.cfg
         B, L = tokens.shape
         dev = tokens.device
@@ -457,7 +459,7 @@ class MerlotReserve(nn.Module):
             nv = vis.shape[1]
             T = nv // n_per
             hw = rotary_coordinates_2d(*cfg.pooled_grid).to(dev).repeat(T, 1)          # (T*n_per, 2)
-            vseg = torch.arange(T, device=dev, dtype=torch.float32).repeat_interleave(n_per)
+            vseg = (torch.arange(T, device=dev, dtype=torch.float32) + vision_segment_offset).repeat_interleave(n_per)
             vcoords = torch.cat([hw, (vseg / MAX_SEGMENT)[:, None], torch.zeros(nv, 1, device=dev)], -1)
             x = torch.cat([x, vis.to(x.dtype)], 1)
             coords = torch.cat([coords, vcoords.expand(B, -1, -1)], 1)
@@ -466,7 +468,8 @@ class MerlotReserve(nn.Module):
         return {"x": x, "coords": coords, "is_valid": is_valid, "n_tokens": L, "n_vision": n_vision}
 
     def forward(self, tokens, token_segment=None, frames=None, audio=None, audio_ptr=None,
-                keep_layers: bool = True, vision_tokens=None, audio_tokens=None) -> dict:
+                keep_layers: bool = True, vision_tokens=None, audio_tokens=None,
+                vision_segment_offset: int = 0) -> dict:
         """Run the joint transformer (input contract in the class docstring).
 
         Returns {'hidden_states': (n_layers, B, N, H) residual stream after each joint layer (before
@@ -474,7 +477,8 @@ class MerlotReserve(nn.Module):
         (B, N), 'n_tokens': L (slots [0, L) are the token slots), 'n_vision': number of vision tokens
         (slots [L, N))}.
         """
-        inp = self.embed_inputs(tokens, token_segment, frames, audio, audio_ptr, vision_tokens, audio_tokens)
+        inp = self.embed_inputs(tokens, token_segment, frames, audio, audio_ptr, vision_tokens, audio_tokens,
+                                vision_segment_offset)
         out = self.joint_transformer(inp["x"], inp["coords"], is_valid=inp["is_valid"], keep_layers=keep_layers)
         hidden = torch.stack(out["layers"]) if keep_layers else None
         return {"hidden_states": hidden, "seq": out["seq"], "is_valid": inp["is_valid"],
