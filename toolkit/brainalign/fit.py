@@ -248,7 +248,7 @@ def compute_unit(inp: FitInputs, unit: Unit, cache: SolverCache):
             res = solver.fit_chunk(Y[train])
             r[si] = heldout_r2(Y[test], solver.predict(res))
         else:
-            res = solver.score_chunk(Y[train], Y[test])
+            res = solver.score_rows(Y, train, test)     # one upload per chunk; rows picked on the device
             r[si] = res.r
         alpha[si] = res.best_alpha
     return r, alpha
@@ -262,6 +262,10 @@ def write_scores_header(f, inp: FitInputs, cfg):
     f.attrs["folds"] = str_attr(inp.folds)
     f.attrs["alphas"] = np.asarray(cfg.fit.alphas, np.float64)
     f.attrs["backend"] = cfg.fit.backend
+    if cfg.fit.backend == "auto":
+        from .ridge.backend import auto_choice
+
+        f.attrs["backend_resolved"], f.attrs["backend_reason"] = auto_choice()
     f.attrs["partitions"] = str_attr([p[0] for p in inp.partitions])
     f.attrs["partition_models"] = str_attr([m.name for m in inp.models])
     f.attrs["roi_ids"] = inp.bold.attrs["roi_ids"]
