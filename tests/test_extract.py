@@ -12,6 +12,7 @@ from brainalign.errors import ConfigError, DataError
 from brainalign.h5io import COMPLETE_ATTR, read_str_attr
 from brainalign.models import get_backbone
 from brainalign.models.synthetic import synthetic_stimuli
+from conftest import placeholder_stimuli
 
 N_WINDOWS = {"e1": 7, "e2": 9, "e3": 5}
 
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def cfg(tmp_path):
     c = Config()
     c.output = str(tmp_path / "out")
+    c.data.root = str(tmp_path / "data")
     c.data.episodes = list(N_WINDOWS)
     c.data.bold.tr = 1.0
     c.model.tiny = TinyModelConfig(hidden=32, layers=3, heads=4, vocab=512, patch=8, n_mels=16)
@@ -30,6 +32,7 @@ def cfg(tmp_path):
     c.model.batch_size = 4
     c.windows = WindowsConfig(context=2.0, frames=2, image_size=32, audio_rate=8000)
     c.text = "name: extract-test\n"
+    placeholder_stimuli(c)          # the loader is faked; the stage key fingerprints the files
     return c
 
 
@@ -233,6 +236,11 @@ def test_model_variants_add_condition_at_variant_feature_sets(cfg, loads, tmp_pa
                                atol=1e-5)
     np.testing.assert_allclose(store.get("joint", "e2"), direct(cfg, "e2", "joint"), atol=1e-5)
     assert not np.allclose(store.get("joint@tuned", "e2"), store.get("joint", "e2"))
-    key = extract.extract_key(cfg)
-    cfg.model.variants = []
-    assert extract.extract_key(cfg) != key          # variants are part of the shard fingerprint
+    loads.clear()
+    ckpt.write_bytes(ckpt.read_bytes() + b"\0")     # the variant's checkpoint changed: only its units are redone
+    states = extract.unit_states(cfg)
+    assert {fs for fs, st in states["e2"].items() if not st.current} == {c + "@tuned" for c in cfg.model.conditions}
+    assert "checkpoint of variant tuned changed (size)" in states["e2"]["joint@tuned"].reasons
+    cfg.model.variants = []                         # dropped again: the base units are current, nothing is loaded
+    extract.run_extract(cfg)
+    assert loads == [] and extract.read_features(path).conditions == cfg.model.conditions

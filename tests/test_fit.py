@@ -217,7 +217,7 @@ def test_scores_layout_virtual_relative_and_attrs(fixture_dir):
         assert f["mask"].shape == MASK_SHAPE and f["mask"].attrs["affine"].shape == (4, 4)
         assert f["roi_labels"].shape == (data["n_vox"],)
         for key in ("subjects", "feature_sets", "layers", "folds", "alphas", "backend", "roi_ids", "roi_names",
-                    "config_hash", "config", "git_commit", "brainalign_complete"):
+                    "stage_key", "stage_record", "config", "git_commit", "brainalign_complete"):
             assert key in f.attrs, key
         assert [x.decode() if isinstance(x, bytes) else x for x in f.attrs["folds"]] == data["episodes"]
         assert list(f.attrs["alphas"]) == ALPHAS
@@ -304,8 +304,9 @@ def test_stale_shards_of_another_config_are_ignored(fixture_dir):
         files = {m.file_name for m in f["r"].virtual_sources()}
     assert not any("e0009" in p or "e0001" in p for p in files)
     assert not list((out / "fit_shards").glob("e0009-*"))         # stale shards were removed
-    from brainalign.pipeline import config_hash
-    assert len(scan_shards(out / "fit_shards", {"config_hash": config_hash(cfg)}).entries) == 64
+    with h5py.File(out / "scores.h5", "r") as f:
+        key = f.attrs["stage_key"]                                 # the shards carry the fit's stage key
+    assert len(scan_shards(out / "fit_shards", {"stage_key": key}).entries) == 64
 
 
 def test_partial_and_temp_shards_are_ignored(fixture_dir):
@@ -386,7 +387,7 @@ def test_scheduler_keeps_design_affinity_and_steals_at_the_end():
 def test_shard_writer_parts_are_atomic_and_complete(tmp_path):
     from brainalign.sharding.shards import ShardWriter, scan_shards
 
-    w = ShardWriter(tmp_path, epoch=3, rank=1, n_subjects=2, width=4, attrs={"config_hash": "abc", "layout": "L"},
+    w = ShardWriter(tmp_path, epoch=3, rank=1, n_subjects=2, width=4, attrs={"stage_key": "abc", "layout": "L"},
                     flush_s=3600, max_units=2)
     w.add((0, 0, 0, 0), 0, 4, np.ones((2, 4)), np.full((2, 4), 10))
     assert not list(tmp_path.glob("*.h5"))                                # buffered, nothing written yet
@@ -398,11 +399,11 @@ def test_shard_writer_parts_are_atomic_and_complete(tmp_path):
     assert all(is_complete(tmp_path / n) for n in names)
     with h5py.File(tmp_path / names[0], "r") as f:
         assert f["r"].shape == (2, 2, 4) and np.isnan(f["r"][1, :, 2:]).all()
-        assert f["voxels"][1].tolist() == [4, 6] and f.attrs["config_hash"] == "abc"
-    assert len(scan_shards(tmp_path, {"config_hash": "xyz"}).stale) == 2
+        assert f["voxels"][1].tolist() == [4, 6] and f.attrs["stage_key"] == "abc"
+    assert len(scan_shards(tmp_path, {"stage_key": "xyz"}).stale) == 2
     w.close()                                                             # merges the rank's parts
     assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["e0003-rank-0001-part-00002.h5"]
-    scan = scan_shards(tmp_path, {"config_hash": "abc", "layout": "L"})
+    scan = scan_shards(tmp_path, {"stage_key": "abc", "layout": "L"})
     assert set(scan.entries) == {(0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 1, 0)} and scan.max_epoch == 3
     with h5py.File(tmp_path / "e0003-rank-0001-part-00002.h5", "r") as f:
         np.testing.assert_array_equal(f["r"][2, :, :4], 2.0)

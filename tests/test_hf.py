@@ -14,6 +14,7 @@ from brainalign.errors import ConfigError, DataError  # noqa: E402
 from brainalign.models import get_backbone, registry  # noqa: E402
 from brainalign.models.hf import CLIP_MEAN, CLIP_STD, build_hf, fallback_pixels, tokenize_words  # noqa: E402
 from brainalign.models.synthetic import WORDS, synthetic_stimuli  # noqa: E402
+from conftest import placeholder_stimuli  # noqa: E402
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -248,6 +249,8 @@ def test_mlm_stage_with_git(bb, s, tmp_path, monkeypatch):
     cfg = cfg_for(bb.source)
     cfg.output = str(tmp_path / "out")
     cfg.data.episodes = ["a", "b", "c"]
+    cfg.data.root = str(tmp_path / "data")
+    placeholder_stimuli(cfg)          # the loader is faked; the stage key fingerprints the files
     cfg.mlm.conditions = ["joint", "no_vision"]
     cfg.mlm.bootstrap = 50
     monkeypatch.setattr("brainalign.stimuli.windows.load_episode_stimuli",

@@ -17,6 +17,7 @@ from brainalign.models import get_backbone
 from brainalign.models.registry import Backbone
 from brainalign.models.synthetic import synthetic_stimuli
 from brainalign.models.tiny import MASK, TinyMultimodal, token_ids
+from conftest import placeholder_stimuli
 
 N_WINDOWS = {"e1": 9, "e2": 7, "e3": 6}
 
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def cfg(tmp_path):
     c = Config()
     c.output = str(tmp_path / "out")
+    c.data.root = str(tmp_path / "data")
     c.data.episodes = list(N_WINDOWS)
     c.data.bold.tr = 1.0
     c.model.tiny = TinyModelConfig(hidden=32, layers=2, heads=4, vocab=512, patch=8, n_mels=16)
@@ -35,6 +37,7 @@ def cfg(tmp_path):
     c.windows = WindowsConfig(context=2.0, frames=2, image_size=32, audio_rate=8000)
     c.mlm = MlmConfig(conditions=["joint", "no_vision", "language_only"], mask_fraction=0.3, bootstrap=200, seed=3)
     c.text = "name: mlm-test\n"
+    placeholder_stimuli(c)          # the loader is faked; the stage key fingerprints the files
     return c
 
 

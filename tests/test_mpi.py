@@ -93,7 +93,7 @@ def test_ranks_give_identical_results(tmp_path, reference, n):
         assert f.attrs["mpi_size"] == str(n)
     # the same command again finds the complete output and computes nothing
     again = _run(n, cfg)
-    assert "complete for this config; skipping" in again.stderr and "unit joint" not in again.stderr
+    assert "is current (stage key" in again.stderr and "skipping" in again.stderr and "unit joint" not in again.stderr
 
 
 def _wait_for_shards(out, proc, n_min, timeout=60):

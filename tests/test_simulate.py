@@ -335,6 +335,8 @@ def test_simulate_layout_truth_and_readers(tmp_path):
         assert lo <= rois[n]["mean_target_ceiling"] <= hi
         assert set(rois[n]["planted_ceiling"]) == {"01", "02", "03"}
     assert truth["model"] is None                                   # pretrain_steps 0: no checkpoint
+    marker = json.loads((root / ".complete").read_text())          # the stage key, written last
+    assert marker["stage_key"] == truth["stage_key"] == marker["stage_record"]["key"]
     words = truth["words"]
     assert words["column"] == "word_class" and words["frame_predictable_words"] == list(COLOURS)
     # stimuli through the readers used for real data; the transcript carries the word classes

@@ -121,7 +121,7 @@ def test_plan_resume_skips_complete_extraction_shards(tmp_path, monkeypatch):
     plan = build_plan(cfg, prof, "slurm", config_path=tmp_path / "c.yaml", folder=tmp_path, cwd=tmp_path)
     assert plan.job("extract").episodes == [[eps[3]]]
     assert seen == [(tmp_path, e) for e in eps] and Path.cwd() != tmp_path   # looked up in the job's cwd
-    assert any("3 of 4 episode shards are complete" in n for n in plan.notes)
+    assert any("3 of 4 episode shards are current" in n for n in plan.notes)
     monkeypatch.setattr(extract, "shard_status", lambda c, ep: "complete")
     plan = build_plan(cfg, prof, "slurm", config_path=tmp_path / "c.yaml", folder=tmp_path, cwd=tmp_path)
     assert [j.name for j in plan.jobs] == ["align"] and plan.jobs[0].after == []

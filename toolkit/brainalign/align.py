@@ -26,7 +26,7 @@ import json
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .h5io import atomic_h5, is_complete, open_h5, str_attr
+from .h5io import atomic_h5, str_attr
 from .log import get_logger, progress
 from .residuals import crossfit_residuals, ridge_residual  # noqa: F401  (ridge_residual: public, simulate uses it)
 
@@ -235,16 +235,13 @@ def _residual_design(cfg, res, grid, fold_of_row, splits, delays, trim, n_folds,
 
 def run_align(cfg, force: bool = False):
     from .extract import read_features
-    from .pipeline import config_hash
+    from .pipeline.keys import stage_check
 
     out = cfg.out
     design_path, bold_path = out / "design.h5", out / "bold.h5"
-    chash = config_hash(cfg)
-    if not force and all(is_complete(p) for p in (design_path, bold_path)):
-        with open_h5(design_path, "design file") as f:
-            if f.attrs.get("config_hash") == chash:
-                log.info("align: %s and %s are complete for this config; skipping", design_path, bold_path)
-                return design_path
+    key = stage_check(cfg, "align", force)        # what align reads: brainalign.pipeline.stages
+    if key.current:
+        return design_path
 
     feats = read_features(out / "features.h5")
     episodes = list(cfg.data.episodes)
@@ -288,7 +285,7 @@ def run_align(cfg, force: bool = False):
     for c in cfg.all_conditions:
         grid[c] = [zscore(on_grid[(c, ep)][:, : n_use[ep]], axis=1) for ep in episodes]
 
-    extra = {"config_hash": chash}
+    extra = key.attrs
     with atomic_h5(design_path, "align", cfg.text, extra) as f:
         f.create_dataset("runs", data=runs_index)
         f.create_dataset("cv_groups", data=fold_of_run[runs_index])
@@ -300,7 +297,7 @@ def run_align(cfg, force: bool = False):
         f.attrs["trim"] = trim
         f.attrs["tr"] = b.tr
         f.attrs["run_lengths"] = np.asarray(kept, np.int64)
-        f.attrs["feature_sets"] = str_attr(cfg.feature_sets)
+        f.attrs["feature_sets"] = str_attr(cfg.all_conditions + [r.name for r in cfg.align.residuals])
         g = f.create_group("design")
         for c in cfg.all_conditions:
             X = np.stack([design_from_runs([r[li] for r in grid[c]], delays, trim) for li in range(len(layers))])

@@ -31,9 +31,12 @@ VERBS = {
     "run": "run the config's pipeline (default: extract align fit stats report; the demo adds simulate)",
     "submit": "plan the study as SLURM jobs and submit them through submitit: extraction as an array, the fit "
               "as an MPI job (srun), then stats and report, chained with afterok; --dry-run prints the plan",
+    "status": "per stage of the config's pipeline: current (would be skipped), stale (with what changed: a "
+              "config value it reads, an upstream output, an input file) or missing; runs nothing",
     "validate": "check the config against the schema and that the files its data section resolves to exist "
                 "(listing the first missing ones); runs nothing",
 }
+KEYED = ("simulate", "extract", "align", "fit", "stats", "report", "mlm", "finetune", "run", "submit", "status")
 
 
 def parse_value(text: str):
@@ -78,9 +81,15 @@ def build_parser():
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a config key, e.g. --set fit.backend=torch (repeatable)")
         sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-        if verb not in ("validate",):
+        if verb not in ("validate", "status"):
             sp.add_argument("--force", action="store_true",
-                            help="recompute even if a complete output for this config exists")
+                            help="recompute even if the stage's output is current (its stage key matches)")
+        if verb in KEYED:
+            sp.add_argument("--verify", action="store_true",
+                            help="compare input files by content (SHA-256) instead of size + mtime "
+                                 "(= pipeline.fingerprint: content)")
+        if verb == "status":
+            sp.add_argument("--stages", nargs="+", help="only these stages (default: the config's pipeline)")
         if verb == "extract":
             sp.add_argument("--episodes", nargs="+", help="only these episodes (e.g. one SLURM array task)")
             sp.add_argument("--device", help="torch device for the backbone (overrides model.device)")
@@ -118,6 +127,8 @@ def main(argv=None):
         if getattr(args, "device", None):
             overrides["finetune.device" if args.verb == "finetune" else "model.device"] = args.device
         cfg = load_config(args.config, overrides)
+        if getattr(args, "verify", False):
+            cfg.pipeline.fingerprint = "content"
         if args.verb == "validate":
             from .datafiles import check_data_files
 
@@ -127,7 +138,11 @@ def main(argv=None):
             return 0
         from .pipeline import run_pipeline, run_stage
 
-        if args.verb == "run":
+        if args.verb == "status":
+            from .pipeline.status import print_status
+
+            print_status(cfg, stages=args.stages, verbose=args.verbose)
+        elif args.verb == "run":
             outs = run_pipeline(cfg, stages=args.stages, force=args.force)
             print(f"brainalign: results in {cfg.out}/ (report: {cfg.out / 'report' / 'index.html'})")
             for stage, out in outs.items():

@@ -230,11 +230,47 @@ class ReportConfig:
 STAGES = ("simulate", "finetune", "extract", "align", "fit", "stats", "mlm", "report")   # report reads mlm.csv
 
 
+@dataclass(eq=False)
+class PipelineConfig:
+    """``pipeline: [extract, align, ...]`` (short form) or ``pipeline: {stages: [...], fingerprint: content}``.
+
+    Behaves like the list of stages (iteration, ``in``, indexing, ``==`` with a list), so ``cfg.pipeline``
+    reads as before. ``fingerprint`` says how stage keys fingerprint input files (brainalign.pipeline.keys):
+    ``mtime`` (size + mtime_ns, cheap) or ``content`` (SHA-256 of the bytes; ``--verify`` on the CLI).
+    """
+
+    stages: list[str] = field(default_factory=lambda: ["extract", "align", "fit", "stats", "report"])
+    fingerprint: Literal["mtime", "content"] = "mtime"
+    short: bool = field(default=False, metadata={"internal": True})   # given as a plain list
+
+    def __iter__(self):
+        return iter(self.stages)
+
+    def __len__(self):
+        return len(self.stages)
+
+    def __getitem__(self, i):
+        return self.stages[i]
+
+    def __contains__(self, stage):
+        return stage in self.stages
+
+    def __eq__(self, other):
+        if isinstance(other, (list, tuple)):
+            return list(self.stages) == list(other)
+        if isinstance(other, PipelineConfig):
+            return (self.stages, self.fingerprint) == (other.stages, other.fingerprint)
+        return NotImplemented
+
+    def __repr__(self):
+        return f"PipelineConfig(stages={self.stages!r}, fingerprint={self.fingerprint!r})"
+
+
 @dataclass
 class Config:
     name: str = "experiment"
     output: str = "results/experiment"
-    pipeline: list[str] = field(default_factory=lambda: ["extract", "align", "fit", "stats", "report"])
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     data: DataConfig = field(default_factory=DataConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -381,6 +417,8 @@ def _convert(value, tp, key):
             raise ConfigError(f"{key}: expected {' or '.join(_typename(a) for a in args)}, got {value!r}") from None
     if value is None:
         raise ConfigError(f"{key}: expected {_typename(tp)}, got null")
+    if tp is PipelineConfig and isinstance(value, list):      # the short form: the list of stages
+        return PipelineConfig(stages=_convert(value, list[str], key), short=True)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
@@ -473,7 +511,7 @@ def _check_semantics(cfg: Config):
                 err(f"{key}.{side}", f"{v!r} is not a fitted feature set ({', '.join(cfg.feature_sets)})")
     for i, st in enumerate(cfg.pipeline):
         if st not in STAGES:
-            err(f"pipeline[{i}]", f"unknown stage {st!r} (known: {', '.join(STAGES)})")
+            err(f"pipeline{'' if cfg.pipeline.short else '.stages'}[{i}]", f"unknown stage {st!r} (known: {', '.join(STAGES)})")
     if not cfg.data.episodes:
         err("data.episodes", "needs at least one episode/run")
     if len(set(cfg.data.episodes)) != len(cfg.data.episodes):
@@ -627,6 +665,8 @@ def load_config(path, overrides: Optional[dict] = None) -> Config:
         node = data if isinstance(data, dict) else {}
         *parents, last = dotted.split(".")
         for p in parents:
+            if p == "pipeline" and node is data and isinstance(node.get(p), list):
+                node[p] = {"stages": node[p]}          # pipeline.fingerprint=… on the short form
             node = node.setdefault(p, {})
         node[last] = value
     if overrides:

@@ -18,7 +18,8 @@ repeats        stats.noise_ceiling_repeats  one per subject, with ``stats.noise_
 =============  =======================  ===========================================================
 
 It uses the same lookups as the readers (brain.runs, brain.study, stimuli.windows), so the list is what the
-stages read. ``STAGE_STREAMS`` says which stage reads which streams.
+stages read; the stage keys (brainalign.pipeline.stages) fingerprint exactly these files. ``STAGE_STREAMS`` says
+which stage reads which streams.
 """
 from __future__ import annotations
 
@@ -38,12 +39,13 @@ class DataFile:
     key: str
     path: Path
     exists: bool
+    role: str = ""        # how a user knows it ("bold sub-01 task-s01e01a"): named in stage-key messages
 
 
-def _stimuli(cfg, want):
+def _stimuli(cfg, want, episodes=None):
     st = cfg.data.stimuli
     out = []
-    for ep in cfg.data.episodes:
+    for ep in cfg.data.episodes if episodes is None else episodes:
         for stream, template in (("video", st.video), ("transcript", st.transcript), ("audio", st.audio)):
             if stream not in want or not template:
                 continue
@@ -51,7 +53,7 @@ def _stimuli(cfg, want):
             p = cfg.path(template, key, episode=ep)
             if stream == "audio" and not p.is_file():
                 continue                    # the video's own track is used (stimuli.windows.audio_source)
-            out.append(DataFile(stream, key, p, p.is_file()))
+            out.append(DataFile(stream, key, p, p.is_file(), f"{stream} {ep}"))
     return out
 
 
@@ -62,21 +64,23 @@ def _brain(cfg, want, table):
     out = []
     if "bold" in want:
         seen = set()
-        for _, run in table.items():
+        for (s, r), run in table.items():
             if run.path not in seen:
                 seen.add(run.path)
-                out.append(DataFile("bold", "data.bold.dir", run.path, run.path.is_file()))
+                role = f"bold sub-{s}" + (f" ({run.path.name})" if run.kind == "hdf5" else f" task-{r}")
+                out.append(DataFile("bold", "data.bold.dir", run.path, run.path.is_file(), role))
     if "mask" in want:
-        out += [DataFile("mask", "data.bold.mask", p, p.is_file()) for p in mask_files(cfg, table)]
+        out += [DataFile("mask", "data.bold.mask", p, p.is_file(), f"mask {p.name}") for p in mask_files(cfg, table)]
     if "atlas" in want:
-        out += [DataFile("atlas", "data.bold.rois", p, p.is_file()) for p in atlas_files(cfg)]
+        out += [DataFile("atlas", "data.bold.rois", p, p.is_file(), f"atlas {p.name}") for p in atlas_files(cfg)]
     if "roi_names" in want:
-        out += [DataFile("roi_names", "data.bold.roi_names", p, p.is_file()) for p in names_files(cfg)]
+        out += [DataFile("roi_names", "data.bold.roi_names", p, p.is_file(), f"roi names {p.name}")
+                for p in names_files(cfg)]
     if "confounds" in want and b.confounds:
-        for _, run in table.items():
+        for (s, r), run in table.items():
             p = run.confounds_path
             if p is not None:
-                out.append(DataFile("confounds", "data.bold.confounds", p, p.is_file()))
+                out.append(DataFile("confounds", "data.bold.confounds", p, p.is_file(), f"confounds sub-{s} task-{r}"))
     return out
 
 
@@ -90,15 +94,16 @@ def _unique(files):
     return out
 
 
-def data_files(cfg, streams=None, table=None) -> list[DataFile]:
+def data_files(cfg, streams=None, table=None, episodes=None) -> list[DataFile]:
     """The input files of ``streams`` (default: all of STREAMS); see the module docstring. BOLD lookups raise
     the readers' one-line errors (missing directory or subject file, missing runs with data.missing_runs:
-    error). ``table``: a brain.runs.RunTable already found (else it is looked up when needed)."""
+    error). ``table``: a brain.runs.RunTable already found (else it is looked up when needed); ``episodes``:
+    the stimuli of these runs only."""
     want = set(STREAMS if streams is None else streams)
     unknown = want - set(STREAMS)
     if unknown:
         raise ValueError(f"unknown data streams {sorted(unknown)} (known: {', '.join(STREAMS)})")
-    out = _unique(_stimuli(cfg, want))
+    out = _unique(_stimuli(cfg, want, episodes))
     if want & {"bold", "mask", "atlas", "roi_names", "confounds"}:
         if table is None and want & {"bold", "mask", "confounds"}:
             from .brain.runs import find_runs
@@ -108,7 +113,7 @@ def data_files(cfg, streams=None, table=None) -> list[DataFile]:
     if "repeats" in want and cfg.stats.noise_ceiling == "repeats" and cfg.stats.noise_ceiling_repeats:
         for s in cfg.data.bold.subjects:
             p = cfg.path(cfg.stats.noise_ceiling_repeats, "stats.noise_ceiling_repeats", subject=s)
-            out.append(DataFile("repeats", "stats.noise_ceiling_repeats", p, p.is_file()))
+            out.append(DataFile("repeats", "stats.noise_ceiling_repeats", p, p.is_file(), f"noise-ceiling repeats sub-{s}"))
     return out
 
 

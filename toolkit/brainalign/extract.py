@@ -7,17 +7,17 @@ output directory can be moved as a whole).
 
 Shard ``features/{episode}.h5``:
   ``/{condition}`` float32 (n_layers, n_windows, hidden); ``/windows`` float64 (n_windows, 2);
-  attrs episode, extract_key and the same descriptive attrs as features.h5.
+  attrs episode and the same descriptive attrs as features.h5; each ``/{condition}`` carries its unit's
+  ``stage_key`` / ``stage_record`` (brainalign.pipeline.keys).
 features.h5:
   ``/{condition}/{episode}`` float32 (n_layers, n_windows, hidden), virtual over the shard's ``/{condition}``;
   ``/windows/{episode}`` float64 (n_windows, 2) [start, end) seconds (a copy);
   attrs conditions, episodes, layers, hidden, n_layers, backbone_layers, backbone, tr, window_context,
-  frames_per_window, extract_key + provenance (see brainalign.h5io.atomic_h5).
+  frames_per_window, stage_key / stage_record (the units' keys) + provenance (see brainalign.h5io.atomic_h5).
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -74,29 +74,6 @@ def _check_batch_size(cfg):
 def window_context(cfg) -> float:
     """Seconds of stimulus per window (windows.context, default one TR)."""
     return float(cfg.windows.context) if cfg.windows.context else float(cfg.data.bold.tr)
-
-
-def _checkpoint_id(path):
-    """Name, size and mtime of a checkpoint (not the absolute path: nodes and containers mount it elsewhere)."""
-    if not path:
-        return None
-    p = Path(path)
-    st = p.stat() if p.exists() else None
-    return [p.name, st.st_size if st else None, st.st_mtime_ns if st else None]
-
-
-def extract_key(cfg) -> str:
-    """Fingerprint of every setting that changes the features (a shard made otherwise is redone)."""
-    m = cfg.model
-    settings = {
-        "backbone": m.backbone, "checkpoint": _checkpoint_id(m.checkpoint), "seed": m.seed, "precision": m.precision,
-        "variants": [[v.name, _checkpoint_id(v.checkpoint)] for v in m.variants],
-        "conditions": list(m.conditions), "layers": m.layers,
-        "backbone_cfg": dataclasses.asdict(getattr(m, m.backbone)) if dataclasses.is_dataclass(
-            getattr(m, m.backbone, None)) else None,
-        "windows": dataclasses.asdict(cfg.windows), "tr": cfg.data.bold.tr,
-    }
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---- encoding ----------------------------------------------------------------------------------
@@ -166,6 +143,9 @@ def extract_episode_features(cfg, episode, conditions=None, backbone=None) -> di
 
 
 # ---- shards --------------------------------------------------------------------------------------
+# The unit of extraction is (episode, feature set): its stage key (brainalign.pipeline.keys; what it reads
+# is declared in brainalign.pipeline.stages) is stored on the shard's dataset, so a new condition or
+# variant extracts only that feature set and a changed stimulus file only that episode.
 
 def shard_path(cfg, episode) -> Path:
     if not episode or "/" in episode or episode.startswith("."):
@@ -173,73 +153,133 @@ def shard_path(cfg, episode) -> Path:
     return cfg.out / SHARD_DIR / f"{episode}.h5"
 
 
-def shard_status(cfg, episode) -> str:
-    """"complete", "missing", "incomplete" (no marker / unreadable) or "stale" (other settings)."""
+def unit_states(cfg, episodes=None, planning=False) -> dict:
+    """{episode: {feature set: State}} of the extraction units (``planning``: never raises on missing files)."""
+    from .pipeline.keys import Assessor
+
+    a = Assessor(cfg, planning=planning)
+    eps = list(cfg.data.episodes) if episodes is None else list(episodes)
+    return {ep: {fs: a.unit_state("extract", f"{ep}/{fs}") for fs in cfg.all_conditions} for ep in eps}
+
+
+def _episode_status(cfg, episode, states) -> str:
     path = shard_path(cfg, episode)
     if not path.exists():
         return "missing"
     if not is_complete(path):
         return "incomplete"
-    with h5py.File(path, "r") as f:
-        return "complete" if f.attrs.get("extract_key") == extract_key(cfg) else "stale"
+    return "complete" if all(st.current for st in states.values()) else "stale"
+
+
+def shard_status(cfg, episode) -> str:
+    """"complete" (every feature set current), "missing", "incomplete" (no marker / unreadable) or "stale"."""
+    return _episode_status(cfg, episode, unit_states(cfg, [episode], planning=True)[episode])
 
 
 def _descriptive_attrs(cfg, backbone, layers) -> dict:
     return {"layers": np.asarray(layers, np.int64), "n_layers": len(layers), "hidden": backbone.hidden,
             "backbone_layers": backbone.n_layers, "backbone": backbone.name, "tr": float(cfg.data.bold.tr),
-            "window_context": window_context(cfg), "frames_per_window": cfg.windows.frames,
-            "extract_key": extract_key(cfg)}
+            "window_context": window_context(cfg), "frames_per_window": cfg.windows.frames}
 
 
-def extract_one(cfg, episode, backbone=None, force=False) -> Path:
-    """Write ``{output}/features/{episode}.h5`` (atomically) unless it is complete for these settings."""
+def _unit_attrs(state) -> dict:
+    from .pipeline.keys import KEY_ATTR, RECORD_ATTR
+
+    exp = state.expected
+    return {KEY_ATTR: exp.key, RECORD_ATTR: json.dumps(exp.record(), sort_keys=True)}
+
+
+def _kept(path, todo):
+    """Datasets of an existing complete shard that are not redone: ({name: (array, attrs)}, windows)."""
+    if not is_complete(path):
+        return {}, None
+    with h5py.File(path, "r") as f:
+        keep = {n: (f[n][()], dict(f[n].attrs)) for n in f if n != "windows" and n not in todo
+                and isinstance(f[n], h5py.Dataset)}
+        return keep, f["windows"][()]
+
+
+def extract_one(cfg, episode, backbone=None, force=False, states=None, backbones=None) -> Path:
+    """Write ``{output}/features/{episode}.h5`` (atomically) with every feature set of the config: those whose
+    unit is current are copied from the existing shard, the others are extracted (all with ``force``).
+    ``backbones`` caches built backbones across episodes ({"": main, variant name: ...})."""
     from .models import get_backbone
 
     path = shard_path(cfg, episode)
-    status = shard_status(cfg, episode)
-    if status == "complete" and not force:
-        log.info("extract %s: shard %s is complete; skipping", episode, path)
+    states = states if states is not None else unit_states(cfg, [episode])[episode]
+    todo = list(states) if force else [fs for fs, st in states.items() if not st.current]
+    if not todo:
+        log.info("extract %s: every feature set in %s is current; skipping", episode, path)
         return path
-    if status in ("incomplete", "stale"):
-        log.info("extract %s: redoing %s shard %s", episode, status, path)
+    keep, old_windows = ({}, None) if force else _kept(path, todo)
+    log.info("extract %s: %s%s", episode, "; ".join(f"{fs}: {states[fs].why(2)}" for fs in todo),
+             f"; keeping {', '.join(sorted(keep))}" if keep else "")
     conds = _conditions(cfg, None)
     _check_batch_size(cfg)
-    backbone = backbone or get_backbone(cfg.model, cfg.windows)
-    layers = resolve_layers(cfg.model.layers, backbone.n_layers, backbone.name)
+    backbones = {} if backbones is None else backbones
+    if backbone is not None:
+        backbones.setdefault("", backbone)
+
+    def model(variant=""):
+        if variant not in backbones:
+            mcfg = cfg.model
+            if variant:
+                ckpt = next(v.checkpoint for v in cfg.model.variants if v.name == variant)
+                mcfg = dataclasses.replace(cfg.model, checkpoint=ckpt)
+            backbones[variant] = get_backbone(mcfg, cfg.windows)
+        return backbones[variant]
+
+    main = model("")                      # defines the stimuli (its stimulus_spec) and the geometry
     t0 = time.perf_counter()
-    stimuli = load_stimuli_for(backbone, cfg, episode)
+    stimuli = load_stimuli_for(main, cfg, episode)
     t1 = time.perf_counter()
-    feats = encode_stimuli(backbone, stimuli, conds, layers, cfg.model.batch_size)
-    for v in cfg.model.variants:     # the same backbone with another checkpoint (e.g. fine-tuned): CONDITION@NAME
-        vb = get_backbone(dataclasses.replace(cfg.model, checkpoint=v.checkpoint), cfg.windows)
-        if (vb.n_layers, vb.hidden) != (backbone.n_layers, backbone.hidden):
-            raise ConfigError(f"model.variants: {v.name!r} ({v.checkpoint}) has {vb.n_layers} layers x "
-                              f"{vb.hidden} hidden, the main model {backbone.n_layers} x {backbone.hidden}")
-        if _spec_key(vb.stimulus_spec) != _spec_key(backbone.stimulus_spec):
-            raise ConfigError(f"model.variants: {v.name!r} ({v.checkpoint}) takes other stimuli than the main model "
-                              "(frame grid or audio rate)")
-        vb.to(backbone.device)
-        for c, x in encode_stimuli(vb, stimuli, conds, layers, cfg.model.batch_size).items():
-            feats[f"{c}@{v.name}"] = x
-    conds = list(feats)
+    by_model: dict = {}
+    for fs in todo:
+        c, _, variant = fs.partition("@")
+        by_model.setdefault(variant, []).append(c)
+    feats = {}
+    for variant, cs in by_model.items():
+        bb = model(variant)
+        if variant:
+            if (bb.n_layers, bb.hidden) != (main.n_layers, main.hidden):
+                raise ConfigError(f"model.variants: {variant!r} has {bb.n_layers} layers x {bb.hidden} hidden, "
+                                  f"the main model {main.n_layers} x {main.hidden}")
+            if _spec_key(bb.stimulus_spec) != _spec_key(main.stimulus_spec):
+                raise ConfigError(f"model.variants: {variant!r} takes other stimuli than the main model "
+                                  "(frame grid or audio rate)")
+            bb.to(main.device)
+        layers = resolve_layers(cfg.model.layers, bb.n_layers, bb.name)
+        for c, x in encode_stimuli(bb, stimuli, [c for c in conds if c in cs], layers, cfg.model.batch_size).items():
+            feats[f"{c}@{variant}" if variant else c] = x
+    windows = np.asarray(stimuli.windows, np.float64)
+    if keep and (old_windows is None or old_windows.shape != windows.shape
+                 or any(x.shape != next(iter(feats.values())).shape for x, _ in keep.values())):
+        log.info("extract %s: the kept feature sets do not fit the new ones; extracting them again", episode)
+        return extract_one(cfg, episode, force=True, states=states, backbones=backbones)
     t2 = time.perf_counter()
+    names = [fs for fs in cfg.all_conditions if fs in feats or fs in keep] + sorted(set(keep) - set(cfg.all_conditions))
     with atomic_h5(path, "extract", config_text=cfg.text) as f:
-        for c, x in feats.items():
-            f.create_dataset(c, data=x, chunks=(1,) + x.shape[1:])
-        f.create_dataset("windows", data=np.asarray(stimuli.windows, np.float64))
-        f.attrs.update(_descriptive_attrs(cfg, backbone, layers))
+        for fs in names:
+            x, attrs = (feats[fs], _unit_attrs(states[fs])) if fs in feats else keep[fs]
+            ds = f.create_dataset(fs, data=x, chunks=(1,) + x.shape[1:])
+            ds.attrs.update(attrs)
+        f.create_dataset("windows", data=windows)
+        f.attrs.update(_descriptive_attrs(cfg, main, resolve_layers(cfg.model.layers, main.n_layers, main.name)))
         f.attrs["episode"] = episode
-        f.attrs["conditions"] = str_attr(conds)
+        f.attrs["conditions"] = str_attr(names)
     n = stimuli.n_windows
-    log.info("extract %s: %d windows x %d conditions: stimuli %.1f s, model %.1f s (%.1f windows/s) -> %s",
-             episode, n, len(conds), t1 - t0, t2 - t1, n * len(conds) / max(t2 - t1, 1e-9), path)
+    log.info("extract %s: %d windows x %d feature sets: stimuli %.1f s, model %.1f s (%.1f windows/s) -> %s",
+             episode, n, len(feats), t1 - t0, t2 - t1, n * len(feats) / max(t2 - t1, 1e-9), path)
     return path
 
 
-def assemble_features(cfg) -> Path:
-    """Write ``{output}/features.h5``: virtual datasets over every episode's complete shard."""
+def assemble_features(cfg, states=None) -> Path:
+    """Write ``{output}/features.h5``: virtual datasets over every episode's shard, all units current."""
+    from .pipeline.keys import KEY_ATTR, RECORD_ATTR, units_key
+
     episodes = list(cfg.data.episodes)
-    status = {ep: shard_status(cfg, ep) for ep in episodes}
+    states = states if states is not None else unit_states(cfg)
+    status = {ep: _episode_status(cfg, ep, states[ep]) for ep in episodes}
     bad = {s: [ep for ep in episodes if status[ep] == s] for s in ("missing", "incomplete", "stale")}
     if any(bad.values()):
         what = "; ".join(f"{s if s != 'stale' else 'made with other settings'}: {', '.join(eps)}"
@@ -247,6 +287,10 @@ def assemble_features(cfg) -> Path:
         raise DataError(f"cannot assemble {cfg.out / FEATURES_FILE}: shards under {cfg.out / SHARD_DIR} "
                         f"{what} (run `brainalign extract`)")
     conds = cfg.all_conditions
+    keys = {f"{ep}/{fs}": states[ep][fs].key for ep in episodes for fs in conds}
+    key = units_key("extract", keys)
+    record = {"stage": "extract", "key": key, "units": keys,
+              "fingerprint": "content" if cfg.pipeline.fingerprint == "content" else "mtime"}
     path = cfg.out / FEATURES_FILE
     shapes, windows, attrs = {}, {}, None
     for ep in episodes:
@@ -254,11 +298,12 @@ def assemble_features(cfg) -> Path:
             shapes[ep] = f[conds[0]].shape
             windows[ep] = f["windows"][()]
             mine = {k: f.attrs[k] for k in ("layers", "hidden", "n_layers", "backbone_layers", "backbone", "tr",
-                                            "window_context", "frames_per_window", "extract_key")}
+                                            "window_context", "frames_per_window")}
             attrs = attrs or mine
             if any(f[c].shape != shapes[ep] for c in conds) or shapes[ep][1] != len(windows[ep]):
                 raise DataError(f"shard {shard_path(cfg, ep)}: conditions disagree in shape")
-    with atomic_h5(path, "extract", config_text=cfg.text) as f:
+    with atomic_h5(path, "extract", config_text=cfg.text,
+                   extra={KEY_ATTR: key, RECORD_ATTR: json.dumps(record, sort_keys=True)}) as f:
         f.attrs.update(attrs)
         f.attrs["conditions"] = str_attr(conds)
         f.attrs["episodes"] = str_attr(episodes)
@@ -276,24 +321,33 @@ def assemble_features(cfg) -> Path:
 
 
 def run_extract(cfg, episodes=None, force=False) -> Path:
-    """Extract every episode (or the subset ``episodes``), resuming per episode; returns features.h5.
+    """Extract every episode (or the subset ``episodes``), resuming per (episode, feature set); returns
+    features.h5.
 
     With ``episodes`` (e.g. one SLURM array task) only those shards are written and the shard directory
-    is returned: a later call without ``episodes`` skips the complete shards and assembles features.h5.
+    is returned: a later call without ``episodes`` skips the current units and assembles features.h5.
     """
-    from .models import get_backbone
+    from .pipeline.keys import Assessor
 
     known = list(cfg.data.episodes)
     todo_eps = known if episodes is None else list(episodes)
     unknown = [e for e in todo_eps if e not in known]
     if unknown:
         raise ConfigError(f"episodes: {', '.join(unknown)} not in data.episodes ({', '.join(known)})")
-    needs = [ep for ep in todo_eps if force or shard_status(cfg, ep) != "complete"]
-    log.info("extract: %d of %d episodes to do (%s)", len(needs), len(todo_eps),
-             "forced" if force else "complete shards are kept")
-    backbone = get_backbone(cfg.model, cfg.windows) if needs else None
-    for ep in progress(todo_eps, desc="extract", unit="episode"):
-        extract_one(cfg, ep, backbone=backbone, force=ep in needs)
+    whole = Assessor(cfg, planning=False).state("extract")
+    if episodes is None and not force and whole.current:
+        log.info("extract: %s is current (stage key %s over %d units); skipping", cfg.out / FEATURES_FILE,
+                 whole.key, len(whole.units))
+        return cfg.out / FEATURES_FILE
+    states = {ep: {fs: whole.units[f"{ep}/{fs}"] for fs in cfg.all_conditions} for ep in todo_eps}
+    needs = [ep for ep in todo_eps if force or not all(st.current for st in states[ep].values())]
+    n_units = sum(force or not st.current for ep in needs for st in states[ep].values())
+    log.info("extract: %d of %d units (episode x feature set) to do in %d of %d episodes (%s)", n_units,
+             len(todo_eps) * len(cfg.all_conditions), len(needs), len(todo_eps),
+             "forced" if force else "current units are kept")
+    backbones: dict = {}
+    for ep in progress(needs, desc="extract", unit="episode"):
+        extract_one(cfg, ep, force=force, states=states[ep], backbones=backbones)
     if episodes is not None:
         return cfg.out / SHARD_DIR
     return assemble_features(cfg)

@@ -18,8 +18,8 @@ float summation order).
 Outputs under ``{output}/finetune/`` (rank 0 writes, each file atomically):
 
 * ``checkpoint.pt``  after every epoch: model + head, optimizer, scheduler, scaler, epochs done, RNG
-  states, metric history, and a fingerprint of everything that shapes training; a killed run resumes
-  after its last complete epoch (a changed config is refused: use --force).
+  states, metric history, and the stage key (brainalign.pipeline.keys); a killed run resumes
+  after its last complete epoch (a checkpoint of another key is refused: use --force).
 * ``model.pt``       the fine-tuned backbone (tiny.save_checkpoint; ``model.checkpoint`` loads it for
   extraction), or ``finetune.output`` when set; ``qa_head.pt`` the answer head (state dict).
 * ``metrics.json``   per-epoch train loss, val loss and val accuracy, chance level, provenance.
@@ -35,7 +35,6 @@ loads back through ``model.checkpoint`` for extraction.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -405,17 +404,6 @@ def _set_rng_state(s: dict):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def fingerprint(cfg, n_train: int, n_val: int, inputs: dict) -> str:
-    """What shapes the training trajectory: a resumed run must match it."""
-    f = dataclasses.asdict(cfg.finetune)
-    for k in ("output", "n_train", "n_val", "device"):
-        f.pop(k, None)
-    return json.dumps({"finetune": f, "tiny": dataclasses.asdict(cfg.model.tiny), "frames": cfg.windows.frames,
-                       "image_size": cfg.windows.image_size, "model_seed": cfg.model.seed,
-                       "init": cfg.model.checkpoint, "n_train": n_train, "n_val": n_val, "inputs": inputs},
-                      sort_keys=True)
-
-
 def train(cfg, model: QAModel, train_ds: TVQADataset, val_ds: TVQADataset, workdir: Path, info: DistInfo,
           device: torch.device, fp: str, force: bool = False, on_epoch_end=None) -> list:
     """Train ``model`` in place for ``finetune.epochs`` epochs, resuming from ``workdir/checkpoint.pt``.
@@ -517,7 +505,8 @@ def run_finetune(cfg, force: bool = False, *, use_frames: bool = True, use_subti
                  on_epoch_end=None) -> Path:
     """Fine-tune on ``finetune.data`` and write the backbone checkpoint; returns its path.
 
-    Skipped when ``metrics.json`` records a complete run with this config (unless ``force``). With
+    Skipped while ``metrics.json`` (written last) holds the current stage key (finetune.*, the backbone
+    settings, the TVQA files and the initial checkpoint: brainalign.pipeline.keys; unless ``force``). With
     ``use_frames`` / ``use_subtitles`` False that modality is left out (ablation studies).
     """
     from .models.registry import resolve_device
@@ -531,15 +520,12 @@ def run_finetune(cfg, force: bool = False, *, use_frames: bool = True, use_subti
         raise ConfigError("finetune: an answer sequence needs frames or subtitles (both were left out)")
     train_ds = load_split(cfg, "train", use_frames=use_frames, use_subtitles=use_subtitles)
     val_ds = load_split(cfg, "val", use_frames=use_frames, use_subtitles=use_subtitles)
-    fp = fingerprint(cfg, len(train_ds), len(val_ds), inputs)
-    if not force and metrics_path.is_file() and model_path.exists():
-        try:
-            done = json.loads(metrics_path.read_text())
-        except json.JSONDecodeError:
-            done = {}
-        if done.get("complete") and done.get("fingerprint") == fp:
-            log.info("finetune: %s is up to date (val accuracy %.3f)", model_path, done["final_val_accuracy"])
-            return model_path
+    from .pipeline.keys import stage_check
+
+    key = stage_check(cfg, "finetune", force, values={"derived.inputs": inputs})
+    if key.current:
+        return model_path
+    fp = key.key                     # checkpoint.pt of another key (config, data, init weights) is refused
 
     rank, world, local = dist_env()
     device = resolve_device(cfg.finetune.device, "finetune.device")
@@ -575,7 +561,7 @@ def run_finetune(cfg, force: bool = False, *, use_frames: bool = True, use_subti
                        "global_batch": cfg.finetune.batch_size, "epochs": history,
                        "final_val_accuracy": history[-1]["val_accuracy"],
                        "best_val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"],
-                       "fingerprint": fp, "provenance": provenance(cfg.text, "finetune")}
+                       "fingerprint": fp, "provenance": provenance(cfg.text, "finetune"), **key.json_fields()}
             with atomic_path(metrics_path) as tmp:
                 tmp.write_text(json.dumps(metrics, indent=1))
         if info.world > 1:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BrainAlignError, DataError
-from .h5io import atomic_h5, is_complete, open_h5, read_str_attr, str_attr
+from .h5io import atomic_h5, open_h5, read_str_attr, str_attr
 from .log import get_logger, progress
 from .partition import partition_layout, partition_models
 
@@ -248,7 +248,7 @@ def compute_unit(inp: FitInputs, unit: Unit, cache: SolverCache):
             res = solver.fit_chunk(Y[train])
             r[si] = heldout_r2(Y[test], solver.predict(res))
         else:
-            res = solver.score_chunk(Y[train], Y[test])
+            res = solver.score_rows(Y, train, test)     # one upload per chunk; rows picked on the device
             r[si] = res.r
         alpha[si] = res.best_alpha
     return r, alpha
@@ -262,6 +262,10 @@ def write_scores_header(f, inp: FitInputs, cfg):
     f.attrs["folds"] = str_attr(inp.folds)
     f.attrs["alphas"] = np.asarray(cfg.fit.alphas, np.float64)
     f.attrs["backend"] = cfg.fit.backend
+    if cfg.fit.backend == "auto":
+        from .ridge.backend import auto_choice
+
+        f.attrs["backend_resolved"], f.attrs["backend_reason"] = auto_choice()
     f.attrs["partitions"] = str_attr([p[0] for p in inp.partitions])
     f.attrs["partition_models"] = str_attr([m.name for m in inp.models])
     f.attrs["roi_ids"] = inp.bold.attrs["roi_ids"]
@@ -317,31 +321,11 @@ def _shard_flush_seconds(cfg) -> float:
     return float(env) if env else float(getattr(cfg.fit, "shard_seconds", 60.0))
 
 
-def scores_complete(path, chash: str) -> bool:
-    """True if ``path`` is a complete scores file for config hash ``chash`` whose shard files all exist."""
-    from .sharding.shards import virtual_files
-
-    if not is_complete(path):
-        return False
-    try:
-        with open_h5(path, "scores file") as f:
-            if f.attrs.get("config_hash") != chash:
-                return False
-            names = set().union(*(virtual_files(f[k]) for k in ("r", "alpha", "partition/r2") if k in f))
-    except (BrainAlignError, KeyError, OSError):
-        return False
-    missing = [n for n in names if not (path.parent / n).is_file()]
-    if missing:
-        log.warning("fit: %s is complete but %d shard files are gone (e.g. %s); recomputing",
-                    path, len(missing), missing[0])
-    return not missing
-
-
 def prepare_shards(scores_path, shard_dir, attrs: dict, force: bool):
     """Rank 0 before any unit runs: drop the old scores file, stale/partial shards; -> (epoch, done keys)."""
     from .sharding.shards import remove, scan_shards
 
-    if scores_path.exists():          # it is not complete for this config (else the fit was skipped)
+    if scores_path.exists():          # it is not current (else the fit was skipped)
         scores_path.unlink()          # first, so no complete-looking file ever points at removed shards
     scan = scan_shards(shard_dir, attrs)
     if force:
@@ -354,7 +338,7 @@ def prepare_shards(scores_path, shard_dir, attrs: dict, force: bool):
     return scan.max_epoch + 1, set(scan.entries)
 
 
-def assemble_scores(cfg, inp: FitInputs, path, shard_dir, attrs: dict, chash: str):
+def assemble_scores(cfg, inp: FitInputs, path, shard_dir, attrs: dict, key_attrs: dict):
     """Write ``scores.h5``: /r and /alpha virtual over the shards, /r_mean, /mask, /roi_labels, attrs."""
     from .sharding.shards import compact_all, scan_shards, virtual_dataset
 
@@ -370,7 +354,7 @@ def assemble_scores(cfg, inp: FitInputs, path, shard_dir, attrs: dict, chash: st
     entries = {u.key: scan.entries[u.key] for u in units if u.fs < F}
     shape = (len(inp.subjects), F, len(inp.layers), len(inp.folds), inp.n_vox)
     rel = os.path.relpath(shard_dir, path.parent)
-    with atomic_h5(path, "fit", cfg.text, {"config_hash": chash}) as f:
+    with atomic_h5(path, "fit", cfg.text, key_attrs) as f:
         write_scores_header(f, inp, cfg)
         for name in ("r", "alpha"):
             virtual_dataset(f, name, shape, entries, index=lambda k: k[:3], shard_dir=rel)
@@ -477,19 +461,18 @@ def run_fit(cfg, force: bool = False):
     from .sharding.comm import world
     from .sharding.scheduler import Coordinator, LocalSource, RemoteSource, UnitScheduler
     from .sharding.shards import SHARD_DIR, ShardWriter
-    from .pipeline import config_hash
+    from .pipeline.keys import stage_check
 
     comm = world(os.environ.get("BRAINALIGN_MPI") or getattr(cfg.fit, "mpi", "auto"))
     path = cfg.out / "scores.h5"
-    chash = config_hash(cfg)
-    if _on_root(comm, lambda: not force and scores_complete(path, chash)):
-        log.info("fit: %s is complete for this config; skipping", path)
+    key = _on_root(comm, lambda: stage_check(cfg, "fit", force))     # rank 0 decides, every rank uses its key
+    if key.current:
         return path
     _warn_oversubscription(comm)
     inp = _on_all(comm, lambda: FitInputs(cfg))
     try:
         shard_dir = cfg.out / SHARD_DIR
-        attrs = {"config_hash": chash, "layout": inp.layout()}
+        attrs = {"stage_key": key.key, "layout": inp.layout()}      # shards of another key or layout are stale
         epoch, done = _on_root(comm, lambda: prepare_shards(path, shard_dir, attrs, force))
         units = inp.units()
         pending = [u for u in units if u.key not in done]
@@ -516,7 +499,7 @@ def run_fit(cfg, force: bool = False):
         if bar is not None:
             bar.close()
         _on_all(comm, lambda: _raise(err))
-        _on_root(comm, lambda: assemble_scores(cfg, inp, path, shard_dir, attrs, chash))
+        _on_root(comm, lambda: assemble_scores(cfg, inp, path, shard_dir, attrs, key.attrs))
     finally:
         inp.close()
     if cfg.fit.write_maps:

@@ -10,6 +10,8 @@ from .errors import DataError
 from .provenance import provenance
 
 COMPLETE_ATTR = "brainalign_complete"
+LONG_ATTR_BYTES = 48 * 1024        # HDF5 object headers hold at most 64 KiB of attributes
+LONG_ATTR_GROUP = "_long_attrs"    # longer string attrs live here as scalar string datasets
 
 
 def _tmp_name(path):
@@ -38,8 +40,31 @@ def atomic_h5(path, stage, config_text=None, extra=None):
         with h5py.File(tmp, "w") as f:
             yield f
             for k, v in provenance(config_text, stage, extra).items():
-                f.attrs[k] = v
+                set_attr(f, f, k, v)
             f.attrs[COMPLETE_ATTR] = np.int8(1)
+
+
+def set_attr(f, obj, key, value):
+    """``obj.attrs[key] = value``; a string longer than LONG_ATTR_BYTES goes to ``/_long_attrs/<path>``
+    (a scalar string dataset) and the attr names it (``@dataset:/_long_attrs/...``)."""
+    if isinstance(value, str) and len(value.encode()) > LONG_ATTR_BYTES:
+        name = f"{LONG_ATTR_GROUP}/{(obj.name.strip('/') or 'root').replace('/', '.')}.{key}"
+        if name in f:
+            del f[name]
+        f.create_dataset(name, data=value, dtype=h5py.string_dtype())
+        value = f"@dataset:/{name}"
+    obj.attrs[key] = value
+
+
+def read_long_attr(f, obj, key, default=None):
+    """A string attr written by :func:`set_attr` (following a ``@dataset:`` reference)."""
+    v = obj.attrs.get(key, default)
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, str) and v.startswith("@dataset:"):
+        v = f[v[len("@dataset:"):]][()]
+        v = v.decode() if isinstance(v, bytes) else str(v)
+    return v
 
 
 def is_complete(path):

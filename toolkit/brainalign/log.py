@@ -41,9 +41,13 @@ def setup_logging(level="INFO"):
         handler.addFilter(_RankFilter())
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(host)s rank %(rank)s%(task)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.brainalign = True
         root.addHandler(handler)
         root.propagate = False
         _CONFIGURED = True
+    for h in root.handlers:          # the CLI called again in one process: log to the stderr of now
+        if getattr(h, "brainalign", False) and h.stream is not sys.stderr:
+            h.stream = sys.stderr        # not setStream: it flushes the old stream, which may be closed
     root.setLevel(level)
     return root
 

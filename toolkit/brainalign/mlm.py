@@ -25,16 +25,13 @@ c other than the reference (``joint`` if present, else the first) a paired boots
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
-import json
 import zlib
 
 import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
-from .h5io import atomic_h5, atomic_path, is_complete, str_attr
+from .h5io import atomic_h5, atomic_path, str_attr
 from .log import get_logger, progress
 
 log = get_logger("mlm")
@@ -253,15 +250,6 @@ def summarize(scores: dict, conditions, reference: str, n_boot: int, seed, episo
 
 # ---- the stage ------------------------------------------------------------------------------------------
 
-def mlm_key(cfg) -> str:
-    """Fingerprint of the settings that change the result (model, windows, episodes, cfg.mlm)."""
-    from .extract import extract_key
-
-    settings = {"extract": extract_key(cfg), "mlm": dataclasses.asdict(cfg.mlm),
-                "episodes": list(cfg.data.episodes)}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _load_stimuli(cfg, episode, backbone=None):
     from .extract import load_stimuli_for
 
@@ -290,21 +278,18 @@ def word_classes(cfg, stimuli) -> list[list[str]] | None:
 def run_mlm(cfg, force: bool = False, backbone=None):
     """Write ``{output}/mlm.h5`` and ``{output}/mlm.csv`` (see the module docstring); returns the .h5 path.
 
-    Skips the work if a complete mlm.h5 for the same settings exists (unless ``force``).
+    Skipped while its stage key (mlm.*, the backbone settings, the stimuli and checkpoint files) is current
+    (unless ``force``).
     """
-    import h5py
-
     from .extract import check_stimuli
     from .models import get_backbone
+    from .pipeline.keys import stage_check
 
     conds, reference = check_mlm_config(cfg)
     path, csv_path = cfg.out / MLM_FILE, cfg.out / MLM_CSV
-    key = mlm_key(cfg)
-    if not force and is_complete(path) and csv_path.exists():
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("mlm_key") == key:
-                log.info("mlm: %s is complete for these settings; skipping", path)
-                return path
+    key = stage_check(cfg, "mlm", force)
+    if key.current:
+        return path
     backbone = backbone or get_backbone(cfg.model, cfg.windows)
     for c in conds:
         backbone.check_condition(c)
@@ -341,7 +326,7 @@ def run_mlm(cfg, force: bool = False, backbone=None):
         rows += part
         overall += part if kind == ALL_WORDS else []
 
-    with atomic_h5(path, "mlm", config_text=cfg.text) as f:
+    with atomic_h5(path, "mlm", config_text=cfg.text, extra=key.attrs) as f:
         f.create_dataset("episode_index", data=ep_index)
         f.create_dataset("window_index", data=cat(lambda r: r["window_index"], np.int32))
         f.create_dataset("word_index", data=cat(lambda r: r["word_index"], np.int32))
@@ -364,7 +349,7 @@ def run_mlm(cfg, force: bool = False, backbone=None):
         f.attrs.update({"conditions": str_attr(conds), "episodes": str_attr(episodes), "reference": reference,
                         "mask_fraction": float(cfg.mlm.mask_fraction), "bootstrap": int(cfg.mlm.bootstrap),
                         "seed": int(cfg.mlm.seed), "n_words": int(n_words), "backbone": backbone.name,
-                        "ci_level": 0.95, "mlm_key": key, "word_classes": str_attr(kinds[1:]),
+                        "ci_level": 0.95, "word_classes": str_attr(kinds[1:]),
                         "word_class_column": cfg.mlm.word_class_column or ""})
     with atomic_path(csv_path) as tmp:
         with open(tmp, "w", newline="") as fh:

@@ -56,7 +56,7 @@ S subjects, F permuted feature sets, V voxels (voxel order of scores.h5), K runs
 ``feature_sets``, ``contrasts``, ``contrast_a``, ``contrast_b`` (string lists), ``layer`` (int, the model
 layer), ``fdr_family``, ``fdr`` (what each BH correction spans), ``n_perm``, ``min_shift``, ``seed``, ``q``,
 ``tail`` ("greater"), ``statistic``, ``null``,
-``scores_created``, ``config_hash`` and the provenance attrs. NaN where the observed r is NaN (constant voxel).
+``scores_created``, ``stage_key`` / ``stage_record`` and the provenance attrs. NaN where the observed r is NaN (constant voxel).
 """
 from __future__ import annotations
 
@@ -299,12 +299,12 @@ def run_permutation(cfg, force: bool = False):
     """The permutation stage (``stats.permutations`` > 0): scores.h5 + design.h5 + bold.h5 -> permutation.h5.
 
     Returns the path written, or None when ``stats.permutations`` is 0 (off). Skipped when permutation.h5 is
-    complete for this config and this scores.h5 (unless ``force``).
+    current (its stage key: brainalign.pipeline.keys; unless ``force``).
     """
     from .fit import FitInputs, Unit
-    from .h5io import atomic_h5, is_complete, open_h5, read_str_attr, str_attr
+    from .h5io import atomic_h5, open_h5, read_str_attr, str_attr
     from .log import progress
-    from .pipeline import config_hash
+    from .pipeline.keys import stage_check
     from .contrasts import resolve_contrasts
     from .fdr import fdr_by_family
 
@@ -315,17 +315,14 @@ def run_permutation(cfg, force: bool = False):
         return None
     out = Path(cfg.output)
     scores_path = out / "scores.h5"
-    chash = config_hash(cfg)
+    key = stage_check(cfg, "permutation", force)
+    if key.current:
+        return path
     with open_h5(scores_path, "scores file", require=("alpha", "r_mean")) as f:
         scores_created = str(f.attrs.get("created", ""))
         score_fs = read_str_attr(f, "feature_sets")
         score_layers = [int(x) for x in np.atleast_1d(f.attrs["layers"])]
         subjects = read_str_attr(f, "subjects")
-    if not force and is_complete(path):
-        with open_h5(path, "permutation file") as g:
-            if g.attrs.get("config_hash") == chash and g.attrs.get("scores_created") == scores_created:
-                log.info("permutation: %s is complete for this config and scores file; skipping", path)
-                return path
     fsets = list(fsets) if fsets else list(score_fs)
     for i, fs in enumerate(fsets):
         if fs not in score_fs:
@@ -409,7 +406,7 @@ def run_permutation(cfg, force: bool = False):
     def sig(q):
         return (np.nan_to_num(q, nan=np.inf) <= q_level).astype(np.uint8)
 
-    with atomic_h5(path, "permutation", cfg.text, {"config_hash": chash, "scores_created": scores_created}) as g:
+    with atomic_h5(path, "permutation", cfg.text, dict(key.attrs, scores_created=scores_created)) as g:
         g.attrs["subjects"] = str_attr(subjects)
         g.attrs["feature_sets"] = str_attr(fsets)
         g.attrs["contrasts"] = str_attr([c.name for c in contrasts])

@@ -15,6 +15,7 @@ Reads ``{output}/scores.h5`` and ``{output}/stats.h5`` and writes ``{output}/rep
 - ``map_noise-ceiling.png`` axial mosaic of the subject-mean noise ceiling (when stats.h5 has one)
 - ``findings.json``      when ``{data.root}/truth.json`` exists (simulated data): planted vs found, in words
                          (brainalign.findings); also the first section of index.html
+- ``.complete``          JSON written last: the stage key and its record (brainalign.pipeline.keys)
 - ``index.html``         every figure, the ROI table, the noise-normalised table (r, ceiling, r / ceiling) when
                          stats.h5 has ``/noise_ceiling``, per-subject permutation counts when a complete
                          ``permutation.h5`` exists, links to the CSV / HDF5 / NIfTI files, provenance
@@ -594,10 +595,17 @@ subject's ROI-mean r; q = {html.escape(data.fdr('ROI'))}. Highlighted: q &le; {d
 # ---- the stage -----------------------------------------------------------------------------------
 
 def run_report(cfg, force: bool = False) -> Path:
-    """The ``report`` stage; returns the report directory ``{output}/report``. Always regenerated (cheap),
-    so ``force`` has no effect; it exists for the stage-function signature of brainalign.pipeline."""
+    """The ``report`` stage; returns the report directory ``{output}/report``. Skipped while its stage key
+    (report.*, name, and the keys of scores.h5, stats.h5, permutation.h5) is current; ``report/.complete``
+    (JSON: the key and its record) is written last."""
+    from .pipeline.keys import stage_check
+
     out = Path(cfg.output)
     rep = out / "report"
+    key = stage_check(cfg, "report", force)
+    if key.current:
+        return rep
+    (rep / ".complete").unlink(missing_ok=True)
     data = load_report_data(cfg)
     meta, title = data.meta, cfg.report.title
     layer = meta.layers[data.layer_index]
@@ -682,5 +690,7 @@ def run_report(cfg, force: bool = False) -> Path:
             log.info("report: %s", line)
     with atomic_path(rep / "index.html") as tmp:
         Path(tmp).write_text(build_html(cfg, data, figures, links, findings.to_html(section)), encoding="utf-8")
+    with atomic_path(rep / ".complete") as tmp:
+        Path(tmp).write_text(json.dumps(key.json_fields(), indent=1, sort_keys=True) + "\n")
     log.info("report: wrote %s (%d figures)", rep / "index.html", len(figures))
     return rep

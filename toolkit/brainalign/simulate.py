@@ -20,8 +20,6 @@ interaction only), ``null_k`` (nothing).
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -97,17 +95,6 @@ def roi_regressors(episodes: list[Episode], tr: float, trs: int, seed: int) -> d
     return {k: [lat.tr_regressors(x, e.fps, tr, trs) for x, e in zip(runs, episodes)] for k, runs in fams.items()}
 
 
-def _config_hash(cfg) -> str:
-    m = cfg.model
-    parts = {"data": dataclasses.asdict(cfg.data), "simulate": dataclasses.asdict(cfg.simulate),
-             "windows": dataclasses.asdict(cfg.windows),
-             "tvqa": [cfg.finetune.data, cfg.finetune.n_train, cfg.finetune.n_val],
-             "model": {"backbone": m.backbone, "checkpoint": m.checkpoint, "seed": m.seed, "layers": m.layers,
-                       "precision": m.precision,
-                       "tiny": dataclasses.asdict(m.tiny)}}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
 # where the demo's study mask and ROI atlas go when data.bold.mask / rois / roi_names are null (then align uses
 # the per-run fMRIPrep-style brain masks written beside each BOLD run, and no ROIs)
 ATLAS_PATHS = {"mask": "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz",
@@ -153,18 +140,21 @@ def pretrain_model(cfg, path: Path) -> dict:
 def simulate(cfg, force: bool = False) -> Path:
     """Write the demo dataset under cfg.data.root (see the module docstring); returns the root.
 
-    Skipped when ``{root}/.complete`` holds the hash of the current config.
+    Skipped while ``{root}/.complete`` (JSON, written last) holds the current stage key and every file it
+    writes exists (brainalign.pipeline.keys).
     """
     from .brain.bids import brain_mask_path
     from .brain.volumes import write_nifti
     from .provenance import provenance
 
+    from .pipeline.keys import stage_check
+
     root = Path(cfg.data.root)
     marker = root / ".complete"
-    h = _config_hash(cfg)
-    if not force and marker.is_file() and marker.read_text().split("\n", 1)[0].strip() == h:
-        log.info("simulated data in %s are up to date (config hash %s)", root, h)
+    stage = stage_check(cfg, "simulate", force)      # files it wrote that a user replaced count as data
+    if stage.current:
         return root
+    h = stage.key
     if cfg.data.bold.format != "bids":
         raise ConfigError("data.bold.format: simulate writes BIDS derivatives; set it to 'bids'")
     sim, b = cfg.simulate, cfg.data.bold
@@ -246,11 +236,12 @@ def simulate(cfg, force: bool = False) -> Path:
 
     _write_json(root / "truth.json", truth_record(cfg, names, roi_index, target_r, ceilings, episodes, model, h))
     with atomic_path(marker) as tmp:
-        tmp.write_text(h + "\n" + json.dumps(provenance(cfg.text or None, "simulate"), default=str) + "\n")
+        tmp.write_text(json.dumps(dict(stage.json_fields(), provenance=provenance(cfg.text or None, "simulate")),
+                                  default=str, indent=1) + "\n")
     return root
 
 
-def truth_record(cfg, names, roi_index, target_r, ceilings, episodes, model, config_hash) -> dict:
+def truth_record(cfg, names, roi_index, target_r, ceilings, episodes, model, stage_key) -> dict:
     """The content of truth.json (documented in the README, *The demo dataset*)."""
     sim, b = cfg.simulate, cfg.data.bold
     counts = {ep: {c: sum(1 for *_, k in e.words if k == c) for c in (FRAME_PREDICTABLE, OTHER)}
@@ -266,7 +257,7 @@ def truth_record(cfg, names, roi_index, target_r, ceilings, episodes, model, con
             "expect": expect, "expect_null": null})
     return {
         "seed": sim.seed, "tr": float(b.tr), "trs_per_run": sim.trs_per_run, "episodes": list(cfg.data.episodes),
-        "subjects": list(b.subjects), "config_hash": config_hash,
+        "subjects": list(b.subjects), "stage_key": stage_key,
         "generative_model": {
             "latents": {"vision": list(lat.VISION_LATENTS), "language": list(lat.LANGUAGE_LATENTS),
                         "interaction": f"{lat.N_INTERACTIONS} bilinear forms of the spoken word's semantic vector and "

@@ -31,7 +31,7 @@ Root attrs: ``subjects``, ``feature_sets``, ``roi_names`` (string lists), ``laye
 ``test``, ``fdr_family`` (``stats.fdr_family``: ``layer`` = BH within each layer and contrast, ``contrast`` =
 across layers × ROIs (voxels) within each contrast, ``all`` = across every contrast, layer and ROI (voxel)),
 ``fdr`` (that family in words), ``scores_file``, ``scores_created`` (the ``created`` attr of the scores.h5 used),
-``config_hash`` and the usual provenance attrs (config, git_commit, created, host, packages, ...).
+``stage_key`` / ``stage_record`` (brainalign.pipeline.keys) and the usual provenance attrs (config, git_commit, created, host, packages, ...).
 Each ``/roi/C`` and ``/voxel/C`` group carries attrs ``a``, ``b``. The group ``/permutation`` is reserved
 (per-subject permutation tests live in permutation.h5, see brainalign.permutation). NaN marks elements with
 fewer than 2 usable subjects.
@@ -402,29 +402,12 @@ def map_paths(out, feature_sets, contrasts, ceiling: bool = False, space=None) -
             + ([d / name("group_stat-ceiling")] if ceiling else []))
 
 
-def _up_to_date(cfg, stats_path, scores_created, space=None) -> bool:
-    from .pipeline import config_hash
-
-    if not is_complete(stats_path) or not (Path(cfg.output) / "roi_stats.csv").is_file():
-        return False
-    with open_h5(stats_path, "stats file") as g:
-        if g.attrs.get("config_hash") != config_hash(cfg) or g.attrs.get("scores_created") != scores_created:
-            return False
-        maps = map_paths(cfg.output, read_str_attr(g, "feature_sets"), read_str_attr(g, "contrasts"),
-                         "noise_ceiling" in g, space)
-        if "noise_ceiling" in g and not (Path(cfg.output) / "roi_scores.csv").is_file():
-            return False
-        if "partition" in g and not (Path(cfg.output) / "roi_partitions.csv").is_file():
-            return False
-    return all(p.is_file() for p in maps)
-
-
 def run_stats(cfg, force: bool = False) -> Path:
     """The ``stats`` stage: scores.h5 -> stats.h5 (layout in this module's docstring), roi_stats.csv and
     the group maps of ``map_paths`` (+ roi_scores.csv with a noise ceiling; + permutation.h5 when
-    ``stats.permutations`` > 0, see brainalign.permutation). Skipped when stats.h5 is complete for this
-    config and this scores.h5 (unless ``force``). Returns the stats.h5 path."""
-    from .pipeline import config_hash
+    ``stats.permutations`` > 0, see brainalign.permutation). Skipped while its stage key is current (the stats
+    config values, scores.h5's key, inputs: brainalign.pipeline.keys; unless ``force``). Returns stats.h5."""
+    from .pipeline.keys import stage_check
 
     out = Path(cfg.output)
     scores_path = out / "scores.h5"
@@ -433,13 +416,13 @@ def run_stats(cfg, force: bool = False) -> Path:
     if int(getattr(cfg.stats, "permutations", 0) or 0) > 0:
         from .permutation import run_permutation
 
-        run_permutation(cfg, force=force)        # per-subject tests -> permutation.h5 (skipped when complete)
+        run_permutation(cfg, force=force)        # per-subject tests -> permutation.h5 (skipped when current)
+    key = stage_check(cfg, "stats", force)
+    if key.current:
+        return stats_path
     with open_h5(scores_path, "scores file", require=("r_mean", "mask", "roi_labels")) as f:
         meta = read_scores_meta(f, scores_path)
         scores_created = str(f.attrs.get("created", ""))
-        if not force and _up_to_date(cfg, stats_path, scores_created, meta.space):
-            log.info("stats: %s is complete for this config and scores file; skipping", stats_path)
-            return stats_path
         contrasts = resolve_contrasts(cfg, meta.feature_sets)
         S, F, L, V, R = (len(meta.subjects), len(meta.feature_sets), len(meta.layers), meta.n_voxels,
                          len(meta.roi_ids))
@@ -536,7 +519,7 @@ def run_stats(cfg, force: bool = False) -> Path:
         descrip = f"{what}; axis 4 = layers {','.join(map(str, meta.layers))}" if per_layer else what
         meta.space.write_map(path, values.T if per_layer else values[0], names=layer_names if per_layer else [what],
                              descrip=descrip)
-    extra = {"config_hash": config_hash(cfg), "scores_created": scores_created}
+    extra = dict(key.attrs, scores_created=scores_created)
     with atomic_h5(stats_path, "stats", cfg.text, extra) as g:
         g.attrs["subjects"] = str_attr(meta.subjects)
         g.attrs["feature_sets"] = str_attr(meta.feature_sets)

@@ -4,7 +4,8 @@ The plan is pure data built from the config and the cluster profile; ``brainalig
 (``--dry-run``), submits it through submitit (:mod:`brainalign.cluster.submit`) or renders it as sbatch
 scripts (:mod:`brainalign.cluster.sbatch`). The same commands run in every case.
 
-Jobs, in order, each waiting (``afterok``) for the one before it:
+Jobs, in order, each waiting (``afterok``) for the one before it; a stage whose output is current (its stage
+key, brainalign.pipeline.keys, as ``brainalign status`` reports it) gets no job and a note says so:
 
 ``simulate``  one task (only if the config's pipeline has it)
 ``extract``   an array: task i runs ``brainalign extract CONFIG --episodes <its episodes>``
@@ -20,6 +21,7 @@ A *command* is a full argv: ``[python, REPO/bin/brainalign, verb, CONFIG, ...]``
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -213,16 +215,31 @@ def _mpiexec() -> Optional[str]:
     return str(here) if here.exists() else shutil.which("mpiexec")
 
 
-def complete_episodes(cfg, cwd: Path) -> list[str]:
-    """Episodes whose extraction shard is complete for this config (paths resolved in ``cwd``)."""
-    from ..extract import shard_status
-
+@contextlib.contextmanager
+def _in_dir(path: Path):
     here = Path.cwd()
     try:
-        os.chdir(cwd)
-        return [e for e in cfg.data.episodes if shard_status(cfg, e) == "complete"]
+        os.chdir(path)
+        yield
     finally:
         os.chdir(here)
+
+
+def complete_episodes(cfg, cwd: Path) -> list[str]:
+    """Episodes whose every extraction unit is current (paths resolved in ``cwd``)."""
+    from ..extract import shard_status
+
+    with _in_dir(cwd):
+        return [e for e in cfg.data.episodes if shard_status(cfg, e) == "complete"]
+
+
+def stage_states(cfg, cwd: Path) -> dict:
+    """{stage: State} of every planned stage as ``brainalign status`` sees it (resolved in ``cwd``)."""
+    from ..pipeline.keys import Assessor
+
+    with _in_dir(cwd):
+        a = Assessor(cfg, planning=True)
+        return {s: a.state(s) for s in STAGES if s in cfg.pipeline}
 
 
 def build_plan(cfg, profile: Profile, cluster: str = "slurm", *, config_path, folder, force: bool = False,
@@ -254,18 +271,23 @@ def build_plan(cfg, profile: Profile, cluster: str = "slurm", *, config_path, fo
     order = [s for s in STAGES if s in cfg.pipeline]
     if list(cfg.pipeline) != order:
         notes.append(f"pipeline {' '.join(cfg.pipeline)} is run in stage order: {' '.join(order)}")
+    states = {} if force else stage_states(cfg, cwd)      # stage keys: current outputs get no job
     for stage in order:
         res = profile.resources(stage)
         after = [jobs[-1].name] if jobs else []
         gpus = int(res.gpus or 0)
+        st = states.get(stage)
+        if st is not None and st.current and not (stage == "align" and not states["extract"].current):
+            notes.append(f"{stage}: {st.output} is current (stage key {st.key}); no job")
+            continue
         if stage == "extract":
             per = res.episodes_per_task
             eps = list(cfg.data.episodes)
-            if not force and "simulate" not in order:   # resume: complete shards need no array task
+            if not force:        # resume: episodes whose every unit is current need no array task
                 done = complete_episodes(cfg, cwd)
                 if done:
-                    notes.append(f"extract: {len(done)} of {len(eps)} episode shards are complete for this "
-                                 f"config and are kept ({', '.join(done)})")
+                    notes.append(f"extract: {len(done)} of {len(eps)} episode shards are current and are kept "
+                                 f"({', '.join(done)})")
                 eps = [e for e in eps if e not in done]
                 if not eps:
                     continue
@@ -316,8 +338,10 @@ def build_plan(cfg, profile: Profile, cluster: str = "slurm", *, config_path, fo
             j.env["OMP_NUM_THREADS"] = str(j.resources.cpus_per_task)
         elif j.ranks > 1:
             j.env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // j.ranks))
-    if not jobs:
+    if not order:
         raise ConfigError(f"config {cfg.source}: pipeline is empty: nothing to submit")
+    if not jobs:
+        notes.append("every stage is current: nothing to submit (--force recomputes)")
     for j in jobs:   # fail early on unreadable resources
         j.time_min()
         j.mem_gb()

@@ -468,6 +468,9 @@ def submit_study(cfg, cluster: str = "slurm", profile: Optional[str] = None, dry
         plan = make_plan(cfg, cluster, profile, force, folder=Path(emit_sbatch).resolve())
         if cluster != "slurm":
             raise ConfigError("--emit-sbatch writes SLURM scripts: use it with --cluster slurm")
+        if not plan.jobs:
+            print(plan.describe())
+            return plan
         paths = write_sbatch(plan, cfg)
         if dry_run:
             print(plan.describe())
@@ -475,7 +478,7 @@ def submit_study(cfg, cluster: str = "slurm", profile: Optional[str] = None, dry
               f"{plan.folder / 'submit.sh'})")
         return plan
     plan = make_plan(cfg, cluster, profile, force)
-    if dry_run:
+    if dry_run or not plan.jobs:
         print(plan.describe())
         return plan
     _preflight(plan)

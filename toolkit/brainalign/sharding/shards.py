@@ -8,11 +8,12 @@ completion records of the units it holds. Layout (n units, S subjects, W = chunk
 - ``/units``  int32 (n, k)   unit key, e.g. (feature set, layer, fold, chunk)
 - ``/voxels`` int64 (n, 2)   voxel range [start, stop) of each unit
 - ``/r``, ``/alpha`` float32 (n, S, W)   per-subject values; columns >= stop - start are NaN padding
-- attrs: ``config_hash``, ``layout`` (JSON of the output geometry), ``epoch``, ``rank``, ``part`` + provenance
+- attrs: ``stage_key`` (the fit's key, brainalign.pipeline.keys), ``layout`` (JSON of the output geometry),
+  ``epoch``, ``rank``, ``part`` + provenance
 
 At the end of its work each rank merges its parts of the epoch into one file (:func:`compact`), and the
 assembly merges leftovers of killed attempts, so ``scores.h5`` rests on about ranks x attempts files.
-A shard whose ``config_hash`` or ``layout`` differ from the current fit is stale and ignored (and removed
+A shard whose ``stage_key`` or ``layout`` differ from the current fit is stale and ignored (and removed
 by the next fit); a unit found in two shards is taken from the first by file name (identical values).
 """
 from __future__ import annotations

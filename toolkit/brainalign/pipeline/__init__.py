@@ -1,9 +1,10 @@
-"""Stage dispatch: each verb maps to one stage function ``f(cfg, force) -> Path``; ``run`` chains them."""
-import hashlib
+"""The pipeline layer: stage dispatch (each verb -> one stage function ``f(cfg, force) -> Path``; ``run``
+chains them), the stage keys that decide what is current (:mod:`.keys`, declared per stage in
+:mod:`.stages`) and ``brainalign status`` (:mod:`.status`)."""
 import importlib
 import time
 
-from .log import get_logger
+from ..log import get_logger
 
 log = get_logger("pipeline")
 
@@ -20,21 +21,12 @@ STAGE_FUNCS = {
 }
 
 
-def config_hash(cfg) -> str:
-    return hashlib.sha256(cfg.text.encode()).hexdigest()[:16]
-
-
 def run_stage(cfg, stage, force=False):
     mod, fn = STAGE_FUNCS[stage]
     func = getattr(importlib.import_module(mod), fn)
     t0 = time.perf_counter()
     log.info("stage %s: start", stage)
-    try:
-        out = func(cfg, force=force)
-    except TypeError as e:  # stage without a force flag
-        if "force" not in str(e):
-            raise
-        out = func(cfg)
+    out = func(cfg, force=force)
     log.info("stage %s: done in %.1f s -> %s", stage, time.perf_counter() - t0, out)
     return out
 

@@ -1,0 +1,358 @@
+"""Stage keys: every stage is skipped exactly while what it reads (config values, upstream outputs, input
+files) is unchanged, re-run when any of it changed, and says which (brainalign.pipeline.keys / .stages).
+
+One small study (simulate -> report, 3 runs x 30 TRs, 2 subjects) is run once; each test works on a copy
+(copied with mtimes kept, so the copy's stage keys are the original's) and checks which stages' files were
+rewritten after a change.
+"""
+import csv
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from brainalign.cli import main
+from brainalign.config import parse_config
+from brainalign.simulate import ATLAS_PATHS
+from test_submit import SMALL as SUBMIT_SMALL
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SMALL = dict(json.loads(json.dumps(SUBMIT_SMALL)), name="keys", report={"title": "keys test"})   # 3 runs x 30 TRs
+SMALL["data"]["bold"].update(rois=ATLAS_PATHS["rois"], roi_names=ATLAS_PATHS["roi_names"])   # mask: the runs' masks
+
+# which stage wrote which output file (relative to OUTPUT)
+STAGE_OF = (("features", "extract"), ("design.h5", "align"), ("bold.h5", "align"), ("scores.h5", "fit"),
+            ("fit_shards", "fit"), ("maps/sub-", "fit"), ("stats.h5", "stats"), ("roi_stats.csv", "stats"),
+            ("roi_scores.csv", "stats"), ("maps/group", "stats"), ("report", "report"))
+
+
+def write_config(path: Path, root: Path, results: Path, extra_text="", **over):
+    data = json.loads(json.dumps(SMALL))
+    data["data"]["root"], data["output"] = str(root), str(results)
+    for k, v in over.items():
+        data[k] = v
+    path.write_text(yaml.safe_dump(data, sort_keys=False) + extra_text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    base = tmp_path_factory.mktemp("keys")
+    cfg = write_config(base / "c.yaml", base / "data", base / "results")
+    assert main(["run", str(cfg)]) == 0
+    return base
+
+
+@pytest.fixture
+def study(baseline, tmp_path):
+    """A copy of the baseline study (data and results, mtimes kept) with its own config."""
+    for d in ("data", "results"):
+        shutil.copytree(baseline / d, tmp_path / d, copy_function=shutil.copy2)
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "data", tmp_path / "results")
+    return tmp_path, cfg
+
+
+def stamps(results: Path) -> dict:
+    return {p.relative_to(results).as_posix(): p.stat().st_mtime_ns for p in results.rglob("*")
+            if p.is_file() and "submit" not in p.parts}
+
+
+def rerun_stages(before: dict, after: dict) -> set:
+    """The stages whose files were rewritten, added or removed."""
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    return {next(s for prefix, s in STAGE_OF if k.startswith(prefix)) for k in changed}
+
+
+def run(cfg, *args):
+    return main(["run", str(cfg), *args])
+
+
+@pytest.fixture
+def encoded(monkeypatch):
+    """Spy on the backbone: (episode, [conditions]) of every encode_stimuli call."""
+    import brainalign.extract as extract
+
+    calls, real = [], extract.encode_stimuli
+
+    def spy(backbone, stimuli, conditions, layers, batch_size):
+        calls.append((stimuli.episode, list(conditions)))
+        return real(backbone, stimuli, conditions, layers, batch_size)
+
+    monkeypatch.setattr(extract, "encode_stimuli", spy)
+    return calls
+
+
+def roi_rows(results):
+    with open(results / "roi_stats.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# ---- the table: which stage's key a config change touches ----------------------------------------------
+
+@pytest.mark.parametrize("override, stages", [
+    ({"report": {"title": "other"}}, {"report"}),
+    ({"stats": {"q": 0.01}}, {"stats", "permutation"}),
+    ({"stats": {"contrasts": [{"name": "x", "a": "joint", "b": None}]}}, {"stats", "permutation"}),
+    ({"stats": {"permutations": 100}}, {"permutation"}),
+    ({"stats": {"fdr_family": "all"}}, {"stats", "permutation"}),
+    ({"fit": {"partitions": [{"name": "p", "bands": ["joint", "no_vision"]}]}}, {"fit"}),
+    ({"align": {"delays": [1]}}, {"align"}),
+    ({"fit": {"alphas": [1.0]}}, {"fit"}),
+    ({"fit": {"backend": "torch", "chunk_voxels": 7}}, set()),        # same numbers: execution settings
+    ({"model": {"device": "cuda", "batch_size": 3}}, set()),
+    ({"windows": {"resample": "average"}}, {"align", "simulate"}),   # resampling happens in align
+    ({"windows": {"frames": 3}}, {"simulate", "extract", "finetune", "mlm"}),
+    ({"data": {"bold": {"confounds": "minimal"}}}, {"align"}),
+    ({"data": {"missing_runs": "error", "bold": {"rescans": "first"}}}, {"align"}),
+    ({"data": {"bold": {"subjects": ["01"]}}}, {"align", "simulate"}),
+    ({"data": {"root": "elsewhere"}, "output": "other", "name": "renamed"}, {"report"}),   # files count, not paths
+    ({"model": {"seed": 3}}, {"simulate", "extract", "finetune", "mlm"}),
+    ({"model": {"tiny": {"hidden": 32}}}, {"simulate", "extract", "finetune", "mlm"}),
+    ({"model": {"backbone": "hf", "tiny": {"hidden": 32}}}, {"simulate", "extract", "finetune", "mlm"}),
+    ({"mlm": {"seed": 5}}, {"mlm"}),
+    ({"finetune": {"lr": 0.5, "device": "cuda"}}, {"finetune"}),
+    ({"finetune": {"n_train": 10}}, {"simulate"}),
+])
+def test_declared_reads_pick_the_stages_a_change_touches(override, stages):
+    """Expected sets derived by hand from what each stage module reads (README 'Resuming and caching')."""
+    from brainalign.pipeline.stages import STAGES
+
+    def values(data):
+        cfg = parse_config(data, text="")
+        return {s: spec.values(cfg) for s, spec in STAGES.items()}
+
+    def merge(a, b):
+        for k, v in b.items():
+            a[k] = merge(dict(a.get(k) or {}), v) if isinstance(v, dict) else v
+        return a
+
+    base = json.loads(json.dumps(SMALL))
+    a, b = values(base), values(merge(json.loads(json.dumps(base)), override))
+    assert {s for s in STAGES if a[s] != b[s]} == stages
+
+
+def test_hf_backbone_ignores_the_tiny_section():
+    from brainalign.pipeline.stages import STAGES
+
+    cfg = parse_config({"model": {"backbone": "hf"}}, text="")
+    vals = STAGES["extract"].values(cfg)
+    assert "model.backbone" in vals and not any(k.startswith("model.tiny") for k in vals)
+    assert "model.tiny.hidden" in STAGES["extract"].values(parse_config({}, text=""))
+
+
+# ---- behaviour on a real (small) study -----------------------------------------------------------------
+
+def test_unchanged_and_yaml_comment_rerun_nothing(study, capsys, caplog):
+    root, cfg = study
+    results = root / "results"
+    before = stamps(results)
+    with h5py.File(results / "scores.h5") as f:
+        key = f.attrs["stage_key"]
+        rec = json.loads(f.attrs["stage_record"])
+        shards = {m.file_name for m in f["r"].virtual_sources()}
+    assert rec["key"] == key and rec["upstream"].keys() == {"align"} and rec["fingerprint"] == "mtime"
+    for name in shards:                                          # fit shards carry the same key
+        with h5py.File(results / name) as s:
+            assert s.attrs["stage_key"] == key
+    cfg.write_text(cfg.read_text() + "# a comment, and the keys in another order\n")
+    assert main(["status", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "everything is current" in out and out.count(" current ") == 6
+    caplog.set_level("INFO", logger="brainalign")
+    assert run(cfg) == 0
+    assert rerun_stages(before, stamps(results)) == set()
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().endswith("skipping")]
+    assert {m.split(":")[0] for m in skipped} == {"simulate", "extract", "align", "fit", "stats", "report"}
+
+
+def test_report_change_reruns_only_the_report(study):
+    root, cfg = study
+    before = stamps(root / "results")
+    assert run(cfg, "--set", "report.title=Another title") == 0
+    assert rerun_stages(before, stamps(root / "results")) == {"report"}
+    assert "Another title" in (root / "results" / "report" / "index.html").read_text()
+
+
+def test_stats_change_reruns_stats_and_report(study, caplog):
+    root, cfg = study
+    before = stamps(root / "results")
+    caplog.set_level("INFO", logger="brainalign")
+    assert run(cfg, "--set", "stats.q=0.01") == 0
+    assert rerun_stages(before, stamps(root / "results")) == {"stats", "report"}
+    assert any("stats.q changed (0.05 -> 0.01); re-running stats" in r.getMessage() for r in caplog.records)
+    with h5py.File(root / "results" / "stats.h5") as g:
+        assert g.attrs["q"] == 0.01
+
+
+def test_new_contrast_does_not_refit(study):
+    root, cfg = study
+    before = stamps(root / "results")
+    contrasts = SMALL["stats"]["contrasts"] + [{"name": "language_gain", "a": "joint", "b": "no_language"}]
+    write_config(cfg, root / "data", root / "results", stats={"contrasts": contrasts})
+    assert run(cfg) == 0
+    assert rerun_stages(before, stamps(root / "results")) == {"stats", "report"}
+    assert {r["contrast"] for r in roi_rows(root / "results")} == {"vision_gain", "crossmodal_vs_0", "language_gain"}
+
+
+def test_new_condition_extracts_only_that_condition(study, encoded):
+    root, cfg = study
+    results = root / "results"
+    with h5py.File(results / "features" / "s01e01b.h5") as f:
+        old = {c: f[c][()] for c in SMALL["model"]["conditions"]}
+    model = dict(SMALL["model"], conditions=SMALL["model"]["conditions"] + ["no_audio"])
+    write_config(cfg, root / "data", results, model=model)
+    assert run(cfg) == 0
+    assert sorted(encoded) == [(ep, ["no_audio"]) for ep in SMALL["data"]["episodes"]]
+    with h5py.File(results / "features" / "s01e01b.h5") as f:
+        for c, x in old.items():                      # the other conditions were kept, bit for bit
+            np.testing.assert_array_equal(f[c][()], x)
+        assert f["no_audio"].shape == x.shape
+    with h5py.File(results / "scores.h5") as f:
+        assert "no_audio" in [s.decode() if isinstance(s, bytes) else s for s in f.attrs["feature_sets"]]
+
+
+def _cut_bold(root, subject, task, n):
+    """Replace a BOLD run by a copy without its last ``n`` volumes (a valid NIfTI, other size)."""
+    (path,) = (root / "data" / "derivatives" / "fmriprep").glob(f"sub-{subject}/*/func/*task-{task}_*_bold.nii.gz")
+    img = nib.load(path)
+    data = np.asarray(img.dataobj)
+    nib.save(nib.Nifti1Image(data[..., :-n], img.affine, img.header), path)
+    return path, data.shape[-1]
+
+
+def test_replaced_bold_reruns_align_and_after_never_extraction(study, baseline, encoded, caplog):
+    root, cfg = study
+    results = root / "results"
+    before, old_rows = stamps(results), roi_rows(results)
+    _, n_trs = _cut_bold(root, "01", "s01e01a", 2)
+    caplog.set_level("INFO", logger="brainalign")
+    assert run(cfg) == 0
+    assert rerun_stages(before, stamps(results)) == {"align", "fit", "stats", "report"}
+    assert encoded == []                                          # no extraction
+    assert any(r.getMessage() == "align: bold sub-01 task-s01e01a changed (size); re-running align"
+               for r in caplog.records)
+    trim = SMALL["align"]["trim"]
+    with h5py.File(results / "design.h5") as f:                   # the run is 2 TRs shorter now
+        assert f.attrs["run_lengths"].tolist() == [n_trs - 2 - 2 * trim] + [n_trs - 2 * trim] * 2
+    assert roi_rows(results) != old_rows                          # not the old numbers
+    # the same as a fresh computation on the changed data, into an empty output directory
+    fresh = write_config(root / "fresh.yaml", root / "data", root / "fresh")
+    assert run(fresh, "--stages", "extract", "align", "fit", "stats") == 0
+    with h5py.File(results / "scores.h5") as a, h5py.File(root / "fresh" / "scores.h5") as b:
+        np.testing.assert_array_equal(a["r"][()], b["r"][()])
+        assert a.attrs["stage_key"] == b.attrs["stage_key"]      # stage keys do not depend on paths
+    assert roi_rows(results) == roi_rows(root / "fresh")
+
+
+def test_corrupt_bold_is_one_line_and_the_stale_results_say_so(study, capsys):
+    root, cfg = study
+    (path,) = (root / "data" / "derivatives" / "fmriprep").glob("sub-02/*/func/*task-s01e01b_*_bold.nii.gz")
+    path.write_bytes(path.read_bytes()[:3000])                    # a byte-truncated copy
+    capsys.readouterr()
+    assert run(cfg) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([line for line in err if "error:" in line]) == 1 and str(path) in err[-1]
+    assert main(["status", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "align     stale    bold sub-02 task-s01e01b changed (size)" in out
+    assert "report    stale    upstream fit will re-run" in out
+
+
+def test_deleted_or_truncated_outputs_are_detected(study, encoded, capsys):
+    root, cfg = study
+    results = root / "results"
+    shard = sorted((results / "fit_shards").glob("*.h5"))[0]
+    shard.unlink()
+    feats = results / "features.h5"
+    feats.write_bytes(feats.read_bytes()[:1000])
+    assert main(["status", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert f"extract   stale    {feats} is incomplete or corrupt" in out
+    assert "fit       stale    1 shard file(s) of" in out and "missing or incomplete" in out
+    assert "align     current" in out and "stats     current" in out
+    before = stamps(results)
+    assert run(cfg) == 0
+    assert encoded == []                                  # the shards are fine: features.h5 is only re-assembled
+    changed = {k for k in stamps(results) if before.get(k) != stamps(results)[k]}
+    assert "features.h5" in changed and not any(k.startswith("features/") for k in changed)
+    assert rerun_stages(before, stamps(results)) == {"extract", "fit"}     # same keys: align and stats kept
+
+
+def test_missing_input_file_is_one_line(study, capsys):
+    root, cfg = study
+    tsv = root / "data" / "stimuli" / "s01e01b.tsv"
+    tsv.unlink()
+    capsys.readouterr()
+    assert run(cfg, "--stages", "extract", "align") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"brainalign run: error: data.stimuli.transcript: transcript s01e01b not found: {tsv}"
+
+
+def test_force_recomputes(study):
+    root, cfg = study
+    before = stamps(root / "results")
+    assert run(cfg, "--stages", "report", "--force") == 0
+    assert rerun_stages(before, stamps(root / "results")) == {"report"}
+
+
+def test_submit_plans_only_stale_stages(study, capsys, monkeypatch):
+    root, cfg = study
+    monkeypatch.chdir(root)
+    assert main(["submit", str(cfg), "--dry-run", "--cluster", "local"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to submit" in out and "align: " in out and "is current (stage key" in out
+    assert main(["submit", str(cfg), "--dry-run", "--cluster", "local", "--set", "stats.q=0.02"]) == 0
+    out = capsys.readouterr().out
+    jobs = [line.split()[1] for line in out.splitlines() if line.startswith("[")]
+    assert jobs == ["stats", "report"]
+    assert "fit: " in out and "extract: " in out
+
+
+def test_verify_compares_content(study, capsys):
+    """--verify: a replaced file with the same size and mtime is caught; a touched, identical file is not
+    a change (in either mode, once the record holds content hashes)."""
+    root, cfg = study
+    results = root / "results"
+    assert main(["extract", str(cfg), "--verify", "--force"]) == 0
+    tsv = root / "data" / "stimuli" / "s01e02a.tsv"
+    video = root / "data" / "stimuli" / "s01e01a.mp4"
+    with h5py.File(results / "features" / "s01e02a.h5") as f:
+        rec = json.loads(f["joint"].attrs["stage_record"])
+    (fp,) = [i for i in rec["inputs"] if i["role"] == "transcript s01e02a"]
+    assert fp["sha256"] == hashlib.sha256(tsv.read_bytes()).hexdigest()        # hashlib, independently
+    st = tsv.stat()
+    text = tsv.read_text()
+    tsv.write_text(text[::-1])
+    os.utime(tsv, ns=(st.st_atime_ns, st.st_mtime_ns))           # same size, same mtime, other bytes
+    assert tsv.stat().st_size == st.st_size and tsv.read_text() != text
+    os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))   # touched only
+    capsys.readouterr()
+    assert main(["status", str(cfg), "--stages", "extract"]) == 0
+    assert "extract   current" in capsys.readouterr().out        # size + mtime cannot see it
+    assert main(["status", str(cfg), "--stages", "extract", "--verify", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 9 units to redo: s01e02a/joint: transcript s01e02a changed (content)" in out
+    assert "s01e01a" not in out.split("units to redo")[1]      # the touched video: same content
+
+
+def test_long_records_fit_in_hdf5(tmp_path):
+    """A record larger than an HDF5 object header (e.g. thousands of BOLD runs) is stored and read back."""
+    from brainalign.h5io import atomic_h5
+    from brainalign.pipeline.keys import read_record
+
+    rec = {"stage": "align", "inputs": [{"role": f"bold sub-{i:02d} task-{j}", "name": "x" * 40, "stat": "1:2"}
+                                         for i in range(6) for j in range(300)]}
+    text = json.dumps(rec)
+    assert len(text) > 64 * 1024
+    with atomic_h5(tmp_path / "a.h5", "align", extra={"stage_key": "k", "stage_record": text}) as f:
+        f.create_dataset("x", data=[1])
+    stored = read_record(tmp_path / "a.h5")
+    assert stored.status == "ok" and stored.key == "k" and stored.record == rec

@@ -1,0 +1,44 @@
+"""``brainalign status CONFIG``: per stage current / stale (why) / missing, running nothing."""
+from __future__ import annotations
+
+from .keys import Assessor, State
+from .stages import ORDER
+
+
+def shown_stages(cfg, stages=None) -> list:
+    """The stages to report: ``stages`` or the config's pipeline, in data-flow order; permutation (a
+    separate output of the stats stage) joins stats when ``stats.permutations`` > 0."""
+    wanted = list(stages or cfg.pipeline)
+    if "stats" in wanted and int(cfg.stats.permutations or 0) > 0:
+        wanted.append("permutation")
+    return [s for s in ORDER if s in wanted]
+
+
+def assess_all(cfg, stages=None) -> list[State]:
+    a = Assessor(cfg, planning=True)
+    return [a.state(s) for s in shown_stages(cfg, stages)]
+
+
+def format_status(cfg, states, verbose=False) -> str:
+    mode = "content (SHA-256)" if cfg.pipeline.fingerprint == "content" else "size + mtime"
+    lines = [f"brainalign status {cfg.source or cfg.name}: {len(states)} stages; input files compared by {mode}"]
+    width = max([len(s.stage) for s in states] + [8])
+    for st in states:
+        if st.current:
+            units = f", {len(st.units)} units" if st.units else ""
+            what = f"{st.output} (key {st.key}{units})" if st.status == "current" else st.reasons[0]
+        else:
+            what = "; ".join(st.reasons) if verbose else st.why()
+        lines.append(f"  {st.stage:<{width}}  {st.status:<8} {what}")
+        if verbose:
+            lines += [f"  {'':<{width}}  {'':<8} note: {n}" for n in st.notes]
+    todo = [s.stage for s in states if not s.current]
+    lines.append(f"to run: {' '.join(todo)}" if todo else "everything is current: `brainalign run` would skip "
+                 "every stage")
+    return "\n".join(lines)
+
+
+def print_status(cfg, stages=None, verbose=False) -> list[State]:
+    states = assess_all(cfg, stages)
+    print(format_status(cfg, states, verbose))
+    return states
