@@ -154,7 +154,7 @@ def sentences(truth: dict, found: list[Finding], mlm: list[dict], ceiling: dict 
         elif f.requires:
             out.append(f"Planted but not found: {what}, but {cell(f)} is not significant ({stat(f)}). Finding "
                        f"it needs {f.requires}; the analysed model's do not: its joint representation adds "
-                       f"nothing brain-relevant beyond its unimodal ones, "
+                       f"nothing detectably brain-relevant beyond its unimodal ones, "
                        f"which is what {SEED_STUDY} report for pre-trained MERLOT Reserve. The residual method "
                        f"itself finds this ROI in features that carry the interaction (README, The demo "
                        f"dataset).")

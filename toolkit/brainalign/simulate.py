@@ -270,7 +270,7 @@ def truth_record(cfg, names, roi_index, target_r, ceilings, episodes, model, sta
                       "drift": "linear trend + slow cosine per run", "sd_percent_of_baseline": simbold.NOISE_PERCENT}},
         "words": {"column": WORD_CLASS_COLUMN, "frame_predictable": FRAME_PREDICTABLE, "other": OTHER,
                   "frame_predictable_words": list(COLOURS), "cue": CUE,
-                  "rule": f"'{CUE} <colour>' names the colour of the shapes on screen at the colour word's onset",
+                  "rule": f"'{CUE} <colour>' names the backdrop colour on screen at the colour word's onset",
                   "counts": counts},
         "model": model,
         "rois": rois,
