@@ -308,4 +308,4 @@ STAGES: dict = {s.name: s for s in (
 )}
 
 #: stages in the order `status` lists them (data flow)
-ORDER = ("simulate", "finetune", "extract", "align", "fit", "permutation", "stats", "report", "mlm")
+ORDER = ("simulate", "finetune", "extract", "align", "fit", "permutation", "stats", "mlm", "report")
