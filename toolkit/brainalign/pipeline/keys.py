@@ -377,6 +377,7 @@ class Assessor:
         self.content = cfg.pipeline.fingerprint == "content" if content is None else content
         self.specs = STAGES
         self._states: dict = {}
+        self._config: dict = {}                # {stage: its config values}: the same for every unit
         self._ups: dict = {}
         self._produced: dict = {}
 
@@ -439,7 +440,12 @@ class Assessor:
         """(Expected, reasons about missing inputs) of ``stage`` (or one unit) as it would run now."""
         spec = self.specs[stage]
         reasons = []
-        values = dict(spec.values(self.cfg, unit), **self.values.get(stage, {}))
+        if stage not in self._config:
+            self._config[stage] = spec.values(self.cfg)
+        values = dict(self._config[stage])
+        if unit is not None and spec.unit_values is not None:
+            values.update(spec.unit_values(self.cfg, unit))
+        values.update(self.values.get(stage, {}))
         ups = self._upstream(spec)[0] if unit is None else {}
         # about to run: a missing input is an error, unless an upstream output is missing too (then the
         # stage's own reader says that first)

@@ -54,12 +54,11 @@ class StageSpec:
         ups = self.upstream(cfg) if callable(self.upstream) else self.upstream
         return tuple(u for u in ups if STAGES[u].enabled(cfg))
 
-    def values(self, cfg, unit=None) -> dict:
+    def values(self, cfg) -> dict:
+        """The config values of the stage (a unit adds its ``unit_values``: brainalign.pipeline.keys.Assessor)."""
         vals = select_values(cfg, self.reads, self.ignores, skip=_other_backbone(cfg))
         for name, fn in self.derived:
             vals[f"derived.{name}"] = fn(cfg)
-        if unit is not None and self.unit_values is not None:
-            vals.update(self.unit_values(cfg, unit))
         return vals
 
     def outputs_of(self, cfg) -> list:
