@@ -36,7 +36,6 @@ VERBS = {
     "validate": "check the config against the schema and that the files its data section resolves to exist "
                 "(listing the first missing ones); runs nothing",
 }
-KEYED = ("simulate", "extract", "align", "fit", "stats", "report", "mlm", "finetune", "run", "submit", "status")
 
 
 def parse_value(text: str):
@@ -84,7 +83,7 @@ def build_parser():
         if verb not in ("validate", "status"):
             sp.add_argument("--force", action="store_true",
                             help="recompute even if the stage's output is current (its stage key matches)")
-        if verb in KEYED:
+        if verb != "validate":            # every verb that reads stage keys
             sp.add_argument("--verify", action="store_true",
                             help="compare input files by content (SHA-256) instead of size + mtime "
                                  "(= pipeline.fingerprint: content)")

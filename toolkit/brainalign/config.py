@@ -12,6 +12,7 @@ figures for figures01).
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 import string
 import types
@@ -523,10 +524,7 @@ def _check_semantics(cfg: Config):
     if len(set(cfg.data.bold.subjects)) != len(cfg.data.bold.subjects):
         err("data.bold.subjects", "duplicate subject")
     for key, allowed in TEMPLATE_KEYS.items():
-        section, *path = key.split(".")
-        value = getattr(cfg, section)
-        for p in path:
-            value = getattr(value, p)
+        value = operator.attrgetter(key)(cfg)
         if isinstance(value, str):
             bad = template_fields(value, key) - set(allowed)
             if bad:

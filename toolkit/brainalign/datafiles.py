@@ -117,12 +117,6 @@ def data_files(cfg, streams=None, table=None, episodes=None) -> list[DataFile]:
     return out
 
 
-def stage_data_files(cfg, stage: str) -> list[DataFile]:
-    """The input files ``stage`` reads from the data section (empty for stages that read none)."""
-    streams = STAGE_STREAMS.get(stage, ())
-    return data_files(cfg, streams) if streams else []
-
-
 def _check_roi_groups(cfg):
     """data.bold.roi_groups resolve against the label names (patterns that match nothing, overlaps)."""
     from .brain.atlas import group_labels

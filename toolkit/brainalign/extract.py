@@ -290,7 +290,7 @@ def assemble_features(cfg, states=None) -> Path:
     keys = {f"{ep}/{fs}": states[ep][fs].key for ep in episodes for fs in conds}
     key = units_key("extract", keys)
     record = {"stage": "extract", "key": key, "units": keys,
-              "fingerprint": "content" if cfg.pipeline.fingerprint == "content" else "mtime"}
+              "fingerprint": cfg.pipeline.fingerprint}
     path = cfg.out / FEATURES_FILE
     shapes, windows, attrs = {}, {}, None
     for ep in episodes:

@@ -40,15 +40,15 @@ def atomic_h5(path, stage, config_text=None, extra=None):
         with h5py.File(tmp, "w") as f:
             yield f
             for k, v in provenance(config_text, stage, extra).items():
-                set_attr(f, f, k, v)
+                set_attr(f, k, v)
             f.attrs[COMPLETE_ATTR] = np.int8(1)
 
 
-def set_attr(f, obj, key, value):
+def set_attr(obj, key, value):
     """``obj.attrs[key] = value``; a string longer than LONG_ATTR_BYTES goes to ``/_long_attrs/<path>``
     (a scalar string dataset) and the attr names it (``@dataset:/_long_attrs/...``)."""
     if isinstance(value, str) and len(value.encode()) > LONG_ATTR_BYTES:
-        name = f"{LONG_ATTR_GROUP}/{(obj.name.strip('/') or 'root').replace('/', '.')}.{key}"
+        f, name = obj.file, f"{LONG_ATTR_GROUP}/{(obj.name.strip('/') or 'root').replace('/', '.')}.{key}"
         if name in f:
             del f[name]
         f.create_dataset(name, data=value, dtype=h5py.string_dtype())
@@ -56,13 +56,13 @@ def set_attr(f, obj, key, value):
     obj.attrs[key] = value
 
 
-def read_long_attr(f, obj, key, default=None):
+def read_long_attr(obj, key, default=None):
     """A string attr written by :func:`set_attr` (following a ``@dataset:`` reference)."""
     v = obj.attrs.get(key, default)
     if isinstance(v, bytes):
         v = v.decode()
     if isinstance(v, str) and v.startswith("@dataset:"):
-        v = f[v[len("@dataset:"):]][()]
+        v = obj.file[v[len("@dataset:"):]][()]
         v = v.decode() if isinstance(v, bytes) else str(v)
     return v
 

@@ -299,7 +299,7 @@ def read_record(path, dataset: Optional[str] = None) -> Stored:
                 if key is None:
                     return Stored("unkeyed", key=f"file:{path.stat().st_size}:{path.stat().st_mtime_ns}",
                                   path=path)
-                text = read_long_attr(f, obj, RECORD_ATTR)
+                text = read_long_attr(obj, RECORD_ATTR)
         except (OSError, KeyError) as e:
             return Stored("incomplete", path=path, detail=f"unreadable ({type(e).__name__})")
         key = key.decode() if isinstance(key, bytes) else str(key)

@@ -100,10 +100,6 @@ def data_inputs(cfg, streams, episodes=None) -> list:
     return out
 
 
-def stimulus_inputs(cfg, episode) -> list:
-    return data_inputs(cfg, STAGE_STREAMS["extract"], episodes=[episode])
-
-
 def _split_unit(unit):
     episode, fs = unit.split("/", 1)
     condition, _, variant = fs.partition("@")
@@ -118,7 +114,7 @@ def _extract_unit_inputs(cfg, unit) -> list:
                            f"model.variants[{i}].checkpoint")
     else:
         ckpt = _checkpoint(cfg, cfg.model.checkpoint)
-    return stimulus_inputs(cfg, episode) + ckpt
+    return data_inputs(cfg, STAGE_STREAMS["extract"], episodes=[episode]) + ckpt
 
 
 def _mlm_inputs(cfg) -> list:
@@ -146,9 +142,7 @@ def _finetune_inputs(cfg) -> list:
 def _simulate_outputs(cfg) -> list:
     """Every file simulate writes (its stage is current only while they all exist)."""
     from ..brain.bids import brain_mask_path
-    from ..simulate import ATLAS_PATHS, bold_path
-
-    from ..simulate import PRETRAINED
+    from ..simulate import ATLAS_PATHS, PRETRAINED, bold_path
 
     b, st = cfg.data.bold, cfg.data.stimuli
     root = Path(cfg.data.root)

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from .keys import Assessor, State
-from .stages import ORDER
+from .stages import ORDER, STAGES
 
 
 def shown_stages(cfg, stages=None) -> list:
     """The stages to report: ``stages`` or the config's pipeline, in data-flow order; permutation (a
     separate output of the stats stage) joins stats when ``stats.permutations`` > 0."""
     wanted = list(stages or cfg.pipeline)
-    if "stats" in wanted and int(cfg.stats.permutations or 0) > 0:
+    if "stats" in wanted and STAGES["permutation"].enabled(cfg):
         wanted.append("permutation")
     return [s for s in ORDER if s in wanted]
 
