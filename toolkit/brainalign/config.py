@@ -628,7 +628,7 @@ def _expand_root(cfg: Config) -> None:
 def _check_labels(data, source):
     """Subject and session labels read by YAML as numbers (``[01, 02]`` -> 1, 2; ``010`` -> 8; ``041`` -> 33)
     cannot be zero-padded back reliably, so they are refused with the fix."""
-    bold = (data.get("data") or {}).get("bold") if isinstance(data.get("data"), dict) else None
+    bold = data["data"].get("bold") if isinstance(data.get("data"), dict) else None
     if not isinstance(bold, dict):
         return
     found = []

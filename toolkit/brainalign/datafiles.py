@@ -62,13 +62,10 @@ def _brain(cfg, want, table):
 
     b = cfg.data.bold
     out = []
-    if "bold" in want:
-        seen = set()
-        for (s, r), run in table.items():
-            if run.path not in seen:
-                seen.add(run.path)
-                role = f"bold sub-{s}" + (f" ({run.path.name})" if run.kind == "hdf5" else f" task-{r}")
-                out.append(DataFile("bold", "data.bold.dir", run.path, run.path.is_file(), role))
+    if "bold" in want:                  # an HDF5 file holding several runs is listed once (_unique)
+        out += [DataFile("bold", "data.bold.dir", run.path, run.path.is_file(),
+                         f"bold sub-{s}" + (f" ({run.path.name})" if run.kind == "hdf5" else f" task-{r}"))
+                for (s, r), run in table.items()]
     if "mask" in want:
         out += [DataFile("mask", "data.bold.mask", p, p.is_file(), f"mask {p.name}") for p in mask_files(cfg, table)]
     if "atlas" in want:

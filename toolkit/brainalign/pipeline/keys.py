@@ -569,7 +569,7 @@ def stage_check(cfg, stage: str, force: bool = False, quiet: bool = False, value
     for note in st.notes:
         log.warning("%s: %s", stage, note)
     if force:
-        exp = st.expected if st.expected is not None else a.expected(stage)[0]
+        exp = st.expected                # every assessed state (not "off") has one
         forced = State(stage, "stale", ["--force"], st.key if st.units else exp.key, exp, units=st.units,
                        output=st.output)
         if not quiet:
