@@ -157,18 +157,10 @@ def flat_config(cfg) -> dict:
             if is_dataclass(v):
                 walk(v, key + ".")
             else:
-                out[key] = json.loads(json.dumps(_plain(v)))
+                out[key] = json.loads(json.dumps(v, default=asdict))    # lists of sections as dicts
 
     walk(cfg, "")
     return out
-
-
-def _plain(v):
-    if is_dataclass(v):
-        return asdict(v)
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
 
 
 def matches(key: str, pattern: str) -> bool:
