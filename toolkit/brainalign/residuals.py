@@ -37,6 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .ridge.backend import NumpyBackend
+from .ridge.solver import truncated_eigh
+
+_NP = NumpyBackend()
 
 
 def ridge_residual(target: np.ndarray, predictors: np.ndarray, train: np.ndarray, alpha: float) -> np.ndarray:
@@ -61,18 +65,13 @@ class _Regression:
     def __init__(self, mu_p, mu_t, V, lam, Zp):
         self.mu_p, self.mu_t, self.V, self.lam, self.Zp = mu_p, mu_t, V, lam, Zp
 
-    @staticmethod
-    def _truncate(lam, vecs, size):
-        keep = lam > (lam.max() if lam.size else 0.0) * size * np.finfo(np.float64).eps
-        return lam[keep], vecs[:, keep]
-
     @classmethod
     def from_gram(cls, n, sum_p, sum_t, PtP, PtT):
         """From sufficient statistics of the fitted rows (primal form, q <= n)."""
         mu_p, mu_t = sum_p / n, sum_t / n
         G = PtP - n * np.outer(mu_p, mu_p)
         C = PtT - n * np.outer(mu_p, mu_t)
-        lam, V = cls._truncate(*np.linalg.eigh(G), max(G.shape[0], n))
+        lam, V = truncated_eigh(_NP, G, max(G.shape[0], n))
         return cls(mu_p, mu_t, V, lam, V.T @ C)
 
     @classmethod
@@ -83,7 +82,7 @@ class _Regression:
             return cls.from_gram(n, P.sum(0), T.sum(0), P.T @ P, P.T @ T)
         mu_p, mu_t = P.mean(0), T.mean(0)
         Pc, Tc = P - mu_p, T - mu_t
-        lam, U = cls._truncate(*np.linalg.eigh(Pc @ Pc.T), max(n, q))
+        lam, U = truncated_eigh(_NP, Pc @ Pc.T, max(n, q))
         s = np.sqrt(lam)
         V = (Pc.T @ U) / s
         return cls(mu_p, mu_t, V, lam, s[:, None] * (U.T @ Tc))
