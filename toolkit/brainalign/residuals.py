@@ -32,6 +32,7 @@ fitted on, of the (n, n) linear kernel.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,6 +144,12 @@ def crossfit_residuals(target, predictors, groups, fold, alphas) -> CrossFit:
     groups (n,): the outer-fold label of each row (align's fold of the row's run); fold: the held-out
     label; alphas: candidate penalties. Needs at least two training folds.
     """
+    return next(crossfit_folds(target, predictors, groups, [fold], alphas))
+
+
+def crossfit_folds(target, predictors, groups, folds, alphas) -> Iterator[CrossFit]:
+    """:func:`crossfit_residuals` of each outer fold in ``folds``, one at a time; the per-fold sufficient
+    statistics, which do not depend on the held-out fold, are computed once for all of them."""
     T = np.asarray(target, np.float64)
     P = np.asarray(predictors, np.float64)
     groups = np.asarray(groups)
@@ -153,6 +160,13 @@ def crossfit_residuals(target, predictors, groups, fold, alphas) -> CrossFit:
     if alphas.size == 0 or not np.all(np.isfinite(alphas) & (alphas > 0)):
         raise ConfigError(f"align.residual_alphas: expected positive numbers, got {alphas.tolist()}")
     stats = _FoldStats(P, T, groups)
+    for fold in folds:
+        yield _crossfit(stats, fold, alphas)
+
+
+def _crossfit(stats: _FoldStats, fold, alphas) -> CrossFit:
+    """The cross-fit of held-out fold ``fold`` from the statistics of every fold."""
+    P, T = stats.P, stats.T
     train = [g for g in stats.labels if g != fold]
     if fold not in stats.rows or len(train) < 2:
         raise DataError(f"residuals: fold {fold!r} needs to be one of {len(stats.labels)} folds with at least two "
