@@ -8,7 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from brainalign.align import delay, design_from_runs, ridge_residual, zscore  # noqa: E402
+from brainalign.align import delay, design_from_runs, zscore  # noqa: E402
+from brainalign.residuals import ridge_residual  # noqa: E402
 
 
 def test_zscore_matches_scipy_and_handles_constants():

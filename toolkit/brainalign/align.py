@@ -28,7 +28,7 @@ import numpy as np
 from .errors import ConfigError, DataError
 from .h5io import atomic_h5, str_attr
 from .log import get_logger, progress
-from .residuals import crossfit_residuals, ridge_residual  # noqa: F401  (ridge_residual: public, simulate uses it)
+from .residuals import crossfit_folds
 
 log = get_logger("align")
 
@@ -206,8 +206,8 @@ def _residual_design(cfg, res, grid, fold_of_row, splits, delays, trim, n_folds,
     for li in range(n_layers):
         tgt = np.concatenate([r[li] for r in grid[res.target]])
         prd = np.concatenate([np.concatenate([r[li] for r in grid[p]]) for p in res.predictors], axis=1)
-        for k in range(n_folds):            # outer fold k: its runs never enter a regression of its design
-            cf = crossfit_residuals(tgt, prd, fold_of_row, k, alphas)
+        # outer fold k: its runs never enter a regression of its design
+        for k, cf in enumerate(crossfit_folds(tgt, prd, fold_of_row, range(n_folds), alphas)):
             Xk = design_from_runs(np.split(cf.residual, splits), delays, trim)
             if X is None:
                 X = np.empty((n_folds, n_layers) + Xk.shape, np.float32)

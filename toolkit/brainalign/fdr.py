@@ -36,6 +36,11 @@ def fdr_bh(p, axis=-1):
     return np.moveaxis(q.reshape(shape), -1, axis)
 
 
+def significant(q, level):
+    """uint8 mask of q <= ``level`` (NaN q: not significant), as stats.h5 and permutation.h5 store it."""
+    return (np.nan_to_num(q, nan=np.inf) <= level).astype(np.uint8)
+
+
 # ---- families: which tests one BH correction spans (stats.fdr_family) ------------------------------
 
 FDR_FAMILIES = ("layer", "contrast", "all")

@@ -28,7 +28,7 @@ import numpy as np
 from .errors import BrainAlignError, DataError
 from .h5io import atomic_h5, open_h5, read_str_attr, str_attr
 from .log import get_logger, progress
-from .partition import partition_layout, partition_models
+from .partition import band_weights, heldout_r2, partition_layout, partition_models, write_partitions
 
 log = get_logger("fit")
 
@@ -208,7 +208,6 @@ class SolverCache:
 
 def _banded_solver(inp: FitInputs, unit: Unit, X, train, test, inner, alphas, backend):
     """BandedSolver of a partition unit: one band per feature set of its subset model, inner criterion R²."""
-    from .partition import band_weights
     from .ridge import BandedSolver
 
     model = inp.model(unit)
@@ -243,8 +242,6 @@ def compute_unit(inp: FitInputs, unit: Unit, cache: SolverCache):
             continue
         Y = inp.bold["bold"][f"sub-{s}"][:, a:b]
         if partition:                            # held-out R² of the banded model (brainalign.partition)
-            from .partition import heldout_r2
-
             res = solver.fit_chunk(Y[train])
             r[si] = heldout_r2(Y[test], solver.predict(res))
         else:
@@ -360,8 +357,6 @@ def assemble_scores(cfg, inp: FitInputs, path, shard_dir, attrs: dict, key_attrs
             virtual_dataset(f, name, shape, entries, index=lambda k: k[:3], shard_dir=rel)
         write_r_mean(f)
         if inp.models:                           # variance partitioning: held-out R² of every subset model
-            from .partition import write_partitions
-
             pe = {u.key: scan.entries[u.key] for u in units if u.fs >= F}
             pshape = (shape[0], len(inp.models)) + shape[2:]
             for target, source in (("partition/r2", "r"), ("partition/alpha", "alpha")):

@@ -150,6 +150,8 @@ def write_partitions(f, models: list[PartitionModel]):
     subset models and ``variance`` (S, M, L, V) of its regions, from the virtual ``/partition/r2``."""
     import warnings
 
+    from .h5io import str_attr
+
     if not models:
         return
     allr2 = f["partition/r2"]
@@ -163,19 +165,12 @@ def write_partitions(f, models: list[PartitionModel]):
             warnings.simplefilter("ignore", RuntimeWarning)        # all-NaN (constant) voxels stay NaN
             mean = np.stack([np.nanmean(allr2[:, i], axis=2) for i in idx], axis=1)   # (S, M, L, V)
         g = f.create_group(f"partition/{name}")
-        g.attrs["bands"] = _strs(bands)
-        g.attrs["models"] = _strs(model_names(bands))
-        g.attrs["regions"] = _strs(region_names(bands))
+        g.attrs["bands"] = str_attr(bands)
+        g.attrs["models"] = str_attr(model_names(bands))
+        g.attrs["regions"] = str_attr(region_names(bands))
         g.attrs["first_model"] = idx[0]
         g.create_dataset("r2", data=mean.astype(np.float32))
         g.create_dataset("variance", data=regions_from_r2(mean, axis=1).astype(np.float32))
-
-
-def _strs(xs):
-    from .h5io import str_attr
-
-    return str_attr(list(xs))
-
 
 
 # ---- group statistics (the stats stage) --------------------------------------------------------------

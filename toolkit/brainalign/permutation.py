@@ -306,7 +306,7 @@ def run_permutation(cfg, force: bool = False):
     from .log import progress
     from .pipeline.keys import stage_check
     from .contrasts import resolve_contrasts
-    from .fdr import fdr_by_family
+    from .fdr import fdr_by_family, significant
 
     n_perm, layer, fsets, min_shift, seed = _settings(cfg)
     path = permutation_path(cfg)
@@ -403,9 +403,6 @@ def run_permutation(cfg, force: bool = False):
     finally:
         inp.close()
 
-    def sig(q):
-        return (np.nan_to_num(q, nan=np.inf) <= q_level).astype(np.uint8)
-
     with atomic_h5(path, "permutation", cfg.text, dict(key.attrs, scores_created=scores_created)) as g:
         g.attrs["subjects"] = str_attr(subjects)
         g.attrs["feature_sets"] = str_attr(fsets)
@@ -433,16 +430,17 @@ def run_permutation(cfg, force: bool = False):
             + f" (stats.fdr_family: {family})")
         gr = g.create_group("r")
         q = np.stack([qs[f"r:{fs}"] for fs in fsets], axis=1).astype(np.float32)
-        for k, arr in (("observed", obs), ("p", pv), ("q", q), ("significant", sig(q))):
+        for k, arr in (("observed", obs), ("p", pv), ("q", q), ("significant", significant(q, q_level))):
             gr.create_dataset(k, data=arr, compression="gzip", shuffle=True)
         gc = g.create_group("contrast")
         for c in contrasts:
             gg = gc.create_group(c.name)
             gg.attrs["a"], gg.attrs["b"] = c.a, c.b
             cq = qs[f"c:{c.name}"].astype(np.float32)
-            for k, arr in (("observed", cobs[c.name]), ("p", cp[c.name]), ("q", cq), ("significant", sig(cq))):
+            for k, arr in (("observed", cobs[c.name]), ("p", cp[c.name]), ("q", cq),
+                           ("significant", significant(cq, q_level))):
                 gg.create_dataset(k, data=arr, compression="gzip", shuffle=True)
         g.create_dataset("shifts", data=all_shifts)
     log.info("permutation: wrote %s; significant voxels (q <= %g) per subject and feature set: %s", path, q_level,
-             {fs: sig(q[:, fi]).sum(axis=-1).tolist() for fi, fs in enumerate(fsets)})
+             {fs: significant(q[:, fi], q_level).sum(axis=-1).tolist() for fi, fs in enumerate(fsets)})
     return path

@@ -32,11 +32,16 @@ fitted on, of the (n, n) linear kernel.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .ridge.backend import NumpyBackend
+from .ridge.solver import truncated_eigh
+
+_NP = NumpyBackend()
 
 
 def ridge_residual(target: np.ndarray, predictors: np.ndarray, train: np.ndarray, alpha: float) -> np.ndarray:
@@ -61,18 +66,13 @@ class _Regression:
     def __init__(self, mu_p, mu_t, V, lam, Zp):
         self.mu_p, self.mu_t, self.V, self.lam, self.Zp = mu_p, mu_t, V, lam, Zp
 
-    @staticmethod
-    def _truncate(lam, vecs, size):
-        keep = lam > (lam.max() if lam.size else 0.0) * size * np.finfo(np.float64).eps
-        return lam[keep], vecs[:, keep]
-
     @classmethod
     def from_gram(cls, n, sum_p, sum_t, PtP, PtT):
         """From sufficient statistics of the fitted rows (primal form, q <= n)."""
         mu_p, mu_t = sum_p / n, sum_t / n
         G = PtP - n * np.outer(mu_p, mu_p)
         C = PtT - n * np.outer(mu_p, mu_t)
-        lam, V = cls._truncate(*np.linalg.eigh(G), max(G.shape[0], n))
+        lam, V = truncated_eigh(_NP, G, max(G.shape[0], n))
         return cls(mu_p, mu_t, V, lam, V.T @ C)
 
     @classmethod
@@ -83,7 +83,7 @@ class _Regression:
             return cls.from_gram(n, P.sum(0), T.sum(0), P.T @ P, P.T @ T)
         mu_p, mu_t = P.mean(0), T.mean(0)
         Pc, Tc = P - mu_p, T - mu_t
-        lam, U = cls._truncate(*np.linalg.eigh(Pc @ Pc.T), max(n, q))
+        lam, U = truncated_eigh(_NP, Pc @ Pc.T, max(n, q))
         s = np.sqrt(lam)
         V = (Pc.T @ U) / s
         return cls(mu_p, mu_t, V, lam, s[:, None] * (U.T @ Tc))
@@ -144,6 +144,12 @@ def crossfit_residuals(target, predictors, groups, fold, alphas) -> CrossFit:
     groups (n,): the outer-fold label of each row (align's fold of the row's run); fold: the held-out
     label; alphas: candidate penalties. Needs at least two training folds.
     """
+    return next(crossfit_folds(target, predictors, groups, [fold], alphas))
+
+
+def crossfit_folds(target, predictors, groups, folds, alphas) -> Iterator[CrossFit]:
+    """:func:`crossfit_residuals` of each outer fold in ``folds``, one at a time; the per-fold sufficient
+    statistics, which do not depend on the held-out fold, are computed once for all of them."""
     T = np.asarray(target, np.float64)
     P = np.asarray(predictors, np.float64)
     groups = np.asarray(groups)
@@ -154,6 +160,13 @@ def crossfit_residuals(target, predictors, groups, fold, alphas) -> CrossFit:
     if alphas.size == 0 or not np.all(np.isfinite(alphas) & (alphas > 0)):
         raise ConfigError(f"align.residual_alphas: expected positive numbers, got {alphas.tolist()}")
     stats = _FoldStats(P, T, groups)
+    for fold in folds:
+        yield _crossfit(stats, fold, alphas)
+
+
+def _crossfit(stats: _FoldStats, fold, alphas) -> CrossFit:
+    """The cross-fit of held-out fold ``fold`` from the statistics of every fold."""
+    P, T = stats.P, stats.T
     train = [g for g in stats.labels if g != fold]
     if fold not in stats.rows or len(train) < 2:
         raise DataError(f"residuals: fold {fold!r} needs to be one of {len(stats.labels)} folds with at least two "

@@ -68,7 +68,7 @@ from scipy import stats as _sps
 
 from .contrasts import resolve_contrasts
 from .errors import ConfigError, DataError
-from .fdr import fdr_by_family, family_text, stats_family
+from .fdr import fdr_by_family, family_text, significant, stats_family
 from .partition import CSV_COLUMNS as PARTITION_COLUMNS
 from .partition import partition_group_stats, partition_rows, test_names, write_partition_stats
 from .h5io import atomic_h5, atomic_path, is_complete, open_h5, read_str_attr, str_attr
@@ -364,10 +364,6 @@ def _mean_sem(x):
 
 # ---- the stage -----------------------------------------------------------------------------------
 
-def _significant(q, q_level):
-    return (np.nan_to_num(q, nan=np.inf) <= q_level).astype(np.uint8)
-
-
 def _fmt(v):
     return "" if v is None else (repr(float(v)) if isinstance(v, (float, np.floating)) else str(v))
 
@@ -467,17 +463,17 @@ def run_stats(cfg, force: bool = False) -> Path:
     # multiple comparisons: the families of stats.fdr_family (fdr.py) over contrasts and partition regions
     family = cfg.stats.fdr_family
     across = stats_family(family)
-    for level, store, get in (("voxel", vox, lambda ps: ps.vox), ("roi", roi, lambda ps: ps.roi)):
+    for store, get in ((vox, lambda ps: ps.vox), (roi, lambda ps: ps.roi)):
         tests = {c.name: store[c.name]["p"] for c in contrasts}
         for ps in parts:
             tests.update(zip(test_names(ps), get(ps)["p"]))
         qs = fdr_by_family(tests, *across)
         for c in contrasts:
             store[c.name]["q"] = qs[c.name].astype(store[c.name]["p"].dtype)
-            store[c.name]["significant"] = _significant(qs[c.name], q_level)
+            store[c.name]["significant"] = significant(qs[c.name], q_level)
         for ps in parts:
             q = np.stack([qs[t] for t in test_names(ps)]).astype(get(ps)["p"].dtype)
-            get(ps)["q"], get(ps)["significant"] = q, _significant(q, q_level)
+            get(ps)["q"], get(ps)["significant"] = q, significant(q, q_level)
 
     # CSV and maps first, stats.h5 (with its completion marker) last: a killed job never looks done
     rows = []

@@ -55,6 +55,19 @@ _GROUP_BYTES = 48 * 2**20  # predictions (and scaled maps) held at once by the s
 _RUN_LIMIT = 4  # at most this many contiguous row runs are used as slices; more -> one gather
 
 
+def above_rank_floor(values, size):
+    """Mask of the components kept: numpy float64 ``values`` > max(values) * size * eps64 (module doc)."""
+    return values > (values.max() if values.size else 0.0) * size * np.finfo(np.float64).eps
+
+
+def truncated_eigh(B, gram, size):
+    """Rank-truncated eigenpairs of a symmetric float64 matrix: (numpy float64 (r,), vectors (m, r) on ``B``)."""
+    lam, vecs = B.eigh(gram)
+    lam_np = B.to_numpy(lam).astype(np.float64)
+    keep = above_rank_floor(lam_np, size)
+    return lam_np[keep], vecs[:, B.index(np.flatnonzero(keep))]
+
+
 def factorize(B, Xc, method="eigh", gram=None):
     """Thin rank-truncated factorisation of a centred float64 design ``Xc`` (n, p) on backend ``B``.
 
@@ -63,21 +76,16 @@ def factorize(B, Xc, method="eigh", gram=None):
     ``gram`` optionally supplies ``Xc^T Xc`` (p <= n only), e.g. downdated from a larger Gram matrix.
     """
     n, p = Xc.shape
-    eps = np.finfo(np.float64).eps
     if method == "svd":
         U, s, Vt = B.svd(Xc)
         s_np = B.to_numpy(s).astype(np.float64)
-        keep_np = s_np > (s_np.max() if s_np.size else 0.0) * max(n, p) * eps
+        keep_np = above_rank_floor(s_np, max(n, p))
         keep = B.index(np.flatnonzero(keep_np))
         return U[:, keep], s_np[keep_np], Vt[keep].T
     if gram is None or p > n:
         gram = Xc.T @ Xc if p <= n else Xc @ Xc.T
-    lam, vecs = B.eigh(gram)
-    lam_np = B.to_numpy(lam).astype(np.float64)
-    keep_np = lam_np > (lam_np.max() if lam_np.size else 0.0) * max(n, p) * eps
-    keep = B.index(np.flatnonzero(keep_np))
-    s_np = np.sqrt(lam_np[keep_np])
-    vecs = vecs[:, keep]
+    lam_np, vecs = truncated_eigh(B, gram, max(n, p))
+    s_np = np.sqrt(lam_np)
     s_b = B.asarray(s_np, "float64")
     if p <= n:
         return (Xc @ vecs) / s_b, s_np, vecs
