@@ -131,8 +131,8 @@ def load_report_data(cfg) -> ReportData:
         if [int(x) for x in np.atleast_1d(g.attrs["layers"])] != meta.layers:
             raise DataError(f"stats file {stats_path}: attr layers differs from {scores_path}; rerun the stats stage")
         roi_r = g["roi/mean_r"][()]
-        vox_all = g["voxel/mean_r"][()]
         li, how = _pick_layer(cfg, meta)
+        vox_mean_r = g["voxel/mean_r"][:, li]               # (F, V): only the report layer is shown
         names = read_str_attr(g, "contrasts") if "contrasts" in g.attrs else []
         a_s = read_str_attr(g, "contrast_a") if names else []
         b_s = read_str_attr(g, "contrast_b") if names else []
@@ -155,7 +155,7 @@ def load_report_data(cfg) -> ReportData:
         partitions = [(name, read_str_attr(gp, "regions"),
                        {k: gp[f"roi/{k}"][()] for k in ("mean", "ci_low", "ci_high", "q", "significant")})
                       for name, gp in (g["partition"].items() if "partition" in g else [])]
-        data = ReportData(meta, roi_r, vox_all[:, li], float(g.attrs["q"]), li, how, contrasts,
+        data = ReportData(meta, roi_r, vox_mean_r, float(g.attrs["q"]), li, how, contrasts,
                           {"scores.h5": scores_attrs, "stats.h5": _attrs_as_text(g)}, ceiling,
                           _load_permutation(out / "permutation.h5", meta),
                           str(g.attrs.get("fdr_family", "layer")), partitions)

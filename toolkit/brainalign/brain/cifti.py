@@ -121,7 +121,7 @@ def write_cifti_dscalar(path, values, like, names=None) -> Path:
 
     from .volumes import save_image
 
-    models = like if isinstance(like, nib.cifti2.BrainModelAxis) else _axes(_load(like), like)[1]
+    models = like if isinstance(like, nib.cifti2.BrainModelAxis) else brain_models(like)
     values = np.atleast_2d(np.asarray(values, dtype=np.float32))
     if values.shape[1] != len(models):
         raise DataError(f"dscalar values of shape {values.shape} do not fit {like} ({len(models)} grayordinates)")

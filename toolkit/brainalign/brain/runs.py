@@ -86,13 +86,14 @@ def _hdf5_files(cfg, subject) -> list[Path]:
     return [require_file("data.bold.dir", Path(pattern), f"BOLD HDF5 file of sub-{subject}")]
 
 
-def _find_hdf5(cfg, subject, run, files, names, session):
+def _find_hdf5(cfg, subject, run, names, session):
+    """(file, dataset) of ``run`` among a subject's HDF5 files; ``names``: {file: its dataset names}."""
     from .volumes import find_hdf5_dataset
 
     hits = []
-    for path in files:
+    for path, in_file in names.items():
         try:
-            hits.append((path, find_hdf5_dataset(path, run, cfg.data.bold.rescans, session, names=names[path])))
+            hits.append((path, find_hdf5_dataset(path, run, cfg.data.bold.rescans, session, names=in_file)))
         except MissingRunError:
             continue
     if len(hits) > 1:
@@ -100,7 +101,7 @@ def _find_hdf5(cfg, subject, run, files, names, session):
                         f"{', '.join(f'{p}:{d}' for p, d in hits)}")
     if not hits:
         raise MissingRunError(f"no dataset for task-{run} in the BOLD HDF5 file(s) of sub-{subject}: "
-                              f"{', '.join(str(p) for p in files)}")
+                              f"{', '.join(str(p) for p in names)}")
     return hits[0]
 
 
@@ -120,13 +121,12 @@ def find_runs(cfg) -> RunTable:
         bids_dir = require_file("data.bold.dir", cfg.path(b.dir, "data.bold.dir"), "fMRIPrep derivatives directory")
     for s in b.subjects:
         if b.format == "hdf5":
-            files = _hdf5_files(cfg, s)
-            names = {p: hdf5_datasets(p) for p in files}
+            names = {p: hdf5_datasets(p) for p in _hdf5_files(cfg, s)}
         for run in cfg.data.episodes:
             ses = overrides.get((s, run))
             try:
                 if b.format == "hdf5":
-                    path, ds = _find_hdf5(cfg, s, run, files, names, ses)
+                    path, ds = _find_hdf5(cfg, s, run, names, ses)
                     table.found[(s, run)] = BoldRun(s, run, path, ds, "hdf5")
                 elif b.format == "cifti":
                     table.found[(s, run)] = BoldRun(s, run, find_cifti_bold(bids_dir, s, run, b.space,

@@ -93,11 +93,12 @@ def load_episode_stimuli(cfg, episode: str, spec=None) -> EpisodeStimuli:
     windows = window_bounds(n_windows, step, context)
 
     # audio
-    rate = int(spec.audio_rate) if spec is not None and spec.audio_rate else int(cfg.windows.audio_rate)
+    spec_rate = spec.audio_rate if spec is not None else None
+    rate = int(spec_rate) if spec_rate else int(cfg.windows.audio_rate)
     source = audio_path if audio_path is not None else video
     audio = read_audio(source, rate)
-    native = source_sample_rate(source)
-    if spec is not None and spec.audio_rate and native and native < rate:
+    native = source_sample_rate(source) if spec_rate else None      # opens the file: only when a model asks
+    if native and native < rate:
         log.warning("audio %s is band-limited: stored at %d Hz, so nothing above %d Hz reaches %s's %d Hz input "
                     "(its top mel bands stay empty)", source, native, native // 2, spec.name or "the model", rate)
     if spec is not None and spec.peak_normalise:
