@@ -34,7 +34,8 @@ from ..conditions import modalities
 from ..registry import Backbone, window_indices
 from .convert import model_from_payload, read_converted
 from .inputs import batch_windows
-from .layout import TEXT_SLOTS, frame_times, plan_windows, segment_starts, subsegment_words, window_tokens
+from .layout import (TEXT_SLOTS, frame_times, plan_windows, segment_starts, subsegment_words, transcript_onsets,
+                     window_tokens)
 from .model import MerlotReserve
 from .spectrogram import SAMPLE_RATE, segment_clips
 
@@ -133,8 +134,9 @@ class MerlotBackbone(Backbone):
 
     def window_rows(self, stimuli, idx, condition: str, plan) -> list:
         rows = []
+        onsets = transcript_onsets(stimuli.transcript or [])    # once for the batch, not per window
         for i in idx:
-            words = subsegment_words(stimuli.transcript, float(stimuli.windows[i, 1]), plan)
+            words = subsegment_words(stimuli.transcript, float(stimuli.windows[i, 1]), plan, onsets)
             r = window_tokens(words, plan, condition, self.tokenize, self.cfg.audio_token_length)
             if r.truncated and (stimuli.episode, condition) not in self._warned:
                 self._warned.add((stimuli.episode, condition))
