@@ -82,8 +82,7 @@ class Context:
 
     def usable(self, backend):
         """(ok, reason) of a GPU backend, as the env section probed it (no CUDA call here)."""
-        env = self.load_json("env")
-        u = env.get("measurements", {}).get("usable", {}).get(backend) if env else None
+        u = self.measurements("env").get("usable", {}).get(backend)
         if u is None:
             return False, "the env section did not report on this backend"
         return bool(u["ok"]), u["reason"]
@@ -95,12 +94,13 @@ class Context:
         path = self.workdir / f"ref-{name}.npz"
         return dict(np.load(path)) if path.exists() else None
 
-    def load_json(self, section):
+    def measurements(self, section):
+        """What ``section`` measured in this run ({} if it saved nothing readable)."""
         path = self.workdir / f"{section}.json"
         try:
-            return json.loads(path.read_text())
+            return json.loads(path.read_text()).get("measurements", {})
         except (OSError, ValueError):
-            return None
+            return {}
 
 
 def clean(obj):
@@ -177,10 +177,10 @@ def timed(fn, sync=None):
     return out, time.perf_counter() - t0
 
 
-def gemm_rate(ctx, key):
-    """A GEMM rate (TFLOP/s) measured by the gemm section of this run, or None."""
-    g = ctx.load_json("gemm")
-    return (g or {}).get("measurements", {}).get(key, {}).get("tflops")
+def gemm_rate(ctx, backend):
+    """The float32 GEMM rate (TFLOP/s) of ``backend`` measured by the gemm section of this run, or None."""
+    key = "torch_float32" if backend == "torch-cuda" else "cupy_float32"
+    return ctx.measurements("gemm").get(key, {}).get("tflops")
 
 
 # ------------------------------------------------------------------------------------ data
@@ -477,8 +477,8 @@ def _ridge_gpu(ctx, backend):
     _, t_warm = timed(lambda: FoldSolver(Xw[:nw], Xw[nw:], ALPHAS, kfold_splits(nw, 5), backend=backend)
                       .score_chunk(Yw[:nw], Yw[nw:]), dev.sync)
     ctx.measure("warmup_s", t_warm)
-    peak32 = gemm_rate(ctx, "torch_float32" if backend == "torch-cuda" else "cupy_float32")
-    numpy_meas = (ctx.load_json("ridge_numpy") or {}).get("measurements", {})
+    peak32 = gemm_rate(ctx, backend)
+    numpy_meas = ctx.measurements("ridge_numpy")
 
     def ref_of(name):
         ref = ctx.load(name)
@@ -598,7 +598,7 @@ def section_kernels(ctx):
     t_fused = _event_time(lambda: colsums2(P, Y), reps, "cupy")
     t_plain = _event_time(plain32, reps, "cupy")
     read_gb = (P.nbytes + Y.nbytes) / 1e9
-    copy = (ctx.load_json("gemm") or {}).get("measurements", {}).get("device_copy", {}).get("gb_per_s")
+    copy = ctx.measurements("gemm").get("device_copy", {}).get("gb_per_s")
     m = {"shape_k_n_v": [k, n, v], "fused_s": t_fused, "plain_s": t_plain, "speedup": t_plain / t_fused,
          "fused_read_gb_per_s": read_gb / t_fused}
     if copy:
@@ -640,7 +640,7 @@ def _stream_gpu(ctx, backend):
     ref = ctx.load("stream")
     res, t_sub = timed(lambda: nested(Y[:, :s["ref_v"]], True), dev.sync)
     sub = {"voxels": s["ref_v"], "wall_s": t_sub, "warmup_s": t_warm}
-    numpy_sub = ((ctx.load_json("stream_numpy") or {}).get("measurements", {}).get("subset") or {}).get("wall_s")
+    numpy_sub = ctx.measurements("stream_numpy").get("subset", {}).get("wall_s")
     if numpy_sub:
         sub["speedup_vs_numpy"] = numpy_sub / t_sub
     if ref is None:
@@ -656,7 +656,7 @@ def _stream_gpu(ctx, backend):
     flops = flops_nested(s["n"], s["p"], s["outer"], s["inner"], s["v"])
     m = {"voxels": s["v"], "wall_s": t_full, "voxels_per_s": s["v"] / t_full, "tflops": flops / t_full / 1e12,
          "finite_r": int(np.isfinite(full.r).sum()), **peak}
-    peak32 = gemm_rate(ctx, "torch_float32" if backend == "torch-cuda" else "cupy_float32")
+    peak32 = gemm_rate(ctx, backend)
     if peak32:
         m["fraction_of_float32_gemm"] = m["tflops"] / peak32
     ctx.measure("full", m)

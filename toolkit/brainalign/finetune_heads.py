@@ -53,7 +53,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .h5io import atomic_path
 
 TVQA_SLOTS = 256          # lang_seq_len of tvqa_finetune.py
 MAX_TVQA_SEGMENTS = 7     # prep_data.py pads every question to 7 segments (8 with the dummy first one)
@@ -141,13 +140,12 @@ class MerlotQAModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, path, seed: int = 0, n_segments: int = 7) -> "MerlotQAModel":
         """From a converted .pt (pre-trained: a fresh ``proj``; fine-tuned: its ``proj``)."""
+        from .models.merlot.backbone import payload_tokenizer
         from .models.merlot.convert import read_converted
         from .models.merlot.model import MerlotConfig, build_model
 
         payload = read_converted(path)
-        if not payload.get("tokenizer_json"):
-            raise ConfigError(f"model.checkpoint: {path} has no BPE vocabulary; convert again with "
-                              "--tokenizer lowercase_encoder.json (from the original repository)")
+        tokenizer_json = payload_tokenizer(payload, path)
         cfg = MerlotConfig(**{**payload["config"], "qa_head": True, "joint_head": False, "span_num_layers": 0})
         model = build_model(cfg)
         sd = {k: v for k, v in payload["state_dict"].items()
@@ -160,7 +158,7 @@ class MerlotQAModel(nn.Module):
             g = torch.Generator().manual_seed(int(seed))
             with torch.no_grad():
                 model.proj.weight.copy_(torch.randn(model.proj.weight.shape, generator=g) * 0.01)
-        return cls(model, payload["tokenizer_json"], seed=seed, source=str(path), n_segments=n_segments)
+        return cls(model, tokenizer_json, seed=seed, source=str(path), n_segments=n_segments)
 
     encode_answers = None           # rows come from item_inputs (they need the times, frames and audio)
 
@@ -264,14 +262,11 @@ class MerlotQAModel(nn.Module):
 
     def save(self, path) -> Path:
         """The converted .pt format (:func:`brainalign.models.merlot.convert.read_converted`), atomically."""
-        from .models.merlot.convert import FORMAT
+        from .models.merlot.convert import write_converted
 
         state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        payload = {"format": FORMAT, "config": self.model.cfg.to_dict(), "state_dict": state,
-                   "source": f"brainalign finetune of {self.source}", "tokenizer_json": self.tokenizer_json}
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
-        return Path(path)
+        return write_converted(path, self.model.cfg, state, f"brainalign finetune of {self.source}",
+                               self.tokenizer_json)
 
 
 def mask_positions(tokens: torch.Tensor, mask_id: int) -> torch.Tensor:

@@ -250,12 +250,6 @@ def summarize(scores: dict, conditions, reference: str, n_boot: int, seed, episo
 
 # ---- the stage ------------------------------------------------------------------------------------------
 
-def _load_stimuli(cfg, episode, backbone=None):
-    from .extract import load_stimuli_for
-
-    return load_stimuli_for(backbone, cfg, episode)
-
-
 def word_classes(cfg, stimuli) -> list[list[str]] | None:
     """Per window, the class of each of its words from the transcript column ``mlm.word_class_column``
     (None when unset). The TSV rows are windowed exactly as the words are (by onset)."""
@@ -281,7 +275,7 @@ def run_mlm(cfg, force: bool = False, backbone=None):
     Skipped while its stage key (mlm.*, the backbone settings, the stimuli and checkpoint files) is current
     (unless ``force``).
     """
-    from .extract import check_stimuli
+    from .extract import check_stimuli, load_stimuli_for
     from .models import get_backbone
     from .pipeline.keys import stage_check
 
@@ -297,7 +291,7 @@ def run_mlm(cfg, force: bool = False, backbone=None):
     episodes = list(cfg.data.episodes)
     per_ep = []
     for ep in progress(episodes, desc="mlm", unit="episode"):
-        stimuli = _load_stimuli(cfg, ep, backbone)
+        stimuli = load_stimuli_for(backbone, cfg, ep)
         check_stimuli(stimuli)
         masks = choose_masks(stimuli.words, cfg.mlm.mask_fraction, episode_rng(cfg.mlm.seed, ep))
         res = evaluate_episode(head, stimuli, conds, masks, cfg.model.batch_size)

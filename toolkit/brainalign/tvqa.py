@@ -145,18 +145,24 @@ def load_frames_letterboxed(files: list, times, size: tuple, fps: float = TVQA_F
     """uint8 (n, H, W, 3): the frames shown at ``times`` (file round(t * fps), clamped), each at its own
     resolution resized into ``size`` keeping its aspect and zero-padded (MERLOT's resize_and_pad; TVQA's
     frames are not trimmed, as in the original's TVQA preparation)."""
-    from PIL import Image
-
     from .stimuli.frames import letterbox
 
     idx = np.clip(np.round(np.asarray(times, dtype=np.float64) * fps).astype(np.int64), 0, len(files) - 1)
-    out = np.zeros((len(idx), *size, 3), dtype=np.uint8)
+    return _read_frames(files, idx, tuple(size),
+                        lambda im: letterbox(np.asarray(im.convert("RGB"), dtype=np.uint8), size))
+
+
+def _read_frames(files: list, idx, size: tuple, convert) -> np.ndarray:
+    """uint8 (len(idx), *size, 3): ``convert(PIL image)`` of each file ``files[i]`` (each decoded once)."""
+    from PIL import Image
+
+    out = np.empty((len(idx), *size, 3), dtype=np.uint8)
     cache = {}
     for k, i in enumerate(idx):
         if i not in cache:
             try:
                 with Image.open(files[i]) as im:
-                    cache[i] = letterbox(np.asarray(im.convert("RGB"), dtype=np.uint8), size)
+                    cache[i] = convert(im)
             except OSError as e:
                 raise DataError(f"TVQA frame {files[i]}: cannot be decoded ({e})") from None
         out[k] = cache[i]
@@ -182,21 +188,14 @@ def load_frames(files: list, ts: tuple, n: int, size: int, fps: float = TVQA_FPS
     """uint8 (n, size, size, 3): the frames shown at ``frame_times(ts, n)`` (clamped to the clip), resized."""
     from PIL import Image
 
+    def convert(im):
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
     idx = np.clip(np.floor(frame_times(ts, n) * fps + 1e-9).astype(np.int64), 0, len(files) - 1)
-    out = np.empty((n, size, size, 3), dtype=np.uint8)
-    cache = {}
-    for k, i in enumerate(idx):
-        if i not in cache:
-            try:
-                with Image.open(files[i]) as im:
-                    im = im.convert("RGB")
-                    if im.size != (size, size):
-                        im = im.resize((size, size), Image.BILINEAR)
-                    cache[i] = np.asarray(im, dtype=np.uint8)
-            except OSError as e:
-                raise DataError(f"TVQA frame {files[i]}: cannot be decoded ({e})") from None
-        out[k] = cache[i]
-    return out
+    return _read_frames(files, idx, (size, size), convert)
 
 
 _PUNCT = re.compile(r"[^\w']+")

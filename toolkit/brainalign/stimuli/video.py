@@ -111,10 +111,8 @@ def sample_frames(path, times, size: int) -> np.ndarray:
     """
     times = np.asarray(times, dtype=np.float64).reshape(-1)
     out = np.zeros((len(times), size, size, 3), dtype=np.uint8)
-
-    def store(i, rgb):
-        out[i] = rgb
-    _stream_frames(path, times, lambda f: f.reformat(width=size, height=size, format="rgb24").to_ndarray(), store)
+    _stream_frames(path, times, lambda f: f.reformat(width=size, height=size, format="rgb24").to_ndarray(),
+                   out.__setitem__)
     return out
 
 
@@ -143,8 +141,5 @@ def sample_frames_letterboxed(path, times, size: tuple, trim: bool = True) -> tu
             acc["max"] = m if "max" not in acc else np.maximum(acc["max"], m)
         _stream_frames(path, times, lambda f: channel_max(rgb(f)), accumulate)
         box = content_box(acc["max"])
-
-    def store(i, img):
-        out[i] = img
-    _stream_frames(path, times, lambda f: letterbox(rgb(f), (H, W), box), store)
+    _stream_frames(path, times, lambda f: letterbox(rgb(f), (H, W), box), out.__setitem__)
     return out, box

@@ -34,11 +34,11 @@ from ..conditions import modalities
 from ..registry import Backbone, window_indices
 from .convert import model_from_payload, read_converted
 from .inputs import batch_windows
-from .layout import TEXT_SLOTS, frame_times, plan_windows, segment_starts, subsegment_words, window_tokens
+from .layout import (TEXT_SLOTS, frame_times, plan_windows, segment_starts, subsegment_words, transcript_onsets,
+                     window_tokens)
 from .model import MerlotReserve
 from .spectrogram import SAMPLE_RATE, segment_clips
 
-MAX_SLOTS = TEXT_SLOTS
 log = get_logger("merlot")
 
 
@@ -51,6 +51,14 @@ def bpe_tokenizer(tokenizer_json: str) -> Callable[[str], list]:
                           "(pip install tokenizers)") from None
     tok = Tokenizer.from_str(tokenizer_json)
     return lambda text: tok.encode(text).ids
+
+
+def payload_tokenizer(payload: dict, checkpoint) -> str:
+    """The BPE vocabulary embedded in a converted checkpoint's payload; ConfigError naming ``checkpoint``."""
+    if not payload.get("tokenizer_json"):
+        raise ConfigError(f"model.checkpoint: {checkpoint} has no BPE vocabulary; convert again with "
+                          "--tokenizer lowercase_encoder.json (from the original repository)")
+    return payload["tokenizer_json"]
 
 
 class MerlotBackbone(Backbone):
@@ -126,16 +134,17 @@ class MerlotBackbone(Backbone):
 
     def window_rows(self, stimuli, idx, condition: str, plan) -> list:
         rows = []
+        onsets = transcript_onsets(stimuli.transcript or [])    # once for the batch, not per window
         for i in idx:
-            words = subsegment_words(stimuli.transcript, float(stimuli.windows[i, 1]), plan)
-            r = window_tokens(words, plan, condition, self.tokenize, self.cfg.audio_token_length, MAX_SLOTS)
+            words = subsegment_words(stimuli.transcript, float(stimuli.windows[i, 1]), plan, onsets)
+            r = window_tokens(words, plan, condition, self.tokenize, self.cfg.audio_token_length)
             if r.truncated and (stimuli.episode, condition) not in self._warned:
                 self._warned.add((stimuli.episode, condition))
                 log.warning("episode %s, window %d (%s): %d slots past %d cut at the tail (the original keeps "
                             "the head); a shorter windows.context avoids it", stimuli.episode, int(i), condition,
-                            r.truncated, MAX_SLOTS)
+                            r.truncated, TEXT_SLOTS)
             if not any(r.pooled):
-                raise DataError(f"episode {stimuli.episode}, window {int(i)} ({condition}): the {MAX_SLOTS}-slot "
+                raise DataError(f"episode {stimuli.episode}, window {int(i)} ({condition}): the {TEXT_SLOTS}-slot "
                                 "limit cut every slot of the window itself; use a shorter windows.context")
             rows.append(r)
         return rows
@@ -172,8 +181,5 @@ def build_merlot_reserve(model_cfg, windows_cfg) -> MerlotBackbone:
                           "(python -m brainalign.models.merlot.convert FLAX_CKPT OUT.pt --tokenizer "
                           "lowercase_encoder.json)")
     payload = read_converted(model_cfg.checkpoint)
-    if not payload.get("tokenizer_json"):
-        raise ConfigError(f"model.checkpoint: {model_cfg.checkpoint} has no BPE vocabulary; convert again with "
-                          "--tokenizer lowercase_encoder.json (from the original repository)")
-    tokenize = bpe_tokenizer(payload["tokenizer_json"])
+    tokenize = bpe_tokenizer(payload_tokenizer(payload, model_cfg.checkpoint))
     return MerlotBackbone(model_from_payload(payload), tokenize)

@@ -229,34 +229,39 @@ def check_grid(src, overrides: dict) -> None:
                         f"was trained at ({', '.join(f'{h} {w}' for h, w in RESADAPT_GRIDS)})")
 
 
-def convert_flax_checkpoint(path, **overrides) -> dict[str, torch.Tensor]:
-    """Read an official Flax checkpoint and return our float32 state dict (see :func:`infer_config`)."""
+def _read_flax(path, overrides: dict) -> tuple[MerlotConfig, dict[str, torch.Tensor]]:
     check_grid(path, overrides)
     flat = read_flax_params(path)
     cfg = infer_config(flat, path, **overrides)
-    return params_to_state_dict(flat, cfg, path)
+    return cfg, params_to_state_dict(flat, cfg, path)
+
+
+def convert_flax_checkpoint(path, **overrides) -> dict[str, torch.Tensor]:
+    """Read an official Flax checkpoint and return our float32 state dict (see :func:`infer_config`)."""
+    return _read_flax(path, overrides)[1]
+
+
+def write_converted(dst, cfg: MerlotConfig, state_dict: dict, source: str, tokenizer_json) -> Path:
+    """``dst`` = torch.save of {format, config, state_dict, source, tokenizer_json}, written atomically."""
+    payload = {"format": FORMAT, "config": cfg.to_dict(), "state_dict": state_dict, "source": source,
+               "tokenizer_json": tokenizer_json}
+    with atomic_path(dst) as tmp:
+        torch.save(payload, tmp)
+    return Path(dst)
 
 
 def convert(src, dst, tokenizer=None, **overrides) -> Path:
-    """Convert ``src`` (Flax msgpack) to ``dst`` (torch.save of {format, config, state_dict, source,
-    tokenizer_json}), written atomically. ``tokenizer``: the original's BPE vocabulary file
-    (mreserve/lowercase_encoder.json), embedded so that the .pt is all the backbone needs.
+    """Convert ``src`` (Flax msgpack) to ``dst`` (:func:`write_converted`). ``tokenizer``: the original's BPE
+    vocabulary file (mreserve/lowercase_encoder.json), embedded so that the .pt is all the backbone needs.
     ``overrides``: e.g. ``output_grid=(18, 32)``, required for the res-adapted checkpoints (:func:`check_grid`)."""
-    check_grid(src, overrides)
-    flat = read_flax_params(src)
-    cfg = infer_config(flat, src, **overrides)
-    sd = params_to_state_dict(flat, cfg, src)
+    cfg, sd = _read_flax(src, overrides)
     tok = None
     if tokenizer is not None:
         tpath = Path(tokenizer)
         if not tpath.is_file():
             raise DataError(f"MERLOT tokenizer file not found: {tpath}")
         tok = tpath.read_text(encoding="utf-8")
-    payload = {"format": FORMAT, "config": cfg.to_dict(), "state_dict": sd, "source": str(src),
-               "tokenizer_json": tok}
-    with atomic_path(dst) as tmp:
-        torch.save(payload, tmp)
-    return Path(dst)
+    return write_converted(dst, cfg, sd, str(src), tok)
 
 
 def read_converted(path) -> dict:

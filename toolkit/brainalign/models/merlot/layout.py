@@ -119,12 +119,18 @@ def assign_words(words, seg_start: float) -> list:
     return np.maximum.accumulate(sub).tolist()
 
 
-def subsegment_words(transcript, window_end: float, plan: WindowPlan) -> list:
-    """list (n_sub) of list[str]: the words of each sub-segment of the window ending at ``window_end``."""
+def transcript_onsets(transcript) -> np.ndarray:
+    """float64 (n_words,): the onsets of a transcript (list of Word, by onset)."""
+    return np.array([w.onset for w in transcript], dtype=np.float64)
+
+
+def subsegment_words(transcript, window_end: float, plan: WindowPlan, onsets=None) -> list:
+    """list (n_sub) of list[str]: the words of each sub-segment of the window ending at ``window_end``.
+    ``onsets``: :func:`transcript_onsets` of ``transcript``, when the caller has them for many windows."""
     out = [[] for _ in range(plan.n_sub)]
     if not transcript:
         return out
-    onsets = np.array([w.onset for w in transcript], dtype=np.float64)
+    onsets = transcript_onsets(transcript) if onsets is None else onsets
     for g, t0 in enumerate(segment_starts(window_end, plan)):
         a, b = np.searchsorted(onsets, [t0, t0 + SEGMENT_SECONDS], side="left")
         seg = transcript[a:b]
