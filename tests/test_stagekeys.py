@@ -316,6 +316,15 @@ def test_submit_plans_only_stale_stages(study, capsys, monkeypatch):
     assert "fit: " in out and "extract: " in out
 
 
+def test_submit_plan_without_extract_in_the_pipeline(study, capsys, monkeypatch):
+    """A pipeline that starts at align (features extracted earlier) plans from the stage keys too."""
+    root, cfg = study
+    monkeypatch.chdir(root)
+    assert main(["submit", str(cfg), "--dry-run", "--cluster", "local", "--set", "pipeline=[align, fit, stats]"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to submit" in out and "align: " in out and "is current (stage key" in out
+
+
 def test_verify_compares_content(study, capsys):
     """--verify: a replaced file with the same size and mtime is caught; a touched, identical file is not
     a change (in either mode, once the record holds content hashes)."""

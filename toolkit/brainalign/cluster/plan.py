@@ -277,7 +277,9 @@ def build_plan(cfg, profile: Profile, cluster: str = "slurm", *, config_path, fo
         after = [jobs[-1].name] if jobs else []
         gpus = int(res.gpus or 0)
         st = states.get(stage)
-        if st is not None and st.current and not (stage == "align" and not states["extract"].current):
+        # the align job also assembles features.h5 from the extract array's shards: it runs when they are redone
+        redo_shards = "extract" in states and not states["extract"].current
+        if st is not None and st.current and not (stage == "align" and redo_shards):
             notes.append(f"{stage}: {st.output} is current (stage key {st.key}); no job")
             continue
         if stage == "extract":
