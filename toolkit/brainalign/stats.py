@@ -176,8 +176,6 @@ class ScoresMeta:
     roi_names: list[str]
     roi_ids: np.ndarray          # (R,) int64
     roi_labels: np.ndarray       # (V,) int32
-    mask: np.ndarray             # (X, Y, Z) bool
-    affine: np.ndarray           # (4, 4) float64
     space: object = None         # brain.space.MapSpace: how a value per unit becomes a map
     runs_present: dict | None = None   # subject -> run indices it has (None: every subject has every run)
 
@@ -221,18 +219,8 @@ def read_scores_meta(f, path) -> ScoresMeta:
     from .brain.space import MapSpace
 
     runs_present = json.loads(f.attrs["runs_present"]) if "runs_present" in f.attrs else None
-    return ScoresMeta(path, subjects, feature_sets, layers, roi_names, roi_ids, labels, mask, affine,
+    return ScoresMeta(path, subjects, feature_sets, layers, roi_names, roi_ids, labels,
                       MapSpace.from_h5(f, path), runs_present)
-
-
-# ---- NIfTI ---------------------------------------------------------------------------------------
-
-def unmask(values, mask):
-    """values (V, ...) in the mask's C order -> float32 volume (X, Y, Z, ...) with NaN outside the mask."""
-    values = np.asarray(values)
-    vol = np.full(mask.shape + values.shape[1:], np.nan, dtype=np.float32)
-    vol[mask] = values
-    return vol
 
 
 # ---- noise ceiling -------------------------------------------------------------------------------

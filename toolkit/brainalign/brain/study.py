@@ -176,7 +176,7 @@ def _parcel_space(cfg, table, n_columns) -> StudySpace:
     names = _roi_names(cfg)
     if names is None:
         names = {int(k): str(int(k)) for k in space.parcel_labels}
-    _check_named(names, space.parcel_labels, f"parcellation {p0}", names_files(cfg)[:1] or ["the names file"])
+    _check_named(names, space.parcel_labels, f"parcellation {p0}", (names_files(cfg) or ["the names file"])[0])
     ids, roi_names = _group(cfg, space.parcel_labels, names)
     log.info("parcels: %d columns mapped onto the %d labels of %s; %d ROIs", n_columns, space.parcel_labels.size,
              p0, len(roi_names))
