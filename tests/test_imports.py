@@ -2,7 +2,8 @@
 
 Every ``import`` in toolkit/brainalign counts, at module level or inside a function: a function-level import
 runs the moment a caller needs it, so a cycle through one is as real as one at the top. Importing
-``brainalign.a.b`` also runs ``brainalign/a/__init__.py``, so the packages on the way count too.
+``brainalign.a.b`` also runs ``brainalign/a/__init__.py``, so the packages on the way count too (except the
+importer's own packages: they ran before it did).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ CLI = {"brainalign.cli", "brainalign.__main__"}
 PIPELINE = ("brainalign.pipeline", "brainalign.cluster")
 STAGES = {f"brainalign.{s}" for s in
           ("simulate", "finetune", "extract", "align", "fit", "permutation", "stats", "mlm", "report")}
-BASE = {"brainalign.config", "brainalign.errors", "brainalign.h5io", "brainalign.log"}
+BASE = {"brainalign.config", "brainalign.errors", "brainalign.h5io", "brainalign.log", "brainalign.provenance"}
 
 
 def modules(pkg: Path = PKG) -> dict:
@@ -39,9 +40,10 @@ def import_graph(pkg: Path = PKG) -> dict:
             name = name.rpartition(".")[0]
         return name
 
-    def with_parents(name):               # importing a.b.c runs a/__init__ and a/b/__init__ first
-        parts = name.split(".")
-        return {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
+    def with_parents(name, importer):     # importing a.b.c runs a/__init__ and a/b/__init__ first, unless
+        parts = name.split(".")           # the importer is inside them (then they ran before it did)
+        return {p for p in (".".join(parts[:i]) for i in range(2, len(parts) + 1))
+                if not importer.startswith(p + ".")}
 
     graph = {}
     for mod, (path, is_pkg) in mods.items():
@@ -62,7 +64,7 @@ def import_graph(pkg: Path = PKG) -> dict:
             for t in targets:
                 if t.split(".")[0] != root:
                     continue
-                for m in with_parents(owner(t)):
+                for m in with_parents(owner(t), mod):
                     if m != mod and m in mods:
                         edges.add((m, node.lineno))
         graph[mod] = edges
