@@ -139,6 +139,26 @@ def test_declared_reads_pick_the_stages_a_change_touches(override, stages):
     assert {s for s in STAGES if a[s] != b[s]} == stages
 
 
+def test_the_stage_table_gives_verbs_order_and_functions():
+    """One table: the CLI's stage verbs, a config's known pipeline entries and the stage functions come from
+    brainalign.stagetable; the stats verb runs permutation (when on) before stats."""
+    import inspect
+
+    from brainalign.cli import VERBS
+    from brainalign.config import STAGES as CONFIG_STAGES
+    from brainalign.pipeline import stage_function
+    from brainalign.stagetable import ORDER, STAGES, VERBS as STAGE_VERBS, stages_of
+
+    assert STAGE_VERBS == CONFIG_STAGES and set(STAGE_VERBS) <= set(VERBS) and ORDER == tuple(STAGES)
+    for spec in STAGES.values():
+        params = inspect.signature(stage_function(spec)).parameters
+        assert next(iter(params)) == "cfg" and params["force"].default is False, spec.name
+        assert spec.verb_of in STAGE_VERBS and bool(spec.help) == (spec.verb_of == spec.name)
+    on, off = (parse_config({"stats": {"permutations": n}}, text="") for n in (99, 0))
+    assert [s.name for s in stages_of(on, "stats")] == ["permutation", "stats"]
+    assert [s.name for s in stages_of(off, "stats")] == ["stats"]
+
+
 def test_hf_backbone_ignores_the_tiny_section():
     from brainalign.stagetable import STAGES
 

@@ -1,4 +1,11 @@
-"""What every stage reads: THE table behind the stage keys (mechanism: brainalign.stagekeys).
+"""THE table of stages: one entry per stage, in data-flow order. From it come the CLI's stage verbs
+(brainalign.cli), the order a verb runs its stages and ``status`` lists them (brainalign.pipeline), each
+stage's function (``run``: "module:function", imported by the pipeline only) and what its key covers
+(mechanism: brainalign.stagekeys; the check at the top of a stage: brainalign.stagecheck). The stages import
+this module through stagecheck, never the pipeline; this module imports no stage.
+
+- ``verb``: the verb that runs a stage other than its own (permutation runs under ``stats``, before it, when
+  ``stats.permutations`` > 0); ``help``: the verb's help text.
 
 A stage's key covers exactly what its entry declares:
 
