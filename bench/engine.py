@@ -7,8 +7,8 @@ Cases (same data and splits for every engine; 10 alphas logspace(-1, 5)):
   a  10 runs x 4,000 TRs, p 768, v 8,000: leave-one-run-out nested in leave-one-run-out (n >> p)
   b  n 3,000, p 1,024, v 20,000: the medium case of bench/ridge.py (first 80 % train, last 20 % test),
      5-fold contiguous inner CV
-  c  streaming V voxels from HDF5 (3,000 TRs, 5 runs, p 256, leave-one-run-out nested) with fit's chunk
-     width (4,096 voxels): peak RSS at two voxel counts (flat in voxels)
+  c  streaming 25,000 and 200,000 voxels from HDF5 (2,000 TRs, 5 runs, p 64, leave-one-run-out nested)
+     with fit's chunk width (4,096 voxels): peak RSS at both voxel counts (flat in voxels)
 
 Each engine runs in its own subprocess (its own peak RSS); the old engine is ``git archive 307b213
 toolkit/brainalign`` extracted to a temporary directory and imported from there. For the two brainalign
@@ -44,7 +44,7 @@ CASES = {  # name: (runs, TRs per run, p, v, design)
     "b": dict(runs=1, trs=3000, p=1024, v=20000, kind="medium"),
     "tiny": dict(runs=5, trs=400, p=96, v=2000, kind="loro"),      # a quick check while developing
 }
-STREAM = dict(runs=5, trs=600, p=256, voxels=(50_000, 200_000), chunk=4096)
+STREAM = dict(runs=5, trs=400, p=64, voxels=(25_000, 200_000), chunk=4096)
 
 
 def make_data(n, p, v, seed=0, chunk=2048):
@@ -104,7 +104,12 @@ def worker(peer, case, v, out):
     cv = np.full((K, A, v), np.nan)
     setup = 0.0
     t0, c0 = time.perf_counter(), time.process_time()
-    if peer == "old":               # the engine of 307b213: nested_cv's loop, set-up timed apart
+    picked = "samples"
+    if peer == "new":               # what nested_cv(engine="auto") picks for this shape
+        from brainalign.ridge.nested import _pick_engine
+
+        picked = _pick_engine(X, outer, inner, ALPHAS, "eigh")
+    if peer == "old" or picked == "samples":   # 307b213's nested_cv loop (or today's sample engine), set-up apart
         from brainalign.ridge import FoldSolver, score_stream
 
         for k, ((tr, te), inn) in enumerate(zip(outer, inner)):
@@ -113,7 +118,7 @@ def worker(peer, case, v, out):
             setup += time.perf_counter() - ts
             res = score_stream(solver, Y, tr, te)
             r[k], alpha[k], cv[k] = res.r, res.best_alpha, res.cv_scores
-    elif peer == "new":
+    elif peer == "new":             # the statistics engine (nested_cv(engine="stats")), set-up apart
         from brainalign.ridge.nested import prefetched, stream_chunks
         from brainalign.ridge.suffstats import NestedEngine, default_stats_chunk
 
@@ -139,7 +144,7 @@ def worker(peer, case, v, out):
         raise SystemExit(f"unknown peer {peer}")
     wall = time.perf_counter() - t0
     np.savez(out, r=r, alpha=alpha, cv=cv, wall=wall, cpu=time.process_time() - c0, setup=setup,
-             rss=peak_rss_mb())
+             rss=peak_rss_mb(), engine=picked if peer == "new" else peer)
 
 
 def stream_worker(path, out):
@@ -216,8 +221,9 @@ def compare(res, ref):
 
 def main_cases(cases, peers, voxels, timeout):
     print(f"# brainalign nested-CV engine benchmark; machine: {machine()}")
-    print(f"# old = git {OLD_REV} (FoldSolver per outer fold); new = suffstats.NestedEngine; himalaya RidgeCV "
-          "per outer fold with the same inner splits; alphas logspace(-1, 5, 10); float32")
+    print(f"# old = git {OLD_REV} (FoldSolver per outer fold); new = nested_cv(engine='auto'): the statistics "
+          "engine (suffstats.NestedEngine) or, where its operation count is higher, the sample engine; himalaya "
+          "RidgeCV per outer fold with the same inner splits; alphas logspace(-1, 5, 10); float32")
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"old": old_tree(tmp), "new": os.path.join(ROOT, "toolkit"), "himalaya": os.path.join(ROOT, "toolkit")}
         for case in cases:
@@ -225,7 +231,7 @@ def main_cases(cases, peers, voxels, timeout):
             v = voxels or c["v"]
             print(f"\n## case {case}: {c['runs']} x {c['trs']} TRs, p {c['p']}, v {v} (full case v {c['v']}), "
                   f"{c['kind']}; load {os.getloadavg()[0]:.1f}")
-            print(f"{'engine':9s} {'wall_s':>8s} {'cpu_s':>8s} {'setup_s':>8s} {'proj_full_s':>11s} "
+            print(f"{'engine':13s} {'wall_s':>8s} {'cpu_s':>8s} {'setup_s':>8s} {'proj_full_s':>11s} "
                   f"{'peakRSS_MB':>10s} {'alpha_same':>10s} {'ties':>7s} {'max|dr|':>9s} {'old/this':>8s} "
                   f"{'proj old/this':>13s}")
             results = {}
@@ -240,7 +246,7 @@ def main_cases(cases, peers, voxels, timeout):
             for peer in peers:
                 res = results[peer]
                 if isinstance(res, str):
-                    print(f"{peer:9s} {'-':>8s}  {res}")
+                    print(f"{peer:13s} {'-':>8s}  {res}")
                     continue
                 proj = (float(res["setup"]) + (float(res["wall"]) - float(res["setup"])) * c["v"] / v
                         if peer != "himalaya" else float("nan"))
@@ -250,7 +256,8 @@ def main_cases(cases, peers, voxels, timeout):
                     same, ties, dr = compare(res, old)
                     ratio = float(old["wall"]) / float(res["wall"])
                     pratio = old.get("proj", np.nan) / proj if np.isfinite(proj) else float("nan")
-                print(f"{peer:9s} {float(res['wall']):8.1f} {float(res['cpu']):8.1f} {float(res['setup']):8.1f} "
+                name = f"new:{res['engine']}" if peer == "new" else peer
+                print(f"{name:13s} {float(res['wall']):8.1f} {float(res['cpu']):8.1f} {float(res['setup']):8.1f} "
                       f"{proj:11.1f} {float(res['rss']):10.0f} {same:10.4f} {ties:7.4f} {dr:9.2e} {ratio:8.2f} "
                       f"{pratio:13.2f}")
         print("# setup = X-only work (decompositions); proj_full_s = setup + (wall - setup) x v_full / v (the "
