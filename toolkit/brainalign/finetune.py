@@ -54,6 +54,7 @@ from . import tvqa
 from .errors import ConfigError, DataError
 from .finetune_heads import qa_loss, qa_predict
 from .h5io import atomic_path
+from .launch import this_task
 from .log import get_logger, progress
 from .paths import finetune_paths
 from .models.tiny import PAD, TinyMultimodal, TinySpec, load_checkpoint, save_checkpoint, token_ids
@@ -302,13 +303,10 @@ class DistInfo:
 
 
 def dist_env() -> tuple:
-    """(rank, world, local_rank) from torchrun's or srun's environment, else (0, 1, 0)."""
-    env = os.environ
-    if "WORLD_SIZE" in env and "RANK" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env and int(env["SLURM_NTASKS"]) > 1:
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
-    return 0, 1, 0
+    """(rank, world, local_rank) from the launcher's environment (torchrun's, srun's: brainalign.launch), else
+    (0, 1, 0)."""
+    task = this_task()
+    return (task.rank, task.size, task.local_rank) if task.size > 1 else (0, 1, 0)
 
 
 def _slurm_master() -> str:
@@ -333,8 +331,9 @@ def init_distributed(device: torch.device) -> DistInfo:
         return DistInfo()
     if dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), local, False)
-    os.environ.setdefault("MASTER_ADDR", _slurm_master() if "SLURM_PROCID" in os.environ else "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0")) % 2000))
+    task = this_task()
+    os.environ.setdefault("MASTER_ADDR", _slurm_master() if task.launcher == "srun" else "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + int(task.job_id or "0") % 2000))
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, rank=rank, world_size=world)
     log.info("finetune: rank %d of %d joined (%s, master %s:%s)", rank, world, backend,

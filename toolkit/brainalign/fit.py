@@ -26,6 +26,7 @@ import numpy as np
 
 from .errors import BrainAlignError, DataError
 from .h5io import atomic_h5, open_h5, read_str_attr, str_attr
+from .launch import this_task
 from .log import get_logger, progress
 from .fitdata import FitInputs, Unit, fold_splits
 from .paths import SCORES, subject_map
@@ -310,8 +311,7 @@ def work(inp: FitInputs, cfg, source, writer):
 
 
 def _warn_oversubscription(comm):
-    local = int(os.environ.get("MPI_LOCALNRANKS") or os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]
-                or 1)
+    local = this_task().per_node
     if comm.rank == 0 and local > 1 and not os.environ.get("OMP_NUM_THREADS"):
         log.warning("fit: %d ranks share this node and OMP_NUM_THREADS is unset: BLAS threads will oversubscribe "
                     "the cores (set OMP_NUM_THREADS to cores / ranks)", local)
