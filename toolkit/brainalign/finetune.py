@@ -200,8 +200,7 @@ def load_split(cfg, split: str, **kw) -> TVQADataset:
     items = tvqa.read_tvqa(root / tvqa.SPLIT_FILES[split])
     tvqa.check_clips(root, items, split)
     return TVQADataset(root, items, cfg.windows.frames, cfg.windows.image_size, cfg.model.tiny.vocab,
-                       fps=float(getattr(cfg.finetune, "fps", tvqa.TVQA_FPS)),
-                       max_words=int(getattr(cfg.finetune, "max_words", MAX_WORDS)), **kw)
+                       fps=float(cfg.finetune.fps), max_words=int(cfg.finetune.max_words), **kw)
 
 
 # ---- model ---------------------------------------------------------------------------------------

@@ -96,11 +96,11 @@ class Ceiling:
 
 def _ceiling_keys(cfg):
     st = cfg.stats
-    method = getattr(st, "noise_ceiling", "auto") or "none"
+    method = st.noise_ceiling or "none"
     if method not in ("auto", "isc", "repeats", "none"):
         raise ConfigError(f"stats.noise_ceiling: expected one of 'auto', 'isc', 'repeats', 'none', got {method!r}")
-    return (method, float(getattr(st, "ceiling_floor", 0.1)), bool(getattr(st, "ceiling_spearman_brown", True)),
-            getattr(st, "noise_ceiling_repeats", None), int(getattr(st, "noise_ceiling_n_avg", 1)))
+    return (method, float(st.ceiling_floor), bool(st.ceiling_spearman_brown), st.noise_ceiling_repeats,
+            int(st.noise_ceiling_n_avg))
 
 
 def _isc_from_bold(cfg, meta: ScoresMeta, required: bool, spearman_brown: bool):
