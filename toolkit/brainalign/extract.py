@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .h5io import atomic_h5, is_complete, open_h5, read_str_attr, str_attr
+from .h5io import atomic_h5, is_complete, str_attr
 from .log import get_logger, progress
 from .paths import FEATURE_SHARDS, FEATURES, feature_shard
 from .stimuli.windows import check_stimuli, load_stimuli_for
