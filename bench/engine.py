@@ -35,6 +35,8 @@ import time
 
 import numpy as np
 
+from ridge import make_data as _make_data, pearson   # bench/ridge.py (this script's directory is on sys.path)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OLD_REV = "307b213"
@@ -48,19 +50,9 @@ CASES = {  # name: (runs, TRs per run, p, v, design)
 STREAM = dict(runs=5, trs=400, p=64, voxels=(25_000, 200_000), chunk=4096)
 
 
-def make_data(n, p, v, seed=0, chunk=2048):
-    """float32 X (n, p) with correlated columns, Y (n, v) with voxel-varying signal and an offset."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, p), dtype=np.float32)
-    X[:, 1:] += 0.5 * X[:, :-1]
-    Y = np.empty((n, v), dtype=np.float32)
-    for c0 in range(0, v, chunk):
-        w = min(chunk, v - c0)
-        W = rng.standard_normal((p, w), dtype=np.float32)
-        W *= rng.random((p, w)) < 0.1
-        W *= (np.logspace(-1.5, 0.5, v)[c0:c0 + w] / np.sqrt(0.1 * p)).astype(np.float32)
-        Y[:, c0:c0 + w] = X @ W + rng.standard_normal((n, w), dtype=np.float32) + 100.0
-    return X, Y
+def make_data(n, p, v, seed=0):
+    """bench/ridge.py's data with correlated neighbouring features (as FIR-delayed designs)."""
+    return _make_data(n, p, v, seed=seed, mix=0.5)
 
 
 def splits(case):
@@ -84,14 +76,6 @@ def splits(case):
 
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def pearson(a, b):
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (a * b).sum(0) / den, np.nan)
 
 
 # ----------------------------------------------------------------------------- workers
