@@ -35,10 +35,13 @@ NOTES = {
 }
 
 
-def make_data(n, p, v, seed=0, chunk=4096):
-    """float32 X (n, p) and Y (n, v): sparse random weights, SNR varying over voxels, offsets."""
+def make_data(n, p, v, seed=0, chunk=4096, mix=0.0):
+    """float32 X (n, p) and Y (n, v): sparse random weights, SNR varying over voxels, offsets.
+    ``mix`` > 0 correlates neighbouring features (X[:, j] += mix X[:, j - 1]), as FIR-delayed designs."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, p), dtype=np.float32)
+    if mix:
+        X[:, 1:] += mix * X[:, :-1]
     Y = np.empty((n, v), dtype=np.float32)
     for c0 in range(0, v, chunk):
         w = min(chunk, v - c0)

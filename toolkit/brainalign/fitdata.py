@@ -3,7 +3,7 @@ once per process), the fit's units of work and its cross-validation splits."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,11 +21,13 @@ class Unit:
     layer: int    # layer index (position in design attrs 'layers')
     fold: int     # outer fold index (= held-out run index)
     chunk: int = 0  # voxel-chunk index (FitInputs.chunks)
+    by_chunk: bool = field(default=False, compare=False)   # grouped by (fs, layer, chunk): statistics engine
 
     @property
     def xkey(self):
-        """Units with equal xkey share the design matrix and its FoldSolver."""
-        return (self.fs, self.layer, self.fold)
+        """Units with equal xkey share their setup: the design's FoldSolver (fs, layer, fold), or with
+        ``by_chunk`` the chunk statistics of every outer fold (fs, layer, chunk)."""
+        return ("chunk", self.fs, self.layer, self.chunk) if self.by_chunk else (self.fs, self.layer, self.fold)
 
     @property
     def key(self):
@@ -102,10 +104,18 @@ class FitInputs:
         self.chunk_width = max((b - a for a, b in self.chunks), default=0)
 
     def units(self):
-        """Every unit, ordered so that units sharing a design matrix (Unit.xkey) are consecutive: the feature
-        sets (fs < F), then the partition subset models (fs = F + index in ``models``)."""
-        return [Unit(f, li, k, c) for f in range(len(self.feature_sets) + len(self.models))
-                for li in range(len(self.layers)) for k in range(len(self.folds)) for c in range(len(self.chunks))]
+        """Every unit, ordered so that units sharing a setup (Unit.xkey) are consecutive: the feature sets
+        (fs < F; grouped by voxel chunk), then the partition subset models (fs = F + index in ``models``;
+        grouped by outer fold)."""
+        F, L, K, C = len(self.feature_sets), len(self.layers), len(self.folds), len(self.chunks)
+        return ([Unit(f, li, k, c, by_chunk=True) for f in range(F) for li in range(L) for c in range(C)
+                 for k in range(K)]
+                + [Unit(f, li, k, c) for f in range(F, F + len(self.models)) for li in range(L) for k in range(K)
+                   for c in range(C)])
+
+    def per_fold(self, fs: str) -> bool:
+        """Whether feature set ``fs`` has one design per outer fold (residual features)."""
+        return bool(self.design["design"][fs].attrs.get("per_fold", 0))
 
     def layout(self) -> str:
         """JSON of the output geometry; shards made for another geometry are stale."""
