@@ -1,0 +1,265 @@
+"""Calibrate and check the fit's cost model (brainalign.cluster.cost) on this machine.
+
+    python bench/cost_model.py                  # rates + calibration + held-out check (~10 min on 2 idle cores)
+    python bench/cost_model.py --no-write       # measure and check, leave rates.json as it is
+    python bench/cost_model.py --quick          # fewer repeats and shapes (a smoke run)
+
+1. Machine rates, one BLAS thread, each the median of ``--reps`` repeats: float32 and float64 GEMM
+   (GFLOP/s), float64 ``eigh`` (EIGH_FLOPS(m) = 10/3 m^3 per second, m = 512 and 1024), memory-bound
+   passes (bytes touched per second by ``multiply(a, b, out=c)``), HDF5 read bandwidth (a bold.h5-like
+   dataset read chunk by chunk, as the fit reads it; the file was just written, so this is the page-cache
+   rate: a cluster's filesystem is slower, give its rate with ``--read-gbps`` to the sizing calculator),
+   the resident memory of a fit process before data, and its start-up time.
+2. Calibration: ``brainalign fit`` (one rank, one thread, a fresh process) on synthetic design.h5 / bold.h5
+   (bench/scaling.py's inputs) at several shapes; measured wall time, peak RSS (``ru_maxrss``) and bytes
+   read (``/proc/self/io`` rchar, around the fit only). The model's per-term efficiency factors are fitted
+   by non-negative least squares on the relative error of the wall time.
+3. Held-out check: other shapes, never used in the fit of step 2: predicted vs measured wall time, peak
+   memory and bytes read, and whether each is within 20 %.
+
+Step 1's rates and step 2's factors are written to toolkit/brainalign/cluster/rates.json (unless
+--no-write); ``brainalign submit --dry-run`` and ``python -m brainalign.cluster.cost`` use them.
+On a shared machine the numbers are noisy: re-run with ``make bench`` on an idle node of the cluster you
+size for.
+"""
+import os
+
+for _k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_k] = "1"      # before numpy: rates are single-core, like one rank with one core
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "toolkit"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from brainalign.cluster import cost  # noqa: E402
+from scaling import make_inputs  # noqa: E402
+
+ALPHAS = 7   # bench/scaling.make_inputs writes the config default: 7 alphas
+
+# (label, trs_per_run, K runs = outer folds, p, voxels, layers, subjects, chunk)
+CALIBRATION = [
+    ("c1", 250, 6, 128, 4000, 1, 2, 2000),
+    ("c2", 300, 6, 384, 3000, 1, 2, 1500),
+    ("c3", 500, 5, 256, 6000, 1, 1, 3000),
+    ("c4", 200, 8, 256, 2000, 2, 1, 1000),
+    ("c5", 400, 4, 640, 2000, 1, 1, 2000),
+    ("c6", 300, 6, 64, 12000, 1, 1, 4000),
+]
+HELD_OUT = [
+    ("h1", 350, 6, 320, 5000, 1, 2, 2500),
+    ("h2", 600, 4, 512, 3000, 1, 1, 3000),
+    ("h3", 250, 7, 192, 8000, 1, 1, 2000),
+]
+
+
+def median_time(fn, reps):
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+# ---- 1. machine rates -------------------------------------------------------------------------------
+
+def measure_rates(reps, tmp: Path):
+    import h5py
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for dt, key in ((np.float32, "gemm32_gflops"), (np.float64, "gemm64_gflops")):
+        a = rng.standard_normal((1024, 1024)).astype(dt)
+        b = rng.standard_normal((1024, 2048)).astype(dt)
+        a @ b
+        out[key] = 2 * 1024 * 1024 * 2048 / median_time(lambda: a @ b, reps) / 1e9
+    eig = []
+    for m in (512, 1024):
+        g = rng.standard_normal((m, 2 * m))
+        g = g @ g.T
+        eig.append(cost.eigh_flops(m) / median_time(lambda: np.linalg.eigh(g), reps) / 1e9)
+    out["eigh_gflops"] = statistics.median(eig)
+    a = rng.standard_normal(16 * 2 ** 20).astype(np.float32)
+    b, c = a.copy(), np.empty_like(a)
+    out["elem_gbps"] = 3 * a.nbytes / median_time(lambda: np.multiply(a, b, out=c), reps) / 1e9
+    # HDF5: a bold.h5-like dataset (n, v) chunked (n, 1000), read [:, a:b] per chunk as the fit does
+    n, v, w = 6000, 8000, 1000
+    path = tmp / "read.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("y", data=rng.standard_normal((n, v), dtype=np.float32), chunks=(n, w))
+
+    def read():
+        with h5py.File(path, "r") as f:
+            ds = f["y"]
+            for a0 in range(0, v, w):
+                ds[:, a0:a0 + w]
+    read()
+    read_gbps = n * v * 4 / median_time(read, reps) / 1e9
+    path.unlink()
+    # a fit process before data: interpreter + numpy + h5py + brainalign's fit modules
+    probe = ("import resource, time; t0 = time.perf_counter(); import brainalign.fit, brainalign.ridge, "
+             "brainalign.sharding.shards, brainalign.sharding.scheduler, brainalign.pipeline.keys, h5py; "
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t0)")
+    rss, imp = zip(*(map(float, subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                               check=True, env=_env()).stdout.split()) for _ in range(reps)))
+    return out, read_gbps, statistics.median(rss), statistics.median(imp)
+
+
+def _env():
+    env = dict(os.environ, BRAINALIGN_PROGRESS="0", BRAINALIGN_LOG="INFO", PYTHONPATH=str(ROOT / "toolkit"))
+    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[k] = "1"
+    return env
+
+
+# ---- 2./3. measured fits ------------------------------------------------------------------------------
+
+DRIVER = r"""
+import json, resource, sys, time
+import brainalign.fit, brainalign.ridge, brainalign.sharding.shards, brainalign.sharding.scheduler
+import brainalign.pipeline.keys, h5py
+from brainalign.config import load_config
+cfg = load_config(sys.argv[1])
+def rchar():
+    for line in open('/proc/self/io'):
+        if line.startswith('rchar:'):
+            return int(line.split()[1])
+r0, t0 = rchar(), time.perf_counter()
+brainalign.fit.run_fit(cfg, force=True)
+wall = time.perf_counter() - t0
+print(json.dumps({'wall_s': wall, 'read_bytes': rchar() - r0,
+                  'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def shape_of(row):
+    label, trs, K, p, v, L, S, w = row
+    return cost.FitShape(n=trs * K, p=p, v=v, subjects=S, designs=1, layers=L, K=K, alphas=ALPHAS, chunk=w)
+
+
+def measure_fit(row, reps, tmp: Path):
+    label, trs, K, p, v, L, S, w = row
+    out = tmp / label
+    cfg = make_inputs(out, n_runs=K, trs_per_run=trs, p=p, n_layers=L,
+                      subjects=tuple(f"{i + 1:02d}" for i in range(S)), n_vox=v, chunk=w)
+    runs = []
+    for _ in range(reps):
+        p_ = subprocess.run([sys.executable, "-c", DRIVER, str(cfg)], capture_output=True, text=True,
+                            env=_env(), cwd=ROOT)
+        if p_.returncode:
+            raise RuntimeError(f"fit of {label} failed:\n{p_.stderr[-3000:]}")
+        runs.append(json.loads(p_.stdout.strip().splitlines()[-1]))
+    for f in out.parent.glob(f"{label}*"):
+        subprocess.run(["rm", "-rf", str(f)])
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def terms(shape, rates):
+    """Per-term seconds of the model with every efficiency factor 1 (one rank, one core)."""
+    c = cost.counts(shape, cores=1)
+    dg, dm = cost._compute_s(c.design, rates.cpu)
+    cg, cm = cost._compute_s(c.chunk, rates.cpu)
+    per_chunk_units = c.units / c.n_chunk
+    t = {"design": c.n_design * (dg + dm), "chunk_gemm": c.n_chunk * cg, "chunk_elem": c.n_chunk * cm,
+         "unit": c.n_chunk * rates.unit_overhead_s * per_chunk_units}
+    fixed = (c.n_design * c.design.read + c.bold_bytes_read + c.assembly_read) / (rates.read_gbps * 1e9) \
+        + rates.startup_s
+    return t, fixed
+
+
+def fit_efficiency(rows, rates):
+    from scipy.optimize import nnls
+
+    A, b = [], []
+    for shape, meas in rows:
+        t, fixed = terms(shape, rates)
+        A.append([t[k] / meas["wall_s"] for k in cost.PHASE_TERMS])
+        b.append(1.0 - fixed / meas["wall_s"])
+    coef, _ = nnls(np.array(A), np.array(b))
+    return {k: float(max(c, 1e-3)) for k, c in zip(cost.PHASE_TERMS, coef)}
+
+
+def table(results):
+    lines = ["| shape | n | p | v | K | S x L | wall pred / meas (s) | err | peak RSS pred / meas (MiB) | err "
+             "| read pred / meas (MB) | err |", "|" + "---|" * 12]
+    ok = True
+    for label, shape, meas, est in results:
+        errs = [(est.wall_s - meas["wall_s"]) / meas["wall_s"],
+                (est.mem_rank_bytes / 2 ** 20 - meas["peak_rss_mib"]) / meas["peak_rss_mib"],
+                (est.bytes_read - meas["read_bytes"]) / meas["read_bytes"]]
+        ok &= all(abs(e) <= 0.2 for e in errs)
+        lines.append(f"| {label} | {shape.n} | {shape.p} | {shape.v} | {shape.K} | {shape.subjects} x {shape.layers} "
+                     f"| {est.wall_s:.1f} / {meas['wall_s']:.1f} | {errs[0]:+.0%} "
+                     f"| {est.mem_rank_bytes / 2 ** 20:.0f} / {meas['peak_rss_mib']:.0f} | {errs[1]:+.0%} "
+                     f"| {est.bytes_read / 1e6:.1f} / {meas['read_bytes'] / 1e6:.1f} | {errs[2]:+.0%} |")
+    return "\n".join(lines), ok
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="1 repeat, 3 calibration and 2 held-out shapes")
+    ap.add_argument("--no-write", action="store_true", help="do not rewrite rates.json")
+    ap.add_argument("--json", help="also write every measurement here")
+    args = ap.parse_args(argv)
+    reps = 1 if args.quick else args.reps
+    cal = CALIBRATION[:4] if args.quick else CALIBRATION
+    held = HELD_OUT[:2] if args.quick else HELD_OUT
+    with tempfile.TemporaryDirectory(prefix="brainalign-cost-") as tmp:
+        tmp = Path(tmp)
+        dev, read_gbps, rss, imp = measure_rates(max(3, reps), tmp)
+        rates = cost.Rates.load()
+        rates.cpu = cost.DeviceRates(**dev, note="measured, one core")
+        rates.read_gbps, rates.rss_base_mib = read_gbps, rss
+        rates.machine = (f"{platform.node()}: {platform.processor() or platform.machine()}, "
+                         f"{os.cpu_count()} cores, numpy {np.__version__}")
+        rates.measured = datetime.date.today().isoformat() + " by bench/cost_model.py"
+        rates.engine = cost.ENGINE
+        print(f"# machine: {rates.machine}")
+        print(f"# rates (one core, median of {max(3, reps)}): float32 GEMM {dev['gemm32_gflops']:.1f} GFLOP/s, "
+              f"float64 GEMM {dev['gemm64_gflops']:.1f}, eigh {dev['eigh_gflops']:.1f} (10/3 m^3 per s), "
+              f"passes {dev['elem_gbps']:.1f} GB/s, HDF5 read {read_gbps:.2f} GB/s (page cache), "
+              f"fit process base RSS {rss:.0f} MiB, imports {imp:.2f} s")
+        measured = {}
+        for row in cal + held:
+            t0 = time.perf_counter()
+            measured[row[0]] = measure_fit(row, reps, tmp)
+            print(f"# measured {row[0]} {shape_of(row).describe()}: {measured[row[0]]} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    # start-up: the part of the wall time that is neither work nor reads, from the smallest shape
+    rates.startup_s = imp
+    rates.efficiency = {k: 1.0 for k in cost.PHASE_TERMS}
+    rates.efficiency = fit_efficiency([(shape_of(r), measured[r[0]]) for r in cal], rates)
+    print("# efficiency factors (model seconds x factor = measured; fitted on the calibration shapes): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in rates.efficiency.items()))
+    results = {}
+    for name, rows in (("calibration", cal), ("held-out", held)):
+        res = [(r[0], shape_of(r), measured[r[0]], cost.estimate(shape_of(r), rates=rates)) for r in rows]
+        text, ok = table(res)
+        results[name] = ok
+        print(f"\n## {name} shapes: model vs measured (1 rank, 1 thread; within 20 %: {'yes' if ok else 'NO'})\n")
+        print(text)
+    if not args.no_write:
+        rates.save()
+        print(f"\n# wrote {cost.RATES_FILE}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rates": json.loads(json.dumps(rates.__dict__, default=vars)),
+                                               "measured": measured, "ok": results}, indent=2))
+    return 0 if results.get("held-out") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
