@@ -172,9 +172,8 @@ def terms(shape, rates):
     c = cost.counts(shape, cores=1)
     dg, dm = cost._compute_s(c.design, rates.cpu)
     cg, cm = cost._compute_s(c.chunk, rates.cpu)
-    per_chunk_units = c.units / c.n_chunk
     t = {"design": c.n_design * (dg + dm), "chunk_gemm": c.n_chunk * cg, "chunk_elem": c.n_chunk * cm,
-         "unit": c.n_chunk * rates.unit_overhead_s * per_chunk_units}
+         "unit": c.n_chunk * rates.unit_overhead_s}
     fixed = (c.n_design * c.design.read + c.bold_bytes_read + c.assembly_read) / (rates.read_gbps * 1e9) \
         + rates.startup_s
     return t, fixed

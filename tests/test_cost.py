@@ -66,12 +66,17 @@ def test_fold_engine_chunk_flops_match_the_solvers_own_count():
 
 def test_stats_engine_counts_by_hand():
     c = cost.counts(HAND, "stats")
-    # one pass over Y: X_f^T Y_f for every fold: 2 n p w = 2*1000*100*50 = 10e6; 5 + 20 training sets,
-    # each rotated V^T (X^T Y): 25 * 2 p^2 w = 25e6; 20 inner validation cross-products 20 * 2 p^2 w = 20e6;
-    # n_val 200 > p: each alpha's score 2 p^2 w = 1e6 (x 20 folds x 3 alphas = 60e6); test per outer fold 5e6
-    assert c.chunk.gemm32 == pytest.approx(10e6 + 25e6 + 20e6 + 60e6 + 5e6)
-    assert c.n_chunk == 2 and c.data_passes == 1
+    # atoms = the 5 folds; 5 outer + 20 inner training sets, every validation set (200 rows) > r = 100: the
+    # "gram" form. Per subject chunk, float64: the one pass X_a^T Y_a over all rows 2 n p w = 10e6; per set
+    # the projections V^T C_T, V^T C_S 4 r p w = 2e6 (x 25 = 50e6); the numerators 2 A r w = 30,000 per
+    # inner set (x 20) and 2 r w = 10,000 per outer set (x 5)
+    assert c.chunk.gemm64 == pytest.approx(10e6 + 50e6 + 20 * 30_000 + 5 * 10_000)
+    # float32: sum(P^2) = b^T H b per alpha, 2 r^2 w = 1e6; inner 20 sets x 3 alphas, outer 5 x 1 alpha
+    assert c.chunk.gemm32 == pytest.approx(65e6)
+    # design: atom Grams 2 n p^2 = 20e6, per set H = V^T G_S V 2 p^2 r + 2 p r^2 = 4e6 (x 25)
+    assert c.design.gemm64 == pytest.approx(20e6 + 100e6)
     assert c.design.eigh == pytest.approx(25 * 10 / 3 * 100 ** 3)     # one eigh per training set
+    assert c.n_chunk == 2 and c.n_design == 1 and c.data_passes == 1
     assert c.bytes_read == pytest.approx(2 * 1000 * 50 * 4 + 1000 * 100 * 4 + 2 * 5 * 50 * 4)
 
 

@@ -28,12 +28,14 @@ kernel when p > n_in); per (design, outer fold, subject, chunk) the chunk phase 
 per inner fold U^T Y (2 r n_in w) + A scoring GEMMs (2 A n_val r w), then the refit (2 r n_tr w) and the test
 predictions (2 n_te r w) -- K (k + A) n p w multiply-adds per design, and the BOLD read K times.
 
-Engine ``stats`` (issue 20: per-fold sufficient statistics): per design, the fold Grams X_f^T X_f (2 n p^2 in
-all), one eigh(p) per training set -- K outer + K k inner -- and per inner training set the validation fold's
-Gram in its eigenbasis (2 x 2 p^3); per (design, subject, chunk) one pass over Y for X_f^T Y_f (2 n p w), then
-per training set the rotation V^T (X^T Y) (2 p^2 w) and per inner fold the validation cross-products
-(2 p^2 w) and, per alpha, the score from them: r^2 w multiply-adds when n_val > p, else the sample-space
-predictions 2 n_val p w; the refit's test score per alpha likewise. The BOLD is read once per design.
+Engine ``stats`` (issue 20, :class:`brainalign.ridge.suffstats.NestedEngine`; its docstring's counts x 2):
+atoms = the K outer folds; per design the atom Grams (2 n p^2), then per training set -- K outer (n_tr rows,
+validated on n_te) and K k inner (n_in rows, validated on n_val) -- one eigh(p) and the validation set's Gram
+in the eigenbasis H = V^T G_S V (2 p^2 r + 2 p r^2; the rows M = X_S V, 2 n_S p r, when n_S <= r); per
+(design, subject, chunk) ONE pass over Y for the atom cross-products (2 n p w, float64), then per training
+set the projections V^T C_T, V^T C_S (4 r p w, float64) and per alpha the sum of squared predictions from
+H (2 r^2 w, float32; 2 n_S r w in the rows form) plus the numerators (2 A r w). The BOLD is read once per
+design.
 
 **Time** of one rank with c cores: sum over phases of gemm32 / R32 + gemm64 / R64 + eigh / Re + elem / Rm,
 divided by c (inner folds run in parallel, one BLAS thread each), times the phase's efficiency factor, plus
@@ -136,7 +138,7 @@ class Rates:
     rss_base_mib: float = 150.0      # resident memory of a fit process before any data
     startup_s: float = 3.0           # process start, imports, scores.h5 assembly
     efficiency: dict = field(default_factory=lambda: {t: 1.0 for t in PHASE_TERMS})
-    unit_overhead_s: float = 0.005   # per (unit, subject): Python, HDF5 open/select, shard write
+    unit_overhead_s: float = 0.005   # per chunk instance (unit x subject): Python, HDF5 select, shard write
     engine: str = ENGINE             # the engine the efficiency factors were fitted on
 
     @classmethod
@@ -254,30 +256,48 @@ def _fold_engine(s: FitShape, cores: int = 1) -> Counts:
 
 
 def _stats_engine(s: FitShape, cores: int = 1) -> Counts:
-    """Counts of the sufficient-statistics engine (issue 20): one BOLD pass per design, K^2 eighs per design."""
+    """Counts of the sufficient-statistics engine (issue 20, brainalign.ridge.suffstats.NestedEngine: its
+    docstring's operation counts, x 2 for flops). Atoms = the K outer folds (leave one fold out, nested)."""
     n, p, K, k, A, w = s.n, s.p, s.K, s.inner, s.alphas, s.width
-    n_f = n / K
-    n_tr = n - n_f
+    n_te = n / K
+    n_tr = n - n_te
     n_val = n_tr / k
+    n_in = n_tr - n_val
     f32, f64 = 4, 8
-    n_sets = K + K * k                           # outer + inner training sets
+    F = K                                        # atoms
+    sets = [(n_tr, n_te, 1, 1)] * K + [(n_in, n_val, A, 2)] * (K * k)   # (n_T, n_S, alphas scored, atoms summed)
     d = Phase(read=n * p * f32)
-    d.gemm64 = 2 * n * p * p + n_sets * 2 * p ** 3 + K * k * 2 * 2 * p ** 3   # fold Grams, U, val Gram rotated
-    d.eigh = n_sets * eigh_flops(p)
-    d.elem = (n * p * 3 + K * p * p * 4 + n_sets * p * p * 4) * f64
-    d.resident = n_sets * p * p * f32 + K * k * p * p * f32 + K * p * p * f64
-    d.mem = d.resident + n * p * f64 + 2 * p * p * f64 * min(cores, n_sets)
+    d.gemm64 = 2 * n * p * p                     # per-atom Grams X_a^T X_a
+    d.elem = n * p * (f32 + 3 * f64)             # X64 = X - mean
+    resident = n * p * f64 + F * p * p * f64
     c = Phase(read=n * w * f32)
-    score = 2 * p * p * w if n_val > p else 2 * n_val * p * w
-    test = 2 * p * p * w if n_f > p else 2 * n_f * p * w
-    c.gemm32 = (2 * n * p * w                    # X_f^T Y_f, every fold, one pass over Y
-                + n_sets * 2 * p * p * w         # V^T (X^T Y) per training set
-                + K * k * 2 * p * p * w          # validation cross-products in the eigenbasis
-                + K * k * A * score + K * test)  # per alpha scores (inner), the refit's test score
-    c.elem = n * w * f32 * 4 + (K * k * A + K) * p * w * f32 * 3 + K * p * w * f64 * 2
-    c.mem = n * w * f32 * 2 + K * p * w * f64 + min(cores, n_sets) * (3 * p * w * f32 + 2 * A * w * f64)
+    c.gemm64 = 2 * n * p * w                     # C_a = X_a^T Y_a: the one pass over Y
+    c.elem = n * w * (f32 + 5 * f64)             # finite/min/max, Y0, Ya = Y - shift, sums
+    trans = 0.0
+    for n_T, n_S, a_s, summed in sets:
+        r = min(p, n_T)
+        gram = n_S > r
+        if p <= n_T:
+            d.eigh += eigh_flops(p)
+            d.elem += F * p * p * f64            # G_T = sum of atom Grams
+        else:                                    # the kernel of the rows
+            d.gemm64 += 2 * n_T * n_T * p + 2 * n_T * p * r
+            d.eigh += eigh_flops(n_T)
+        d.gemm64 += (2 * p * p * r + 2 * p * r * r) if gram else 2 * n_S * p * r    # H = V^T G_S V, or M
+        resident += p * r * f64 + (r * r if gram else n_S * r) * f32 + 3 * A * r * f64
+        trans = max(trans, 3 * p * p * f64 + (n_T * p * f64 if p > n_T else 0))
+        # per chunk: C_T and C_S from the atom sums, Z = V^T C_T and q = V^T C_S (float64)
+        c.gemm64 += 2 * 2 * r * p * w + (2 * a_s * r * w if a_s > 1 else 2 * r * w)   # + numerators
+        c.elem += (summed + 1) * p * w * f64 * 2 + 4 * r * w * f64
+        c.gemm32 += a_s * (2 * r * r * w if gram else 2 * n_S * r * w)                # each alpha's sum(P^2)
+        c.elem += a_s * (r * w * (f64 + f32) + (r * w if gram else n_S * w) * f32 * 2 + w * f64 * 4)
+    d.resident = resident
+    d.mem = resident + n * p * f32 + min(cores, len(sets)) * trans
+    par = min(cores, k)
+    c.mem = (n * w * f32 * 2 + n * w * f64 / F * min(cores, F) + F * p * w * f64 + p * w * f64
+             + par * (2 * p * w * f64 + 2 * p * w * f64 + 3 * A * w * f64 + 3 * p * w * f64))
     n_designs = s.designs * s.layers
-    return Counts("stats", d, n_designs, c, n_designs * s.subjects * s.chunks, n_designs * K * s.chunks, n_designs)
+    return Counts("stats", d, n_designs, c, n_designs * s.subjects * s.chunks, n_designs * s.chunks, n_designs)
 
 
 ENGINES = {"fold": _fold_engine, "stats": _stats_engine}
@@ -356,9 +376,8 @@ def estimate(shape: FitShape, ranks: int = 1, cores_per_rank: int = 1, gpu: bool
     cg, cm = _compute_s(cnt.chunk, dev, h2d=gpu)
     rbw = (read_gbps or rates.read_gbps) * 1e9
     design_s = (eff["design"] * (dg + dm)) / par + cnt.design.read / rbw
-    per_chunk_units = max(1, cnt.units) / max(1, cnt.n_chunk)      # units per chunk instance (stats: K)
     chunk_s = (eff["chunk_gemm"] * cg + eff["chunk_elem"] * cm) / par + cnt.chunk.read / rbw \
-        + eff["unit"] * rates.unit_overhead_s * per_chunk_units
+        + eff["unit"] * rates.unit_overhead_s
     # each rank builds the design of the units it takes; with design affinity (brainalign.sharding.scheduler)
     # every design is built once while there are more designs than ranks, else by every rank that joins it
     builds = max(cnt.n_design, min(ranks, cnt.units))
