@@ -12,8 +12,9 @@
    the resident memory of a fit process before data, and its start-up time.
 2. Calibration: ``brainalign fit`` (one rank, one thread, a fresh process) on synthetic design.h5 / bold.h5
    (bench/scaling.py's inputs) at several shapes; measured wall time, peak RSS (``ru_maxrss``) and bytes
-   read (``/proc/self/io`` rchar, around the fit only). The model's per-term efficiency factors are fitted
-   by non-negative least squares on the relative error of the wall time.
+   read (``/proc/self/io`` rchar, around the fit only). Two factors (on compute and on memory-bound seconds)
+   and two fixed overheads (per design and per chunk instance) are fitted by non-negative least squares on
+   the relative error of the time.
 3. Held-out check: other shapes, never used in the fit of step 2: predicted vs measured wall time, peak
    memory and bytes read, and whether each is within 20 %.
 
@@ -51,27 +52,29 @@ ALPHAS = 7   # bench/scaling.make_inputs writes the config default: 7 alphas
 
 # (label, trs_per_run, K runs = outer folds, p, voxels, layers, subjects, chunk)
 CALIBRATION = [
-    ("c1", 250, 6, 128, 4000, 1, 2, 2000),
-    ("c2", 300, 6, 384, 3000, 1, 2, 1500),
-    ("c3", 500, 5, 256, 6000, 1, 1, 3000),
-    ("c4", 200, 8, 256, 2000, 2, 1, 1000),
-    ("c5", 400, 4, 640, 2000, 1, 1, 2000),
-    ("c6", 300, 6, 64, 12000, 1, 1, 4000),
+    ("c1", 250, 6, 128, 2000, 1, 2, 1000),
+    ("c2", 300, 6, 384, 1500, 1, 2, 1500),
+    ("c3", 500, 5, 256, 3000, 1, 1, 3000),
+    ("c4", 200, 8, 256, 1000, 2, 1, 1000),
+    ("c5", 400, 4, 640, 1000, 1, 1, 1000),
+    ("c6", 300, 6, 64, 6000, 1, 1, 3000),
 ]
 HELD_OUT = [
-    ("h1", 350, 6, 320, 5000, 1, 2, 2500),
-    ("h2", 600, 5, 64, 12000, 1, 1, 12000),     # a wide chunk: memory well above the process baseline
-    ("h3", 600, 4, 512, 3000, 1, 1, 3000),
-    ("h4", 250, 7, 192, 8000, 1, 1, 2000),
+    ("h1", 350, 6, 320, 2500, 1, 2, 1250),
+    ("h2", 600, 5, 64, 8000, 1, 1, 8000),      # a wide chunk: memory well above the process baseline
+    ("h3", 600, 4, 512, 1500, 1, 1, 1500),
+    ("h4", 250, 7, 192, 4000, 1, 1, 2000),
 ]
 
 
 def median_time(fn, reps):
+    """Median CPU seconds of ``fn`` (one thread: the wall time it takes on an idle core; robust to the other
+    processes of a shared machine, which stretch wall time but not CPU time)."""
     ts = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        ts.append(time.perf_counter() - t0)
+        ts.append(time.process_time() - t0)
     return statistics.median(ts)
 
 
@@ -82,13 +85,19 @@ def measure_rates(reps, tmp: Path):
 
     rng = np.random.default_rng(0)
     out = {}
-    for dt, key in ((np.float32, "gemm32_gflops"), (np.float64, "gemm64_gflops")):
-        a = rng.standard_normal((1024, 1024)).astype(dt)
-        b = rng.standard_normal((1024, 2048)).astype(dt)
-        a @ b
-        out[key] = 2 * 1024 * 1024 * 2048 / median_time(lambda: a @ b, reps) / 1e9
+    # GEMMs of the fit's shapes: U^T Y (r x n_in @ n_in x w), the stacked scoring GEMM (A n_val x r @ r x w),
+    # the Gram X^T X (p x n @ n x p) and U = Xc V (n x p @ p x r)
+    for dt, key, shapes in ((np.float32, "gemm32_gflops", ((256, 1500, 2000), (1750, 256, 2000))),
+                            (np.float64, "gemm64_gflops", ((256, 1500, 256), (1500, 256, 256)))):
+        rs = []
+        for m, k, n in shapes:
+            a = rng.standard_normal((m, k)).astype(dt)
+            b = rng.standard_normal((k, n)).astype(dt)
+            a @ b
+            rs.append(2 * m * k * n / median_time(lambda: a @ b, reps) / 1e9)
+        out[key] = statistics.median(rs)
     eig = []
-    for m in (512, 1024):
+    for m in (256, 512):
         g = rng.standard_normal((m, 2 * m))
         g = g @ g.T
         eig.append(cost.eigh_flops(m) / median_time(lambda: np.linalg.eigh(g), reps) / 1e9)
@@ -115,9 +124,20 @@ def measure_rates(reps, tmp: Path):
              "brainalign.sharding.shards, brainalign.sharding.scheduler, brainalign.pipeline.keys, h5py; "
              "t = time.perf_counter() - t0; "
              "print(int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20, t)")
-    rss, imp = zip(*(map(float, subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                                               check=True, env=_env()).stdout.split()) for _ in range(reps)))
+    rss, imp = [], []
+    for _ in range(reps):
+        c0 = _children_cpu()
+        res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=_env())
+        imp.append(_children_cpu() - c0)          # CPU seconds of the whole process: start-up + imports
+        rss.append(float(res.stdout.split()[0]))
     return out, read_gbps, statistics.median(rss), statistics.median(imp)
+
+
+def _children_cpu():
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _env():
@@ -144,17 +164,17 @@ def rchar():
         if line.startswith('rchar:'):
             return int(line.split()[1])
 peak, stop = [rss()], threading.Event()
-def sample():                      # resident memory every 2 ms (ru_maxrss is the imports' transient peak)
-    while not stop.wait(0.002):
+def sample():                      # resident memory every 5 ms (ru_maxrss is the imports' transient peak)
+    while not stop.wait(0.005):
         peak.append(max(peak[-1], rss()))
 base = rss()
 th = threading.Thread(target=sample, daemon=True)
 th.start()
-r0, t0 = rchar(), time.perf_counter()
+r0, t0, c0 = rchar(), time.perf_counter(), time.process_time()
 brainalign.fit.run_fit(cfg, force=True)
-wall = time.perf_counter() - t0
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 stop.set(); th.join()
-print(json.dumps({'wall_s': wall, 'read_bytes': rchar() - r0, 'peak_rss_mib': max(peak[-1], rss()),
+print(json.dumps({'cpu_s': cpu, 'wall_s': wall, 'read_bytes': rchar() - r0, 'peak_rss_mib': max(peak[-1], rss()),
                   'base_rss_mib': base}))
 """
 
@@ -171,23 +191,28 @@ def measure_fit(row, reps, tmp: Path):
                       subjects=tuple(f"{i + 1:02d}" for i in range(S)), n_vox=v, chunk=w)
     runs = []
     for _ in range(reps):
+        c0, t0 = _children_cpu(), time.perf_counter()
         p_ = subprocess.run([sys.executable, "-c", DRIVER, str(cfg)], capture_output=True, text=True,
                             env=_env(), cwd=ROOT)
         if p_.returncode:
             raise RuntimeError(f"fit of {label} failed:\n{p_.stderr[-3000:]}")
-        runs.append(json.loads(p_.stdout.strip().splitlines()[-1]))
+        m = json.loads(p_.stdout.strip().splitlines()[-1])
+        # the whole process, as a job runs it: start-up, imports, the fit, assembly
+        m["cpu_s"], m["wall_s"] = _children_cpu() - c0, time.perf_counter() - t0
+        runs.append(m)
     for f in out.parent.glob(f"{label}*"):
         subprocess.run(["rm", "-rf", str(f)])
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def terms(shape, rates):
-    """Per-term seconds of the model with every efficiency factor 1 (one rank, one core)."""
+    """The model's terms for one rank on one core: seconds of compute and of passes at the measured rates,
+    and the numbers of design and chunk instances (each costs a fitted fixed overhead); + fixed seconds."""
     c = cost.counts(shape, cores=1)
     dg, dm = cost._compute_s(c.design, rates.cpu)
     cg, cm = cost._compute_s(c.chunk, rates.cpu)
-    t = {"design": c.n_design * (dg + dm), "chunk_gemm": c.n_chunk * cg, "chunk_elem": c.n_chunk * cm,
-         "unit": c.n_chunk * rates.unit_overhead_s}
+    t = {"compute": c.n_design * dg + c.n_chunk * cg, "elem": c.n_design * dm + c.n_chunk * cm,
+         "design_s": c.n_design, "chunk_s": c.n_chunk}
     fixed = (c.n_design * c.design.read + c.bold_bytes_read + c.assembly_read) / (rates.read_gbps * 1e9) \
         + rates.startup_s
     return t, fixed
@@ -199,23 +224,23 @@ def fit_efficiency(rows, rates):
     A, b = [], []
     for shape, meas in rows:
         t, fixed = terms(shape, rates)
-        A.append([t[k] / meas["wall_s"] for k in cost.PHASE_TERMS])
-        b.append(1.0 - fixed / meas["wall_s"])
+        A.append([t[k] / meas["cpu_s"] for k in cost.PHASE_TERMS])
+        b.append(1.0 - fixed / meas["cpu_s"])
     coef, _ = nnls(np.array(A), np.array(b))
-    return {k: float(max(c, 1e-3)) for k, c in zip(cost.PHASE_TERMS, coef)}
+    return {k: float(c) for k, c in zip(cost.PHASE_TERMS, coef)}
 
 
 def table(results):
-    lines = ["| shape | n | p | v | K | S x L | wall pred / meas (s) | err | peak RSS pred / meas (MiB) | err "
-             "| read pred / meas (MB) | err |", "|" + "---|" * 12]
+    lines = ["| shape | n | p | v | K | S x L | time pred / meas (s) | err | wall (s) | peak RSS pred / meas (MiB) "
+             "| err | read pred / meas (MB) | err |", "|" + "---|" * 13]
     ok = True
     for label, shape, meas, est in results:
-        errs = [(est.wall_s - meas["wall_s"]) / meas["wall_s"],
+        errs = [(est.wall_s - meas["cpu_s"]) / meas["cpu_s"],
                 (est.mem_rank_bytes / 2 ** 20 - meas["peak_rss_mib"]) / meas["peak_rss_mib"],
                 (est.bytes_read - meas["read_bytes"]) / meas["read_bytes"]]
         ok &= all(abs(e) <= 0.2 for e in errs)
         lines.append(f"| {label} | {shape.n} | {shape.p} | {shape.v} | {shape.K} | {shape.subjects} x {shape.layers} "
-                     f"| {est.wall_s:.1f} / {meas['wall_s']:.1f} | {errs[0]:+.0%} "
+                     f"| {est.wall_s:.1f} / {meas['cpu_s']:.1f} | {errs[0]:+.0%} | {meas['wall_s']:.1f} "
                      f"| {est.mem_rank_bytes / 2 ** 20:.0f} / {meas['peak_rss_mib']:.0f} | {errs[1]:+.0%} "
                      f"| {est.bytes_read / 1e6:.1f} / {meas['read_bytes'] / 1e6:.1f} | {errs[2]:+.0%} |")
     return "\n".join(lines), ok
@@ -230,7 +255,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     reps = 1 if args.quick else args.reps
     cal = CALIBRATION[:4] if args.quick else CALIBRATION
-    held = HELD_OUT[:2] if args.quick else HELD_OUT
+    held = HELD_OUT[1:3] if args.quick else HELD_OUT
     with tempfile.TemporaryDirectory(prefix="brainalign-cost-") as tmp:
         tmp = Path(tmp)
         dev, read_gbps, rss, imp = measure_rates(max(3, reps), tmp)
@@ -242,10 +267,10 @@ def main(argv=None):
         rates.measured = datetime.date.today().isoformat() + " by bench/cost_model.py"
         rates.engine = cost.ENGINE
         print(f"# machine: {rates.machine}")
-        print(f"# rates (one core, median of {max(3, reps)}): float32 GEMM {dev['gemm32_gflops']:.1f} GFLOP/s, "
+        print(f"# rates (one core, CPU time, median of {max(3, reps)}): float32 GEMM {dev['gemm32_gflops']:.1f} GFLOP/s, "
               f"float64 GEMM {dev['gemm64_gflops']:.1f}, eigh {dev['eigh_gflops']:.1f} (10/3 m^3 per s), "
               f"passes {dev['elem_gbps']:.1f} GB/s, HDF5 read {read_gbps:.2f} GB/s (page cache), "
-              f"fit process base RSS {rss:.0f} MiB, imports {imp:.2f} s")
+              f"fit process base RSS {rss:.0f} MiB, start-up + imports {imp:.2f} s")
         measured = {}
         for row in cal + held:
             t0 = time.perf_counter()
@@ -254,16 +279,18 @@ def main(argv=None):
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     # start-up: the part of the wall time that is neither work nor reads, from the smallest shape
     rates.startup_s = imp
-    rates.efficiency = {k: 1.0 for k in cost.PHASE_TERMS}
     rates.efficiency = fit_efficiency([(shape_of(r), measured[r[0]]) for r in cal], rates)
-    print("# efficiency factors (model seconds x factor = measured; fitted on the calibration shapes): "
-          + ", ".join(f"{k} {v:.2f}" for k, v in rates.efficiency.items()))
+    e = rates.efficiency
+    print(f"# fitted on the calibration shapes: compute x {e['compute']:.2f}, passes x {e['elem']:.2f}, "
+          f"{e['design_s']:.3f} s per design instance, {e['chunk_s']:.3f} s per chunk instance")
     results = {}
     for name, rows in (("calibration", cal), ("held-out", held)):
         res = [(r[0], shape_of(r), measured[r[0]], cost.estimate(shape_of(r), rates=rates)) for r in rows]
         text, ok = table(res)
         results[name] = ok
         print(f"\n## {name} shapes: model vs measured (1 rank, 1 thread; within 20 %: {'yes' if ok else 'NO'})\n")
+        print("time: the fit's CPU seconds (one thread: its wall time on an idle core; the wall column is this "
+              "run's, stretched by whatever else the machine ran)\n")
         print(text)
     if not args.no_write:
         rates.save()

@@ -85,7 +85,7 @@ def _gemm_only_rates(gflops=1.0):
     fast = 1e9
     return Rates(machine="test", cpu=DeviceRates(gemm32_gflops=gflops, gemm64_gflops=fast, eigh_gflops=fast,
                                                  elem_gbps=fast), read_gbps=fast, rss_base_mib=100.0, startup_s=0.0,
-                 efficiency={t: 1.0 for t in cost.PHASE_TERMS}, unit_overhead_s=0.0)
+                 efficiency=dict(cost.NO_OVERHEAD))
 
 
 def test_estimate_wall_time_is_counts_over_rates_and_ranks():

@@ -38,11 +38,13 @@ H (2 r^2 w, float32; 2 n_S r w in the rows form) plus the numerators (2 A r w). 
 design.
 
 **Time** of one rank with c cores: sum over phases of gemm32 / R32 + gemm64 / R64 + eigh / Re + elem / Rm,
-divided by c (inner folds run in parallel, one BLAS thread each), times the phase's efficiency factor, plus
-bytes read / Rread and a per-unit overhead. The R's are this machine's measured single-core rates
-(:class:`Rates`: float32/float64 GEMM, eigh, memory-bound passes, HDF5 read); the efficiency factors are
-fitted by ``bench/cost_model.py`` on calibration shapes (non-negative least squares, one per term) and the
-model is then checked on held-out shapes. **Memory** of one rank: the resident baseline of a fit process
+divided by c (inner folds run in parallel, one BLAS thread each), plus bytes read / Rread:
+``t = e_compute (gemm + eigh seconds) + e_elem (pass seconds) + read + o_design`` per design instance and the
+same with ``o_chunk`` per chunk instance. The R's are this machine's measured single-core rates
+(:class:`Rates`: float32/float64 GEMM at the fit's shapes, eigh, memory-bound passes, HDF5 read, all in CPU
+seconds); the two factors e and the two fixed overheads o are fitted by ``bench/cost_model.py`` on
+calibration shapes (non-negative least squares on the relative error) and the model is then checked on
+held-out shapes. **Memory** of one rank: the resident baseline of a fit process
 plus the design phase's resident arrays plus one chunk's working set (the peak of the two phases' live
 arrays, counted array by array). **Data read**: X once per (design, outer fold) and rank that builds it, the
 BOLD chunk per (design, outer fold, subject, chunk) for engine ``fold``; once per (design, subject, chunk)
@@ -65,7 +67,10 @@ from typing import Optional
 
 RATES_FILE = Path(__file__).with_name("rates.json")
 ENGINE = "fold"           # the engine `brainalign fit` runs now (counts() below); "stats" after issue 20's engine
-PHASE_TERMS = ("design", "chunk_gemm", "chunk_elem", "unit")   # efficiency factors fitted by bench/cost_model.py
+# fitted by bench/cost_model.py: factors on the compute (GEMM + eigh) and memory-bound seconds, and the fixed
+# seconds of one design instance (solver build: Python, checks, X read set-up) and of one chunk instance
+PHASE_TERMS = ("compute", "elem", "design_s", "chunk_s")
+NO_OVERHEAD = {"compute": 1.0, "elem": 1.0, "design_s": 0.0, "chunk_s": 0.0}
 GiB = 2.0 ** 30
 
 
@@ -137,8 +142,7 @@ class Rates:
     read_gbps: float = 1.0           # HDF5 read bandwidth of one process
     rss_base_mib: float = 150.0      # resident memory of a fit process before any data
     startup_s: float = 3.0           # process start, imports, scores.h5 assembly
-    efficiency: dict = field(default_factory=lambda: {t: 1.0 for t in PHASE_TERMS})
-    unit_overhead_s: float = 0.005   # per chunk instance (unit x subject): Python, HDF5 select, shard write
+    efficiency: dict = field(default_factory=lambda: dict(NO_OVERHEAD))   # PHASE_TERMS
     engine: str = ENGINE             # the engine the efficiency factors were fitted on
 
     @classmethod
@@ -150,7 +154,7 @@ class Rates:
         r = cls(**{k: v for k, v in data.items() if k not in ("cpu", "gpu", "efficiency")})
         r.cpu = DeviceRates(**data.get("cpu", {}))
         r.gpu = DeviceRates(**data.get("gpu", {})) if "gpu" in data else r.gpu
-        r.efficiency = {**{t: 1.0 for t in PHASE_TERMS}, **data.get("efficiency", {})}
+        r.efficiency = {**NO_OVERHEAD, **{k: v for k, v in data.get("efficiency", {}).items() if k in PHASE_TERMS}}
         return r
 
     def save(self, path: Optional[Path] = None):
@@ -375,9 +379,8 @@ def estimate(shape: FitShape, ranks: int = 1, cores_per_rank: int = 1, gpu: bool
     dg, dm = _compute_s(cnt.design, dev)
     cg, cm = _compute_s(cnt.chunk, dev, h2d=gpu)
     rbw = (read_gbps or rates.read_gbps) * 1e9
-    design_s = (eff["design"] * (dg + dm)) / par + cnt.design.read / rbw
-    chunk_s = (eff["chunk_gemm"] * cg + eff["chunk_elem"] * cm) / par + cnt.chunk.read / rbw \
-        + eff["unit"] * rates.unit_overhead_s
+    design_s = (eff["compute"] * dg + eff["elem"] * dm) / par + cnt.design.read / rbw + eff["design_s"]
+    chunk_s = (eff["compute"] * cg + eff["elem"] * cm) / par + cnt.chunk.read / rbw + eff["chunk_s"]
     # each rank builds the design of the units it takes; with design affinity (brainalign.sharding.scheduler)
     # every design is built once while there are more designs than ranks, else by every rank that joins it
     builds = max(cnt.n_design, min(ranks, cnt.units))
