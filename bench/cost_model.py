@@ -265,7 +265,6 @@ def main(argv=None):
         rates.machine = (f"{platform.node()}: {platform.processor() or platform.machine()}, "
                          f"{os.cpu_count()} cores, numpy {np.__version__}")
         rates.measured = datetime.date.today().isoformat() + " by bench/cost_model.py"
-        rates.engine = cost.ENGINE
         print(f"# machine: {rates.machine}")
         print(f"# rates (one core, CPU time, median of {max(3, reps)}): float32 GEMM {dev['gemm32_gflops']:.1f} GFLOP/s, "
               f"float64 GEMM {dev['gemm64_gflops']:.1f}, eigh {dev['eigh_gflops']:.1f} (10/3 m^3 per s), "
@@ -279,8 +278,7 @@ def main(argv=None):
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     # start-up: the part of the wall time that is neither work nor reads, from the smallest shape
     rates.startup_s = imp
-    rates.efficiency = fit_efficiency([(shape_of(r), measured[r[0]]) for r in cal], rates)
-    e = rates.efficiency
+    rates.efficiency[cost.ENGINE] = e = fit_efficiency([(shape_of(r), measured[r[0]]) for r in cal], rates)
     print(f"# fitted on the calibration shapes: compute x {e['compute']:.2f}, passes x {e['elem']:.2f}, "
           f"{e['design_s']:.3f} s per design instance, {e['chunk_s']:.3f} s per chunk instance")
     results = {}

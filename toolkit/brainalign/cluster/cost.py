@@ -142,8 +142,7 @@ class Rates:
     read_gbps: float = 1.0           # HDF5 read bandwidth of one process
     rss_base_mib: float = 150.0      # resident memory of a fit process before any data
     startup_s: float = 3.0           # process start, imports, scores.h5 assembly
-    efficiency: dict = field(default_factory=lambda: dict(NO_OVERHEAD))   # PHASE_TERMS
-    engine: str = ENGINE             # the engine the efficiency factors were fitted on
+    efficiency: dict = field(default_factory=dict)   # {engine: {PHASE_TERMS}}: fitted on the engine fit ran then
 
     @classmethod
     def load(cls, path: Optional[Path] = None) -> "Rates":
@@ -151,11 +150,21 @@ class Rates:
         if not path.is_file():
             return cls()
         data = json.loads(path.read_text())
-        r = cls(**{k: v for k, v in data.items() if k not in ("cpu", "gpu", "efficiency")})
+        r = cls(**{k: v for k, v in data.items() if k not in ("cpu", "gpu", "efficiency", "engine")})
         r.cpu = DeviceRates(**data.get("cpu", {}))
         r.gpu = DeviceRates(**data.get("gpu", {})) if "gpu" in data else r.gpu
-        r.efficiency = {**NO_OVERHEAD, **{k: v for k, v in data.get("efficiency", {}).items() if k in PHASE_TERMS}}
+        eff = data.get("efficiency", {})
+        if "compute" in eff:                        # one engine's factors (older files)
+            eff = {data.get("engine", "fold"): eff}
+        r.efficiency = {e: {**NO_OVERHEAD, **{k: v for k, v in f.items() if k in PHASE_TERMS}} for e, f in eff.items()}
         return r
+
+    def factors(self, engine: str) -> dict:
+        """The fitted factors of ``engine``; an engine never calibrated on this machine borrows those of one
+        that was (the same kinds of operations), else none."""
+        if engine in self.efficiency:
+            return self.efficiency[engine]
+        return next(iter(self.efficiency.values()), dict(NO_OVERHEAD))
 
     def save(self, path: Optional[Path] = None):
         Path(path or RATES_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -193,6 +202,8 @@ class Counts:
     n_chunk: int             # chunk-phase instances (subject x voxel chunk x design [x outer fold])
     units: int               # work units the scheduler hands out (shard entries)
     data_passes: int         # how many times the whole BOLD is read
+    groups_per_design: int = 1   # scheduling groups sharing one design instance: each rank that takes one builds it
+    chunk_live: int = 1          # chunk-phase states alive at once (stats: every subject's statistics of a group)
     assembly_read: float = 0.0   # rank 0 reads /r back for /r_mean (S x D x L x K x v float32)
 
     @property
@@ -301,7 +312,9 @@ def _stats_engine(s: FitShape, cores: int = 1) -> Counts:
     c.mem = (n * w * f32 * 2 + n * w * f64 / F * min(cores, F) + F * p * w * f64 + p * w * f64
              + par * (2 * p * w * f64 + 2 * p * w * f64 + 3 * A * w * f64 + 3 * p * w * f64))
     n_designs = s.designs * s.layers
-    return Counts("stats", d, n_designs, c, n_designs * s.subjects * s.chunks, n_designs * s.chunks, n_designs)
+    c.resident = F * p * w * f64 + 3 * F * w * f64                  # one subject's chunk statistics, kept
+    return Counts("stats", d, n_designs, c, n_designs * s.subjects * s.chunks, n_designs * s.chunks * K, n_designs,
+                  groups_per_design=s.chunks, chunk_live=s.subjects)
 
 
 ENGINES = {"fold": _fold_engine, "stats": _stats_engine}
@@ -357,10 +370,10 @@ class Estimate:
         return self.cpu_s * self.cores_per_rank / 3600.0
 
     def line(self) -> str:
-        return (f"estimate {fmt_time(self.wall_s)} wall on {self.ranks} rank(s) x {self.cores_per_rank} core(s)"
+        return (f"{fmt_time(self.wall_s)} wall on {self.ranks} rank(s) x {self.cores_per_rank} core(s)"
                 f"{' + 1 GPU each' if self.gpu else ''}, {self.mem_rank_gib:.1f} GiB per rank, "
                 f"{fmt_bytes(self.bytes_read)} read ({self.data_passes} pass{'es' if self.data_passes > 1 else ''} "
-                f"over the BOLD), {self.flops / 1e15:.3g} PFLOP, engine {self.engine}")
+                f"over the BOLD), {fmt_flops(self.flops)}, engine {self.engine}")
 
 
 def estimate(shape: FitShape, ranks: int = 1, cores_per_rank: int = 1, gpu: bool = False,
@@ -373,7 +386,7 @@ def estimate(shape: FitShape, ranks: int = 1, cores_per_rank: int = 1, gpu: bool
     rates = rates or Rates.load()
     ranks, cores = max(1, int(ranks)), max(1, int(cores_per_rank))
     cnt = counts(shape, engine, cores=1 if gpu else cores)
-    eff = rates.efficiency
+    eff = rates.factors(cnt.engine)
     dev = rates.gpu if gpu else rates.cpu
     par = 1 if gpu else cores
     dg, dm = _compute_s(cnt.design, dev)
@@ -381,13 +394,15 @@ def estimate(shape: FitShape, ranks: int = 1, cores_per_rank: int = 1, gpu: bool
     rbw = (read_gbps or rates.read_gbps) * 1e9
     design_s = (eff["compute"] * dg + eff["elem"] * dm) / par + cnt.design.read / rbw + eff["design_s"]
     chunk_s = (eff["compute"] * cg + eff["elem"] * cm) / par + cnt.chunk.read / rbw + eff["chunk_s"]
-    # each rank builds the design of the units it takes; with design affinity (brainalign.sharding.scheduler)
-    # every design is built once while there are more designs than ranks, else by every rank that joins it
-    builds = max(cnt.n_design, min(ranks, cnt.units))
+    # each rank builds the design of the scheduling groups it takes (brainalign.sharding.scheduler): the fold
+    # engine's group is one (design, outer fold), built once; the statistics engine's groups are the voxel
+    # chunks of one (feature set, layer), which the ranks take side by side, each building that design
+    builds = cnt.n_design * min(ranks, cnt.groups_per_design)
     work = builds * design_s + cnt.n_chunk * chunk_s
     wall = work / ranks + rates.startup_s
     wall = max(wall, design_s + chunk_s * shape.subjects + rates.startup_s)   # at least one whole unit
-    mem = rates.rss_base_mib * 2 ** 20 + max(cnt.design.mem, cnt.design.resident + cnt.chunk.mem)
+    mem = rates.rss_base_mib * 2 ** 20 + max(cnt.design.mem, cnt.design.resident + cnt.chunk.mem
+                                             + (cnt.chunk_live - 1) * cnt.chunk.resident)
     read = builds * cnt.design.read + cnt.bold_bytes_read + cnt.assembly_read
     wall += cnt.assembly_read / rbw
     assumed = []
@@ -409,6 +424,13 @@ def fmt_time(s: float) -> str:
     if s < 72 * 3600:
         return f"{s / 3600:.1f} h"
     return f"{s / 86400:.1f} d"
+
+
+def fmt_flops(f: float) -> str:
+    for unit, size in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if f >= size:
+            return f"{f / size:.3g} {unit}"
+    return f"{f / 1e6:.3g} MFLOP"
 
 
 def fmt_bytes(b: float) -> str:
