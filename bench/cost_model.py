@@ -102,9 +102,13 @@ def measure_rates(reps, tmp: Path):
         g = g @ g.T
         eig.append(cost.eigh_flops(m) / median_time(lambda: np.linalg.eigh(g), reps) / 1e9)
     out["eigh_gflops"] = statistics.median(eig)
-    a = rng.standard_normal(16 * 2 ** 20).astype(np.float32)
+    # memory-bound passes as the fit makes them on (rows, voxels) float32 blocks: an elementwise product,
+    # column dot products (einsum), float64 column means, column max; bytes touched per CPU second, median
+    a = rng.standard_normal((2000, 2000)).astype(np.float32)
     b, c = a.copy(), np.empty_like(a)
-    out["elem_gbps"] = 3 * a.nbytes / median_time(lambda: np.multiply(a, b, out=c), reps) / 1e9
+    passes = [(lambda: np.multiply(a, b, out=c), 3 * a.nbytes), (lambda: np.einsum("ij,ij->j", a, b), 2 * a.nbytes),
+              (lambda: a.mean(0, dtype=np.float64), a.nbytes), (lambda: a.max(0), a.nbytes)]
+    out["elem_gbps"] = statistics.median(nb / median_time(fn, reps) / 1e9 for fn, nb in passes)
     # HDF5: a bold.h5-like dataset (n, v) chunked (n, 1000), read [:, a:b] per chunk as the fit does
     n, v, w = 6000, 8000, 1000
     path = tmp / "read.h5"
@@ -218,16 +222,27 @@ def terms(shape, rates):
     return t, fixed
 
 
+TIME_TERMS = ("compute", "elem", "design_s", "chunk_s")
+
+
 def fit_efficiency(rows, rates):
+    """NNLS on the relative errors: the time terms, and peak memory = base + mem x arrays + mem_mib."""
     from scipy.optimize import nnls
 
-    A, b = [], []
+    A, b, M, m = [], [], [], []
     for shape, meas in rows:
         t, fixed = terms(shape, rates)
-        A.append([t[k] / meas["cpu_s"] for k in cost.PHASE_TERMS])
+        A.append([t[k] / meas["cpu_s"] for k in TIME_TERMS])
         b.append(1.0 - fixed / meas["cpu_s"])
+        arrays = cost.estimate(shape, rates=rates.__class__(cpu=rates.cpu, rss_base_mib=0.0,
+                                                           efficiency={cost.ENGINE: dict(cost.NO_OVERHEAD)}),
+                               ).mem_rank_bytes / 2 ** 20
+        grown = meas["peak_rss_mib"] - rates.rss_base_mib
+        M.append([arrays / grown, 1.0 / grown])
+        m.append(1.0)
     coef, _ = nnls(np.array(A), np.array(b))
-    return {k: float(c) for k, c in zip(cost.PHASE_TERMS, coef)}
+    mem, _ = nnls(np.array(M), np.array(m))
+    return {**dict(zip(TIME_TERMS, map(float, coef))), "mem": float(mem[0]), "mem_mib": float(mem[1])}
 
 
 def table(results):
@@ -279,8 +294,9 @@ def main(argv=None):
     # start-up: the part of the wall time that is neither work nor reads, from the smallest shape
     rates.startup_s = imp
     rates.efficiency[cost.ENGINE] = e = fit_efficiency([(shape_of(r), measured[r[0]]) for r in cal], rates)
-    print(f"# fitted on the calibration shapes: compute x {e['compute']:.2f}, passes x {e['elem']:.2f}, "
-          f"{e['design_s']:.3f} s per design instance, {e['chunk_s']:.3f} s per chunk instance")
+    print(f"# fitted on the calibration shapes ({cost.ENGINE} engine): compute x {e['compute']:.2f}, passes x "
+          f"{e['elem']:.2f}, {e['design_s']:.3f} s per design instance, {e['chunk_s']:.3f} s per chunk instance; "
+          f"memory: arrays x {e['mem']:.2f} + {e['mem_mib']:.0f} MiB")
     results = {}
     for name, rows in (("calibration", cal), ("held-out", held)):
         res = [(r[0], shape_of(r), measured[r[0]], cost.estimate(shape_of(r), rates=rates)) for r in rows]

@@ -80,6 +80,24 @@ def test_stats_engine_counts_by_hand():
     assert c.bytes_read == pytest.approx(2 * 1000 * 50 * 4 + 1000 * 100 * 4 + 2 * 5 * 50 * 4)
 
 
+def test_stats_engine_counts_match_the_engines_own_count():
+    """The statistics engine's own count (NestedEngine.flops_per_voxel: multiply-adds of the stats pass, the
+    projections and the scoring products) x 2 flops x voxels, plus the per-alpha numerators it leaves out."""
+    from brainalign.fit import fold_splits
+    from brainalign.ridge import NestedEngine
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(5), 200)
+    X = rng.standard_normal((1000, 100)).astype(np.float32)
+    splits = [fold_splits(groups, k) for k in range(5)]
+    eng = NestedEngine(X, [(tr, te) for tr, te, _ in splits], [inner for _, _, inner in splits], [1.0, 10.0, 100.0],
+                       n_jobs=1)
+    stats_pass, proj, score = eng.flops_per_voxel()
+    c = cost.counts(HAND, "stats")
+    numerators = (20 * 2 * 3 * 100 + 5 * 2 * 100) * 50
+    assert c.chunk.gemm64 + c.chunk.gemm32 == pytest.approx(2 * (stats_pass + proj + score) * 50 + numerators)
+
+
 def _gemm_only_rates(gflops=1.0):
     """Rates where only float32 GEMMs cost time (1 GFLOP/s), everything else is free."""
     fast = 1e9
@@ -125,7 +143,7 @@ def test_bytes_read_match_what_the_fit_reads(tmp_path, monkeypatch):
     monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
     monkeypatch.setenv("BRAINALIGN_MPI", "off")
     run_fit(cfg, force=True)
-    model = sum(cost.counts(s, "fold").bytes_read for s in shape)
+    model = sum(cost.counts(s).bytes_read for s in shape)              # the engine fit runs (cost.ENGINE)
     assert sum(got) == pytest.approx(model, rel=0.05)
 
 
@@ -184,7 +202,7 @@ def test_fit_estimate_sets_slurm_time_and_mem_unless_the_profile_does(tmp_path, 
     assert job.sized == ["time", "mem"]
     text = plan.describe()
     assert "(from the estimate: time, mem)" in text and "      estimate: " in text
-    assert "on 2 rank(s) x 1 core(s)" in text and "read (16 passes over the BOLD)" in text
+    assert "on 2 rank(s) x 1 core(s)" in text and "read (4 passes over the BOLD)" in text      # once per (feature set, layer)
     # the profile's own stages.fit keys win
     _, _, plan2 = _plan(tmp_path / "b", {"stages": {"fit": {**FIT, "time": "07:00:00", "mem": "3G"}}})
     job2 = plan2.job("fit")
@@ -207,10 +225,10 @@ def test_no_estimate_before_align_and_for_unmodelled_stages(tmp_path):
 
 
 def test_cannot_fit_memory(tmp_path):
-    profile = {"partitions": [{"name": "", "mem": "100M", "cpus": 2}], "stages": {"fit": FIT}}
+    profile = {"partitions": [{"name": "", "mem": "50M", "cpus": 2}], "stages": {"fit": FIT}}
     _, _, plan = _plan(tmp_path, profile)
     (line,) = plan.job("fit").problems
-    assert "GiB per rank x 2 ranks per node" in line and "above the 0.0977 GiB of a node in partition (default)" \
+    assert "GiB per rank x 2 ranks per node" in line and "above the 0.0488 GiB of a node in partition (default)" \
         in line
     assert "CANNOT FIT: fit: needs" in plan.describe()
 

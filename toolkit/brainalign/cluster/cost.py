@@ -66,11 +66,12 @@ from pathlib import Path
 from typing import Optional
 
 RATES_FILE = Path(__file__).with_name("rates.json")
-ENGINE = "fold"           # the engine `brainalign fit` runs now (counts() below); "stats" after issue 20's engine
+ENGINE = "stats"          # the engine `brainalign fit` runs (counts() below); "fold": the engine before issue 20
 # fitted by bench/cost_model.py: factors on the compute (GEMM + eigh) and memory-bound seconds, and the fixed
 # seconds of one design instance (solver build: Python, checks, X read set-up) and of one chunk instance
-PHASE_TERMS = ("compute", "elem", "design_s", "chunk_s")
-NO_OVERHEAD = {"compute": 1.0, "elem": 1.0, "design_s": 0.0, "chunk_s": 0.0}
+# and peak memory = base + mem x the counted arrays + mem_mib (allocator slack, lazily imported modules)
+PHASE_TERMS = ("compute", "elem", "design_s", "chunk_s", "mem", "mem_mib")
+NO_OVERHEAD = {"compute": 1.0, "elem": 1.0, "design_s": 0.0, "chunk_s": 0.0, "mem": 1.0, "mem_mib": 0.0}
 GiB = 2.0 ** 30
 
 
@@ -401,8 +402,8 @@ def estimate(shape: FitShape, ranks: int = 1, cores_per_rank: int = 1, gpu: bool
     work = builds * design_s + cnt.n_chunk * chunk_s
     wall = work / ranks + rates.startup_s
     wall = max(wall, design_s + chunk_s * shape.subjects + rates.startup_s)   # at least one whole unit
-    mem = rates.rss_base_mib * 2 ** 20 + max(cnt.design.mem, cnt.design.resident + cnt.chunk.mem
-                                             + (cnt.chunk_live - 1) * cnt.chunk.resident)
+    arrays = max(cnt.design.mem, cnt.design.resident + cnt.chunk.mem + (cnt.chunk_live - 1) * cnt.chunk.resident)
+    mem = (rates.rss_base_mib + eff["mem_mib"]) * 2 ** 20 + eff["mem"] * arrays
     read = builds * cnt.design.read + cnt.bold_bytes_read + cnt.assembly_read
     wall += cnt.assembly_read / rbw
     assumed = []
