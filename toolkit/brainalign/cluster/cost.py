@@ -101,6 +101,14 @@ class FitShape:
     def inner(self) -> int:
         return self.K - 1 if self.k is None else self.k
 
+    def rows(self) -> tuple[float, float, float, float]:
+        """(n_te, n_tr, n_val, n_in): rows of an outer test fold, an outer training set, an inner validation
+        fold and an inner training set (equal folds)."""
+        n_te = self.n / self.K
+        n_tr = self.n - n_te
+        n_val = n_tr / self.inner
+        return n_te, n_tr, n_val, n_tr - n_val
+
     @property
     def chunks(self) -> int:
         return math.ceil(self.v / self.chunk)
@@ -224,10 +232,7 @@ class Counts:
 def _fold_engine(s: FitShape, cores: int = 1) -> Counts:
     """Counts of the per-outer-fold FoldSolver engine (the engine before issue 20)."""
     n, p, K, k, A, w = s.n, s.p, s.K, s.inner, s.alphas, s.width
-    n_te = n / K
-    n_tr = n - n_te
-    n_val = n_tr / k
-    n_in = n_tr - n_val
+    n_te, n_tr, n_val, n_in = s.rows()
     f32, f64 = 4, 8
     d = Phase(read=n * p * f32)
     par = min(cores, k + 1)                      # factorisations alive at once (one per core)
@@ -275,10 +280,7 @@ def _stats_engine(s: FitShape, cores: int = 1) -> Counts:
     """Counts of the sufficient-statistics engine (issue 20, brainalign.ridge.suffstats.NestedEngine: its
     docstring's operation counts, x 2 for flops). Atoms = the K outer folds (leave one fold out, nested)."""
     n, p, K, k, A, w = s.n, s.p, s.K, s.inner, s.alphas, s.width
-    n_te = n / K
-    n_tr = n - n_te
-    n_val = n_tr / k
-    n_in = n_tr - n_val
+    n_te, n_tr, n_val, n_in = s.rows()
     f32, f64 = 4, 8
     F = K                                        # atoms
     sets = [(n_tr, n_te, 1, 1)] * K + [(n_in, n_val, A, 2)] * (K * k)   # (n_T, n_S, alphas scored, atoms summed)
