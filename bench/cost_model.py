@@ -19,7 +19,8 @@
    memory and bytes read, and whether each is within 20 %.
 
 Step 1's rates and step 2's factors are written to toolkit/brainalign/cluster/rates.json (unless
---no-write); ``brainalign submit --dry-run`` and ``python -m brainalign.cluster.cost`` use them.
+--no-write); ``--gpu-check build/gpu_check/gpu_check.json`` replaces the assumed GPU rates there with those
+bench/gpu_check.py measured (float32 GEMM, device and host-to-device copies); ``brainalign submit --dry-run`` and ``python -m brainalign.cluster.cost`` use them.
 On a shared machine the numbers are noisy: re-run with ``make bench`` on an idle node of the cluster you
 size for.
 """
@@ -267,7 +268,15 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="1 repeat, 3 calibration and 2 held-out shapes")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite rates.json")
     ap.add_argument("--json", help="also write every measurement here")
+    ap.add_argument("--gpu-check", metavar="JSON", help="only take the GPU rates from bench/gpu_check.py's "
+                    "gpu_check.json into rates.json (nothing else is measured)")
     args = ap.parse_args(argv)
+    if args.gpu_check:
+        rates = cost.Rates.load()
+        rates.gpu = cost.gpu_rates(json.loads(Path(args.gpu_check).read_text()), rates.gpu)
+        rates.save()
+        print(f"# GPU rates: {rates.gpu}\n# wrote {cost.RATES_FILE}")
+        return 0
     reps = 1 if args.quick else args.reps
     cal = CALIBRATION[:4] if args.quick else CALIBRATION
     held = HELD_OUT[1:3] if args.quick else HELD_OUT

@@ -288,3 +288,18 @@ def test_sizing_calculator_prints_the_projection(capsys):
                     "--chunk", "50", "--engine", "fold"])
     out = capsys.readouterr().out
     assert rc == 0 and "n 1,000 TRs x p 100 features x v 50 voxels" in out and "core-hours" in out
+
+
+def test_gpu_rates_from_a_gpu_check_report():
+    """bench/gpu_check.py's measurements replace the assumed GPU rates they cover; the rest stay assumed."""
+    assumed = Rates().gpu
+    rep = {"started": "2026-12-06T00:00:00+00:00", "sections": {"gemm": {"measurements": {
+        "numpy_float32": {"tflops": 0.1}, "torch_float32": {"tflops": 48.0}, "cupy_float32": {"tflops": 51.0},
+        "device_copy": {"gb_per_s": 2900.0}, "h2d_pageable": {"gb_per_s": 11.0}}}}}
+    got = cost.gpu_rates(rep, assumed)
+    assert got.gemm32_gflops == 51_000.0 and got.elem_gbps == 2900.0 and got.h2d_gbps == 11.0
+    assert got.gemm64_gflops == assumed.gemm64_gflops and got.eigh_gflops == assumed.eigh_gflops
+    assert got.note.startswith("float32 GEMM, device copies, host-to-device copies measured by bench/gpu_check.py")
+    assert "float64 GEMM and eigh still ASSUMED" in got.note
+    with pytest.raises(ValueError, match="no GPU float32 GEMM measurement"):
+        cost.gpu_rates({"sections": {"gemm": {"measurements": {"numpy_float32": {"tflops": 0.1}}}}}, assumed)

@@ -179,6 +179,25 @@ class Rates:
         Path(path or RATES_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
 
+def gpu_rates(rep: dict, assumed: DeviceRates) -> DeviceRates:
+    """The GPU rates measured by bench/gpu_check.py (its gpu_check.json, as a dict): float32 GEMM (cuBLAS
+    via torch or cupy, non-TF32), device copy bandwidth (the passes), host-to-device copies; float64 GEMM and
+    eigh, which it does not measure, stay assumed (and the note says which are which)."""
+    gemm = rep.get("sections", {}).get("gemm", {}).get("measurements", {})
+    f32 = [gemm[k]["tflops"] for k in ("torch_float32", "cupy_float32") if k in gemm]
+    if not f32:
+        raise ValueError("gpu_check.json: no GPU float32 GEMM measurement (was the gemm section skipped?)")
+    out = dataclasses.replace(assumed, gemm32_gflops=max(f32) * 1e3)
+    measured = ["float32 GEMM"]
+    if "device_copy" in gemm:
+        out.elem_gbps, measured = gemm["device_copy"]["gb_per_s"], measured + ["device copies"]
+    if "h2d_pageable" in gemm:
+        out.h2d_gbps, measured = gemm["h2d_pageable"]["gb_per_s"], measured + ["host-to-device copies"]
+    out.note = (f"{', '.join(measured)} measured by bench/gpu_check.py ({rep.get('started', '?')}); "
+                f"float64 GEMM and eigh still ASSUMED: {assumed.note}")
+    return out
+
+
 # ---- counts --------------------------------------------------------------------------------------------
 
 @dataclass
