@@ -126,7 +126,7 @@ def measure_rates(reps, tmp: Path):
     path.unlink()
     # a fit process before data: interpreter + numpy + h5py + brainalign's fit modules (resident, MiB)
     probe = ("import os, time; t0 = time.perf_counter(); import brainalign.fit, brainalign.ridge, "
-             "brainalign.sharding.shards, brainalign.sharding.scheduler, brainalign.pipeline.keys, h5py; "
+             "brainalign.sharding.shards, brainalign.sharding.scheduler, brainalign.stagekeys, h5py; "
              "t = time.perf_counter() - t0; "
              "print(int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20, t)")
     rss, imp = [], []
@@ -157,7 +157,7 @@ def _env():
 DRIVER = r"""
 import json, os, sys, threading, time
 import brainalign.fit, brainalign.ridge, brainalign.sharding.shards, brainalign.sharding.scheduler
-import brainalign.pipeline.keys, h5py
+import brainalign.stagekeys, h5py
 from brainalign.config import load_config
 cfg = load_config(sys.argv[1])
 PAGE = os.sysconf('SC_PAGE_SIZE') / 2 ** 20

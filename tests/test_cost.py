@@ -50,7 +50,7 @@ def test_fold_engine_counts_by_hand():
 def test_fold_engine_chunk_flops_match_the_solvers_own_count():
     """The count equals what FoldSolver reports for the GEMMs it runs (its flops_per_target, summed over the
     outer folds), on a real split with unequal folds rounded as the model assumes."""
-    from brainalign.fit import fold_splits
+    from brainalign.fitdata import fold_splits
     from brainalign.ridge import FoldSolver
 
     rng = np.random.default_rng(0)
@@ -83,7 +83,7 @@ def test_stats_engine_counts_by_hand():
 def test_stats_engine_counts_match_the_engines_own_count():
     """The statistics engine's own count (NestedEngine.flops_per_voxel: multiply-adds of the stats pass, the
     projections and the scoring products) x 2 flops x voxels, plus the per-alpha numerators it leaves out."""
-    from brainalign.fit import fold_splits
+    from brainalign.fitdata import fold_splits
     from brainalign.ridge import NestedEngine
 
     rng = np.random.default_rng(0)
