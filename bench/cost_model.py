@@ -11,8 +11,10 @@
    rate: a cluster's filesystem is slower, give its rate with ``--read-gbps`` to the sizing calculator),
    the resident memory of a fit process before data, and its start-up time.
 2. Calibration: ``brainalign fit`` (one rank, one thread, a fresh process) on synthetic design.h5 / bold.h5
-   (bench/scaling.py's inputs) at several shapes; measured wall time, peak RSS (``ru_maxrss``) and bytes
-   read (``/proc/self/io`` rchar, around the fit only). Two factors (on compute and on memory-bound seconds)
+   (bench/scaling.py's inputs) at several shapes; measured CPU and wall time of the whole process, peak
+   resident memory (sampled every 5 ms during the fit) and the bytes read from HDF5 (counted at h5py's
+   ``Dataset.__getitem__``; the JSON also has ``/proc/self/io`` rchar, which adds the Python modules
+   imported lazily and threadpoolctl's reads of /proc). Two factors (on compute and on memory-bound seconds)
    and two fixed overheads (per design and per chunk instance) are fitted by non-negative least squares on
    the relative error of the time.
 3. Held-out check: other shapes, never used in the fit of step 2: predicted vs measured wall time, peak
@@ -168,6 +170,13 @@ def rchar():
     for line in open('/proc/self/io'):
         if line.startswith('rchar:'):
             return int(line.split()[1])
+h5_bytes = [0]
+_getitem = h5py.Dataset.__getitem__
+def counted(self, key):            # the bytes the fit pulls from HDF5 files (what the model counts)
+    val = _getitem(self, key)
+    h5_bytes[0] += getattr(val, 'nbytes', 0)
+    return val
+h5py.Dataset.__getitem__ = counted
 peak, stop = [rss()], threading.Event()
 def sample():                      # resident memory every 5 ms (ru_maxrss is the imports' transient peak)
     while not stop.wait(0.005):
@@ -179,8 +188,8 @@ r0, t0, c0 = rchar(), time.perf_counter(), time.process_time()
 brainalign.fit.run_fit(cfg, force=True)
 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 stop.set(); th.join()
-print(json.dumps({'cpu_s': cpu, 'wall_s': wall, 'read_bytes': rchar() - r0, 'peak_rss_mib': max(peak[-1], rss()),
-                  'base_rss_mib': base}))
+print(json.dumps({'cpu_s': cpu, 'wall_s': wall, 'read_bytes': h5_bytes[0], 'rchar_bytes': rchar() - r0,
+                  'peak_rss_mib': max(peak[-1], rss()), 'base_rss_mib': base}))
 """
 
 
