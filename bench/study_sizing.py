@@ -1,7 +1,7 @@
 """Project the two reference studies with the fit's cost model (no measurement: brainalign.cluster.cost).
 
     python bench/study_sizing.py                          # the table of docs/cluster.md#sizing
-    python bench/study_sizing.py --rates-before FILE      # the fold engine's factors from another rates file
+    python bench/study_sizing.py --rates-before FILE      # another calibration of the fold engine
 
 Studies (≈ 133,000 TRs per subject: CNeuroMod Friends seasons 1-6 at TR 1.49 s): the Algonauts 2025 release
 (4 subjects, 1,000 parcels) and friends.fmriprep (6 subjects, ~250,000 voxels); 5 feature sets x 12 layers,
@@ -52,10 +52,12 @@ def main(argv=None):
     ap.add_argument("--read-gbps", type=float, default=1.0, help="filesystem read bandwidth per rank (GB/s)")
     ap.add_argument("--hours", type=float, default=24.0, help="wall-time target for the node counts")
     ap.add_argument("--p", type=int, default=768 * 6, help="features per design")
-    ap.add_argument("--rates-before", default=None, help="rates file for the fold engine (default: rates.json)")
+    ap.add_argument("--rates-before", default=str(Path(__file__).with_name("cost_rates_fold_engine.json")),
+                    help="rates of the fold engine: bench/cost_model.py's run on it, before the statistics engine "
+                         "replaced it in fit (it cannot be re-run since)")
     args = ap.parse_args(argv)
     after = cost.Rates.load()
-    before = cost.Rates.load(args.rates_before) if args.rates_before else after
+    before = cost.Rates.load(args.rates_before)
     print(f"# rates: {after.machine}, {after.measured or 'not measured'}; GPU: {after.gpu.note}")
     print(f"# CPU node: {args.cores} cores, {args.mem_gb:g} GiB; GPU node: 1 GPU, one rank; reads "
           f"{args.read_gbps:g} GB/s per rank (assumed)\n")
