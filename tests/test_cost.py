@@ -177,12 +177,12 @@ def _study(out: Path, n_vox=120, chunk=40, backend="numpy", seed=0):
     return cfg, shape
 
 
-def _plan(tmp_path, profile: dict, backend="numpy", pipeline=("fit",)):
+def _plan(tmp_path, profile: dict, backend="numpy", pipeline=("fit",), cluster="slurm"):
     out = tmp_path / "out"
     cfg, shape = _study(out, backend=backend)
     cfg.pipeline.stages = list(pipeline)
     prof = parse_profile(profile, "p.yaml")
-    plan = build_plan(cfg, prof, "slurm", config_path=tmp_path / "sub" / "config.yaml", folder=tmp_path / "sub",
+    plan = build_plan(cfg, prof, cluster, config_path=tmp_path / "sub" / "config.yaml", folder=tmp_path / "sub",
                       force=True, cwd=tmp_path, git_commit="abc")
     return cfg, shape, plan
 
@@ -237,6 +237,9 @@ def test_cannot_fit_cuda_config_without_gpus(tmp_path):
     _, _, plan = _plan(tmp_path, {"stages": {"fit": FIT}}, backend="cupy")
     assert plan.job("fit").problems == ["fit: fit.backend: cupy needs a GPU but the profile gives this job none "
                                         "(stages.fit.gpus: 0)"]
+    # on this machine (--cluster local) the machine's own GPUs serve: no line
+    _, _, plan = _plan(tmp_path / "local", {"stages": {"fit": FIT}}, backend="cupy", cluster="local")
+    assert plan.job("fit").problems == []
     # GPUs asked of a partition described without any
     _, _, plan = _plan(tmp_path / "b", {"partitions": [{"name": "cpu", "gpus": 0}], "partition": "cpu",
                                         "stages": {"fit": {**FIT, "gpus": 1}}}, backend="cupy")

@@ -363,7 +363,7 @@ def build_plan(cfg, profile: Profile, cluster: str = "slurm", *, config_path, fo
         notes.append(f"the container runs on this machine: {profile.container.runtime} must be installed here")
     from .sizing import size_jobs
 
-    notes += size_jobs(cfg, profile, jobs, cwd)      # estimates, SLURM time/mem from them, cannot-fit checks
+    notes += size_jobs(cfg, profile, jobs, cwd, cluster=cluster)   # estimates, SLURM time/mem, cannot-fit checks
     for j in jobs:
         j.time_min()
         j.mem_gb()

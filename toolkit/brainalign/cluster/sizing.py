@@ -92,9 +92,11 @@ def _needs_cuda(cfg, stage: str) -> Optional[str]:
     return None
 
 
-def size_jobs(cfg, profile: Profile, jobs, cwd: Path, rates: Optional[Rates] = None) -> list[str]:
+def size_jobs(cfg, profile: Profile, jobs, cwd: Path, rates: Optional[Rates] = None,
+              cluster: str = "slurm") -> list[str]:
     """Set ``estimate``, ``problems`` (and SLURM time/mem where the profile leaves them) on every job;
-    returns notes for the plan."""
+    returns notes for the plan. Off SLURM (``--cluster local|debug``) the jobs run on this machine with its
+    own GPUs, so the profile's ``gpus`` are not checked against the config."""
     notes = []
     rates = rates or Rates.load()
     for job in jobs:
@@ -128,7 +130,7 @@ def size_jobs(cfg, profile: Profile, jobs, cwd: Path, rates: Optional[Rates] = N
                 job.sized.append("mem")
         # ---- cannot-fit checks
         need = _needs_cuda(cfg, job.stage)
-        if need and not job.gpus:
+        if need and not job.gpus and cluster == "slurm":
             job.problems.append(f"{job.name}: {need} needs a GPU but the profile gives this job none "
                                 f"(stages.{job.stage}.gpus: 0)")
         if job.gpus and spec is not None and not spec.gpus:
