@@ -502,7 +502,9 @@ def main(argv=None):
     print(shape.describe())
     print(f"rates: {rates.machine} ({rates.measured or 'not measured'})")
     print(e.line())
-    print(f"work {e.cpu_s / 3600:,.0f} rank-hours = {e.core_hours():,.0f} core-hours; {e.units:,} units; "
+    work = (f"{e.cpu_s / 3600:,.0f} GPU-hours" if e.gpu else
+            f"{e.cpu_s / 3600:,.0f} rank-hours = {e.core_hours():,.0f} core-hours")
+    print(f"work {work}; {e.units:,} units; "
           f"one design {fmt_time(e.design_s)}, one subject chunk {fmt_time(e.chunk_s)}")
     if e.assumed:
         print(f"assumed: {e.assumed}")
