@@ -211,10 +211,9 @@ def test_fit_estimate_sets_slurm_time_and_mem_unless_the_profile_does(tmp_path, 
 
 
 def test_no_estimate_before_align_and_for_unmodelled_stages(tmp_path):
-    from test_submit import DEMO, PROFILE   # noqa: F401  (the demo config, nothing written by align yet)
     from brainalign.config import load_config
 
-    cfg = load_config(DEMO)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")   # align has not run here
     prof = parse_profile({"stages": {"fit": FIT}}, "p.yaml")
     plan = build_plan(cfg, prof, "slurm", config_path=tmp_path / "c.yaml", folder=tmp_path, force=True,
                       cwd=tmp_path, git_commit="abc")
