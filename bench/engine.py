@@ -42,6 +42,7 @@ ALPHAS = np.logspace(-1, 5, 10)
 CASES = {  # name: (runs, TRs per run, p, v, design)
     "a": dict(runs=10, trs=4000, p=768, v=8000, kind="loro"),
     "b": dict(runs=1, trs=3000, p=1024, v=20000, kind="medium"),
+    "a-half": dict(runs=10, trs=2000, p=384, v=8000, kind="loro"),   # case a with half the rows and features
     "tiny": dict(runs=5, trs=400, p=96, v=2000, kind="loro"),      # a quick check while developing
 }
 STREAM = dict(runs=5, trs=400, p=64, voxels=(25_000, 200_000), chunk=4096)
@@ -104,7 +105,7 @@ def worker(peer, case, v, out):
     cv = np.full((K, A, v), np.nan)
     setup = 0.0
     t0, c0 = time.perf_counter(), time.process_time()
-    picked = "samples"
+    picked = None
     if peer == "new":               # what nested_cv(engine="auto") picks for this shape
         from brainalign.ridge.nested import _pick_engine
 

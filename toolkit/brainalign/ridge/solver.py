@@ -55,6 +55,15 @@ _GROUP_BYTES = 48 * 2**20  # predictions (and scaled maps) held at once by the s
 _RUN_LIMIT = 4  # at most this many contiguous row runs are used as slices; more -> one gather
 
 
+def check_options(scoring, dtype):
+    """(working dtype name, scoring) of a ridge engine; ConfigError naming the bad option."""
+    if scoring not in SCORINGS:
+        raise ConfigError(f"ridge scoring {scoring!r} unknown; choose one of {SCORINGS}")
+    if str(np.dtype(dtype)) not in ("float32", "float64"):
+        raise ConfigError(f"ridge dtype {dtype!r}: choose float32 or float64")
+    return str(np.dtype(dtype)), scoring
+
+
 def above_rank_floor(values, size):
     """Mask of the components kept: numpy float64 ``values`` > max(values) * size * eps64 (module doc)."""
     return values > (values.max() if values.size else 0.0) * size * np.finfo(np.float64).eps
@@ -242,15 +251,10 @@ class FoldSolver:
 
     def __init__(self, X_train, X_test, alphas, inner_splits, backend="numpy", dtype="float32",
                  scoring="r", method="eigh", targets_batch=None, keep_coef=False, n_jobs=None):
-        if scoring not in SCORINGS:
-            raise ConfigError(f"ridge scoring {scoring!r} unknown; choose one of {SCORINGS}")
         if method not in METHODS:
             raise ConfigError(f"ridge method {method!r} unknown; choose one of {METHODS}")
-        if str(np.dtype(dtype)) not in ("float32", "float64"):
-            raise ConfigError(f"ridge dtype {dtype!r}: choose float32 or float64")
         self.B = B = get_backend(backend)
-        self.dtype = str(np.dtype(dtype))
-        self.scoring = scoring
+        self.dtype, self.scoring = check_options(scoring, dtype)
         self.alphas = check_alphas(alphas)
         Xtr = check_matrix(X_train, "X_train")
         check_finite_X(Xtr, "X_train")

@@ -68,7 +68,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .backend import get_backend
 from .checks import check_alphas, check_finite_X, check_matrix, check_splits
-from .solver import SCORINGS, factorize, run_parallel, truncated_eigh
+from .solver import check_options, factorize, run_parallel, truncated_eigh
 
 _STATS_CHUNK_BYTES = 256 * 2**20
 
@@ -227,13 +227,8 @@ class NestedEngine:
 
     def __init__(self, X, outer_splits, inner_splits, alphas, backend="numpy", dtype="float32",
                  scoring="r", n_jobs=None):
-        if scoring not in SCORINGS:
-            raise ConfigError(f"ridge scoring {scoring!r} unknown; choose one of {SCORINGS}")
-        if str(np.dtype(dtype)) not in ("float32", "float64"):
-            raise ConfigError(f"ridge dtype {dtype!r}: choose float32 or float64")
         self.B = B = get_backend(backend)
-        self.dtype = str(np.dtype(dtype))
-        self.scoring = scoring
+        self.dtype, self.scoring = check_options(scoring, dtype)
         self.n_jobs = n_jobs
         self.alphas = check_alphas(alphas)
         X = check_matrix(X, "X")
