@@ -13,7 +13,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 help:
 	@echo "make demo       create .venv, install, run the whole pipeline on the embedded demo data"
 	@echo "make test       create .venv, install test deps, run pytest (starts MPI and a local SLURM)"
-	@echo "make bench      benchmarks under bench/ (ridge vs himalaya/sklearn, MPI scaling)"
+	@echo "make bench      benchmarks under bench/ (ridge vs himalaya/sklearn, MPI scaling, the fit's cost model)"
 	@echo "make gpu-check  the prepared GPU check (bench/gpu_check.py) -> build/gpu_check/"
 	@echo "make container  build the Apptainer images where apptainer exists"
 
@@ -34,6 +34,7 @@ bench: venv
 	$(BIN)/python bench/ridge.py
 	$(BIN)/python bench/engine.py
 	@if [ -f bench/scaling.py ]; then $(BIN)/python bench/scaling.py; fi
+	$(BIN)/python bench/cost_model.py
 
 # Without a GPU it runs the CPU reference parts and reports the GPU parts as skipped (and why).
 gpu-check:

@@ -58,6 +58,9 @@ class PlannedJob:
     array_parallelism: Optional[int] = None
     gpus: int = 0
     env: dict = field(default_factory=dict)   # extra environment of every command (OMP_NUM_THREADS)
+    estimate: str = ""                     # the cost model's line (brainalign.cluster.sizing), or why none
+    sized: list[str] = field(default_factory=list)      # resources taken from the estimate ("time", "mem")
+    problems: list[str] = field(default_factory=list)   # why the job cannot run as planned (submit refuses)
 
     @property
     def is_array(self) -> bool:
@@ -117,6 +120,9 @@ class Plan:
             opts["requeue"] = True
         opts.update(job.sbatch_options())
         return opts
+    @property
+    def problems(self) -> list[str]:
+        return [p for j in self.jobs for p in j.problems]
 
     # ---- presentation --------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -179,11 +185,16 @@ class Plan:
             else:
                 kind = "one task"
             lines.append(f"[{k}] {j.name:<8} {kind}")
+            src = f" (from the estimate: {', '.join(j.sized)})" if j.sized else ""
             lines.append(f"      resources: time {r.time} ({j.time_min()} min)  mem {r.mem}/node  "
                          f"cpus/task {r.cpus_per_task}  gpus/node {r.gpus}  partition {r.partition or '(default)'}"
                          + (f"  qos {r.qos}" if r.qos else "")
                          + (f"  constraint {r.constraint}" if r.constraint else "")
-                         + (f"  sbatch {' '.join(r.sbatch_args)}" if r.sbatch_args else ""))
+                         + (f"  sbatch {' '.join(r.sbatch_args)}" if r.sbatch_args else "") + src)
+            if j.estimate:
+                lines.append(f"      estimate: {j.estimate}")
+            for prob in j.problems:
+                lines.append(f"      CANNOT FIT: {prob}")
             lines.append("      after: " + (", ".join(f"{a} (afterok)" for a in j.after) if j.after else "-"))
             n = len(j.tasks)
             for idx in (range(n) if n <= 6 else [0, 1, 2, None, n - 2, n - 1]):
@@ -369,6 +380,12 @@ def build_plan(cfg, profile: Profile, cluster: str = "slurm", *, config_path, fo
         j.mem_gb()
     if profile.container.image and cluster != "slurm":
         notes.append(f"the container runs on this machine: {profile.container.runtime} must be installed here")
+    from .sizing import size_jobs
+
+    notes += size_jobs(cfg, profile, jobs, cwd, cluster=cluster)   # estimates, SLURM time/mem, cannot-fit checks
+    for j in jobs:
+        j.time_min()
+        j.mem_gb()
     return Plan(name=cfg.name, cluster=cluster, profile=profile, config=config_path,
                 source_config=cfg.source, folder=folder, cwd=cwd, output=out, jobs=jobs, python=python,
                 notes=notes, launch=launch)

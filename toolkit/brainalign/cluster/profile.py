@@ -74,6 +74,18 @@ class ContainerProfile:
 
 
 @dataclass
+class PartitionSpec:
+    """What one node of a partition has: used by the estimates and the cannot-fit checks of ``submit``."""
+
+    name: str = ""                         # partition name; "" describes the cluster's default partition
+    cpus: Optional[int] = None             # cores per node
+    mem: Optional[str] = None              # memory per node (8G, 500M, 1T)
+    gpus: int = 0                          # GPUs per node
+    max_time: Optional[str] = None         # the partition's wall-time limit (SLURM time format)
+    read_gbps: Optional[float] = None      # read bandwidth of one rank from the data's filesystem (GB/s)
+
+
+@dataclass
 class Profile:
     name: str = ""
     partition: Optional[str] = None
@@ -90,7 +102,18 @@ class Profile:
     container: ContainerProfile = field(default_factory=ContainerProfile)
     defaults: Resources = field(default_factory=Resources)
     stages: StagesProfile = field(default_factory=StagesProfile)
+    partitions: list[PartitionSpec] = field(default_factory=list)   # node sizes and limits per partition
     source: str = field(default="", metadata={"internal": True})
+
+    def partition_spec(self, partition: Optional[str]) -> Optional[PartitionSpec]:
+        """The description of ``partition`` (None or "": the default partition), or None if not described."""
+        want = partition or ""
+        return next((s for s in self.partitions if s.name == want), None)
+
+    def sets(self, stage: str, key: str) -> bool:
+        """Whether the profile gives ``key`` for ``stage`` itself (``stages.<stage>.<key>``; a job with an
+        estimate takes its time/mem from the estimate over ``defaults``)."""
+        return getattr(getattr(self.stages, stage), key) is not None
 
     def resources(self, stage: str) -> Resources:
         """The resolved resources of ``stage`` (stage keys over ``defaults`` over built-in defaults)."""
@@ -187,6 +210,22 @@ def _check(p: Profile):
                    ("max_requeues", p.max_requeues + 1)):
         if v < 1:
             raise ConfigError(f"{key}: must be at least 1, got {v}")
+    seen = set()
+    for i, spec in enumerate(p.partitions):
+        key = f"partitions[{i}]"
+        if spec.name in seen:
+            raise ConfigError(f"{key}.name: partition {spec.name or '(default)'!r} is described twice")
+        seen.add(spec.name)
+        if spec.mem is not None:
+            mem_gb(spec.mem, f"{key}.mem")
+        if spec.max_time is not None:
+            time_minutes(spec.max_time, f"{key}.max_time")
+        for name in ("cpus", "read_gbps"):
+            v = getattr(spec, name)
+            if v is not None and v <= 0:
+                raise ConfigError(f"{key}.{name}: must be positive, got {v}")
+        if spec.gpus < 0:
+            raise ConfigError(f"{key}.gpus: must be 0 or more, got {spec.gpus}")
     if p.signal_delay_s < 0:
         raise ConfigError(f"signal_delay_s: must be 0 or more, got {p.signal_delay_s}")
     for i, b in enumerate(p.container.binds):

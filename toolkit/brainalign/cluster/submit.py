@@ -303,6 +303,15 @@ def make_plan(cfg, cluster="slurm", profile=None, force=False, folder=None) -> P
                       git_commit=_git_commit())
 
 
+def refuse_unfit(plan: Plan):
+    """A plan with a job that cannot fit (brainalign.cluster.sizing) is not submitted: ConfigError (exit 2)
+    naming the first problem (``--dry-run`` prints them all)."""
+    probs = plan.problems
+    if probs:
+        more = f" (and {len(probs) - 1} more: see --dry-run)" if len(probs) > 1 else ""
+        raise ConfigError(f"cannot submit: {probs[0]}{more}")
+
+
 def _preflight(plan: Plan):
     import shutil
 
@@ -466,6 +475,8 @@ def submit_study(cfg, cluster: str = "slurm", profile: Optional[str] = None, dry
         if not plan.jobs:
             print(plan.describe())
             return plan
+        if not dry_run:
+            refuse_unfit(plan)
         paths = write_sbatch(plan, cfg)
         if dry_run:
             print(plan.describe())
@@ -476,6 +487,7 @@ def submit_study(cfg, cluster: str = "slurm", profile: Optional[str] = None, dry
     if dry_run or not plan.jobs:
         print(plan.describe())
         return plan
+    refuse_unfit(plan)
     _preflight(plan)
     _write_folder(plan, cfg)
     print(f"brainalign submit: {plan.name}: {len(plan.jobs)} jobs on {cluster} (plan, frozen config and logs "
