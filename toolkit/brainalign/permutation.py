@@ -60,7 +60,6 @@ layer), ``fdr_family``, ``fdr`` (what each BH correction spans), ``n_perm``, ``m
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -71,6 +70,8 @@ from .errors import ConfigError, DataError
 from .log import get_logger
 
 log = get_logger("permutation")
+
+NULL_NAME = "circular-shift refit"
 
 
 # ---- pure array functions ------------------------------------------------------------------------
@@ -266,6 +267,132 @@ def heldout_predictions(X, Y, groups, alphas, folds=None):
     return pred
 
 
+# ---- the refitting null (the stage's) ------------------------------------------------------------
+
+def lagged_cross(X, Y):
+    """All-lag cross products of one run: ``L[s] = X.T @ np.roll(Y, s, axis=0)`` for s = 0 … n−1, by FFT.
+
+    X: (n, p), Y: (n, v). Returns float64 (n, p, v)."""
+    X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
+    n = X.shape[0]
+    # sum_t X[t] Y[t - s] = irfft(rfft(X) * conj(rfft(Y)))[s]
+    fx, fy = np.fft.rfft(X, axis=0), np.fft.rfft(Y, axis=0)
+    return np.fft.irfft(fx[:, :, None] * np.conj(fy)[:, None, :], n=n, axis=0)
+
+
+class RefitNull:
+    """Outer-fold ridge models refitted under circular shifts of the BOLD, from per-run sufficient statistics.
+
+    Permutation i shifts run j of the BOLD by ``shifts[i, j]`` TRs, once, and the shifted BOLD is used
+    everywhere: as the training targets of every fold model that trains on run j and as the test data of the
+    fold that holds run j out. Every fold model is refitted (same design, same per-voxel alpha as the real
+    data's fit: the alphas are held fixed) and the statistic is recomputed: the mean over outer folds of the
+    held-out Pearson r (the fit's ``r_mean``). Lag 0 in every run gives the observed statistic.
+
+    What a shift changes is only the run's cross products with the design: with
+    ``L_j[s] = X_j' roll(Y_j, s)`` (all lags of a run at once by FFT, :func:`lagged_cross`), fold k's centred
+    training cross products are ``sum_{j not in k} L_j[s_j] - mu_k ysum_tr'`` (column sums of Y, hence the
+    centring terms and the held-out fold's sum of squares, do not change under a circular shift). Each fold's
+    centred training Gram is eigendecomposed once (``ridge.solver.truncated_eigh``: the fit's rank rule),
+    so a permutation costs ``2 n p v`` (gathering the lags) plus ``6 K r^2 v`` (rotations; r = rank <= p).
+
+    X: (n, p) design shared by the folds, or a callable ``X(k) -> (n, p)`` (fold-specific designs: residual
+    features); groups: (n,) outer-fold label per row; runs: (n,) run label (contiguous, each run in one fold);
+    folds: the fold labels in scores.h5 order (default: sorted labels). Equal to a scikit-learn
+    ``Ridge(alpha)`` refitted on the shifted data (tests/test_permutation.py).
+    """
+
+    def __init__(self, X, groups, runs, folds=None):
+        from .ridge import get_backend
+        from .ridge.solver import truncated_eigh
+
+        groups, runs = np.asarray(groups), np.asarray(runs)
+        self.bounds = run_bounds(runs)
+        self.folds = np.unique(groups) if folds is None else np.asarray(folds)
+        for a, b in self.bounds:
+            if np.any(groups[a:b] != groups[a]):
+                raise DataError(f"run {runs[a]} spans several outer folds; a run must lie in one fold")
+        fold_of_run = np.array([groups[a] for a, _ in self.bounds])
+        self.runs_of = [np.flatnonzero(fold_of_run == lab) for lab in self.folds]
+        self.test = [groups == lab for lab in self.folds]
+        self.shared = not callable(X)
+        B = get_backend("numpy")
+        self.X, self.fold = [], []
+        for k in range(len(self.folds)):
+            Xk = np.asarray(X if self.shared else X(k), dtype=np.float64)
+            if Xk.ndim != 2 or Xk.shape[0] != groups.size:
+                raise DataError(f"design of fold {k} has shape {Xk.shape}, expected ({groups.size}, p)")
+            if self.shared and k:
+                self.fold.append(self._fold(B, truncated_eigh, self.X[0], self.test[k]))
+                continue
+            self.X.append(Xk)
+            self.fold.append(self._fold(B, truncated_eigh, Xk, self.test[k]))
+
+    @staticmethod
+    def _fold(B, truncated_eigh, X, test):
+        tr, te = X[~test], X[test]
+        mu, m_te = tr.mean(axis=0), te.mean(axis=0)
+        lam, V = truncated_eigh(B, (tr - mu).T @ (tr - mu), max(tr.shape))
+        W = (te - m_te) @ V
+        return {"mu": mu, "m_te": m_te, "lam": lam, "V": V, "H": W.T @ W}
+
+    def _design(self, k):
+        return self.X[0] if self.shared else self.X[k]
+
+    def statistics(self, Y, alphas, shifts, perm_block=None):
+        """Mean-over-folds held-out r under each permutation: float64 (n_perm, v).
+
+        Y: (n, v) BOLD; alphas: (K, v) per fold and voxel (NaN: fold left out for that voxel, as the fit's
+        nan-mean); shifts: (n_perm, n_runs) lags (a row of zeros gives the observed statistic).
+        """
+        Y = np.asarray(Y, dtype=np.float64)
+        shifts = np.asarray(shifts, dtype=np.int64)
+        alphas = np.asarray(alphas, dtype=np.float64)
+        K, v = len(self.folds), Y.shape[1]
+        if alphas.shape != (K, v):
+            raise DataError(f"alphas shape {alphas.shape} != (folds, voxels) {(K, v)}")
+        if shifts.ndim != 2 or shifts.shape[1] != len(self.bounds):
+            raise DataError(f"shifts shape {shifts.shape} != (n_perm, runs {len(self.bounds)})")
+        p = self._design(0).shape[1]
+        block = perm_block or max(1, int(2 ** 24 // max(1, p * v)))     # ~128 MiB per (block, p, v) array
+        ysum = [Y[t].sum(axis=0) for t in self.test]
+        total = Y.sum(axis=0)
+        yss = [((Y[t] - Y[t].mean(axis=0)) ** 2).sum(axis=0) for t in self.test]
+        lagged = {}
+        r_sum = np.zeros((shifts.shape[0], v))
+        count = np.zeros_like(r_sum)
+        for k in range(K):
+            d = 0 if self.shared else k
+            if d not in lagged:
+                X = self._design(k)
+                lagged = {d: [lagged_cross(X[a:b], Y[a:b]) for a, b in self.bounds]}
+            L, f = lagged[d], self.fold[k]
+            mask = np.isfinite(alphas[k]) & (yss[k] > 0)
+            denom_a = f["lam"][:, None] + np.where(mask, alphas[k], 1.0)[None, :]
+            for i0 in range(0, shifts.shape[0], block):
+                sh = shifts[i0:i0 + block]
+                C_all = sum(L[j][sh[:, j]] for j in range(len(L)))          # (P, p, v)
+                C_te = sum(L[j][sh[:, j]] for j in self.runs_of[k])
+                b = C_all - C_te - f["mu"][:, None] * (total - ysum[k])[None, :]
+                Z = np.einsum("pr,Ppv->Prv", f["V"], b) / denom_a
+                c = np.einsum("pr,Ppv->Prv", f["V"], C_te - f["m_te"][:, None] * ysum[k][None, :])
+                num = (Z * c).sum(axis=1)
+                den = np.sqrt((Z * np.einsum("rs,Psv->Prv", f["H"], Z)).sum(axis=1) * yss[k])
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    r = np.where(mask & (den > 0), num / np.where(den > 0, den, 1.0), np.nan)
+                ok = np.isfinite(r)
+                r_sum[i0:i0 + block] += np.where(ok, r, 0.0)
+                count[i0:i0 + block] += ok
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, r_sum / count, np.nan)
+
+    def test_statistic(self, Y, alphas, shifts, perm_block=None):
+        """(observed (v,), null (n_perm, v)): lag 0 everywhere, then the permutations of ``shifts``."""
+        zero = np.zeros((1, len(self.bounds)), np.int64)
+        stat = self.statistics(Y, alphas, np.concatenate([zero, np.asarray(shifts, np.int64)]), perm_block)
+        return stat[0], stat[1:]
+
+
 # ---- the stage -----------------------------------------------------------------------------------
 
 def _settings(cfg):
@@ -344,7 +471,6 @@ def run_permutation(cfg, force: bool = False):
                         "which makes the p-values anti-conservative (0 draws every lag; see brainalign.permutation)",
                         min_shift)
         folds = np.arange(len(inp.folds))                         # fold k holds out rows with groups == k
-        rows_of = {groups[a]: (a, b) for a, b in run_bounds(groups)}   # consecutive runs form a fold
         obs = np.full((S, F, V), np.nan, np.float32)
         pv = np.full((S, F, V), np.nan, np.float32)
         cobs = {c.name: np.full((S, V), np.nan, np.float32) for c in contrasts}
@@ -352,48 +478,33 @@ def run_permutation(cfg, force: bool = False):
         all_shifts = np.empty((S, n_perm, len(lengths)), np.int32)
         log.info("permutation: %d subjects x %d feature sets at layer %d, %d voxels, %d permutations "
                  "(min shift %d TRs), %d contrasts", S, F, score_layers[li], V, n_perm, min_shift, len(contrasts))
-        scratch = out / f".permutation-scratch-{os.getpid()}.h5"
-        try:
-            with open_h5(scores_path, "scores file") as f, h5py.File(scratch, "w") as tmp:
-                alpha_ds = f["alpha"]
-                preds = {fs: tmp.create_dataset(fs, (len(runs), V), np.float32,
-                                                chunks=(len(runs), max(1, min(V, inp.chunk_width))))
-                         for fs in fsets}
-                for si, s in enumerate(progress(subjects, desc="permutation subjects")):
-                    rng = np.random.default_rng([seed, si])
-                    shifts = draw_shifts(lengths, n_perm, rng, min_shift)
-                    all_shifts[si] = shifts
-                    if inp.rows[s] is not None:      # missing runs (data.missing_runs: skip): left NaN
-                        log.warning("permutation: sub-%s lacks some runs; its permutation tests are skipped (NaN)", s)
-                        continue
-                    Yds = inp.bold["bold"][f"sub-{s}"]
-                    # pass 1: held-out predictions of every feature set (X-only work once per fold)
-                    for fs in fsets:
-                        fsi = score_fs.index(fs)
-                        for k, label in enumerate(folds):
-                            model = HeldoutRidge(inp.X(Unit(fsi, li, k)), groups == label)
-                            x, y = rows_of[label]                     # the held-out run's rows (contiguous)
-                            for a, b in inp.chunks:
-                                Y = Yds[:, a:b]
-                                preds[fs][x:y, a:b] = model.predict(Y[~model.test], alpha_ds[si, fsi, li, k, a:b])
-                    # pass 2: lagged correlations, nulls and p-values chunk by chunk
-                    for a, b in inp.chunks:
-                        Y = Yds[:, a:b]
-                        nulls = {}
-                        for fi, fs in enumerate(fsets):
-                            pred = preds[fs][:, a:b]
-                            lagged, fold_of_run = fold_lagged(pred, Y, runs, groups)
-                            o = observed_from_lagged(lagged, fold_of_run)
-                            null = null_from_lagged(lagged, shifts, fold_of_run)
-                            obs[si, fi, a:b], pv[si, fi, a:b] = o, perm_pvalues(o, null)
-                            nulls[fs] = (o, null)
-                        for c in contrasts:
-                            (oa, na), (ob, nb) = nulls[c.a], nulls[c.b]
-                            cobs[c.name][si, a:b] = oa - ob
-                            cp[c.name][si, a:b] = perm_pvalues(oa - ob, na - nb)
-        finally:
-            if scratch.exists():
-                scratch.unlink()
+        # the fold models of each feature set: designs and their eigendecompositions, shared by every subject
+        per_fold = [bool(inp.design["design"][fs].attrs.get("per_fold", 0)) for fs in fsets]
+        models = {fs: RefitNull((lambda k, fsi=score_fs.index(fs): inp.X(Unit(fsi, li, k))) if pf
+                                else inp.X(Unit(score_fs.index(fs), li, 0)), groups, runs, folds)
+                  for fs, pf in zip(fsets, per_fold)}
+        with open_h5(scores_path, "scores file") as f:
+            alpha_ds = f["alpha"]
+            for si, s in enumerate(progress(subjects, desc="permutation subjects")):
+                rng = np.random.default_rng([seed, si])
+                shifts = draw_shifts(lengths, n_perm, rng, min_shift)
+                all_shifts[si] = shifts
+                if inp.rows[s] is not None:      # missing runs (data.missing_runs: skip): left NaN
+                    log.warning("permutation: sub-%s lacks some runs; its permutation tests are skipped (NaN)", s)
+                    continue
+                Yds = inp.bold["bold"][f"sub-{s}"]
+                for a, b in inp.chunks:
+                    Y = Yds[:, a:b]
+                    nulls = {}
+                    for fi, fs in enumerate(fsets):
+                        alphas = alpha_ds[si, score_fs.index(fs), li, :, a:b]
+                        o, null = models[fs].test_statistic(Y, alphas, shifts)
+                        obs[si, fi, a:b], pv[si, fi, a:b] = o, perm_pvalues(o, null)
+                        nulls[fs] = (o, null)
+                    for c in contrasts:
+                        (oa, na), (ob, nb) = nulls[c.a], nulls[c.b]
+                        cobs[c.name][si, a:b] = oa - ob
+                        cp[c.name][si, a:b] = perm_pvalues(oa - ob, na - nb)
         with open_h5(scores_path, "scores file") as f, warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             ref = np.stack([f["r_mean"][:, score_fs.index(fs), li, :] for fs in fsets], axis=1)
@@ -416,10 +527,14 @@ def run_permutation(cfg, force: bool = False):
         g.attrs["q"] = q_level
         g.attrs["tail"] = "greater"
         g.attrs["statistic"] = "mean over outer folds of the held-out Pearson r (scores.h5 r_mean)"
-        g.attrs["null"] = ("within-run circular shifts of the BOLD against the held-out prediction, one lag per "
-                           "run and permutation shared by all voxels and feature sets, "
-                           + ("uniform on all lags 0..n-1" if min_shift == 0 else
-                              f"uniform on [{min_shift}, n-{min_shift}]") + "; p = (1+#null>=obs)/(1+n)")
+        g.attrs["n_permutations"] = n_perm
+        g.attrs["null"] = NULL_NAME
+        g.attrs["null_description"] = (
+            "each run's BOLD circularly shifted by one random lag per permutation ("
+            + ("uniform on all lags 0..n-1" if min_shift == 0 else f"uniform on [{min_shift}, n-{min_shift}]")
+            + ", shared by every voxel and feature set) and used as both training and test data, so every outer "
+            "fold's ridge model is refitted on the shifted BOLD; held fixed: the design, the folds and each "
+            "voxel's per-fold alpha from the real data's inner CV; p = (1 + #null >= observed) / (1 + n)")
         # BH per subject (rows) over voxels of each test; stats.fdr_family 'all' pools the tests of a subject
         family = getattr(cfg.stats, "fdr_family", "contrast")
         tests = {f"r:{fs}": pv[:, fi] for fi, fs in enumerate(fsets)} | {f"c:{c.name}": cp[c.name] for c in contrasts}

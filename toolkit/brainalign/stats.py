@@ -229,9 +229,12 @@ def read_scores_meta(f, path) -> ScoresMeta:
 class Ceiling:
     method: str                  # "isc" | "repeats"
     ceiling: np.ndarray          # (S, V) float64, r units
-    raw_name: str                # "isc" | "ncsnr"
+    raw_name: str                # "rho" | "ncsnr"
     raw: np.ndarray              # (S, V) float64
     attrs: dict
+    low: Optional[np.ndarray] = None     # (S, V) lower end of the 95 % interval (isc)
+    high: Optional[np.ndarray] = None    # (S, V) upper end
+    roi: Optional[dict] = None           # isc: {"ceiling", "low", "high"}: (R,) from the ROI-mean reliability
 
 
 def _ceiling_keys(cfg):
@@ -239,12 +242,12 @@ def _ceiling_keys(cfg):
     method = getattr(st, "noise_ceiling", "auto") or "none"
     if method not in ("auto", "isc", "repeats", "none"):
         raise ConfigError(f"stats.noise_ceiling: expected one of 'auto', 'isc', 'repeats', 'none', got {method!r}")
-    return (method, float(getattr(st, "ceiling_floor", 0.1)), bool(getattr(st, "ceiling_spearman_brown", True)),
-            getattr(st, "noise_ceiling_repeats", None), int(getattr(st, "noise_ceiling_n_avg", 1)))
+    return (method, float(getattr(st, "ceiling_floor", 0.1)), getattr(st, "noise_ceiling_repeats", None),
+            int(getattr(st, "noise_ceiling_n_avg", 1)))
 
 
-def _isc_from_bold(cfg, meta: ScoresMeta, required: bool, spearman_brown: bool):
-    from .ceiling import loso_isc, spearman_brown_isc
+def _isc_from_bold(cfg, meta: ScoresMeta, required: bool):
+    from .ceiling import ceiling_interval, isc_reliability, run_summary, signed_sqrt
 
     bold_path = Path(cfg.output) / "bold.h5"
     if not required and not is_complete(bold_path):
@@ -266,20 +269,48 @@ def _isc_from_bold(cfg, meta: ScoresMeta, required: bool, spearman_brown: bool):
             return None
         if len(meta.subjects) < 2:
             return None
-        isc = np.empty((len(meta.subjects), meta.n_voxels))
+        S, V, R = len(meta.subjects), meta.n_voxels, len(meta.roi_ids)
+        rho, se, n_runs = np.empty(V), np.empty(V), np.empty(V)
+        rho_subject = np.empty((S, V))
+        roi_index = _roi_index(meta.roi_ids, meta.roi_labels)      # (V,) position in roi_ids, R = none
+        in_roi = roi_index < R
+        roi_sum = roi_cnt = None
         step = max(1, int(cfg.fit.chunk_voxels))
-        for a in range(0, meta.n_voxels, step):
-            b = min(a + step, meta.n_voxels)
+        for a in range(0, V, step):
+            b = min(a + step, V)
             Y = np.stack([f["bold"][f"sub-{s}"][:, a:b][local[s]] for s in meta.subjects])
-            isc[:, a:b] = loso_isc(Y, runs[common])
-    S = len(meta.subjects)
-    ceiling = spearman_brown_isc(isc, S) if spearman_brown else np.where(isc > 0, isc, np.where(np.isnan(isc),
-                                                                                                   np.nan, 0.0))
-    formula = ("leave-one-subject-out ISC averaged over runs" + (
-        f", Spearman-Brown corrected: sqrt(rho), isc^2 = k rho^2 / (1 + (k-1) rho), k = {S - 1}"
-        if spearman_brown else ", uncorrected (ceiling = max(isc, 0))"))
-    return Ceiling("isc", ceiling, "isc", isc, {"formula": formula, "spearman_brown": int(spearman_brown),
-                                                "bold_file": str(bold_path)})
+            rel = isc_reliability(Y, runs[common])
+            rho[a:b], se[a:b], n_runs[a:b], rho_subject[:, a:b] = rel["rho"], rel["se"], rel["n_runs"], \
+                rel["rho_subject"]
+            rr = rel["rho_runs"]                                   # (n_runs, chunk): ROI sums per run
+            if roi_sum is None:
+                roi_sum, roi_cnt = np.zeros((rr.shape[0], R)), np.zeros((rr.shape[0], R))
+            ok = np.isfinite(rr) & in_roi[a:b]
+            for i in range(rr.shape[0]):
+                roi_sum[i] += np.bincount(roi_index[a:b][ok[i]], weights=rr[i, ok[i]], minlength=R)[:R]
+                roi_cnt[i] += np.bincount(roi_index[a:b][ok[i]], minlength=R)[:R]
+    low, high = ceiling_interval(rho, se, n_runs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        roi_rel = run_summary(np.where(roi_cnt > 0, roi_sum / np.maximum(roi_cnt, 1), np.nan))
+    roi_low, roi_high = ceiling_interval(roi_rel["rho"], roi_rel["se"], roi_rel["n_runs"])
+    per_subject = lambda x: np.broadcast_to(x, (S,) + x.shape).copy()          # noqa: E731
+    formula = ("rho = mean over runs of the mean Pearson r over subject pairs (each run's TRs); ceiling = "
+               "sign(rho) sqrt(|rho|), one per voxel shared by the subjects; 95 % interval = signed roots of "
+               "rho -/+ t(0.975, runs-1) SE over runs; ROI: the same on the ROI-mean rho of each run")
+    return Ceiling("isc", per_subject(signed_sqrt(rho)), "rho", rho_subject,
+                   {"formula": formula, "bold_file": str(bold_path)}, per_subject(low), per_subject(high),
+                   {"ceiling": signed_sqrt(roi_rel["rho"]), "low": roi_low, "high": roi_high})
+
+
+def _roi_index(ids, labels):
+    """Position of each voxel's label in ``ids`` (len(ids) where the label is no ROI)."""
+    ids, labels = np.asarray(ids), np.asarray(labels)
+    if not ids.size:
+        return np.zeros(labels.shape, np.int64)
+    order = np.argsort(ids, kind="stable")
+    pos = np.minimum(np.searchsorted(ids[order], labels), ids.size - 1)
+    hit = ids[order][pos] == labels
+    return np.where(hit, order[pos], ids.size)
 
 
 def _shared_rows(f, subjects, runs):
@@ -322,13 +353,13 @@ def _ceiling_from_repeats(cfg, meta: ScoresMeta, template, n_avg: int):
 
 def compute_ceiling(cfg, meta: ScoresMeta) -> Optional[Ceiling]:
     """The noise ceiling chosen by ``stats.noise_ceiling`` (None when off or, for ``auto``, unavailable)."""
-    method, floor, sb, template, n_avg = _ceiling_keys(cfg)
+    method, floor, template, n_avg = _ceiling_keys(cfg)
     if method == "none":
         return None
     if method == "repeats":
         c = _ceiling_from_repeats(cfg, meta, template, n_avg)
     else:
-        c = _isc_from_bold(cfg, meta, required=method == "isc", spearman_brown=sb)
+        c = _isc_from_bold(cfg, meta, required=method == "isc")
     if c is not None:
         c.attrs["floor"] = floor
     return c
@@ -433,7 +464,8 @@ def run_stats(cfg, force: bool = False) -> Path:
             if ceil is not None:
                 from .ceiling import normalise
 
-                vox_norm[:, li, :] = _mean_sem(normalise(rm, ceil.ceiling[:, None, :], floor))[0]
+                low = None if ceil.low is None else ceil.low[:, None, :]
+                vox_norm[:, li, :] = _mean_sem(normalise(rm, ceil.ceiling[:, None, :], floor, low))[0]
             z = fisher_z(rm)
             for c in contrasts:
                 d = z[:, c.ia] - (z[:, c.ib] if c.ib is not None else 0.0)
@@ -480,8 +512,12 @@ def run_stats(cfg, force: bool = False) -> Path:
     if ceil is not None:
         from .ceiling import normalise
 
-        roi_ceil = roi_means(ceil.ceiling, meta.roi_labels, meta.roi_ids)                 # (S, R)
-        roi_norm = normalise(roi_r, roi_ceil[:, None, None, :], floor)                   # (S, F, L, R)
+        if ceil.roi is not None:     # isc: from the ROI-mean reliability (not the mean of voxel roots)
+            roi_ceil, roi_low = (np.broadcast_to(ceil.roi[k], (S, R)).copy() for k in ("ceiling", "low"))
+        else:
+            roi_ceil, roi_low = roi_means(ceil.ceiling, meta.roi_labels, meta.roi_ids), None          # (S, R)
+        roi_norm = normalise(roi_r, roi_ceil[:, None, None, :], floor,
+                             None if roi_low is None else roi_low[:, None, None, :])   # (S, F, L, R)
         m_r, s_r, n_r = _mean_sem(roi_r)
         m_n, s_n, _ = _mean_sem(roi_norm)
         m_c = _mean_sem(roi_ceil)[0]
@@ -549,6 +585,11 @@ def run_stats(cfg, force: bool = False) -> Path:
             gc.create_dataset("ceiling", data=ceil.ceiling.astype(np.float32), **kw)
             gc.create_dataset(ceil.raw_name, data=ceil.raw.astype(np.float32), **kw)
             gc.create_dataset("roi_ceiling", data=roi_ceil)
+            if ceil.low is not None:
+                gc.create_dataset("ceiling_low", data=ceil.low.astype(np.float32), **kw)
+                gc.create_dataset("ceiling_high", data=ceil.high.astype(np.float32), **kw)
+                gc.create_dataset("roi_ceiling_low", data=roi_low)
+                gc.create_dataset("roi_ceiling_high", data=np.broadcast_to(ceil.roi["high"], (S, R)).copy())
             gc.create_dataset("roi_normalised", data=roi_norm)
             gc.create_dataset("voxel_normalised", data=vox_norm, **kw)
 
