@@ -247,7 +247,7 @@ def _ceiling_keys(cfg):
 
 
 def _isc_from_bold(cfg, meta: ScoresMeta, required: bool):
-    from .ceiling import ceiling_interval, isc_reliability, run_summary, signed_sqrt
+    from .ceiling import ceiling_interval, corrected_root, isc_reliability, pooled_se, run_summary
 
     bold_path = Path(cfg.output) / "bold.h5"
     if not required and not is_complete(bold_path):
@@ -295,11 +295,14 @@ def _isc_from_bold(cfg, meta: ScoresMeta, required: bool):
     roi_low, roi_high = ceiling_interval(roi_rel["rho"], roi_rel["se"], roi_rel["n_runs"])
     per_subject = lambda x: np.broadcast_to(x, (S,) + x.shape).copy()          # noqa: E731
     formula = ("rho = mean over runs of the mean Pearson r over subject pairs (each run's TRs); ceiling = "
-               "sign(rho) sqrt(|rho|), one per voxel shared by the subjects; 95 % interval = signed roots of "
-               "rho -/+ t(0.975, runs-1) SE over runs; ROI: the same on the ROI-mean rho of each run")
-    return Ceiling("isc", per_subject(signed_sqrt(rho)), "rho", rho_subject,
-                   {"formula": formula, "bold_file": str(bold_path)}, per_subject(low), per_subject(high),
-                   {"ceiling": signed_sqrt(roi_rel["rho"]), "low": roi_low, "high": roi_high})
+               "sign(rho) sqrt(|rho|) (1 + 0.3 exp(-(rho/sigma)^2 / (2*1.6^2))), sigma = sqrt(median SE^2 over "
+               "runs), one per voxel shared by the subjects; 95 % interval = signed roots of rho -/+ "
+               "t(0.975, runs-1) SE; ROI: the same on the ROI-mean rho of each run (brainalign.ceiling)")
+    sigma, roi_sigma = pooled_se(se), pooled_se(roi_rel["se"])
+    return Ceiling("isc", per_subject(corrected_root(rho, sigma)), "rho", rho_subject,
+                   {"formula": formula, "bold_file": str(bold_path), "sigma": sigma, "roi_sigma": roi_sigma},
+                   per_subject(low), per_subject(high),
+                   {"ceiling": corrected_root(roi_rel["rho"], roi_sigma), "low": roi_low, "high": roi_high})
 
 
 def _roi_index(ids, labels):
