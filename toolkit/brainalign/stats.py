@@ -40,15 +40,22 @@ Noise ceiling (``stats.noise_ceiling``: ``auto`` (default: ``isc`` when bold.h5 
 ``isc``, ``repeats`` or ``none``; formulas in brainalign.ceiling), written when a ceiling is computed:
 
 =================================  ============  ========  ===============================================
-/noise_ceiling/ceiling             (S, V)        float32   per-subject ceiling in r units
-/noise_ceiling/isc | ncsnr         (S, V)        float32   leave-one-subject-out ISC (isc) or NC-SNR (repeats)
-/noise_ceiling/roi_ceiling         (S, R)        float64   nan-mean of the ceiling over the ROI's voxels
-/noise_ceiling/roi_normalised      (S, F, L, R)  float64   /roi/mean_r / roi_ceiling (NaN: ceiling <= floor)
+/noise_ceiling/ceiling             (S, V)        float32   ceiling in r units (isc: one per voxel, the same
+                                                           row for every subject; repeats: per subject)
+/noise_ceiling/ceiling_low|high    (S, V)        float32   isc: 95 % interval of the ceiling
+/noise_ceiling/rho | ncsnr         (S, V)        float32   isc: each subject's mean r with the others
+                                                           (descriptive); repeats: NC-SNR
+/noise_ceiling/roi_ceiling         (S, R)        float64   isc: corrected root of the ROI-mean reliability;
+                                                           repeats: nan-mean of the ROI's voxel ceilings
+/noise_ceiling/roi_ceiling_low|high (S, R)       float64   isc: its 95 % interval
+/noise_ceiling/roi_normalised      (S, F, L, R)  float64   /roi/mean_r / roi_ceiling (NaN: not reliably
+                                                           above the floor, see brainalign.ceiling.normalise)
 /noise_ceiling/voxel_normalised    (F, L, V)     float32   nan-mean over subjects of r_mean / ceiling (NaN
-                                                           where the subject's ceiling <= floor)
+                                                           where the ceiling is not reliably above the floor)
 =================================  ============  ========  ===============================================
 
-attrs ``method`` (isc | repeats), ``formula``, ``floor``, ``spearman_brown`` (isc), ``n_avg`` (repeats).
+attrs ``method`` (isc | repeats), ``formula``, ``floor``, ``sigma`` / ``roi_sigma`` (isc: the pooled SE of the
+reliability that scales the low-reliability correction), ``n_avg`` (repeats).
 With a ceiling, ``roi_scores.csv`` (FS_COLUMNS: group mean r, its SEM, the group mean ceiling and the group
 mean of the per-subject normalised r per feature set, layer and ROI) and the map
 ``maps/group/group_stat-ceiling_bold.nii.gz`` (3-D, subject-mean ceiling) are written too.
