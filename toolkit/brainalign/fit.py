@@ -10,7 +10,12 @@ fitted on the rows of the runs it has, with its own solver per fold (one per dis
 whose held-out runs it lacks its r is NaN, so its fold-mean r averages the folds it has.
 
 A *unit* is (feature set, layer, outer fold, voxel chunk); it is the piece of work a process or an MPI
-rank takes. ``run_fit`` runs unchanged in one process or under ``mpiexec -n N`` / ``srun -n N``: ranks draw
+rank takes. Units of one (feature set, layer, voxel chunk) form a scheduling group (``Unit.xkey``): the worker
+holding it reads the chunk of every subject's BOLD once, accumulates the per-fold sufficient statistics
+(:mod:`brainalign.ridge.suffstats`) and scores every outer fold from them, so the BOLD is read once per
+(feature set, layer) instead of once per (feature set, layer, outer fold); the X-only eigendecompositions of
+a (feature set, layer) are shared by all its chunks. Partition (banded ridge) units keep one group per
+(subset model, layer, outer fold) and their own solver. ``run_fit`` runs unchanged in one process or under ``mpiexec -n N`` / ``srun -n N``: ranks draw
 units dynamically (brainalign.sharding.scheduler), write their results to per-rank shard files
 (brainalign.sharding.shards) and rank 0 assembles ``scores.h5`` whose ``/r`` and ``/alpha`` are HDF5 virtual
 datasets over the shards. A killed job resumes from the shards it left; results never depend on the
@@ -21,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,11 +46,13 @@ class Unit:
     layer: int    # layer index (position in design attrs 'layers')
     fold: int     # outer fold index (= held-out run index)
     chunk: int = 0  # voxel-chunk index (FitInputs.chunks)
+    by_chunk: bool = field(default=False, compare=False)   # grouped by (fs, layer, chunk): statistics engine
 
     @property
     def xkey(self):
-        """Units with equal xkey share the design matrix and its FoldSolver."""
-        return (self.fs, self.layer, self.fold)
+        """Units with equal xkey share their setup: the design's FoldSolver (fs, layer, fold), or with
+        ``by_chunk`` the chunk statistics of every outer fold (fs, layer, chunk)."""
+        return ("chunk", self.fs, self.layer, self.chunk) if self.by_chunk else (self.fs, self.layer, self.fold)
 
     @property
     def key(self):
@@ -122,10 +129,18 @@ class FitInputs:
         self.chunk_width = max((b - a for a, b in self.chunks), default=0)
 
     def units(self):
-        """Every unit, ordered so that units sharing a design matrix (Unit.xkey) are consecutive: the feature
-        sets (fs < F), then the partition subset models (fs = F + index in ``models``)."""
-        return [Unit(f, li, k, c) for f in range(len(self.feature_sets) + len(self.models))
-                for li in range(len(self.layers)) for k in range(len(self.folds)) for c in range(len(self.chunks))]
+        """Every unit, ordered so that units sharing a setup (Unit.xkey) are consecutive: the feature sets
+        (fs < F; grouped by voxel chunk), then the partition subset models (fs = F + index in ``models``;
+        grouped by outer fold)."""
+        F, L, K, C = len(self.feature_sets), len(self.layers), len(self.folds), len(self.chunks)
+        return ([Unit(f, li, k, c, by_chunk=True) for f in range(F) for li in range(L) for c in range(C)
+                 for k in range(K)]
+                + [Unit(f, li, k, c) for f in range(F, F + len(self.models)) for li in range(L) for k in range(K)
+                   for c in range(C)])
+
+    def per_fold(self, fs: str) -> bool:
+        """Whether feature set ``fs`` has one design per outer fold (residual features)."""
+        return bool(self.design["design"][fs].attrs.get("per_fold", 0))
 
     def layout(self) -> str:
         """JSON of the output geometry; shards made for another geometry are stale."""
@@ -178,6 +193,7 @@ class SolverCache:
     def __init__(self, inp: FitInputs, cfg):
         self.inp, self.cfg = inp, cfg
         self.key, self.solvers, self.builds, self.build_s = None, {}, 0, 0.0
+        self.engines = EngineCache(inp, cfg)       # the statistics engine's state (units with by_chunk)
 
     def get(self, unit: Unit, rows=None):
         """(solver, train rows, test rows) for ``unit`` on ``rows`` (None: all); built once per xkey and rows."""
@@ -204,6 +220,77 @@ class SolverCache:
                 self.builds += 1
                 self.build_s += time.perf_counter() - t0
         return self.solvers[pattern]
+
+
+class EngineCache:
+    """Statistics-engine state of a worker: the NestedEngines of the most recent (feature set, layer), and
+    every subject's chunk statistics of the most recent (feature set, layer, voxel chunk).
+
+    A design shared by all outer folds gets one engine per set of rows (all rows, and one per distinct subset
+    of runs a subject with missing runs has); a per-fold design (residual features) one engine per outer fold.
+    ``fold(unit, s)`` returns (engine, fold index in the engine, ChunkStats) or None when subject ``s`` lacks
+    the fold's held-out runs or has < 2 training groups. Reading a chunk and its statistics pass count as a
+    build (the scheduler weighs them against a unit when it steals)."""
+
+    def __init__(self, inp: FitInputs, cfg):
+        self.inp, self.cfg = inp, cfg
+        self.dkey, self.engines, self.ckey, self.stats = None, {}, None, {}
+        self.builds, self.build_s = 0, 0.0
+
+    def _engines(self, unit: Unit, rows):
+        """{outer fold: (engine, index)} for the rows of one subject (None: all rows)."""
+        pattern = None if rows is None else rows.tobytes()
+        if pattern in self.engines:
+            return self.engines[pattern]
+        from .ridge import NestedEngine
+
+        inp = self.inp
+        groups = inp.groups if rows is None else inp.groups[rows]
+        alphas = np.asarray(self.cfg.fit.alphas, np.float64)
+        fs = inp.feature_sets[unit.fs]
+        kw = dict(backend=self.cfg.fit.backend, n_jobs=_cores_per_rank())
+        usable = {}
+        for k in range(len(inp.folds)):
+            train, test, inner = fold_splits(groups, k)
+            if len(test) and len(inner) >= 2:
+                usable[k] = ((train, test), inner)
+        table = {}
+        if inp.per_fold(fs):
+            for k, (split, inner) in usable.items():
+                X = inp.X_of(fs, unit.layer, k)
+                table[k] = (NestedEngine(X if rows is None else X[rows], [split], [inner], alphas, **kw), 0)
+        elif usable:
+            X = inp.X_of(fs, unit.layer, 0)
+            eng = NestedEngine(X if rows is None else X[rows], [v[0] for v in usable.values()],
+                               [v[1] for v in usable.values()], alphas, **kw)
+            table = {k: (eng, i) for i, k in enumerate(usable)}
+        self.engines[pattern] = table
+        return table
+
+    def fold(self, unit: Unit, s: str):
+        inp = self.inp
+        if (unit.fs, unit.layer) != self.dkey:
+            self.dkey, self.engines, self.ckey, self.stats = (unit.fs, unit.layer), {}, None, {}
+        if unit.xkey != self.ckey:
+            self.ckey, self.stats = unit.xkey, {}
+        if s not in self.stats:
+            t0 = time.perf_counter()
+            table = self._engines(unit, inp.rows[s])
+            stats = {}
+            if table:
+                a, b = inp.chunks[unit.chunk]
+                Y = inp.bold["bold"][f"sub-{s}"][:, a:b]          # the one read of this chunk for this design
+                for eng, _ in table.values():
+                    if id(eng) not in stats:
+                        stats[id(eng)] = eng.chunk_stats(Y)
+            self.stats[s] = stats
+            self.builds += 1
+            self.build_s += time.perf_counter() - t0
+        entry = self._engines(unit, inp.rows[s]).get(unit.fold)
+        if entry is None:
+            return None
+        eng, kk = entry
+        return eng, kk, self.stats[s][id(eng)]
 
 
 def _banded_solver(inp: FitInputs, unit: Unit, X, train, test, inner, alphas, backend):
@@ -236,6 +323,18 @@ def compute_unit(inp: FitInputs, unit: Unit, cache: SolverCache):
     r = np.full((len(inp.subjects), b - a), np.nan, np.float32)
     alpha = np.full_like(r, np.nan)
     partition = inp.is_partition(unit)
+    if unit.by_chunk and not partition:        # the statistics engine (one read per group)
+        engines = cache.engines
+        for si, s in enumerate(inp.subjects):
+            got = engines.fold(unit, s)
+            if got is None:                    # this subject lacks the fold's held-out run(s): NaN
+                continue
+            eng, kk, st = got
+            _, best = eng.inner_scores(st, kk)
+            r[si] = eng.outer_r(st, kk, best)
+            ok = best >= 0
+            alpha[si, ok] = eng.alphas[best[ok]]
+        return r, alpha
     for si, s in enumerate(inp.subjects):
         solver, train, test = cache.get(unit, inp.rows[s])
         if solver is None:                 # this subject lacks the fold's held-out run(s): NaN
@@ -416,19 +515,20 @@ def work(inp: FitInputs, cfg, source, writer):
     units already computed).
     """
     cache = SolverCache(inp, cfg)
+    engines = cache.engines
     slow = float(os.environ.get("BRAINALIGN_TEST_SLOW_UNIT") or 0)   # test plumbing: make units slow
     t_wall, t_cpu, n_units = time.perf_counter(), time.process_time(), 0
     try:
         while (u := source.next()) is not None:
             n_units += 1
-            t0, builds, build_s = time.perf_counter(), cache.builds, cache.build_s
+            t0, builds, build_s = time.perf_counter(), cache.builds + engines.builds, cache.build_s + engines.build_s
             r, alpha = compute_unit(inp, u, cache)
             if slow:
                 time.sleep(slow)
             a, b = inp.chunks[u.chunk]
             writer.add(u.key, a, b, r, alpha)
-            dt, db = time.perf_counter() - t0, cache.build_s - build_s
-            source.done(u, dt - db, db, cache.builds - builds)
+            dt, db = time.perf_counter() - t0, cache.build_s + engines.build_s - build_s
+            source.done(u, dt - db, db, cache.builds + engines.builds - builds)
             log.info("unit %s done in %.2f s%s", inp.describe(u), dt, f" (solver built in {db:.2f} s)" if db else "")
         writer.close()
     except Exception as e:
@@ -439,7 +539,8 @@ def work(inp: FitInputs, cfg, source, writer):
             pass
         return e
     log.info("rank done: %d units in %.1f s wall, %.1f s cpu; %d solver builds, %d shard parts", n_units,
-             time.perf_counter() - t_wall, time.process_time() - t_cpu, cache.builds, len(writer.written))
+             time.perf_counter() - t_wall, time.process_time() - t_cpu, cache.builds + engines.builds,
+             len(writer.written))
     return None
 
 

@@ -104,8 +104,12 @@ def _inner_splits(inner_cv, train_idx, X_train, groups):
     return resolve_cv(inner_cv, train_idx.size, X_train, groups=g)
 
 
+ENGINES = ("auto", "stats", "samples")
+
+
 def nested_cv(X, Y, outer_splits, alphas, inner_cv=5, backend="numpy", chunk_size=None,
-              groups=None, dtype="float32", scoring="r", method="eigh", return_cv_scores=False):
+              groups=None, dtype="float32", scoring="r", method="eigh", return_cv_scores=False,
+              engine="auto", n_jobs=None):
     """Nested cross-validation of voxel-wise ridge.
 
     Parameters
@@ -116,7 +120,12 @@ def nested_cv(X, Y, outer_splits, alphas, inner_cv=5, backend="numpy", chunk_siz
     alphas : candidate penalties. inner_cv : int (contiguous K-fold within each outer training
         set), a splitter (gets the outer-train part of ``groups``, e.g. LeaveOneGroupOut for
         leave-one-run-out), or a callable ``f(outer_train_idx) -> [(train, val), ...]`` in local rows.
-    chunk_size : voxels per streamed chunk (None: about 64 MiB of targets).
+    chunk_size : voxels per streamed chunk (None: about 64 MiB of targets; the statistics engine: see
+        :func:`~brainalign.ridge.suffstats.default_stats_chunk`).
+    engine : 'stats' (per-fold sufficient statistics, one pass over Y: :mod:`brainalign.ridge.suffstats`),
+        'samples' (one :class:`FoldSolver` per outer fold, Y read once per outer fold), or 'auto' (default):
+        'stats' unless a split repeats rows, ``method='svd'`` is asked for, or its operation count
+        (float64 work counted twice) exceeds the sample engine's. Both give the same model and answers.
 
     Returns :class:`NestedResult` with r and best_alpha of shape (n_folds, v).
     """
@@ -129,16 +138,25 @@ def nested_cv(X, Y, outer_splits, alphas, inner_cv=5, backend="numpy", chunk_siz
         raise DataError(f"X has {X.shape[0]} rows but Y has {n} (shapes {X.shape}, {Y.shape})")
     alphas = check_alphas(alphas)
     outer = resolve_cv(outer_splits, n, X, groups=groups)
+    if engine not in ENGINES:
+        raise ConfigError(f"nested_cv engine {engine!r} unknown; choose one of {ENGINES}")
+    outer = [(np.asarray(tr, dtype=np.int64), np.asarray(te, dtype=np.int64)) for tr, te in outer]
+    inners = [_inner_splits(inner_cv, tr, X[tr], groups) for tr, _ in outer]
+    if engine == "auto":
+        engine = _pick_engine(X, outer, inners, alphas, method)
+    if engine == "stats":
+        if method != "eigh":
+            raise ConfigError("engine='stats' decomposes Gram matrices (method='eigh'); use engine='samples' "
+                              f"for method={method!r}")
+        return _nested_stats(X, Y, outer, inners, alphas, backend, chunk_size, dtype, scoring,
+                             return_cv_scores, n_jobs)
     nf = len(outer)
     r = np.full((nf, v), np.nan, np.float32)
     best = np.full((nf, v), np.nan, np.float32)
     cvs = np.full((nf, alphas.size, v), np.nan, np.float32) if return_cv_scores else None
-    for k, (tr, te) in enumerate(outer):
-        tr = np.asarray(tr, dtype=np.int64)
-        te = np.asarray(te, dtype=np.int64)
-        inner = _inner_splits(inner_cv, tr, X[tr], groups)
+    for k, ((tr, te), inner) in enumerate(zip(outer, inners)):
         solver = FoldSolver(X[tr], X[te], alphas, inner, backend=backend, dtype=dtype,
-                            scoring=scoring, method=method)
+                            scoring=scoring, method=method, n_jobs=n_jobs)
 
         def sink(cols, res, k=k):
             r[k, cols], best[k, cols] = res.r, res.best_alpha
@@ -146,6 +164,50 @@ def nested_cv(X, Y, outer_splits, alphas, inner_cv=5, backend="numpy", chunk_siz
                 cvs[k, :, cols] = res.cv_scores
 
         score_stream(solver, Y, tr, te, chunk=chunk_size, sink=sink)
+    return NestedResult(r, best, cvs, outer)
+
+
+def _pick_engine(X, outer, inners, alphas, method):
+    """'stats' or 'samples' for nested_cv(engine='auto') (see its doc)."""
+    from .suffstats import has_duplicates
+
+    if method != "eigh":
+        return "samples"
+    for (tr, te), inner in zip(outer, inners):
+        if has_duplicates(tr) or has_duplicates(te) or any(has_duplicates(a) or has_duplicates(b)
+                                                           for a, b in inner):
+            return "samples"
+    n, p = X.shape
+    A = np.size(alphas)
+    stats = samples = 0.0
+    for (tr, te), inner in zip(outer, inners):
+        r_o = min(p, tr.size)
+        samples += r_o * tr.size + r_o * te.size
+        stats += 2 * 2 * r_o * p + min(r_o, te.size) * r_o
+        for a, b in inner:
+            r_i = min(p, np.size(a))
+            samples += r_i * np.size(a) + A * np.size(b) * r_i
+            stats += 2 * 2 * r_i * p + A * min(r_i, np.size(b)) * r_i
+    stats += 2 * n * p
+    return "stats" if stats <= samples else "samples"
+
+
+def _nested_stats(X, Y, outer, inners, alphas, backend, chunk_size, dtype, scoring, return_cv_scores, n_jobs):
+    """nested_cv with the statistics engine: each voxel chunk of Y is read once for every fold."""
+    from .suffstats import NestedEngine, default_stats_chunk
+
+    eng = NestedEngine(X, outer, inners, alphas, backend=backend, dtype=dtype, scoring=scoring, n_jobs=n_jobs)
+    n, v = Y.shape
+    nf, A = len(outer), eng.alphas.size
+    r = np.full((nf, v), np.nan, np.float32)
+    best = np.full((nf, v), np.nan, np.float32)
+    cvs = np.full((nf, A, v), np.nan, np.float32) if return_cv_scores else None
+    chunk = chunk_size or default_stats_chunk(n, X.shape[1], eng.n_atoms)
+    for cols, block in prefetched(stream_chunks(Y, chunk)):
+        rr, aa, cc = eng.score(eng.chunk_stats(block))
+        r[:, cols], best[:, cols] = rr, aa
+        if cvs is not None:
+            cvs[:, :, cols] = cc
     return NestedResult(r, best, cvs, outer)
 
 
