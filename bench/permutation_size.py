@@ -78,7 +78,7 @@ def main():
         Y = np.concatenate([ar1(rng, n, a.voxels, a.phi) for _ in range(K)])
         obs, alphas = nested(X, Y, runs)
         shifts = draw_shifts([n] * K, a.perms, rng)
-        model = RefitNull(X, runs, runs)
+        model = RefitNull(X, runs, runs, ALPHAS)
         o_fixed, null = model.test_statistic(Y, alphas, shifts)
         p["fixed"].append(perm_pvalues(o_fixed, null))
         pred = heldout_predictions(X, Y, runs, alphas)

@@ -61,6 +61,7 @@ layer), ``fdr_family``, ``fdr`` (what each BH correction spans), ``n_perm``, ``m
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -289,22 +290,22 @@ class RefitNull:
     data's fit: the alphas are held fixed) and the statistic is recomputed: the mean over outer folds of the
     held-out Pearson r (the fit's ``r_mean``). Lag 0 in every run gives the observed statistic.
 
-    What a shift changes is only the run's cross products with the design: with
-    ``L_j[s] = X_j' roll(Y_j, s)`` (all lags of a run at once by FFT, :func:`lagged_cross`), fold k's centred
-    training cross products are ``sum_{j not in k} L_j[s_j] - mu_k ysum_tr'`` (column sums of Y, hence the
-    centring terms and the held-out fold's sum of squares, do not change under a circular shift). Each fold's
-    centred training Gram is eigendecomposed once (``ridge.solver.truncated_eigh``: the fit's rank rule),
-    so a permutation costs ``2 n p v`` (gathering the lags) plus ``6 K r^2 v`` (rotations; r = rank <= p).
+    The fit's engine does the work (brainalign.ridge.suffstats.NestedEngine: per-atom X'Y, sums and sums of
+    squares; each outer training Gram eigendecomposed once). A circular shift of run j leaves its sums and
+    sums of squares unchanged and changes only its cross products with the design, ``X_j' roll(Y_j, s)``;
+    those are computed for every lag of the run at once by FFT (:func:`lagged_cross`, once per voxel chunk),
+    so a permutation costs a gather of the runs' lags (F p v additions) plus the engine's outer-fold scoring
+    with given alphas (``outer_r``: 2 r p v + r^2 v per fold; r = rank <= p).
 
     X: (n, p) design shared by the folds, or a callable ``X(k) -> (n, p)`` (fold-specific designs: residual
-    features); groups: (n,) outer-fold label per row; runs: (n,) run label (contiguous, each run in one fold);
-    folds: the fold labels in scores.h5 order (default: sorted labels). Equal to a scikit-learn
-    ``Ridge(alpha)`` refitted on the shifted data (tests/test_permutation.py).
+    features, one engine per fold); groups: (n,) outer-fold label per row; runs: (n,) run label (contiguous,
+    each run in one fold); alphas: the fit's alpha grid (``fit.alphas``); folds: the fold labels in
+    scores.h5 order (default: sorted labels). Equal to refitting a float64 ridge on the shifted data
+    (tests/test_permutation.py).
     """
 
-    def __init__(self, X, groups, runs, folds=None):
-        from .ridge import get_backend
-        from .ridge.solver import truncated_eigh
+    def __init__(self, X, groups, runs, alphas, folds=None):
+        from .ridge.suffstats import NestedEngine
 
         groups, runs = np.asarray(groups), np.asarray(runs)
         self.bounds = run_bounds(runs)
@@ -312,84 +313,75 @@ class RefitNull:
         for a, b in self.bounds:
             if np.any(groups[a:b] != groups[a]):
                 raise DataError(f"run {runs[a]} spans several outer folds; a run must lie in one fold")
-        fold_of_run = np.array([groups[a] for a, _ in self.bounds])
-        self.runs_of = [np.flatnonzero(fold_of_run == lab) for lab in self.folds]
-        self.test = [groups == lab for lab in self.folds]
-        self.shared = not callable(X)
-        B = get_backend("numpy")
-        self.X, self.fold = [], []
-        for k in range(len(self.folds)):
-            Xk = np.asarray(X if self.shared else X(k), dtype=np.float64)
-            if Xk.ndim != 2 or Xk.shape[0] != groups.size:
-                raise DataError(f"design of fold {k} has shape {Xk.shape}, expected ({groups.size}, p)")
-            if self.shared and k:
-                self.fold.append(self._fold(B, truncated_eigh, self.X[0], self.test[k]))
+        self.grid = np.asarray(alphas, np.float64).reshape(-1)
+        splits = []
+        for lab in self.folds:
+            train, test = np.flatnonzero(groups != lab), np.flatnonzero(groups == lab)
+            g = groups[train]
+            splits.append(((train, test), [(np.flatnonzero(g != j), np.flatnonzero(g == j)) for j in np.unique(g)]))
+        shared = not callable(X)
+        self.engines = []                       # (engine, its outer fold index) per fold k
+        for k, (outer, inner) in enumerate(splits):
+            if shared and k:
+                self.engines.append((self.engines[0][0], k))
                 continue
-            self.X.append(Xk)
-            self.fold.append(self._fold(B, truncated_eigh, Xk, self.test[k]))
+            eng = NestedEngine(X if shared else X(k), [s[0] for s in splits] if shared else [outer],
+                               [s[1] for s in splits] if shared else [inner], self.grid, dtype="float64")
+            self.engines.append((eng, k if shared else 0))
+        self.n_folds = len(self.folds)
 
-    @staticmethod
-    def _fold(B, truncated_eigh, X, test):
-        tr, te = X[~test], X[test]
-        mu, m_te = tr.mean(axis=0), te.mean(axis=0)
-        lam, V = truncated_eigh(B, (tr - mu).T @ (tr - mu), max(tr.shape))
-        W = (te - m_te) @ V
-        return {"mu": mu, "m_te": m_te, "lam": lam, "V": V, "H": W.T @ W}
+    def _alpha_index(self, alphas):
+        """(K, v) alpha values (NaN: fold left out) -> indices into the grid (-1 for NaN); DataError when a
+        value is not on the grid."""
+        alphas = np.asarray(alphas, np.float64)
+        idx = np.abs(np.log(self.grid)[:, None, None] - np.log(np.where(alphas > 0, alphas, 1.0))[None]).argmin(0)
+        ok = np.isfinite(alphas)
+        off = ok & ~np.isclose(self.grid[idx], alphas, rtol=1e-5)
+        if off.any():
+            raise DataError(f"alpha {alphas[off][0]:g} is not in the fit's alpha grid {self.grid.tolist()}")
+        return np.where(ok, idx, -1)
 
-    def _design(self, k):
-        return self.X[0] if self.shared else self.X[k]
-
-    def statistics(self, Y, alphas, shifts, perm_block=None):
+    def statistics(self, Y, alphas, shifts):
         """Mean-over-folds held-out r under each permutation: float64 (n_perm, v).
 
-        Y: (n, v) BOLD; alphas: (K, v) per fold and voxel (NaN: fold left out for that voxel, as the fit's
-        nan-mean); shifts: (n_perm, n_runs) lags (a row of zeros gives the observed statistic).
+        Y: (n, v) BOLD; alphas: (K, v) per fold and voxel, values of the grid (NaN: fold left out for that
+        voxel, as the fit's nan-mean); shifts: (n_perm, n_runs) lags (a row of zeros gives the observed
+        statistic).
         """
         Y = np.asarray(Y, dtype=np.float64)
         shifts = np.asarray(shifts, dtype=np.int64)
-        alphas = np.asarray(alphas, dtype=np.float64)
-        K, v = len(self.folds), Y.shape[1]
-        if alphas.shape != (K, v):
-            raise DataError(f"alphas shape {alphas.shape} != (folds, voxels) {(K, v)}")
+        K, v = self.n_folds, Y.shape[1]
+        if np.shape(alphas) != (K, v):
+            raise DataError(f"alphas shape {np.shape(alphas)} != (folds, voxels) {(K, v)}")
         if shifts.ndim != 2 or shifts.shape[1] != len(self.bounds):
             raise DataError(f"shifts shape {shifts.shape} != (n_perm, runs {len(self.bounds)})")
-        p = self._design(0).shape[1]
-        block = perm_block or max(1, int(2 ** 24 // max(1, p * v)))     # ~128 MiB per (block, p, v) array
-        ysum = [Y[t].sum(axis=0) for t in self.test]
-        total = Y.sum(axis=0)
-        yss = [((Y[t] - Y[t].mean(axis=0)) ** 2).sum(axis=0) for t in self.test]
-        lagged = {}
+        best = self._alpha_index(alphas)
         r_sum = np.zeros((shifts.shape[0], v))
         count = np.zeros_like(r_sum)
-        for k in range(K):
-            d = 0 if self.shared else k
-            if d not in lagged:
-                X = self._design(k)
-                lagged = {d: [lagged_cross(X[a:b], Y[a:b]) for a, b in self.bounds]}
-            L, f = lagged[d], self.fold[k]
-            mask = np.isfinite(alphas[k]) & (yss[k] > 0)
-            denom_a = f["lam"][:, None] + np.where(mask, alphas[k], 1.0)[None, :]
-            for i0 in range(0, shifts.shape[0], block):
-                sh = shifts[i0:i0 + block]
-                C_all = sum(L[j][sh[:, j]] for j in range(len(L)))          # (P, p, v)
-                C_te = sum(L[j][sh[:, j]] for j in self.runs_of[k])
-                b = C_all - C_te - f["mu"][:, None] * (total - ysum[k])[None, :]
-                Z = np.einsum("pr,Ppv->Prv", f["V"], b) / denom_a
-                c = np.einsum("pr,Ppv->Prv", f["V"], C_te - f["m_te"][:, None] * ysum[k][None, :])
-                num = (Z * c).sum(axis=1)
-                den = np.sqrt((Z * np.einsum("rs,Psv->Prv", f["H"], Z)).sum(axis=1) * yss[k])
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    r = np.where(mask & (den > 0), num / np.where(den > 0, den, 1.0), np.nan)
+        done = {}
+        for k, (eng, kk) in enumerate(self.engines):
+            if id(eng) not in done:                 # a design's statistics: lags of every run, once per chunk
+                st = eng.chunk_stats(Y)
+                shift = np.asarray(st.shift)
+                atom = [int(eng.labels[a]) for a, _ in self.bounds]
+                lagged = [lagged_cross(eng.X64[a:b], Y[a:b] - shift) for a, b in self.bounds]
+                done = {id(eng): (st, atom, lagged)}
+            st, atom, lagged = done[id(eng)]
+            for i, sh in enumerate(shifts):
+                C = np.zeros_like(st.C)
+                for j, (L, a) in enumerate(zip(lagged, atom)):
+                    C[a] += L[sh[j]]
+                r = eng.outer_r(replace(st, C=C), kk, best[k]).astype(np.float64)
                 ok = np.isfinite(r)
-                r_sum[i0:i0 + block] += np.where(ok, r, 0.0)
-                count[i0:i0 + block] += ok
+                r_sum[i] += np.where(ok, r, 0.0)
+                count[i] += ok
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(count > 0, r_sum / count, np.nan)
 
-    def test_statistic(self, Y, alphas, shifts, perm_block=None):
+    def test_statistic(self, Y, alphas, shifts):
         """(observed (v,), null (n_perm, v)): lag 0 everywhere, then the permutations of ``shifts``."""
         zero = np.zeros((1, len(self.bounds)), np.int64)
-        stat = self.statistics(Y, alphas, np.concatenate([zero, np.asarray(shifts, np.int64)]), perm_block)
+        stat = self.statistics(Y, alphas, np.concatenate([zero, np.asarray(shifts, np.int64)]))
         return stat[0], stat[1:]
 
 
@@ -481,7 +473,7 @@ def run_permutation(cfg, force: bool = False):
         # the fold models of each feature set: designs and their eigendecompositions, shared by every subject
         per_fold = [bool(inp.design["design"][fs].attrs.get("per_fold", 0)) for fs in fsets]
         models = {fs: RefitNull((lambda k, fsi=score_fs.index(fs): inp.X(Unit(fsi, li, k))) if pf
-                                else inp.X(Unit(score_fs.index(fs), li, 0)), groups, runs, folds)
+                                else inp.X(Unit(score_fs.index(fs), li, 0)), groups, runs, cfg.fit.alphas, folds)
                   for fs, pf in zip(fsets, per_fold)}
         with open_h5(scores_path, "scores file") as f:
             alpha_ds = f["alpha"]
