@@ -32,7 +32,9 @@ Root attrs: ``subjects``, ``feature_sets``, ``roi_names`` (string lists), ``laye
 across layers × ROIs (voxels) within each contrast, ``all`` = across every contrast, layer and ROI (voxel)),
 ``fdr`` (that family in words), ``scores_file``, ``scores_created`` (the ``created`` attr of the scores.h5 used),
 ``stage_key`` / ``stage_record`` (brainalign.pipeline.keys) and the usual provenance attrs (config, git_commit, created, host, packages, ...).
-Each ``/roi/C`` and ``/voxel/C`` group carries attrs ``a``, ``b``. The group ``/permutation`` is reserved
+Each ``/roi/C`` and ``/voxel/C`` group carries attrs ``a``, ``b``, ``residual_flag`` (1: a or b is a residual
+feature set outside the limits where its bias was measured, see :func:`residual_flags`) and ``residual_note``
+(why, or ""); the root attr ``residual_flagged`` lists those contrasts. The group ``/permutation`` is reserved
 (per-subject permutation tests live in permutation.h5, see brainalign.permutation). NaN marks elements with
 fewer than 2 usable subjects.
 
@@ -66,6 +68,7 @@ import csv
 import io
 import json
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -375,6 +378,34 @@ def compute_ceiling(cfg, meta: ScoresMeta) -> Optional[Ceiling]:
     return c
 
 
+def residual_flags(cfg, contrasts) -> dict:
+    """{contrast name: reason} for contrasts whose a or b is a residual feature set outside the limits where
+    its bias on voxels driven by its predictors alone was measured within +-0.01 (brainalign.residuals)."""
+    from .residuals import BIAS_MAX_COLS_PER_ROW, BIAS_MIN_ROWS, within_measured_limits
+
+    names = {r.name for r in getattr(cfg.align, "residuals", [])}
+    used = {s for c in contrasts for s in (c.a, c.b) if s in names}
+    if not used:
+        return {}
+    info = {}
+    design = Path(cfg.output) / "design.h5"
+    with (open_h5(design, "design file") if is_complete(design) else nullcontext()) as f:
+        for s in used:
+            ds = f["design"][s] if f is not None and s in f.get("design", {}) else None
+            rows = int(ds.attrs["train_rows"]) if ds is not None and "train_rows" in ds.attrs else None
+            cols = int(ds.attrs["predictor_columns"]) if ds is not None and "predictor_columns" in ds.attrs else None
+            if not within_measured_limits(rows, cols):
+                info[s] = (f"residual {s}: {rows} training rows per outer fold for {cols} predictor columns, "
+                           f"outside the measured limits (>= {BIAS_MIN_ROWS} rows, <= {BIAS_MAX_COLS_PER_ROW} "
+                           "columns per row) where its bias on voxels its predictors drive "
+                           "alone is within +-0.01 of 0; a residual effect there may be partly the predictors' "
+                           "(docs/methods.md)" if rows is not None else
+                           f"residual {s}: design.h5 does not record its cross-fit size (re-run align); its bias "
+                           "on voxels its predictors drive alone is unmeasured")
+    return {c.name: "; ".join(info[s] for s in (c.a, c.b) if s in info) for c in contrasts
+            if c.a in info or c.b in info}
+
+
 def write_fs_csv(path, rows):
     """roi_scores.csv with FS_COLUMNS, written atomically."""
     return write_csv(path, FS_COLUMNS, rows)
@@ -570,12 +601,18 @@ def run_stats(cfg, force: bool = False) -> Path:
         groi.create_dataset("mean_r", data=roi_r)
         gvox = g.create_group("voxel")
         gvox.create_dataset("mean_r", data=vox_mean_r, compression="gzip", shuffle=True, chunks=True)
+        flags = residual_flags(cfg, contrasts)
+        for name, why in flags.items():
+            log.warning("stats: contrast %s flagged: %s", name, why)
+        g.attrs["residual_flagged"] = str_attr(list(flags))
         for c in contrasts:
             gr = groi.create_group(c.name)
             gv = gvox.create_group(c.name)
             for grp in (gr, gv):
                 grp.attrs["a"] = c.a
                 grp.attrs["b"] = c.b or ""
+                grp.attrs["residual_flag"] = int(c.name in flags)
+                grp.attrs["residual_note"] = flags.get(c.name, "")
             res = roi[c.name]
             for k in ROI_STATS:
                 gr.create_dataset(k, data=res[k].astype(np.float64))
