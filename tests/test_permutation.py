@@ -16,7 +16,7 @@ from test_fit import RUN_LENGTHS, SUBJECTS, _ridge_r, fit_config_data, make_fit_
 from brainalign.config import parse_config  # noqa: E402
 from brainalign.errors import ConfigError, DataError  # noqa: E402
 from brainalign.permutation import (RefitNull, circular_shift_null, draw_shifts, fold_lagged,  # noqa: E402
-                                    heldout_predictions, lagged_cross, lagged_r, null_from_lagged,
+                                    heldout_predictions, lagged_r, null_from_lagged,
                                     observed_from_lagged, perm_pvalues, run_bounds, run_permutation)
 
 
@@ -72,14 +72,6 @@ def brute_refit_null(X, y, runs, groups, alphas, shifts):
             warnings.simplefilter("ignore", RuntimeWarning)
             out[i] = np.nanmean(per_fold, axis=0)
     return out
-
-
-def test_lagged_cross_equals_np_roll_for_every_lag():
-    rng = np.random.default_rng(10)
-    X, Y = rng.standard_normal((13, 3)), rng.standard_normal((13, 4))
-    got = lagged_cross(X, Y)
-    for s in range(13):
-        np.testing.assert_allclose(got[s], X.T @ np.roll(Y, s, axis=0), atol=1e-12)
 
 
 @pytest.mark.parametrize("fold_specific", [False, True])

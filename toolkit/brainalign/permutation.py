@@ -270,17 +270,6 @@ def heldout_predictions(X, Y, groups, alphas, folds=None):
 
 # ---- the refitting null (the stage's) ------------------------------------------------------------
 
-def lagged_cross(X, Y):
-    """All-lag cross products of one run: ``L[s] = X.T @ np.roll(Y, s, axis=0)`` for s = 0 … n−1, by FFT.
-
-    X: (n, p), Y: (n, v). Returns float64 (n, p, v)."""
-    X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
-    n = X.shape[0]
-    # sum_t X[t] Y[t - s] = irfft(rfft(X) * conj(rfft(Y)))[s]
-    fx, fy = np.fft.rfft(X, axis=0), np.fft.rfft(Y, axis=0)
-    return np.fft.irfft(fx[:, :, None] * np.conj(fy)[:, None, :], n=n, axis=0)
-
-
 class RefitNull:
     """Outer-fold ridge models refitted under circular shifts of the BOLD, from per-run sufficient statistics.
 
@@ -292,10 +281,10 @@ class RefitNull:
 
     The fit's engine does the work (brainalign.ridge.suffstats.NestedEngine: per-atom X'Y, sums and sums of
     squares; each outer training Gram eigendecomposed once). A circular shift of run j leaves its sums and
-    sums of squares unchanged and changes only its cross products with the design, ``X_j' roll(Y_j, s)``;
-    those are computed for every lag of the run at once by FFT (:func:`lagged_cross`, once per voxel chunk),
-    so a permutation costs a gather of the runs' lags (F p v additions) plus the engine's outer-fold scoring
-    with given alphas (``outer_r``: 2 r p v + r^2 v per fold; r = rank <= p).
+    sums of squares (and finiteness, min, max) unchanged and changes only its cross products with the design,
+    ``X_j' roll(Y_j, s)``; a permutation recomputes those (n p v multiply-adds over all runs; memory one
+    (atoms, p, v) array) and re-scores every outer fold with the given alphas (``outer_r``: 2 r p v + r^2 v per
+    fold; r = rank <= p). Fold-specific designs pay the cross products once per fold.
 
     X: (n, p) design shared by the folds, or a callable ``X(k) -> (n, p)`` (fold-specific designs: residual
     features, one engine per fold); groups: (n,) outer-fold label per row; runs: (n,) run label (contiguous,
@@ -358,23 +347,20 @@ class RefitNull:
         best = self._alpha_index(alphas)
         r_sum = np.zeros((shifts.shape[0], v))
         count = np.zeros_like(r_sum)
-        done = {}
-        for k, (eng, kk) in enumerate(self.engines):
-            if id(eng) not in done:                 # a design's statistics: lags of every run, once per chunk
-                st = eng.chunk_stats(Y)
-                shift = np.asarray(st.shift)
-                atom = [int(eng.labels[a]) for a, _ in self.bounds]
-                lagged = [lagged_cross(eng.X64[a:b], Y[a:b] - shift) for a, b in self.bounds]
-                done = {id(eng): (st, atom, lagged)}
-            st, atom, lagged = done[id(eng)]
+        for eng in dict.fromkeys(e for e, _ in self.engines):   # each design once (shared: one engine)
+            st = eng.chunk_stats(Y)
+            Y0 = Y - np.asarray(st.shift)
+            runs = [(eng.X64[a:b], Y0[a:b], int(eng.labels[a])) for a, b in self.bounds]
             for i, sh in enumerate(shifts):
                 C = np.zeros_like(st.C)
-                for j, (L, a) in enumerate(zip(lagged, atom)):
-                    C[a] += L[sh[j]]
-                r = eng.outer_r(replace(st, C=C), kk, best[k]).astype(np.float64)
-                ok = np.isfinite(r)
-                r_sum[i] += np.where(ok, r, 0.0)
-                count[i] += ok
+                for (Xj, Yj, atom), s in zip(runs, sh):
+                    C[atom] += Xj.T @ np.roll(Yj, s, axis=0)          # the run's cross products, shifted
+                st_i = replace(st, C=C)
+                for k in (k for k, (e, _) in enumerate(self.engines) if e is eng):
+                    r = eng.outer_r(st_i, self.engines[k][1], best[k]).astype(np.float64)
+                    ok = np.isfinite(r)
+                    r_sum[i] += np.where(ok, r, 0.0)
+                    count[i] += ok
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(count > 0, r_sum / count, np.nan)
 
