@@ -1,42 +1,43 @@
-"""Per-subject voxel-wise significance of encoding scores by blocked (circular-shift) permutation.
+"""Per-subject voxel-wise significance of encoding scores by blocked (circular-shift) permutation that refits.
 
 The statistic is the fit stage's score: the mean over outer folds of the Pearson r between the held-out
 prediction and the BOLD over the fold's rows (``r_mean`` in scores.h5; a fold is one run, or several
-consecutive runs with ``align.outer_folds``). Its null distribution comes from circularly
-shifting the BOLD of each run against the prediction by a random lag (one lag per run and permutation,
-shared by every voxel, so spatial correlation is kept; the shift keeps the BOLD's autocorrelation,
-which shuffling TRs would destroy).
+consecutive runs with ``align.outer_folds``). Its null (:class:`RefitNull`, the stage's): permutation i shifts
+the BOLD of every run circularly by one random lag (one lag per run and permutation, shared by every voxel and
+feature set, so spatial correlation is kept; the shift keeps the BOLD's autocorrelation, which shuffling TRs
+would destroy), **once**, and uses the shifted BOLD both as training targets and as test data: every outer
+fold's ridge model is refitted on permuted data, with each voxel's per-fold alpha from the real data's inner
+CV held fixed (bench/permutation_size.py compares re-selecting them under every permutation).
 
-What the null assumes (H0: the BOLD of a run is independent of the held-out prediction for that run):
+Why refit: each fold's model is fitted on the other runs' BOLD, so under H0 the folds' r values are correlated;
+a null that keeps every fold's prediction fixed and shifts only the test BOLD (:func:`circular_shift_null`,
+the former stage null, kept for comparison) misses that correlation and is anti-conservative by about 2x on
+the stage's path (tests/test_permutation_size.py). It is valid only for predictions that really are fixed.
 
-- the prediction is fixed: the model was fitted on other runs, so under H0 it carries nothing about the
-  held-out run's BOLD;
+What the refitting null assumes (H0: the BOLD is independent of the design):
+
 - within a run, the BOLD is exchangeable under circular shifts (exact for a circularly stationary series;
   for a stationary, non-circular one approximate: the shifted series has one wrap-around join);
-- runs are independent of each other; each run gets its own lag.
+- runs are independent of each other; each run gets its own lag;
+- the fixed alphas' dependence on the real data is negligible (measured, docs/methods.md).
 
 The lags are drawn uniformly from *all* n lags 0 … n−1 of a run (the cyclic group, the unshifted lag
 included): then the observed statistic is one draw of its own permutation distribution and the
 p-value is valid (Phipson & Smyth 2010). Leaving out lags near zero (``min_shift`` > 0, formerly the
 default of 10 TRs) breaks this: the circular cross-correlations of centred series sum to zero over
 all lags, and the lags left out are those most like the observed one, so the remaining null is
-shifted away from it — on AR(1) nulls (phi 0.7, 76-TR runs) 9 % of null voxels reached p <= 0.05.
-With every lag, AR(1) nulls give 0.050 ± 0.002 at 0.05 and 0.0107 ± 0.0004 at 0.01 on 76-TR runs
-(phi 0.3 and 0.7, 4 runs; tests/test_permutation.py checks phi 0.3 and 0.7, 76 and 400 TRs).
+shifted away from it.
 
 For a condition difference ``r_a - r_b`` the *same* lags are applied to both feature sets and the null is
-``null_a - null_b``: it is the distribution of the difference between two models that are not time-locked
-to the BOLD. Rejecting it says "a beats b by more than two non-aligned models would"; it is not an exact
-test of r_a = r_b when both models predict (use the group t-tests in stats.h5 for that).
+``null_a - null_b``: it is the distribution of the difference between two models refitted on BOLD that is not
+time-locked to the stimulus. Rejecting it says "a beats b by more than two non-aligned models would"; it is
+not an exact test of r_a = r_b when both models predict (use the group t-tests in stats.h5 for that).
 
 p-values use the +1 correction (Phipson & Smyth 2010): p = (1 + #{null >= observed}) / (1 + n_perm).
 
-The per-run correlations for *every* lag are computed at once with FFT cross-correlation (O(n log n) per
-run and voxel), so the cost does not grow with the number of permutations beyond an index gather.
-
-``run_permutation`` is the stage: per subject and requested feature set it recomputes the held-out
-predictions at one layer from design.h5 / bold.h5 with each voxel's alpha from scores.h5 (a float64 ridge
-refit on the same folds, the same model the fit scored) and writes ``{output}/permutation.h5``:
+``run_permutation`` is the stage: per subject and requested feature set it rebuilds the fit's fold models at
+one layer from design.h5 / bold.h5 with each voxel's alpha from scores.h5 (the fit's engine in float64, the
+same model the fit scored), runs the refitting null and writes ``{output}/permutation.h5``:
 
 ================================  ==============  ========  ==========================================
 dataset                           shape           dtype     meaning
@@ -54,8 +55,9 @@ dataset                           shape           dtype     meaning
 
 S subjects, F permuted feature sets, V voxels (voxel order of scores.h5), K runs. Root attrs: ``subjects``,
 ``feature_sets``, ``contrasts``, ``contrast_a``, ``contrast_b`` (string lists), ``layer`` (int, the model
-layer), ``fdr_family``, ``fdr`` (what each BH correction spans), ``n_perm``, ``min_shift``, ``seed``, ``q``,
-``tail`` ("greater"), ``statistic``, ``null``,
+layer), ``fdr_family``, ``fdr`` (what each BH correction spans), ``n_permutations`` (= ``n_perm``),
+``min_shift``, ``seed``, ``q``, ``tail`` ("greater"), ``statistic``, ``null`` (short name, "circular-shift
+refit"), ``null_description`` (one sentence: what is permuted, that fold models are refitted, what is fixed),
 ``scores_created``, ``stage_key`` / ``stage_record`` and the provenance attrs. NaN where the observed r is NaN (constant voxel).
 """
 from __future__ import annotations
@@ -64,7 +66,6 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .errors import ConfigError, DataError
