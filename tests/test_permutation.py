@@ -350,6 +350,10 @@ def test_stats_stage_runs_the_permutation_tests(fitted):
     run_stats(cfg, force=True)
     with h5py.File(path, "r") as g:
         assert g.attrs["n_perm"] == 99
+    with h5py.File(stats_path, "r") as s:          # crossmodal is a residual whose cross-fit size is unrecorded
+        assert list(s.attrs["residual_flagged"]) == ["j-vs-x"]
+        assert s["voxel/j-vs-x"].attrs["residual_flag"] == 1 and "re-run align" in s["roi/j-vs-x"].attrs["residual_note"]
+        assert s["voxel/j0"].attrs["residual_flag"] == 0
 
 
 def test_stage_with_grouped_outer_folds(tmp_path):
