@@ -32,6 +32,7 @@ test: venv
 
 bench: venv
 	$(BIN)/python bench/ridge.py
+	$(BIN)/python bench/engine.py
 	@if [ -f bench/scaling.py ]; then $(BIN)/python bench/scaling.py; fi
 
 # Without a GPU it runs the CPU reference parts and reports the GPU parts as skipped (and why).

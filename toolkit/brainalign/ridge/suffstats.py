@@ -349,15 +349,11 @@ class NestedEngine:
         return Z, q, sy_t, sy_v, vy
 
     def _pp(self, f, b):
-        """sum over the validation rows of the centred prediction squared, per column of b (r, v): float64."""
+        """Sum over the validation rows of the centred prediction squared, per column of b (r, v) in the
+        working dtype: (v,) float64. "gram": b' H b (r^2 v); "rows": |M b|^2 (n_S r v)."""
         B = self.B
-        xp = B.xp
-        bd = B.cast(b, self.dtype)
-        Qb = f.Q @ bd
-        if f.form == "gram":
-            pp = xp.einsum("ij,ij->j", bd, Qb)
-        else:
-            pp = xp.einsum("ij,ij->j", Qb, Qb)
+        Qb = f.Q @ b
+        pp = B.xp.einsum("ij,ij->j", b if f.form == "gram" else Qb, Qb)
         return B.cast(pp, "float64")
 
     def _fold_scores(self, f, st, Ctot, sytot):
@@ -375,8 +371,9 @@ class NestedEngine:
             q2 = q + f.n_v * f.w[:, None] * dy[None, :]
             num = f.Dn @ (q2 * Z)
             se = vy + f.n_v * dy * dy
+        Zw = B.cast(Z, self.dtype)
         for i in range(A):
-            b = Z * f.Dn[i][:, None]
+            b = Zw * f.DnT[:, i:i + 1]
             pp = self._pp(f, b)
             if self.scoring == "r":
                 den = pp * vy
@@ -384,7 +381,7 @@ class NestedEngine:
                 score[i] = num[i] / B.sqrt(B.where(g, den, 1.0))
             else:
                 c = float(f.dmax[i])
-                wb = (f.w[:, None] * b).sum(0)
+                wb = f.w @ B.cast(b, "float64")
                 sse = se - 2 * c * num[i] + c * c * (pp + f.n_v * wb * wb)
                 g = (vy > 0) & (pp == pp)
                 score[i] = 1 - sse / B.where(vy > 0, vy, 1.0)
@@ -431,7 +428,7 @@ class NestedEngine:
         d = B.cast(f.DnT, "float64")[:, B.index(np.where(ok, best, 0))]   # (r, v) per-voxel shrinkage
         b = Z * d
         num = B.to_numpy((q * b).sum(0))
-        pp = B.to_numpy(self._pp(f, b))
+        pp = B.to_numpy(self._pp(f, B.cast(b, self.dtype)))
         vy = B.to_numpy(vy)
         den = pp * vy
         with np.errstate(invalid="ignore", divide="ignore"):
