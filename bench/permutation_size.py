@@ -89,6 +89,8 @@ def main():
                 Ys = np.concatenate([np.roll(Y[runs == k], sh[k], axis=0) for k in range(K)])
                 null_r[i] = nested(X, Ys, runs)[0]
             p["reselect"].append(perm_pvalues(obs, null_r))
+        print(f"  seed {seed}: " + ", ".join(f"{k} {np.mean(v[-1] <= 0.05):.3f}" for k, v in p.items() if v),
+              flush=True)
     print(f"phi {a.phi}, {K} runs x {n} TRs, p = {a.features}, {a.seeds} seeds x {a.voxels} voxels, "
           f"{a.perms} permutations ({time.perf_counter() - t0:.0f} s)")
     for k, v in p.items():

@@ -1,7 +1,7 @@
 """Size and power of the per-subject permutation test on the stats stage's own code path.
 
-The fit stage (nested CV) and then the stats stage (``stats.permutations`` > 0, which runs the permutation
-tests) run end to end on design.h5/bold.h5 in align's layout whose BOLD is independent of the stimulus on
+The fit verb (nested CV) and then the stats verb (``stats.permutations`` > 0: the permutation stage, then the
+group statistics; brainalign.pipeline.run_stage) run end to end on design.h5/bold.h5 in align's layout whose BOLD is independent of the stimulus on
 most voxels: white noise, and AR(1) noise with phi 0.3 and 0.7 in runs of 76 and 400 TRs (the designs are
 AR(1) too). On those null voxels the share with p <= 0.05 and p <= 0.01 must be at most nominal + 2 binomial
 SE, for both feature sets (a shared design and a fold-specific, residual-like one) and for their contrast.
@@ -43,8 +43,7 @@ def ar1(rng, n, v, phi):
 
 def run_null_study(out: Path, phi: float, n_trs: int, seed: int):
     """Write align outputs, run fit + stats; return permutation.h5's p-values and the null/planted masks."""
-    from brainalign.fit import run_fit
-    from brainalign.stats import run_stats
+    from brainalign.pipeline import run_stage
 
     rng = np.random.default_rng(seed)
     runs = np.repeat(np.arange(K), n_trs).astype(np.int32)
@@ -73,8 +72,8 @@ def run_null_study(out: Path, phi: float, n_trs: int, seed: int):
             "stats": {"contrasts": [{"name": "j-vs-x", "a": "joint", "b": "crossmodal"}], "permutations": N_PERM,
                       "noise_ceiling": "none"}}
     cfg = parse_config(data, text=yaml.safe_dump(data, sort_keys=False))
-    run_fit(cfg)
-    run_stats(cfg)
+    run_stage(cfg, "fit")
+    run_stage(cfg, "stats")               # the stats verb: the permutation tests, then the group statistics
     with h5py.File(out / "permutation.h5", "r") as g:
         return {"joint": g["r/p"][:, 0], "crossmodal": g["r/p"][:, 1], "j-vs-x": g["contrast/j-vs-x/p"][()]}
 
