@@ -185,7 +185,7 @@ class StatsConfig:
     ceiling_floor: float = 0.1             # r / ceiling only where the ceiling's 95 % interval is above this
     noise_ceiling_repeats: Optional[str] = None   # per-subject HDF5 ({subject}) with /repeats (n_rep, n_trs, n_vox)
     noise_ceiling_n_avg: int = 1
-    permutations: int = 0                  # 0 = off; > 0: per-subject blocked (circular-shift) permutation tests
+    permutations: int = 0                  # 0 = off; > 0: per-subject circular-shift permutation tests that refit the folds
     permutation_layer: Optional[int] = None
     permutation_feature_sets: Optional[list[str]] = None
     permutation_min_shift: int = 0         # TRs; 0: lags drawn from all 0..n-1 (valid); > 0 leaves lags near 0 out
