@@ -11,13 +11,13 @@ import yaml
 from scipy import stats as sps
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_fit import RUN_LENGTHS, SUBJECTS, fit_config_data, make_fit_fixture  # noqa: E402
+from test_fit import RUN_LENGTHS, SUBJECTS, _ridge_r, fit_config_data, make_fit_fixture  # noqa: E402
 
 from brainalign.config import parse_config  # noqa: E402
 from brainalign.errors import ConfigError, DataError  # noqa: E402
-from brainalign.permutation import (circular_shift_null, draw_shifts, fold_lagged, heldout_predictions,  # noqa: E402
-                                    lagged_r, null_from_lagged, observed_from_lagged, perm_pvalues, run_bounds,
-                                    run_permutation)
+from brainalign.permutation import (RefitNull, circular_shift_null, draw_shifts, fold_lagged,  # noqa: E402
+                                    heldout_predictions, lagged_r, null_from_lagged,
+                                    observed_from_lagged, perm_pvalues, run_bounds, run_permutation)
 
 
 def ar1(rng, n, v, phi=0.7):
@@ -48,6 +48,56 @@ def brute_null(pred, y, runs, shifts, groups=None):
             warnings.simplefilter("ignore", RuntimeWarning)
             out[i] = np.nanmean(per_fold, axis=0)
     return out
+
+
+def brute_refit_null(X, y, runs, groups, alphas, shifts):
+    """Loop reference of the refitting null: roll every run of y by shifts[i, j] once; for each fold refit a
+    float64 ridge (np.linalg.solve, test_fit._ridge_r) on the other folds' shifted rows with the fold's alpha
+    per voxel and score it on the fold's shifted rows; nan-mean over folds. X: (n, p) or a list per fold."""
+    folds = np.unique(groups)
+    labels = list(dict.fromkeys(runs.tolist()))
+    out = np.empty((shifts.shape[0], y.shape[1]))
+    for i in range(shifts.shape[0]):
+        ys = y.copy()
+        for j, lab in enumerate(labels):
+            m = runs == lab
+            ys[m] = np.roll(y[m], shifts[i, j], axis=0)
+        per_fold = np.full((len(folds), y.shape[1]), np.nan)
+        for k, g in enumerate(folds):
+            Xk = X[k] if isinstance(X, list) else X
+            te = groups == g
+            for v in np.flatnonzero(np.isfinite(alphas[k])):
+                per_fold[k, v] = _ridge_r(Xk[~te], ys[~te, v:v + 1], Xk[te], ys[te, v:v + 1], alphas[k, v])[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[i] = np.nanmean(per_fold, axis=0)
+    return out
+
+
+@pytest.mark.parametrize("fold_specific", [False, True])
+def test_refit_null_equals_brute_force_refits(fold_specific):
+    """Every permutation's statistic equals refitting each fold's ridge on the shifted BOLD (grouped folds,
+    per-voxel alphas, a NaN alpha, a fold-specific design)."""
+    rng = np.random.default_rng(11)
+    lengths = [20, 18, 22, 25]
+    runs = np.repeat(np.arange(4), lengths)
+    groups = np.array([0, 0, 1, 2])[runs]
+    X = rng.standard_normal((runs.size, 6)) + 2.0
+    Y = X @ rng.standard_normal((6, 5)) + 3 * rng.standard_normal((runs.size, 5)) + 1.0
+    alphas = rng.choice([0.1, 10.0, 1000.0], size=(3, 5))
+    alphas[1, 2] = np.nan
+    shifts = draw_shifts(lengths, 9, rng)
+    Xs = [X + rng.standard_normal(X.shape) for _ in range(3)] if fold_specific else X
+    model = RefitNull((lambda k: Xs[k]) if fold_specific else X, groups, runs, [0.1, 10.0, 1000.0])
+    ref = brute_refit_null(Xs, Y, runs, groups, alphas, shifts)
+    np.testing.assert_allclose(model.statistics(Y, alphas, shifts), ref, atol=1e-6)   # outer_r: float32
+    obs, null = model.test_statistic(Y, alphas, shifts[:3])
+    np.testing.assert_allclose(obs, brute_refit_null(Xs, Y, runs, groups, alphas, np.zeros((1, 4), int))[0],
+                               atol=1e-6)
+    with pytest.raises(DataError, match="alphas shape"):
+        model.statistics(Y, alphas[:2], shifts)
+    with pytest.raises(DataError, match="alpha 5 is not in the fit's alpha grid"):
+        model.statistics(Y, np.where(alphas == 10.0, 5.0, alphas), shifts)
 
 
 def test_lagged_r_equals_np_roll_for_every_lag():
@@ -267,13 +317,14 @@ def test_stage_pvalues_equal_independent_recomputation(fitted):
     runs = data["runs"]
     with h5py.File(path, "r") as g, h5py.File(cfg.out / "scores.h5", "r") as f:
         shifts = g["shifts"][1]
-        alphas = f["alpha"][1, 1, 1]                        # subject 02, crossmodal, layer 1: (K, V)
+        alphas = f["alpha"][1, 1, 1].astype(np.float64)     # subject 02, crossmodal, layer 1: (K, V)
         Y = data["bold"]["02"].astype(np.float64)
-        X = data["crossmodal"][:, 1].astype(np.float32)     # (K, n, p): fold-specific residual design
-        pred = heldout_predictions(lambda k: X[k], Y, runs, alphas)
-        null = brute_null(pred, Y, runs, shifts)
-        obs = brute_null(pred, Y, runs, np.zeros((1, len(RUN_LENGTHS)), int))[0]
+        X = [x.astype(np.float32).astype(np.float64) for x in data["crossmodal"][:, 1]]   # fold-specific design
+        null = brute_refit_null(X, Y, runs, runs, alphas, shifts)
+        obs = brute_refit_null(X, Y, runs, runs, alphas, np.zeros((1, len(RUN_LENGTHS)), int))[0]
         np.testing.assert_allclose(g["r/p"][1, 1], perm_pvalues(obs, null), atol=1e-12, equal_nan=True)
+        assert g.attrs["null"] == "circular-shift refit" and g.attrs["n_permutations"] == 99
+        assert "refitted" in g.attrs["null_description"] and "alpha" in g.attrs["null_description"]
 
 
 def test_stage_off_skip_and_bad_keys(fitted, caplog):
@@ -303,6 +354,10 @@ def test_stats_stage_runs_the_permutation_tests(fitted):
     run_stats(cfg, force=True)
     with h5py.File(path, "r") as g:
         assert g.attrs["n_perm"] == 99
+    with h5py.File(stats_path, "r") as s:          # crossmodal is a residual whose cross-fit size is unrecorded
+        assert list(s.attrs["residual_flagged"]) == ["j-vs-x"]
+        assert s["voxel/j-vs-x"].attrs["residual_flag"] == 1 and "re-run align" in s["roi/j-vs-x"].attrs["residual_note"]
+        assert s["voxel/j0"].attrs["residual_flag"] == 0
 
 
 def test_stage_with_grouped_outer_folds(tmp_path):
@@ -326,8 +381,9 @@ def test_stage_with_grouped_outer_folds(tmp_path):
     with h5py.File(path, "r") as g, h5py.File(out / "scores.h5", "r") as f:
         assert f["r"].shape[3] == 3 and g["shifts"].shape == (2, 49, 4)     # 3 folds, shifts per run
         np.testing.assert_allclose(g["r/observed"][:, 0], f["r_mean"][:, 0, 1], atol=2e-5, equal_nan=True)
-        alphas = f["alpha"][0, 0, 1]
-        pred = heldout_predictions(data["joint"][1], data["bold"]["01"], groups, alphas)
-        null = brute_null(pred, data["bold"]["01"].astype(np.float64), runs, g["shifts"][0], groups)
-        obs = brute_null(pred, data["bold"]["01"].astype(np.float64), runs, np.zeros((1, 4), int), groups)[0]
+        alphas = f["alpha"][0, 0, 1].astype(np.float64)
+        X = data["joint"][1].astype(np.float32).astype(np.float64)
+        Y = data["bold"]["01"].astype(np.float64)
+        null = brute_refit_null(X, Y, runs, groups, alphas, g["shifts"][0])
+        obs = brute_refit_null(X, Y, runs, groups, alphas, np.zeros((1, 4), int))[0]
         np.testing.assert_allclose(g["r/p"][0, 0], perm_pvalues(obs, null), atol=1e-12, equal_nan=True)

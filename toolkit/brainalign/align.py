@@ -197,6 +197,7 @@ def _residual_design(cfg, res, grid, fold_of_row, splits, delays, trim, n_folds,
     X = None
     chosen = np.empty((n_folds, n_layers))
     cv_r2 = np.empty_like(chosen)
+    min_rows, n_cols = None, 0
     for li in range(n_layers):
         tgt = np.concatenate([r[li] for r in grid[res.target]])
         prd = np.concatenate([np.concatenate([r[li] for r in grid[p]]) for p in res.predictors], axis=1)
@@ -208,6 +209,8 @@ def _residual_design(cfg, res, grid, fold_of_row, splits, delays, trim, n_folds,
             X[k, li] = Xk
             chosen[k, li] = cf.alpha
             cv_r2[k, li] = cf.cv_r2[int(np.flatnonzero(alphas == cf.alpha)[0])]
+            min_rows = cf.min_fit_rows if min_rows is None else min(min_rows, cf.min_fit_rows)
+            n_cols = prd.shape[1]
             if li == 0 and k == 0 and prd.shape[1] > cf.min_fit_rows:
                 log.warning("align: residual %s: %d predictor columns exceed the %d TRs its smallest "
                             "cross-fitted regression is fitted on; the penalty, not the data, then shapes "
@@ -220,7 +223,9 @@ def _residual_design(cfg, res, grid, fold_of_row, splits, delays, trim, n_folds,
     log.info("align: residual %s: penalty per layer (median over folds) %s; out-of-sample R² of %s from %s %s",
              res.name, np.median(chosen, 0).tolist(), res.target, "+".join(res.predictors),
              np.round(np.median(cv_r2, 0), 3).tolist())
-    attrs.update(alpha=chosen, cv_r2=cv_r2, alphas=alphas, criterion=(
+    train_rows = min(int((fold_of_row != k).sum()) for k in range(n_folds))
+    attrs.update(alpha=chosen, cv_r2=cv_r2, alphas=alphas, min_fit_rows=int(min_rows), train_rows=train_rows,
+                 predictor_columns=int(n_cols), criterion=(
         "cross-fitted: training fold j's rows from a ridge fitted on the other training folds, the held-out "
         "fold's from all training folds; alpha per (fold, layer) minimising the leave-one-training-fold-out "
         "squared error of the target summed over columns (ties: larger alpha); instantaneous (no lags)"))

@@ -182,11 +182,10 @@ class StatsConfig:
     fdr_family: Literal["layer", "contrast", "all"] = "contrast"   # what one BH correction spans (fdr.py)
     contrasts: list[ContrastConfig] = field(default_factory=list)
     noise_ceiling: Literal["auto", "isc", "repeats", "none"] = "auto"
-    ceiling_floor: float = 0.1             # ceilings below this are not used to normalise
-    ceiling_spearman_brown: bool = True
+    ceiling_floor: float = 0.1             # r / ceiling only where the ceiling's 95 % interval is above this
     noise_ceiling_repeats: Optional[str] = None   # per-subject HDF5 ({subject}) with /repeats (n_rep, n_trs, n_vox)
     noise_ceiling_n_avg: int = 1
-    permutations: int = 0                  # 0 = off; > 0: per-subject blocked (circular-shift) permutation tests
+    permutations: int = 0                  # 0 = off; > 0: per-subject circular-shift permutation tests that refit the folds
     permutation_layer: Optional[int] = None
     permutation_feature_sets: Optional[list[str]] = None
     permutation_min_shift: int = 0         # TRs; 0: lags drawn from all 0..n-1 (valid); > 0 leaves lags near 0 out

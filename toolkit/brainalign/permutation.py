@@ -1,42 +1,43 @@
-"""Per-subject voxel-wise significance of encoding scores by blocked (circular-shift) permutation.
+"""Per-subject voxel-wise significance of encoding scores by blocked (circular-shift) permutation that refits.
 
 The statistic is the fit stage's score: the mean over outer folds of the Pearson r between the held-out
 prediction and the BOLD over the fold's rows (``r_mean`` in scores.h5; a fold is one run, or several
-consecutive runs with ``align.outer_folds``). Its null distribution comes from circularly
-shifting the BOLD of each run against the prediction by a random lag (one lag per run and permutation,
-shared by every voxel, so spatial correlation is kept; the shift keeps the BOLD's autocorrelation,
-which shuffling TRs would destroy).
+consecutive runs with ``align.outer_folds``). Its null (:class:`RefitNull`, the stage's): permutation i shifts
+the BOLD of every run circularly by one random lag (one lag per run and permutation, shared by every voxel and
+feature set, so spatial correlation is kept; the shift keeps the BOLD's autocorrelation, which shuffling TRs
+would destroy), **once**, and uses the shifted BOLD both as training targets and as test data: every outer
+fold's ridge model is refitted on permuted data, with each voxel's per-fold alpha from the real data's inner
+CV held fixed (bench/permutation_size.py compares re-selecting them under every permutation).
 
-What the null assumes (H0: the BOLD of a run is independent of the held-out prediction for that run):
+Why refit: each fold's model is fitted on the other runs' BOLD, so under H0 the folds' r values are correlated;
+a null that keeps every fold's prediction fixed and shifts only the test BOLD (:func:`circular_shift_null`,
+the former stage null, kept for comparison) misses that correlation and is anti-conservative by about 2x on
+the stage's path (tests/test_permutation_size.py). It is valid only for predictions that really are fixed.
 
-- the prediction is fixed: the model was fitted on other runs, so under H0 it carries nothing about the
-  held-out run's BOLD;
+What the refitting null assumes (H0: the BOLD is independent of the design):
+
 - within a run, the BOLD is exchangeable under circular shifts (exact for a circularly stationary series;
   for a stationary, non-circular one approximate: the shifted series has one wrap-around join);
-- runs are independent of each other; each run gets its own lag.
+- runs are independent of each other; each run gets its own lag;
+- the fixed alphas' dependence on the real data is negligible (measured, docs/methods.md).
 
 The lags are drawn uniformly from *all* n lags 0 … n−1 of a run (the cyclic group, the unshifted lag
 included): then the observed statistic is one draw of its own permutation distribution and the
 p-value is valid (Phipson & Smyth 2010). Leaving out lags near zero (``min_shift`` > 0, formerly the
 default of 10 TRs) breaks this: the circular cross-correlations of centred series sum to zero over
 all lags, and the lags left out are those most like the observed one, so the remaining null is
-shifted away from it — on AR(1) nulls (phi 0.7, 76-TR runs) 9 % of null voxels reached p <= 0.05.
-With every lag, AR(1) nulls give 0.050 ± 0.002 at 0.05 and 0.0107 ± 0.0004 at 0.01 on 76-TR runs
-(phi 0.3 and 0.7, 4 runs; tests/test_permutation.py checks phi 0.3 and 0.7, 76 and 400 TRs).
+shifted away from it.
 
 For a condition difference ``r_a - r_b`` the *same* lags are applied to both feature sets and the null is
-``null_a - null_b``: it is the distribution of the difference between two models that are not time-locked
-to the BOLD. Rejecting it says "a beats b by more than two non-aligned models would"; it is not an exact
-test of r_a = r_b when both models predict (use the group t-tests in stats.h5 for that).
+``null_a - null_b``: it is the distribution of the difference between two models refitted on BOLD that is not
+time-locked to the stimulus. Rejecting it says "a beats b by more than two non-aligned models would"; it is
+not an exact test of r_a = r_b when both models predict (use the group t-tests in stats.h5 for that).
 
 p-values use the +1 correction (Phipson & Smyth 2010): p = (1 + #{null >= observed}) / (1 + n_perm).
 
-The per-run correlations for *every* lag are computed at once with FFT cross-correlation (O(n log n) per
-run and voxel), so the cost does not grow with the number of permutations beyond an index gather.
-
-``run_permutation`` is the stage: per subject and requested feature set it recomputes the held-out
-predictions at one layer from design.h5 / bold.h5 with each voxel's alpha from scores.h5 (a float64 ridge
-refit on the same folds, the same model the fit scored) and writes ``{output}/permutation.h5``:
+``run_permutation`` is the stage: per subject and requested feature set it rebuilds the fit's fold models at
+one layer from design.h5 / bold.h5 with each voxel's alpha from scores.h5 (the fit's engine in float64, the
+same model the fit scored), runs the refitting null and writes ``{output}/permutation.h5``:
 
 ================================  ==============  ========  ==========================================
 dataset                           shape           dtype     meaning
@@ -54,17 +55,17 @@ dataset                           shape           dtype     meaning
 
 S subjects, F permuted feature sets, V voxels (voxel order of scores.h5), K runs. Root attrs: ``subjects``,
 ``feature_sets``, ``contrasts``, ``contrast_a``, ``contrast_b`` (string lists), ``layer`` (int, the model
-layer), ``fdr_family``, ``fdr`` (what each BH correction spans), ``n_perm``, ``min_shift``, ``seed``, ``q``,
-``tail`` ("greater"), ``statistic``, ``null``,
+layer), ``fdr_family``, ``fdr`` (what each BH correction spans), ``n_permutations`` (= ``n_perm``),
+``min_shift``, ``seed``, ``q``, ``tail`` ("greater"), ``statistic``, ``null`` (short name, "circular-shift
+refit"), ``null_description`` (one sentence: what is permuted, that fold models are refitted, what is fixed),
 ``scores_created``, ``stage_key`` / ``stage_record`` and the provenance attrs. NaN where the observed r is NaN (constant voxel).
 """
 from __future__ import annotations
 
-import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .errors import ConfigError, DataError
@@ -72,6 +73,8 @@ from .log import get_logger
 from .paths import PERMUTATION, SCORES
 
 log = get_logger("permutation")
+
+NULL_NAME = "circular-shift refit"
 
 
 # ---- pure array functions ------------------------------------------------------------------------
@@ -267,6 +270,109 @@ def heldout_predictions(X, Y, groups, alphas, folds=None):
     return pred
 
 
+# ---- the refitting null (the stage's) ------------------------------------------------------------
+
+class RefitNull:
+    """Outer-fold ridge models refitted under circular shifts of the BOLD, from per-run sufficient statistics.
+
+    Permutation i shifts run j of the BOLD by ``shifts[i, j]`` TRs, once, and the shifted BOLD is used
+    everywhere: as the training targets of every fold model that trains on run j and as the test data of the
+    fold that holds run j out. Every fold model is refitted (same design, same per-voxel alpha as the real
+    data's fit: the alphas are held fixed) and the statistic is recomputed: the mean over outer folds of the
+    held-out Pearson r (the fit's ``r_mean``). Lag 0 in every run gives the observed statistic.
+
+    The fit's engine does the work (brainalign.ridge.suffstats.NestedEngine: per-atom X'Y, sums and sums of
+    squares; each outer training Gram eigendecomposed once). A circular shift of run j leaves its sums and
+    sums of squares (and finiteness, min, max) unchanged and changes only its cross products with the design,
+    ``X_j' roll(Y_j, s)``; a permutation recomputes those (n p v multiply-adds over all runs; memory one
+    (atoms, p, v) array) and re-scores every outer fold with the given alphas (``outer_r``: 2 r p v + r^2 v per
+    fold; r = rank <= p). Fold-specific designs pay the cross products once per fold.
+
+    X: (n, p) design shared by the folds, or a callable ``X(k) -> (n, p)`` (fold-specific designs: residual
+    features, one engine per fold); groups: (n,) outer-fold label per row; runs: (n,) run label (contiguous,
+    each run in one fold); alphas: the fit's alpha grid (``fit.alphas``); folds: the fold labels in
+    scores.h5 order (default: sorted labels). Equal to refitting a float64 ridge on the shifted data
+    (tests/test_permutation.py).
+    """
+
+    def __init__(self, X, groups, runs, alphas, folds=None):
+        from .ridge.suffstats import NestedEngine
+
+        groups, runs = np.asarray(groups), np.asarray(runs)
+        self.bounds = run_bounds(runs)
+        self.folds = np.unique(groups) if folds is None else np.asarray(folds)
+        for a, b in self.bounds:
+            if np.any(groups[a:b] != groups[a]):
+                raise DataError(f"run {runs[a]} spans several outer folds; a run must lie in one fold")
+        self.grid = np.asarray(alphas, np.float64).reshape(-1)
+        splits = []
+        for lab in self.folds:
+            train, test = np.flatnonzero(groups != lab), np.flatnonzero(groups == lab)
+            g = groups[train]
+            splits.append(((train, test), [(np.flatnonzero(g != j), np.flatnonzero(g == j)) for j in np.unique(g)]))
+        shared = not callable(X)
+        self.engines = []                       # (engine, its outer fold index) per fold k
+        for k, (outer, inner) in enumerate(splits):
+            if shared and k:
+                self.engines.append((self.engines[0][0], k))
+                continue
+            eng = NestedEngine(X if shared else X(k), [s[0] for s in splits] if shared else [outer],
+                               [s[1] for s in splits] if shared else [inner], self.grid, dtype="float64")
+            self.engines.append((eng, k if shared else 0))
+        self.n_folds = len(self.folds)
+
+    def _alpha_index(self, alphas):
+        """(K, v) alpha values (NaN: fold left out) -> indices into the grid (-1 for NaN); DataError when a
+        value is not on the grid."""
+        alphas = np.asarray(alphas, np.float64)
+        idx = np.abs(np.log(self.grid)[:, None, None] - np.log(np.where(alphas > 0, alphas, 1.0))[None]).argmin(0)
+        ok = np.isfinite(alphas)
+        off = ok & ~np.isclose(self.grid[idx], alphas, rtol=1e-5)
+        if off.any():
+            raise DataError(f"alpha {alphas[off][0]:g} is not in the fit's alpha grid {self.grid.tolist()}")
+        return np.where(ok, idx, -1)
+
+    def statistics(self, Y, alphas, shifts):
+        """Mean-over-folds held-out r under each permutation: float64 (n_perm, v).
+
+        Y: (n, v) BOLD; alphas: (K, v) per fold and voxel, values of the grid (NaN: fold left out for that
+        voxel, as the fit's nan-mean); shifts: (n_perm, n_runs) lags (a row of zeros gives the observed
+        statistic).
+        """
+        Y = np.asarray(Y, dtype=np.float64)
+        shifts = np.asarray(shifts, dtype=np.int64)
+        K, v = self.n_folds, Y.shape[1]
+        if np.shape(alphas) != (K, v):
+            raise DataError(f"alphas shape {np.shape(alphas)} != (folds, voxels) {(K, v)}")
+        if shifts.ndim != 2 or shifts.shape[1] != len(self.bounds):
+            raise DataError(f"shifts shape {shifts.shape} != (n_perm, runs {len(self.bounds)})")
+        best = self._alpha_index(alphas)
+        r_sum = np.zeros((shifts.shape[0], v))
+        count = np.zeros_like(r_sum)
+        for eng in dict.fromkeys(e for e, _ in self.engines):   # each design once (shared: one engine)
+            st = eng.chunk_stats(Y)
+            Y0 = Y - np.asarray(st.shift)
+            runs = [(eng.X64[a:b], Y0[a:b], int(eng.labels[a])) for a, b in self.bounds]
+            for i, sh in enumerate(shifts):
+                C = np.zeros_like(st.C)
+                for (Xj, Yj, atom), s in zip(runs, sh):
+                    C[atom] += Xj.T @ np.roll(Yj, s, axis=0)          # the run's cross products, shifted
+                st_i = replace(st, C=C)
+                for k in (k for k, (e, _) in enumerate(self.engines) if e is eng):
+                    r = eng.outer_r(st_i, self.engines[k][1], best[k]).astype(np.float64)
+                    ok = np.isfinite(r)
+                    r_sum[i] += np.where(ok, r, 0.0)
+                    count[i] += ok
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, r_sum / count, np.nan)
+
+    def test_statistic(self, Y, alphas, shifts):
+        """(observed (v,), null (n_perm, v)): lag 0 everywhere, then the permutations of ``shifts``."""
+        zero = np.zeros((1, len(self.bounds)), np.int64)
+        stat = self.statistics(Y, alphas, np.concatenate([zero, np.asarray(shifts, np.int64)]))
+        return stat[0], stat[1:]
+
+
 # ---- the stage -----------------------------------------------------------------------------------
 
 def _settings(cfg):
@@ -341,7 +447,6 @@ def run_permutation(cfg, force: bool = False):
                         "which makes the p-values anti-conservative (0 draws every lag; see brainalign.permutation)",
                         min_shift)
         folds = np.arange(len(inp.folds))                         # fold k holds out rows with groups == k
-        rows_of = {groups[a]: (a, b) for a, b in run_bounds(groups)}   # consecutive runs form a fold
         obs = np.full((S, F, V), np.nan, np.float32)
         pv = np.full((S, F, V), np.nan, np.float32)
         cobs = {c.name: np.full((S, V), np.nan, np.float32) for c in contrasts}
@@ -349,48 +454,33 @@ def run_permutation(cfg, force: bool = False):
         all_shifts = np.empty((S, n_perm, len(lengths)), np.int32)
         log.info("permutation: %d subjects x %d feature sets at layer %d, %d voxels, %d permutations "
                  "(min shift %d TRs), %d contrasts", S, F, score_layers[li], V, n_perm, min_shift, len(contrasts))
-        scratch = out / f".permutation-scratch-{os.getpid()}.h5"
-        try:
-            with open_h5(scores_path, "scores file") as f, h5py.File(scratch, "w") as tmp:
-                alpha_ds = f["alpha"]
-                preds = {fs: tmp.create_dataset(fs, (len(runs), V), np.float32,
-                                                chunks=(len(runs), max(1, min(V, inp.chunk_width))))
-                         for fs in fsets}
-                for si, s in enumerate(progress(subjects, desc="permutation subjects")):
-                    rng = np.random.default_rng([seed, si])
-                    shifts = draw_shifts(lengths, n_perm, rng, min_shift)
-                    all_shifts[si] = shifts
-                    if inp.rows[s] is not None:      # missing runs (data.missing_runs: skip): left NaN
-                        log.warning("permutation: sub-%s lacks some runs; its permutation tests are skipped (NaN)", s)
-                        continue
-                    Yds = inp.bold["bold"][f"sub-{s}"]
-                    # pass 1: held-out predictions of every feature set (X-only work once per fold)
-                    for fs in fsets:
-                        fsi = score_fs.index(fs)
-                        for k, label in enumerate(folds):
-                            model = HeldoutRidge(inp.X(Unit(fsi, li, k)), groups == label)
-                            x, y = rows_of[label]                     # the held-out run's rows (contiguous)
-                            for a, b in inp.chunks:
-                                Y = Yds[:, a:b]
-                                preds[fs][x:y, a:b] = model.predict(Y[~model.test], alpha_ds[si, fsi, li, k, a:b])
-                    # pass 2: lagged correlations, nulls and p-values chunk by chunk
-                    for a, b in inp.chunks:
-                        Y = Yds[:, a:b]
-                        nulls = {}
-                        for fi, fs in enumerate(fsets):
-                            pred = preds[fs][:, a:b]
-                            lagged, fold_of_run = fold_lagged(pred, Y, runs, groups)
-                            o = observed_from_lagged(lagged, fold_of_run)
-                            null = null_from_lagged(lagged, shifts, fold_of_run)
-                            obs[si, fi, a:b], pv[si, fi, a:b] = o, perm_pvalues(o, null)
-                            nulls[fs] = (o, null)
-                        for c in contrasts:
-                            (oa, na), (ob, nb) = nulls[c.a], nulls[c.b]
-                            cobs[c.name][si, a:b] = oa - ob
-                            cp[c.name][si, a:b] = perm_pvalues(oa - ob, na - nb)
-        finally:
-            if scratch.exists():
-                scratch.unlink()
+        # the fold models of each feature set: designs and their eigendecompositions, shared by every subject
+        per_fold = [bool(inp.design["design"][fs].attrs.get("per_fold", 0)) for fs in fsets]
+        models = {fs: RefitNull((lambda k, fsi=score_fs.index(fs): inp.X(Unit(fsi, li, k))) if pf
+                                else inp.X(Unit(score_fs.index(fs), li, 0)), groups, runs, cfg.fit.alphas, folds)
+                  for fs, pf in zip(fsets, per_fold)}
+        with open_h5(scores_path, "scores file") as f:
+            alpha_ds = f["alpha"]
+            for si, s in enumerate(progress(subjects, desc="permutation subjects")):
+                rng = np.random.default_rng([seed, si])
+                shifts = draw_shifts(lengths, n_perm, rng, min_shift)
+                all_shifts[si] = shifts
+                if inp.rows[s] is not None:      # missing runs (data.missing_runs: skip): left NaN
+                    log.warning("permutation: sub-%s lacks some runs; its permutation tests are skipped (NaN)", s)
+                    continue
+                Yds = inp.bold["bold"][f"sub-{s}"]
+                for a, b in inp.chunks:
+                    Y = Yds[:, a:b]
+                    nulls = {}
+                    for fi, fs in enumerate(fsets):
+                        alphas = alpha_ds[si, score_fs.index(fs), li, :, a:b]
+                        o, null = models[fs].test_statistic(Y, alphas, shifts)
+                        obs[si, fi, a:b], pv[si, fi, a:b] = o, perm_pvalues(o, null)
+                        nulls[fs] = (o, null)
+                    for c in contrasts:
+                        (oa, na), (ob, nb) = nulls[c.a], nulls[c.b]
+                        cobs[c.name][si, a:b] = oa - ob
+                        cp[c.name][si, a:b] = perm_pvalues(oa - ob, na - nb)
         with open_h5(scores_path, "scores file") as f, warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             ref = np.stack([f["r_mean"][:, score_fs.index(fs), li, :] for fs in fsets], axis=1)
@@ -413,10 +503,14 @@ def run_permutation(cfg, force: bool = False):
         g.attrs["q"] = q_level
         g.attrs["tail"] = "greater"
         g.attrs["statistic"] = "mean over outer folds of the held-out Pearson r (scores.h5 r_mean)"
-        g.attrs["null"] = ("within-run circular shifts of the BOLD against the held-out prediction, one lag per "
-                           "run and permutation shared by all voxels and feature sets, "
-                           + ("uniform on all lags 0..n-1" if min_shift == 0 else
-                              f"uniform on [{min_shift}, n-{min_shift}]") + "; p = (1+#null>=obs)/(1+n)")
+        g.attrs["n_permutations"] = n_perm
+        g.attrs["null"] = NULL_NAME
+        g.attrs["null_description"] = (
+            "each run's BOLD circularly shifted by one random lag per permutation ("
+            + ("uniform on all lags 0..n-1" if min_shift == 0 else f"uniform on [{min_shift}, n-{min_shift}]")
+            + ", shared by every voxel and feature set) and used as both training and test data, so every outer "
+            "fold's ridge model is refitted on the shifted BOLD; held fixed: the design, the folds and each "
+            "voxel's per-fold alpha from the real data's inner CV; p = (1 + #null >= observed) / (1 + n)")
         # BH per subject (rows) over voxels of each test; stats.fdr_family 'all' pools the tests of a subject
         family = cfg.stats.fdr_family
         tests = {f"r:{fs}": pv[:, fi] for fi, fs in enumerate(fsets)} | {f"c:{c.name}": cp[c.name] for c in contrasts}

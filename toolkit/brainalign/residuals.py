@@ -43,6 +43,21 @@ from .ridge.solver import truncated_eigh
 
 _NP = NumpyBackend()
 
+# Where the bias of a residual feature set on voxels its predictors drive alone was measured within +-0.01
+# (bench/residual_limits.py; docs/methods.md): every outer fold has at least BIAS_MIN_ROWS training rows and
+# at most BIAS_MAX_COLS_PER_ROW predictor columns per training row. The stats stage flags contrasts with a
+# residual feature set outside these limits.
+BIAS_MIN_ROWS = 1600
+BIAS_MAX_COLS_PER_ROW = 0.27
+
+
+def within_measured_limits(train_rows, predictor_columns) -> bool:
+    """Whether a residual's cross-fit (the fewest outer-training rows of a fold, its predictor columns) lies
+    where the unimodal-voxel bias was measured within +-0.01 (None: unknown -> False)."""
+    if train_rows is None or predictor_columns is None:
+        return False
+    return train_rows >= BIAS_MIN_ROWS and predictor_columns <= BIAS_MAX_COLS_PER_ROW * train_rows
+
 
 def ridge_residual(target: np.ndarray, predictors: np.ndarray, train: np.ndarray, alpha: float) -> np.ndarray:
     """target − ridge prediction from predictors, the map (with intercept) fitted on rows ``train`` only.

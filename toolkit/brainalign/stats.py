@@ -32,7 +32,9 @@ Root attrs: ``subjects``, ``feature_sets``, ``roi_names`` (string lists), ``laye
 across layers × ROIs (voxels) within each contrast, ``all`` = across every contrast, layer and ROI (voxel)),
 ``fdr`` (that family in words), ``scores_file``, ``scores_created`` (the ``created`` attr of the scores.h5 used),
 ``stage_key`` / ``stage_record`` (brainalign.stagekeys) and the usual provenance attrs (config, git_commit, created, host, packages, ...).
-Each ``/roi/C`` and ``/voxel/C`` group carries attrs ``a``, ``b``. The group ``/permutation`` is reserved
+Each ``/roi/C`` and ``/voxel/C`` group carries attrs ``a``, ``b``, ``residual_flag`` (1: a or b is a residual
+feature set outside the limits where its bias was measured, see :func:`residual_flags`) and ``residual_note``
+(why, or ""); the root attr ``residual_flagged`` lists those contrasts. The group ``/permutation`` is reserved
 (per-subject permutation tests live in permutation.h5, see brainalign.permutation). NaN marks elements with
 fewer than 2 usable subjects.
 
@@ -40,15 +42,22 @@ Noise ceiling (``stats.noise_ceiling``: ``auto`` (default: ``isc`` when bold.h5 
 ``isc``, ``repeats`` or ``none``; formulas in brainalign.ceiling), written when a ceiling is computed:
 
 =================================  ============  ========  ===============================================
-/noise_ceiling/ceiling             (S, V)        float32   per-subject ceiling in r units
-/noise_ceiling/isc | ncsnr         (S, V)        float32   leave-one-subject-out ISC (isc) or NC-SNR (repeats)
-/noise_ceiling/roi_ceiling         (S, R)        float64   nan-mean of the ceiling over the ROI's voxels
-/noise_ceiling/roi_normalised      (S, F, L, R)  float64   /roi/mean_r / roi_ceiling (NaN: ceiling <= floor)
+/noise_ceiling/ceiling             (S, V)        float32   ceiling in r units (isc: one per voxel, the same
+                                                           row for every subject; repeats: per subject)
+/noise_ceiling/ceiling_low|high    (S, V)        float32   isc: 95 % interval of the ceiling
+/noise_ceiling/rho | ncsnr         (S, V)        float32   isc: each subject's mean r with the others
+                                                           (descriptive); repeats: NC-SNR
+/noise_ceiling/roi_ceiling         (S, R)        float64   isc: corrected root of the ROI-mean reliability;
+                                                           repeats: nan-mean of the ROI's voxel ceilings
+/noise_ceiling/roi_ceiling_low|high (S, R)       float64   isc: its 95 % interval
+/noise_ceiling/roi_normalised      (S, F, L, R)  float64   /roi/mean_r / roi_ceiling (NaN: not reliably
+                                                           above the floor, see brainalign.ceiling.normalise)
 /noise_ceiling/voxel_normalised    (F, L, V)     float32   nan-mean over subjects of r_mean / ceiling (NaN
-                                                           where the subject's ceiling <= floor)
+                                                           where the ceiling is not reliably above the floor)
 =================================  ============  ========  ===============================================
 
-attrs ``method`` (isc | repeats), ``formula``, ``floor``, ``spearman_brown`` (isc), ``n_avg`` (repeats).
+attrs ``method`` (isc | repeats), ``formula``, ``floor``, ``sigma`` / ``roi_sigma`` (isc: the pooled SE of the
+reliability that scales the low-reliability correction), ``n_avg`` (repeats).
 With a ceiling, ``roi_scores.csv`` (FS_COLUMNS: group mean r, its SEM, the group mean ceiling and the group
 mean of the per-subject normalised r per feature set, layer and ROI) and the map
 ``maps/group/group_stat-ceiling_bold.nii.gz`` (3-D, subject-mean ceiling) are written too.
@@ -57,6 +66,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -71,7 +82,7 @@ from .partition import CSV_COLUMNS as PARTITION_COLUMNS
 from .partition import partition_group_stats, partition_rows, test_names, write_partition_stats
 from .h5io import atomic_h5, atomic_path, is_complete, open_h5, read_str_attr, str_attr
 from .log import get_logger
-from .paths import BOLD, ROI_PARTITIONS_CSV, ROI_SCORES_CSV, ROI_STATS_CSV, SCORES, STATS, group_maps
+from .paths import BOLD, DESIGN, ROI_PARTITIONS_CSV, ROI_SCORES_CSV, ROI_STATS_CSV, SCORES, STATS, group_maps
 from .scores import ScoresMeta, read_scores_meta
 
 log = get_logger("stats")
@@ -88,9 +99,12 @@ FS_COLUMNS = ("feature_set", "layer", "roi", "n_subjects", "mean_r", "sem_r", "c
 class Ceiling:
     method: str                  # "isc" | "repeats"
     ceiling: np.ndarray          # (S, V) float64, r units
-    raw_name: str                # "isc" | "ncsnr"
+    raw_name: str                # "rho" | "ncsnr"
     raw: np.ndarray              # (S, V) float64
     attrs: dict
+    low: Optional[np.ndarray] = None     # (S, V) lower end of the 95 % interval (isc)
+    high: Optional[np.ndarray] = None    # (S, V) upper end
+    roi: Optional[dict] = None           # isc: {"ceiling", "low", "high"}: (R,) from the ROI-mean reliability
 
 
 def _ceiling_keys(cfg):
@@ -98,12 +112,12 @@ def _ceiling_keys(cfg):
     method = st.noise_ceiling or "none"
     if method not in ("auto", "isc", "repeats", "none"):
         raise ConfigError(f"stats.noise_ceiling: expected one of 'auto', 'isc', 'repeats', 'none', got {method!r}")
-    return (method, float(st.ceiling_floor), bool(st.ceiling_spearman_brown), st.noise_ceiling_repeats,
+    return (method, float(st.ceiling_floor), st.noise_ceiling_repeats,
             int(st.noise_ceiling_n_avg))
 
 
-def _isc_from_bold(cfg, meta: ScoresMeta, required: bool, spearman_brown: bool):
-    from .ceiling import ceiling_from_isc, loso_isc
+def _isc_from_bold(cfg, meta: ScoresMeta, required: bool):
+    from .ceiling import ceiling_interval, corrected_root, isc_reliability, pooled_se, run_summary
 
     bold_path = Path(cfg.output) / BOLD
     if not required and not is_complete(bold_path):
@@ -125,19 +139,51 @@ def _isc_from_bold(cfg, meta: ScoresMeta, required: bool, spearman_brown: bool):
             return None
         if len(meta.subjects) < 2:
             return None
-        isc = np.empty((len(meta.subjects), meta.n_voxels))
+        S, V, R = len(meta.subjects), meta.n_voxels, len(meta.roi_ids)
+        rho, se, n_runs = np.empty(V), np.empty(V), np.empty(V)
+        rho_subject = np.empty((S, V))
+        roi_index = _roi_index(meta.roi_ids, meta.roi_labels)      # (V,) position in roi_ids, R = none
+        in_roi = roi_index < R
+        roi_sum = roi_cnt = None
         step = max(1, int(cfg.fit.chunk_voxels))
-        for a in range(0, meta.n_voxels, step):
-            b = min(a + step, meta.n_voxels)
+        for a in range(0, V, step):
+            b = min(a + step, V)
             Y = np.stack([f["bold"][f"sub-{s}"][:, a:b][local[s]] for s in meta.subjects])
-            isc[:, a:b] = loso_isc(Y, runs[common])
-    S = len(meta.subjects)
-    ceiling = ceiling_from_isc(isc, S, spearman_brown)
-    formula = ("leave-one-subject-out ISC averaged over runs" + (
-        f", Spearman-Brown corrected: sqrt(rho), isc^2 = k rho^2 / (1 + (k-1) rho), k = {S - 1}"
-        if spearman_brown else ", uncorrected (ceiling = max(isc, 0))"))
-    return Ceiling("isc", ceiling, "isc", isc, {"formula": formula, "spearman_brown": int(spearman_brown),
-                                                "bold_file": str(bold_path)})
+            rel = isc_reliability(Y, runs[common])
+            rho[a:b], se[a:b], n_runs[a:b], rho_subject[:, a:b] = rel["rho"], rel["se"], rel["n_runs"], \
+                rel["rho_subject"]
+            rr = rel["rho_runs"]                                   # (n_runs, chunk): ROI sums per run
+            if roi_sum is None:
+                roi_sum, roi_cnt = np.zeros((rr.shape[0], R)), np.zeros((rr.shape[0], R))
+            ok = np.isfinite(rr) & in_roi[a:b]
+            for i in range(rr.shape[0]):
+                roi_sum[i] += np.bincount(roi_index[a:b][ok[i]], weights=rr[i, ok[i]], minlength=R)[:R]
+                roi_cnt[i] += np.bincount(roi_index[a:b][ok[i]], minlength=R)[:R]
+    low, high = ceiling_interval(rho, se, n_runs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        roi_rel = run_summary(np.where(roi_cnt > 0, roi_sum / np.maximum(roi_cnt, 1), np.nan))
+    roi_low, roi_high = ceiling_interval(roi_rel["rho"], roi_rel["se"], roi_rel["n_runs"])
+    per_subject = lambda x: np.broadcast_to(x, (S,) + x.shape).copy()          # noqa: E731
+    formula = ("rho = mean over runs of the mean Pearson r over subject pairs (each run's TRs); ceiling = "
+               "sign(rho) sqrt(|rho|) (1 + 0.3 exp(-(rho/sigma)^2 / (2*1.6^2))), sigma = sqrt(median SE^2 over "
+               "runs), one per voxel shared by the subjects; 95 % interval = signed roots of rho -/+ "
+               "t(0.975, runs-1) SE; ROI: the same on the ROI-mean rho of each run (brainalign.ceiling)")
+    sigma, roi_sigma = pooled_se(se), pooled_se(roi_rel["se"])
+    return Ceiling("isc", per_subject(corrected_root(rho, sigma)), "rho", rho_subject,
+                   {"formula": formula, "bold_file": str(bold_path), "sigma": sigma, "roi_sigma": roi_sigma},
+                   per_subject(low), per_subject(high),
+                   {"ceiling": corrected_root(roi_rel["rho"], roi_sigma), "low": roi_low, "high": roi_high})
+
+
+def _roi_index(ids, labels):
+    """Position of each voxel's label in ``ids`` (len(ids) where the label is no ROI)."""
+    ids, labels = np.asarray(ids), np.asarray(labels)
+    if not ids.size:
+        return np.zeros(labels.shape, np.int64)
+    order = np.argsort(ids, kind="stable")
+    pos = np.minimum(np.searchsorted(ids[order], labels), ids.size - 1)
+    hit = ids[order][pos] == labels
+    return np.where(hit, order[pos], ids.size)
 
 
 def _shared_rows(f, subjects, runs):
@@ -180,16 +226,44 @@ def _ceiling_from_repeats(cfg, meta: ScoresMeta, template, n_avg: int):
 
 def compute_ceiling(cfg, meta: ScoresMeta) -> Optional[Ceiling]:
     """The noise ceiling chosen by ``stats.noise_ceiling`` (None when off or, for ``auto``, unavailable)."""
-    method, floor, sb, template, n_avg = _ceiling_keys(cfg)
+    method, floor, template, n_avg = _ceiling_keys(cfg)
     if method == "none":
         return None
     if method == "repeats":
         c = _ceiling_from_repeats(cfg, meta, template, n_avg)
     else:
-        c = _isc_from_bold(cfg, meta, required=method == "isc", spearman_brown=sb)
+        c = _isc_from_bold(cfg, meta, required=method == "isc")
     if c is not None:
         c.attrs["floor"] = floor
     return c
+
+
+def residual_flags(cfg, contrasts) -> dict:
+    """{contrast name: reason} for contrasts whose a or b is a residual feature set outside the limits where
+    its bias on voxels driven by its predictors alone was measured within +-0.01 (brainalign.residuals)."""
+    from .residuals import BIAS_MAX_COLS_PER_ROW, BIAS_MIN_ROWS, within_measured_limits
+
+    names = {r.name for r in getattr(cfg.align, "residuals", [])}
+    used = {s for c in contrasts for s in (c.a, c.b) if s in names}
+    if not used:
+        return {}
+    info = {}
+    design = Path(cfg.output) / DESIGN
+    with (open_h5(design, "design file") if is_complete(design) else nullcontext()) as f:
+        for s in used:
+            ds = f["design"][s] if f is not None and s in f.get("design", {}) else None
+            rows = int(ds.attrs["train_rows"]) if ds is not None and "train_rows" in ds.attrs else None
+            cols = int(ds.attrs["predictor_columns"]) if ds is not None and "predictor_columns" in ds.attrs else None
+            if not within_measured_limits(rows, cols):
+                info[s] = (f"residual {s}: {rows} training rows per outer fold for {cols} predictor columns, "
+                           f"outside the measured limits (>= {BIAS_MIN_ROWS} rows, <= {BIAS_MAX_COLS_PER_ROW} "
+                           "columns per row) where its bias on voxels its predictors drive "
+                           "alone is within +-0.01 of 0; a residual effect there may be partly the predictors' "
+                           "(docs/methods.md)" if rows is not None else
+                           f"residual {s}: design.h5 does not record its cross-fit size (re-run align); its bias "
+                           "on voxels its predictors drive alone is unmeasured")
+    return {c.name: "; ".join(info[s] for s in (c.a, c.b) if s in info) for c in contrasts
+            if c.a in info or c.b in info}
 
 
 def write_fs_csv(path, rows):
@@ -275,7 +349,8 @@ def run_stats(cfg, force: bool = False) -> Path:
             if ceil is not None:
                 from .ceiling import normalise
 
-                vox_norm[:, li, :] = _mean_sem(normalise(rm, ceil.ceiling[:, None, :], floor))[0]
+                low = None if ceil.low is None else ceil.low[:, None, :]
+                vox_norm[:, li, :] = _mean_sem(normalise(rm, ceil.ceiling[:, None, :], floor, low))[0]
             z = fisher_z(rm)
             for c in contrasts:
                 d = z[:, c.ia] - (z[:, c.ib] if c.ib is not None else 0.0)
@@ -322,8 +397,12 @@ def run_stats(cfg, force: bool = False) -> Path:
     if ceil is not None:
         from .ceiling import normalise
 
-        roi_ceil = roi_means(ceil.ceiling, meta.roi_labels, meta.roi_ids)                 # (S, R)
-        roi_norm = normalise(roi_r, roi_ceil[:, None, None, :], floor)                   # (S, F, L, R)
+        if ceil.roi is not None:     # isc: from the ROI-mean reliability (not the mean of voxel roots)
+            roi_ceil, roi_low = (np.broadcast_to(ceil.roi[k], (S, R)).copy() for k in ("ceiling", "low"))
+        else:
+            roi_ceil, roi_low = roi_means(ceil.ceiling, meta.roi_labels, meta.roi_ids), None          # (S, R)
+        roi_norm = normalise(roi_r, roi_ceil[:, None, None, :], floor,
+                             None if roi_low is None else roi_low[:, None, None, :])   # (S, F, L, R)
         m_r, s_r, n_r = _mean_sem(roi_r)
         m_n, s_n, _ = _mean_sem(roi_norm)
         m_c = _mean_sem(roi_ceil)[0]
@@ -366,12 +445,18 @@ def run_stats(cfg, force: bool = False) -> Path:
         groi.create_dataset("mean_r", data=roi_r)
         gvox = g.create_group("voxel")
         gvox.create_dataset("mean_r", data=vox_mean_r, compression="gzip", shuffle=True, chunks=True)
+        flags = residual_flags(cfg, contrasts)
+        for name, why in flags.items():
+            log.warning("stats: contrast %s flagged: %s", name, why)
+        g.attrs["residual_flagged"] = str_attr(list(flags))
         for c in contrasts:
             gr = groi.create_group(c.name)
             gv = gvox.create_group(c.name)
             for grp in (gr, gv):
                 grp.attrs["a"] = c.a
                 grp.attrs["b"] = c.b or ""
+                grp.attrs["residual_flag"] = int(c.name in flags)
+                grp.attrs["residual_note"] = flags.get(c.name, "")
             res = roi[c.name]
             for k in ROI_STATS:
                 gr.create_dataset(k, data=res[k].astype(np.float64))
@@ -391,6 +476,11 @@ def run_stats(cfg, force: bool = False) -> Path:
             gc.create_dataset("ceiling", data=ceil.ceiling.astype(np.float32), **kw)
             gc.create_dataset(ceil.raw_name, data=ceil.raw.astype(np.float32), **kw)
             gc.create_dataset("roi_ceiling", data=roi_ceil)
+            if ceil.low is not None:
+                gc.create_dataset("ceiling_low", data=ceil.low.astype(np.float32), **kw)
+                gc.create_dataset("ceiling_high", data=ceil.high.astype(np.float32), **kw)
+                gc.create_dataset("roi_ceiling_low", data=roi_low)
+                gc.create_dataset("roi_ceiling_high", data=np.broadcast_to(ceil.roi["high"], (S, R)).copy())
             gc.create_dataset("roi_normalised", data=roi_norm)
             gc.create_dataset("voxel_normalised", data=vox_norm, **kw)
 
