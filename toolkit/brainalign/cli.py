@@ -131,7 +131,11 @@ def main(argv=None):
         if args.verb == "validate":
             from .datafiles import check_data_files
 
+            from .pipeline.checkpoints import check_checkpoints
+
             summary = check_data_files(cfg)
+            n_ckpt = check_checkpoints(cfg)
+            summary += f"; {n_ckpt} checkpoint(s) readable" if n_ckpt else ""
             print(cfg.text if args.set else f"config {cfg.source}: ok ({cfg.name}; pipeline "
                   f"{' '.join(cfg.pipeline)}; feature sets {' '.join(cfg.feature_sets)}; {summary})")
             return 0

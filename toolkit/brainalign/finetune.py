@@ -25,7 +25,7 @@ Outputs under ``{output}/finetune/`` (rank 0 writes, each file atomically):
 * ``metrics.json``   per-epoch train loss, val loss and val accuracy, chance level, provenance.
 
 Other backbones (``build_qa_model`` dispatches on ``model.backbone``; heads in :mod:`.finetune_heads`):
-``merlot_reserve`` -- the original's TVQA head: ``windows.frames`` (<= 7) segments of 4.667 s around ``ts``,
+``merlot_reserve`` -- the original's TVQA head: 7 segments of 4.667 s around ``ts`` (whatever ``windows.frames``),
 the joint transformer's state at a MASK token after "ts + question + answer" (segment 0) -> Linear -> 1
 logit, once with the clip's audio (``audio/{vid_name}.*``) and once with the subtitles of each segment as the
 segments' input; loss = the sum of the two passes' cross-entropies, prediction = argmax of the summed
@@ -83,6 +83,7 @@ class TVQADataset(Dataset):
         self.use_frames, self.use_subtitles = use_frames, use_subtitles
         self.encoder, self.pad, self.builder = None, PAD, None
         self._subs: dict = {}        # vid_name -> subtitle words (stimuli Word list)
+        self._cues: dict = {}        # vid_name -> subtitle cues (stimuli.transcript.Cue list)
         self._files: dict = {}       # vid_name -> sorted frame files
         per_item = n_frames * size * size * 3 if use_frames else 0
         self._cache = {} if per_item * len(self.items) <= CACHE_BYTES else None
@@ -108,6 +109,17 @@ class TVQADataset(Dataset):
 
             self._subs[it.vid_name] = read_transcript(tvqa.subtitle_path(self.root, it.vid_name))
         return self._subs[it.vid_name]
+
+    def cues(self, it: tvqa.QAItem) -> list:
+        """The clip's subtitle cues (stimuli.transcript.Cue list, text as written)."""
+        if it.vid_name not in self._cues:
+            from .stimuli.transcript import read_srt_cues
+
+            path = tvqa.subtitle_path(self.root, it.vid_name)
+            if not path.is_file():
+                raise DataError(f"TVQA clip {it.vid_name}: subtitles not found: {path}")
+            self._cues[it.vid_name] = read_srt_cues(path)
+        return self._cues[it.vid_name]
 
     def set_encoder(self, encoder, pad: int) -> None:
         """Rows from ``encoder(sub words, question words, 5 answer word lists) -> 5 int lists``, padded with
@@ -270,11 +282,12 @@ def build_qa_model(cfg) -> nn.Module:
     if name == "merlot_reserve":
         from .finetune_heads import MAX_TVQA_SEGMENTS, MerlotQAModel
 
-        if not 1 <= cfg.windows.frames <= MAX_TVQA_SEGMENTS:
-            raise ConfigError(f"windows.frames: MERLOT Reserve's TVQA head takes 1..{MAX_TVQA_SEGMENTS} segments "
-                              f"(one frame each, after the query's segment 0), got {cfg.windows.frames}")
+        # the original always builds 7 segments (one frame each); windows.frames is the tiny/hf frame count
+        if cfg.windows.frames != MAX_TVQA_SEGMENTS:
+            log.info("merlot_reserve TVQA: %d segments of 4.67 s with one frame each, as the original "
+                     "(windows.frames = %d is not used)", MAX_TVQA_SEGMENTS, cfg.windows.frames)
         return MerlotQAModel.from_checkpoint(cfg.path(cfg.model.checkpoint), seed=cfg.finetune.seed,
-                                             n_segments=cfg.windows.frames)
+                                             n_segments=MAX_TVQA_SEGMENTS)
     if name == "hf":
         from .finetune_heads import HFQAModel
         from .models.hf import load_hf
