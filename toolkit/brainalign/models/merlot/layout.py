@@ -78,8 +78,6 @@ PASSES = {
         "language_only": (("text", "text"),),
     },
 }
-#: the ``causal`` forms (one pass per condition), as before issue 22
-FORMS = {c: p[0] for c, p in PASSES["causal"].items()}
 
 
 def check_layout(layout: str) -> str:
