@@ -90,9 +90,11 @@ def test_friends_roi_set_is_made_of_atlas_labels(tree, repo_root):
 
 
 def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err, err
-    return err
+    """The error: one line 'brainalign VERB: error: ...' (log lines such as the missing-runs warning aside)."""
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("brainalign ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
 
 
 def test_validate_and_submit_refuse_a_checkpoint_that_is_not_there_or_not_converted(tree, converted, repo_root,

@@ -133,8 +133,8 @@ def main(argv=None):
 
             from .pipeline.checkpoints import check_checkpoints
 
-            summary = check_data_files(cfg)
             n_ckpt = check_checkpoints(cfg)
+            summary = check_data_files(cfg)
             summary += f"; {n_ckpt} checkpoint(s) readable" if n_ckpt else ""
             print(cfg.text if args.set else f"config {cfg.source}: ok ({cfg.name}; pipeline "
                   f"{' '.join(cfg.pipeline)}; feature sets {' '.join(cfg.feature_sets)}; {summary})")
