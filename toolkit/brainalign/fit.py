@@ -252,7 +252,7 @@ def compute_unit(inp: FitInputs, unit: Unit, cache: SolverCache):
 
 
 def write_scores_header(f, inp: FitInputs, cfg):
-    """The attrs, ``/mask`` and ``/roi_labels`` of scores.h5 (layout documented in the README)."""
+    """The attrs, ``/mask`` and ``/roi_labels`` of scores.h5 (layout documented in docs/file-layouts.md)."""
     f.attrs["subjects"] = str_attr(inp.subjects)
     f.attrs["feature_sets"] = str_attr(inp.feature_sets)
     f.attrs["layers"] = np.asarray(inp.layers, np.int64)

@@ -232,7 +232,7 @@ def test_names(ps: PartitionStats) -> list[str]:
 
 
 def write_partition_stats(g, parts: list[PartitionStats]):
-    """stats.h5 ``/partition/{name}/roi/...`` and ``/voxel/...`` (layout in the README)."""
+    """stats.h5 ``/partition/{name}/roi/...`` and ``/voxel/...`` (layout in docs/file-layouts.md)."""
     from .h5io import str_attr
 
     for ps in parts:

@@ -242,7 +242,7 @@ def simulate(cfg, force: bool = False) -> Path:
 
 
 def truth_record(cfg, names, roi_index, target_r, ceilings, episodes, model, stage_key) -> dict:
-    """The content of truth.json (documented in the README, *The demo dataset*)."""
+    """The content of truth.json (documented in docs/demo-dataset.md)."""
     sim, b = cfg.simulate, cfg.data.bold
     counts = {ep: {c: sum(1 for *_, k in e.words if k == c) for c in (FRAME_PREDICTABLE, OTHER)}
               for ep, e in zip(cfg.data.episodes, episodes)}
