@@ -390,7 +390,7 @@ def test_centred_layout_sees_nothing_after_the_window(centred):
 
 
 def test_layout_is_a_config_choice_in_the_extract_key():
-    from brainalign.pipeline.stages import STAGES
+    from brainalign.stagetable import STAGES
 
     cfg = parse_config({"model": {"backbone": "merlot_reserve"}})
     assert cfg.model.merlot_reserve.layout == "centred"

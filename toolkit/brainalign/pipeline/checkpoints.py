@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from .stages import STAGES
+from ..stagetable import STAGES
 
 
 def named_checkpoints(cfg) -> list:
