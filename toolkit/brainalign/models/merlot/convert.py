@@ -281,7 +281,7 @@ def read_converted(path) -> dict:
 
 
 CONVERT_HINT = ("python -m brainalign.models.merlot.convert FLAX_CKPT OUT.pt --tokenizer lowercase_encoder.json "
-                "(README: MERLOT Reserve weights)")
+                "(README: Running on CNeuroMod / Algonauts data, step 4)")
 
 
 def check_converted(path, key: str = "model.checkpoint") -> None:
