@@ -3,10 +3,10 @@
     python bench/merlot_throughput.py [--sizes base large] [--context 1.49] [--batch 4] [--repeats 2]
                                       [--device cpu|cuda] [--precision float32|bfloat16]
 
-A window is what extraction feeds per TR (brainalign.models.merlot.layout): the 5-s segment(s) ending at
-the window's end, one 192 x 320 frame per segment (60 pooled vision tokens), 3 sub-segments per segment
-given as 6 AUDIOSPAN slots of a 60-frame clip (context) or as the words spoken in them (target, ~2.7
-words/s) or one MASK, per the condition. Each condition is timed from scratch (vision and audio encoders
+A window is what extraction feeds per TR (brainalign.models.merlot.layout, default layout ``centred``): the
+5-s segment(s) around the window, one 192 x 320 frame per segment (60 pooled vision tokens), 3 sub-segments
+per segment given as 6 AUDIOSPAN slots of a 60-frame clip or as the words spoken in them (~2.7 words/s) or one
+MASK, per the condition (joint and no_vision: two passes). Each condition is timed from scratch (vision and audio encoders
 included: the per-episode cache is cleared before every repeat) and with the encoders' outputs cached
 (what the 2nd..6th condition of an episode costs). Printed: windows/s per size and condition, and each
 condition's time relative to joint. Timing only; no assertions. On CUDA (``--device cuda --precision

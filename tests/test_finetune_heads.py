@@ -130,41 +130,66 @@ def manual_merlot_logits(model, inputs, ids):
     return out
 
 
+def test_tvqa_subtitles_whole_cues_by_midpoint(tmp_path):
+    """prep_data.py: for each pysrt cue, mid = (start + end) / 2, pos = np.searchsorted(bounds, mid) over the
+    segment starts + the last end (side left), kept when 0 < pos <= n, appended whole (its text lines joined
+    by newlines); per segment ' '.join(texts), unidecode(ftfy(.)), newlines -> spaces. Written out here."""
+    from brainalign.stimuli.transcript import read_srt_cues
+
+    srt = tmp_path / "c.srt"
+    srt.write_text("1\n00:00:00,500 --> 00:00:03,900\n<i>Ross:</i> We were\non a break!\n\n"   # mid 2.2 -> seg 0
+                   "2\n00:00:04,000 --> 00:00:06,000\nIt\u2019s \u201cover\u201d\n\n"    # mid 5.0 = a start -> seg 0
+                   "3\n00:00:04,100 --> 00:00:09,900\nCaf\u00e9 \u2014 now\n\n"             # mid 7.0 -> seg 1
+                   "4\n00:00:20,000 --> 00:00:21,000\nlate\n\n"                               # mid 20.5: after
+                   "5\n00:00:00,000 --> 00:00:00,400\nearly\n", encoding="utf-8")   # mid 0.2 < start 1
+    segs = [(1.0, 5.0), (5.0, 9.0), (9.0, 13.0)]
+    got = tvqa.segment_subtitles(read_srt_cues(srt), segs)
+    assert got == ["<i>Ross:</i> We were on a break! It's \"over\"", "Cafe -- now", ""]
+
+
 def test_merlot_rows_logits_and_mask_pooling(synth, merlot_ckpt, tmp_path):
     from brainalign.models.merlot.model import START
     from brainalign.models.merlot.spectrogram import tvqa_clips
     from brainalign.stimuli.audio import peak_normalise, read_audio
 
     cfg = merlot_cfg(tmp_path, synth, merlot_ckpt)
-    cfg.windows.frames = 3
+    cfg.windows.frames = 3                                   # not MERLOT's: the original always builds 7 segments
     qa = finetune.build_qa_model(cfg).eval()
     assert isinstance(qa, MerlotQAModel) and not hasattr(qa.model, "head") and not hasattr(qa.model, "span_encoder")
+    assert qa.n_segments == 7
     ds = loaded(cfg, qa)
     it = ds.items[0]
     tok = word_level(MERLOT_SPECIAL, "<unk>")
     enc = lambda text: tok.encode(text).ids                              # noqa: E731
-    segs = tvqa.merlot_segments(it.ts, 3, 11 / 3)
-    assert len(segs) == 2 and segs[0][0] < 0                             # the 4-s clip holds 2 of the 3
+    # prep_data.py by hand for this 4-s clip (12 frames at 3 fps: max_time 11/3): ts mid rounded to 1/3 s,
+    # [mid - 7/3, mid + 7/3], then one 14/3-s step left (ends < 0: skipped) and right ([10/3, 8]: kept, starts
+    # before max_time), the next ones out of the clip; 2 real segments, padded to 7
+    mid = round((it.ts[0] + it.ts[1]) / 2 * 3) / 3
+    assert mid == 1.0
+    segs = [(mid - 4.6666667 / 2, mid + 4.6666667 / 2), (10 / 3, 8.0)]
     inputs, rows, label = ds[0]
     # segment 0: "{start} to {end}" (in % of the segments' span) + START + question + "answer: " + answer, MASK
     t0, dur = segs[0][0], segs[-1][1] - segs[0][0]
     rel = f"{int((it.ts[0] - t0) / dur * 100)} to {int((it.ts[1] - t0) / dur * 100)}"
-    subs = [[], [], []]
-    bounds = [segs[0][0], segs[1][0], segs[1][1]]
-    for w in ds.transcript(it):                                          # subtitle words by their centre
-        c = w.onset + w.duration / 2
-        subs[0 if c < bounds[1] else 1].append(w.word)
-    assert subs[0] and subs[1]
+    # subtitles: each cue WHOLE by its midpoint (prep_data.py: searchsorted over the segment starts): the
+    # clip's cues [0.2, 1.8] and [2.2, 3.8] have midpoints 1.0 and 3.0 < 10/3, so both are segment 1's text,
+    # joined by a space, newlines as spaces (a word-centre rule would put the words of the second cue
+    # after 3.33 s in segment 2)
+    srt = (synth / "subtitles" / f"{it.vid_name}.srt").read_text().split("\n\n")
+    cue_text = [b.strip().split("\n", 2)[2].replace("\n", " ") for b in srt if b.strip()]
+    assert len(cue_text) == 2
+    sub1 = enc(" ".join(cue_text))
     for a, row, seg, arow, aseg in zip(it.answers, rows, inputs.text_seg, inputs.audio_rows, inputs.audio_seg):
         option = enc(rel) + [START] + enc(it.question) + enc("answer: ") + enc(a) + [MASK]
-        assert row == option + enc(" ".join(subs[0])) + enc(" ".join(subs[1]))
-        assert seg == [0] * len(option) + [1] * len(enc(" ".join(subs[0]))) + [2] * len(enc(" ".join(subs[1])))
-        assert arow == option + [AUDIOSPAN] * 54 and aseg == [0] * len(option) + [1] * 18 + [2] * 18 + [3] * 18
-    # frames: the middle of each segment, letterboxed (32 x 32 -> 16 x 16 in the 16 x 24 grid); the third
-    # segment does not exist: black frame, silent audio (speed column 1)
-    assert inputs.frames.shape == (3, 16, 24, 3) and inputs.valid.tolist() == [True, True, False]
+        assert row == option + sub1
+        assert seg == [0] * len(option) + [1] * len(sub1)
+        arow_want = option + [AUDIOSPAN] * (18 * 7)
+        assert arow == arow_want[:256] and aseg == ([0] * len(option) + [s for s in range(1, 8) for _ in range(18)])[:256]
+    # frames: the middle of each segment, letterboxed (32 x 32 -> 16 x 16 in the 16 x 24 grid); segments
+    # 3..7 do not exist: black frame, silent audio (speed column 1)
+    assert inputs.frames.shape == (7, 16, 24, 3) and inputs.valid.tolist() == [True, True] + [False] * 5
     assert (inputs.frames[:, :, 16:] == 0).all() and inputs.frames[0, :, :16].mean() > 20
-    assert (inputs.frames[2] == 0).all() and (inputs.audio[2, ..., :64] == 0).all()
+    assert (inputs.frames[2:] == 0).all() and (inputs.audio[2:, ..., :64] == 0).all()
     assert (inputs.audio[..., 64] == 1).all()
     # audio: the clip's wav at 22,620 Hz over its peak; segment 1 = samples [floor(sr t0), floor(sr t1))
     wave = peak_normalise(read_audio(tvqa.audio_path(synth, it.vid_name), 22620))
@@ -186,7 +211,7 @@ def test_merlot_rows_logits_and_mask_pooling(synth, merlot_ckpt, tmp_path):
         emb = qa.model.embed_inputs(tokens=ids[:1, 0], token_segment=batch.text_seg[:1, 0],
                                     frames=batch.frames[:1].float() / 255, vision_segment_offset=1)
     vis_seg = (emb["coords"][0, ids.shape[-1]:, 2] * 16).tolist()
-    assert vis_seg == [1.0] * 6 + [2.0] * 6 + [3.0] * 6
+    assert vis_seg == [float(s) for s in range(1, 8) for _ in range(6)]
 
 
 def test_merlot_proj_starts_as_the_original_trained_it(merlot_ckpt):
@@ -210,9 +235,8 @@ def test_merlot_tvqa_needs_the_clip_audio(synth, merlot_ckpt, tmp_path):
     qa = finetune.build_qa_model(cfg)
     with pytest.raises(DataError, match=r"TVQA clip synth_train_00000: no audio file .*audio/synth_train_00000.mp3"):
         loaded(cfg, qa)[0]
-    cfg.windows.frames = 8
-    with pytest.raises(ConfigError, match=r"windows.frames: MERLOT Reserve's TVQA head takes 1..7 segments"):
-        finetune.build_qa_model(cfg)
+    cfg.windows.frames = 8                                   # the tiny/hf frame count: MERLOT takes 7 segments
+    assert finetune.build_qa_model(cfg).n_segments == 7
 
 
 def test_two_pass_loss_is_the_sum_of_the_single_pass_losses():

@@ -266,6 +266,22 @@ def test_convert_writes_loadable_checkpoint(tiny_ckpt, tiny_model, tmp_path):
     torch.testing.assert_close(w, w.half().float(), rtol=0, atol=0)
 
 
+def test_converter_command_runs_without_warnings(tiny_ckpt, tmp_path):
+    """The documented command, `python -m brainalign.models.merlot.convert`, as a user runs it: exit 0, the
+    output path on stdout, nothing on stderr (no runpy "found in sys.modules" RuntimeWarning)."""
+    import subprocess
+    import sys
+
+    _, _, path = tiny_ckpt
+    dst = tmp_path / "c.pt"
+    out = subprocess.run([sys.executable, "-m", "brainalign.models.merlot.convert", str(path), str(dst), "--grid",
+                          "4", "6", "--audio-seq-length", "12", "--audio-token-length", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "" and out.stdout.strip() == str(dst)
+    assert load_converted(dst).cfg == MerlotConfig(**TINY)
+
+
 def _write(path, params):
     path.write_bytes(flaxmsgpack.serialize({"step": np.int32(1), "params": params}))
     return path

@@ -24,7 +24,7 @@ from brainalign.stimuli.transcript import Word
 TINY = dict(hidden_size=96, size_per_head=48, rotary_hsize=32, vocab_size=64, joint_num_layers=2,
             vit_num_layers=1, audio_num_layers=1, span_num_layers=1, vit_patch_size=4, output_grid=(4, 6),
             audio_seq_length=60, audio_token_length=6, audio_patch_size=2, num_mels=64)
-VOCAB = {w: 10 + i for i, w in enumerate("a b c d we were on break late early hello there".split())}
+VOCAB = {w: 10 + i for i, w in enumerate("a b c d we were on break late early hello there okay".split())}
 CONDITIONS = ("joint", "no_vision", "no_language", "no_audio", "vision_only", "language_only")
 
 
@@ -33,9 +33,20 @@ def word_ids(text):
 
 
 @pytest.fixture(scope="module")
-def backbone():
+def model():
     torch.manual_seed(0)
-    return MerlotBackbone(build_model(MerlotConfig(**TINY)), word_ids)
+    return build_model(MerlotConfig(**TINY))
+
+
+@pytest.fixture(scope="module")
+def backbone(model):
+    """The layout before issue 22 (``causal``), whose rules the tests of sections 1-3 spell out."""
+    return MerlotBackbone(model, word_ids, layout="causal")
+
+
+@pytest.fixture(scope="module")
+def centred(model):
+    return MerlotBackbone(model, word_ids)
 
 
 # ---------------------------------------------------------------------------------------------- 1. frames
@@ -220,7 +231,7 @@ def test_peak_normalisation_is_what_the_clips_see(tmp_path, backbone):
     st = load_episode_stimuli(cfg, "ep", backbone.stimulus_spec)
     raw = wavfile.read(tmp_path / "stimuli" / "ep.wav")[1]
     np.testing.assert_allclose(st.waveform, raw / np.abs(raw).max(), atol=1e-6)
-    plan = layout.plan_windows(st.windows)
+    plan = layout.plan_windows(st.windows, "causal")
     i = 7                                                            # window [7.5, 8.75): segment [3.75, 8.75)
     clips = backbone.clips(st, i, plan)
     assert plan.n_context == 2 and clips.shape == (2, 60, 65)
@@ -243,23 +254,25 @@ def stimuli_for(windows, transcript, n_seg, seconds=30.0, seed=0):
 
 
 TR_WORDS = [("early", 4.9, .2), ("we", 5.2, .3), ("were", 6.9, .4), ("on", 8.5, .2), ("a", 9.0, .1),
-            ("break", 9.7, .5), ("late", 10.2, .2)]
+            ("break", 9.7, .5), ("okay", 9.8, .5), ("late", 10.2, .2)]
 
 
 def test_layout_of_a_tr_window_by_hand(backbone):
-    """Window [8.51, 10) (a 1.49-s TR): one 5-s segment [5, 10), clips centred 0.853 / 2.507 / 4.160 s in it.
-    Word centres 5.35 -> sub 0; 7.1 -> sub 1; 8.6, 9.05, 9.95 -> sub 2 (the target); 'early' (onset 4.9)
-    and 'late' (10.2) lie outside the segment."""
-    plan = layout.plan_window(1.49)
+    """Window [8.51, 10) (a 1.49-s TR), causal layout: one 5-s segment [5, 10), clips centred 0.853 / 2.507 /
+    4.160 s in it. A word is in the segment that holds its CENTRE (data/process.py: center = (start + end) / 2,
+    a chunk takes the rows with center < t_end): 'early' (4.9-5.1, centre 5.0) is in, 'okay' (9.8-10.3,
+    centre 10.05) is not, though its onset is in the window. Centres 5.0, 5.35 -> sub 0; 7.1 -> sub 1; 8.6,
+    9.05, 9.95 -> sub 2 (the target); 'late' (10.3) is after the segment."""
+    plan = layout.plan_window(1.49, "causal")
     assert (plan.n_target, plan.n_segments, plan.n_context) == (1, 1, 2)
     np.testing.assert_allclose(layout.clip_centres(), [32 * 588 / 22050, 94 * 588 / 22050, 156 * 588 / 22050])
     st = stimuli_for([[8.51, 10.0]], TR_WORDS, 1)
-    assert layout.subsegment_words(st.transcript, 10.0, plan) == [["we"], ["were"], ["on", "a", "break"]]
+    assert layout.subsegment_words(st.transcript, 10.0, plan) == [["early", "we"], ["were"], ["on", "a", "break"]]
     want = {   # condition: (tokens, audio_ptr, pooled)
         "joint": ([5] * 12 + word_ids("on a break"), [0] * 6 + [1] * 6 + [-1] * 3, [0] * 12 + [1] * 3),
         "no_vision": ([5] * 12 + word_ids("on a break"), [0] * 6 + [1] * 6 + [-1] * 3, [0] * 12 + [1] * 3),
-        "no_audio": (word_ids("we were on a break"), [-1] * 5, [0, 0, 1, 1, 1]),
-        "language_only": (word_ids("we were on a break"), [-1] * 5, [0, 0, 1, 1, 1]),
+        "no_audio": (word_ids("early we were on a break"), [-1] * 6, [0, 0, 0, 1, 1, 1]),
+        "language_only": (word_ids("early we were on a break"), [-1] * 6, [0, 0, 0, 1, 1, 1]),
         "no_language": ([5] * 12 + [MASK], [0] * 6 + [1] * 6 + [-1], [0] * 12 + [1]),
         "vision_only": ([MASK], [-1], [1]),
     }
@@ -281,9 +294,9 @@ def test_layout_of_a_window_spanning_segments_by_hand(backbone):
     """A 5-s window [15, 20): 3 target sub-segments -> 2 segments [10, 15), [15, 20); the first (context)
     has segment index 0, the window's own sub-segments segment index 1; frames at 12.5 s and 17.5 s."""
     words = [("a", 10.3, .2), ("b", 12.4, .2), ("c", 16.0, .2), ("d", 19.5, .3)]
-    plan = layout.plan_window(5.0)
+    plan = layout.plan_window(5.0, "causal")
     assert (plan.n_target, plan.n_segments) == (3, 2)
-    np.testing.assert_allclose(layout.frame_times(np.array([[15.0, 20.0]])), [[12.5, 17.5]])
+    np.testing.assert_allclose(layout.frame_times(np.array([[15.0, 20.0]]), "causal"), [[12.5, 17.5]])
     st = stimuli_for([[15.0, 20.0]], words, 2)
     assert layout.subsegment_words(st.transcript, 20.0, plan) == [["a"], ["b"], [], ["c"], [], ["d"]]
     batch, vis, aud = backbone.prepare(st, [0], "joint")
@@ -307,11 +320,87 @@ def test_layout_of_a_window_spanning_segments_by_hand(backbone):
 
 
 def test_more_than_eight_segments_is_refused():
-    assert layout.plan_window(39.0).n_segments == 8
+    assert layout.plan_window(39.0, "causal").n_segments == 8
     with pytest.raises(ConfigError) as e:
-        layout.plan_window(40.0)
+        layout.plan_window(40.0, "causal")
     msg = str(e.value)
     assert msg.startswith("windows.context: 40 s") and "at most 8" in msg and "\n" not in msg
+
+
+def test_centred_layout_of_a_tr_window_by_hand(centred):
+    """Issue 22, item 2 (the default layout): window [8.51, 10) -> the grid ends one sub-segment (5/3 s)
+    after the window: segment [6.667, 11.667), its frame (the middle) at 9.167 s, inside the TR; clip centres
+    7.520 / 9.174 / 10.827 s. Word centres: 'were' 7.1 -> sub 0; 'on' 8.6, 'a' 9.05, 'break' 9.95 -> sub 1
+    (the window); 'okay' 10.05, 'late' 10.3 -> sub 2 (after the window: one MASK, their text never enters).
+    joint: pass 1 = (window text, context audio), pass 2 = (window audio, context text); no_language: all
+    audio. The window's own clip (sub 1) spans samples 64 * 588 - 768 .. 123 * 588 + 768 of the segment:
+    8.339 .. 9.981 s, inside [6.667, 10)."""
+    ends = np.array([10.0])
+    np.testing.assert_allclose(layout.frame_times(np.stack([ends - 1.49, ends], 1)), [[10.0 - 5 / 6]])
+    assert 8.51 <= 10.0 - 5 / 6 < 10.0 and abs((10.0 - 5 / 6) - (10.0 - 1.49 / 2)) < 0.09
+    plan = layout.plan_window(1.49)
+    assert (plan.n_context, plan.n_target, plan.n_after, plan.n_segments) == (1, 1, 1, 1)
+    st = stimuli_for([[8.51, 10.0]], TR_WORDS, 1)
+    assert layout.subsegment_words(st.transcript, 10.0, plan) == [["were"], ["on", "a", "break"], ["okay", "late"]]
+    A, M = AUDIOSPAN, MASK
+    want = {   # condition: [(tokens, audio_ptr, pooled) per pass]
+        "joint": [([A] * 6 + word_ids("on a break") + [M], [0] * 6 + [-1] * 4, [0] * 6 + [1] * 3 + [0]),
+                  (word_ids("were") + [A] * 6 + [M], [-1] + [1] * 6 + [-1], [0] + [1] * 6 + [0])],
+        "no_language": [([A] * 12 + [M], [0] * 6 + [1] * 6 + [-1], [0] * 6 + [1] * 6 + [0])],
+        "no_audio": [(word_ids("were on a break") + [M], [-1] * 5, [0, 1, 1, 1, 0])],
+        "vision_only": [([M], [-1], [1])],
+    }
+    want["no_vision"], want["language_only"] = want["joint"], want["no_audio"]
+    for c, per_pass in want.items():
+        assert centred.n_passes(c) == len(per_pass), c
+        for p, (tok, ptr, pooled) in enumerate(per_pass):
+            batch, vis, aud = centred.prepare(st, [0], c, p)
+            assert batch.tokens[0].tolist() == tok, (c, p)
+            assert batch.audio_ptr[0].tolist() == ptr, (c, p)
+            assert batch.pooled[0].long().tolist() == pooled, (c, p)
+            if aud is not None:
+                assert aud.shape == (1, 2, 6, 96)                  # the context's clip and the window's
+    # the window's clip is sub-segment 1's of the segment [6.667, 11.667)
+    clips = centred.clips(st, 0, plan)
+    t0 = 10.0 + 5 / 3 - 5.0
+    ref = librosa_log_mel(st.waveform[int(22050 * t0): int(22050 * (t0 + 5))])
+    np.testing.assert_allclose(clips[1, :, :64], ref[64:124], rtol=1e-4, atol=2e-4)
+    # joint = the mean of its two passes' pooled states
+    got = centred.encode(st, [0], "joint")[:, 0]
+    means = []
+    for p in range(2):
+        batch, vis, aud = centred.prepare(st, [0], "joint", p)
+        with torch.no_grad():
+            hs = centred.model(tokens=batch.tokens, token_segment=batch.token_segment, audio_ptr=batch.audio_ptr,
+                               vision_tokens=vis, audio_tokens=aud)["hidden_states"][:, 0]
+        means.append(hs[:, :batch.tokens.shape[1]][:, batch.pooled[0]].mean(1))
+    torch.testing.assert_close(got, (means[0] + means[1]) / 2, rtol=1e-5, atol=1e-5)
+
+
+def test_centred_layout_sees_nothing_after_the_window(centred):
+    """Words, sound and pictures after the window's end change no feature of it, in any condition."""
+    ends = np.array([10.0, 14.47])
+    st = stimuli_for(np.stack([ends - 1.49, ends], 1), TR_WORDS, 1)
+    later = stimuli_for(np.stack([ends - 1.49, ends], 1), TR_WORDS + [("hello", 10.01, 0.1)], 1)
+    later.waveform[int(22050 * 10.0):] *= 5.0
+    for c in CONDITIONS:
+        a = centred.encode(st, [0], c)
+        b = MerlotBackbone(centred.model, word_ids).encode(later, [0], c)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=c)
+
+
+def test_layout_is_a_config_choice_in_the_extract_key():
+    from brainalign.stagetable import STAGES
+
+    cfg = parse_config({"model": {"backbone": "merlot_reserve"}})
+    assert cfg.model.merlot_reserve.layout == "centred"
+    other = parse_config({"model": {"backbone": "merlot_reserve", "merlot_reserve": {"layout": "causal"}}})
+    assert STAGES["extract"].values(cfg)["model.merlot_reserve.layout"] == "centred"
+    assert STAGES["extract"].values(other)["model.merlot_reserve.layout"] == "causal"
+    tiny = parse_config({"model": {"backbone": "tiny", "merlot_reserve": {"layout": "causal"}}})
+    assert "model.merlot_reserve.layout" not in STAGES["extract"].values(tiny)      # another backbone's setting
+    with pytest.raises(ConfigError, match=r"model.merlot_reserve.layout"):
+        parse_config({"model": {"merlot_reserve": {"layout": "middle"}}})
 
 
 # ------------------------------------------------------------------------------------------ 3. conditions
@@ -323,40 +412,57 @@ def random_transcript(rng, seconds):
     return out
 
 
+#: layout -> condition -> [(target form, context form) per pass]; None: no slot; "text": its words (or one MASK
+#: in a target without words); after the window (centred): one MASK, none where the context has none
+WANT_FORMS = {
+    "causal": {"joint": [("text", "audio")], "no_vision": [("text", "audio")], "no_language": [("mask", "audio")],
+               "no_audio": [("text", "text")], "language_only": [("text", "text")], "vision_only": [("mask", None)]},
+    "centred": {"joint": [("text", "audio"), ("audio", "text")], "no_vision": [("text", "audio"), ("audio", "text")],
+                "no_language": [("audio", "audio")], "no_audio": [("text", "text")],
+                "language_only": [("text", "text")], "vision_only": [("mask", None)]},
+}
+
+
 @pytest.mark.parametrize("context", [1.49, 5.0, 12.0])
-def test_condition_invariants(backbone, context):
+@pytest.mark.parametrize("mode", ["causal", "centred"])
+def test_condition_invariants(model, mode, context):
     """In every condition each sub-segment is in ONE form -- its text, its 6 AUDIOSPAN slots or one MASK --
-    (pre-training never shows a span's text and its audio together, nor a run of MASKs); the pooled slots
-    are the window's own sub-segments; the conditions differ from joint only where they should."""
+    (pre-training never shows a span's text and its audio together); the pooled slots are the window's own
+    sub-segments; nothing after the window but one MASK; the conditions differ from joint only where they
+    should."""
+    bb = MerlotBackbone(model, word_ids, layout=mode)
     rng = np.random.default_rng(int(context * 10))
     ends = np.array([14.0, 17.3, 21.0, 24.5])
-    plan = layout.plan_window(context)
+    plan = layout.plan_window(context, mode)
+    assert plan.n_after == (mode == "centred")
     st = stimuli_for(np.stack([ends - context, ends], 1), random_transcript(rng, 30), plan.n_segments, seed=3)
     for c in CONDITIONS:
-        rows = backbone.window_rows(st, np.arange(4), c, plan)
-        for b, r in enumerate(rows):
-            words = layout.subsegment_words(st.transcript, float(ends[b]), plan)
-            for j in range(plan.n_sub):
-                toks = [t for t, s in zip(r.tokens, r.subseg) if s == j]
-                kinds = {"audio" if t == AUDIOSPAN else "mask" if t == MASK else "text" for t in toks}
-                assert len(kinds) <= 1, (c, j, toks)
-                if "audio" in kinds:
-                    assert toks == [AUDIOSPAN] * 6
-                if "mask" in kinds:
-                    assert toks == [MASK]
-                target = j >= plan.n_context
-                assert all(p == target for p, s in zip(r.pooled, r.subseg) if s == j)
-                if target and c in ("no_language", "vision_only"):
-                    assert toks == [MASK]
-                if target and c not in ("no_language", "vision_only") and words[j]:
-                    assert toks == word_ids(" ".join(words[j]))
-                if not target:
-                    want = {"joint": "audio", "no_vision": "audio", "no_language": "audio",
-                            "no_audio": "text", "language_only": "text", "vision_only": None}[c]
-                    assert kinds <= ({want} if want else set()), (c, j, kinds)
-            assert r.subseg == sorted(r.subseg)                  # time order
-            assert any(r.pooled)
-    feats = {c: backbone.encode(st, slice(None), c) for c in CONDITIONS}
+        assert bb.n_passes(c) == len(WANT_FORMS[mode][c])
+        for p, (target_form, context_form) in enumerate(WANT_FORMS[mode][c]):
+            rows = bb.window_rows(st, np.arange(4), c, plan, p)
+            for b, r in enumerate(rows):
+                words = layout.subsegment_words(st.transcript, float(ends[b]), plan)
+                for j in range(plan.n_sub):
+                    toks = [t for t, s in zip(r.tokens, r.subseg) if s == j]
+                    kinds = {"audio" if t == AUDIOSPAN else "mask" if t == MASK else "text" for t in toks}
+                    assert len(kinds) <= 1, (c, j, toks)
+                    target = plan.n_context <= j < plan.n_sub - plan.n_after
+                    assert all(q == target for q, s in zip(r.pooled, r.subseg) if s == j)
+                    if j >= plan.n_sub - plan.n_after:
+                        assert toks == ([MASK] if context_form else []), (c, j, toks)
+                        continue
+                    form = target_form if target else context_form
+                    if form == "audio":
+                        assert toks == [AUDIOSPAN] * 6 and r.subseg.count(j) == 6
+                    elif form == "mask":
+                        assert toks == [MASK]
+                    elif form == "text":
+                        assert toks == (word_ids(" ".join(words[j])) if words[j] else [MASK] * (toks == [MASK]))
+                    else:
+                        assert toks == []
+                assert r.subseg == sorted(r.subseg)                  # time order
+                assert any(r.pooled)
+    feats = {c: bb.encode(st, slice(None), c) for c in CONDITIONS}
     for c, v in feats.items():
         assert v.shape == (2, 4, 96) and torch.isfinite(v).all(), c
         if c != "joint":
@@ -379,12 +485,12 @@ def test_pooled_feature_is_the_mean_over_the_target_slots(backbone):
 
 # ------------------------------------------------------------------------------- 5. truncation and grids
 def test_truncation_keeps_the_head():
-    plan = layout.plan_window(1.49)
+    plan = layout.plan_window(1.49, "causal")
     words = [["a"] * 100, ["b"] * 100, ["c"] * 100]
-    r = layout.window_tokens(words, plan, "no_audio", word_ids)
+    r = layout.window_tokens(words, plan, "no_audio", word_ids, layout="causal")
     assert len(r.tokens) == 160 and r.truncated == 140
     assert r.tokens == [VOCAB["a"]] * 100 + [VOCAB["b"]] * 60 and not any(r.pooled)
-    r = layout.window_tokens([["a"] * 60, [], ["c"] * 150], plan, "joint", word_ids)
+    r = layout.window_tokens([["a"] * 60, [], ["c"] * 150], plan, "joint", word_ids, layout="causal")
     assert r.tokens == [AUDIOSPAN] * 12 + [VOCAB["c"]] * 148 and r.truncated == 2
 
 
@@ -428,5 +534,5 @@ def test_encoder_cache_follows_the_stimuli_object(backbone, monkeypatch):
     for seed in range(3):
         st = stimuli_for([[8.51, 10.0]], TR_WORDS, 1, seed=seed)
         got = backbone.encode(st, [0], "joint")
-        fresh = MerlotBackbone(backbone.model, word_ids).encode(st, [0], "joint")
+        fresh = MerlotBackbone(backbone.model, word_ids, layout="causal").encode(st, [0], "joint")
         torch.testing.assert_close(got, fresh)

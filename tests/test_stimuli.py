@@ -158,6 +158,70 @@ def test_read_srt_spreads_words_over_the_block(tmp_path):
     np.testing.assert_allclose([w.duration for w in words], [0.5] * 4 + [1.0])
 
 
+ALGONAUTS_ROWS = [   # chunk: (words, onsets, durations) -- apostrophes, double quotes, both, commas, empty chunks
+    (["to", "come", "there's"], [0.2, 0.5, 0.9], [0.25, 0.3, 0.4]),
+    None,
+    (['he said "hi"', "I'm", 'it\'s "fine", ok'], [3.1, 3.6, 3.9], [0.4, 0.2, 0.5]),
+    "n/a",
+    (["don't", "you're"], [6.0, 6.4], [0.3, 0.3]),
+    ([], [], []),
+]
+
+
+@pytest.mark.parametrize("index", [False, True])
+def test_algonauts_transcript_as_pandas_writes_it(tmp_path, index):
+    """Issue 23: the per-TR file as pandas writes it (DataFrame of lists -> to_csv with tabs): a cell whose
+    list repr holds a double quote is CSV-quoted with the quotes doubled; empty chunks are NaN (empty cells) or
+    'n/a'. Every word comes back with its own onset and duration."""
+    pd = pytest.importorskip("pandas")
+    rows = []
+    for r in ALGONAUTS_ROWS:
+        if r is None or r == "n/a":
+            rows.append({c: (None if r is None else "n/a") for c in
+                         ("text_per_tr", "words_per_tr", "onsets_per_tr", "durations_per_tr")})
+        else:
+            rows.append({"text_per_tr": " ".join(r[0]), "words_per_tr": r[0], "onsets_per_tr": r[1],
+                         "durations_per_tr": r[2]})
+    p = tmp_path / "friends_s01e01a.tsv"
+    pd.DataFrame(rows).to_csv(p, sep="\t", index=index)
+    text = p.read_text()
+    assert '""there\'s""' in text and '""hi""' in text                 # quoted as the published files are
+    want = [(w, o, d) for r in ALGONAUTS_ROWS if isinstance(r, tuple) for w, o, d in zip(*r)]
+    got = read_transcript(p)
+    assert [(w.word, w.onset, w.duration) for w in got] == want
+
+
+def test_out_of_order_duplicate_and_overlapping_words_are_logged(tmp_path, caplog):
+    """Issue 24: out-of-order words are sorted with a warning naming the file and line; duplicates are warned
+    (and kept); overlapping words (speakers overlap) are counted at INFO."""
+    p = tmp_path / "t.tsv"
+    p.write_text("word\tonset\tduration\n"
+                 "a\t1.0\t0.5\n"          # line 2
+                 "b\t1.2\t0.2\n"          # line 3: overlaps a (1.2 < 1.5)
+                 "c\t0.5\t0.1\n"          # line 4: before b -> out of order
+                 "d\t3.0\t0.2\n"          # line 5
+                 "d\t3.0\t0.2\n"          # line 6: a duplicate of line 5
+                 "e\t2.0\t0.1\n")         # line 7: out of order again
+    with caplog.at_level("INFO", logger="brainalign"):
+        words = read_transcript(p)
+    assert [(w.word, w.onset) for w in words] == [("c", 0.5), ("a", 1.0), ("b", 1.2), ("e", 2.0), ("d", 3.0),
+                                                  ("d", 3.0)]
+    warn = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"transcript {p} line 4: 'c' at 0.500 s starts before the word above it (1.200 s); 2 word(s) out "
+               "of order, sorted by onset" == m for m in warn), warn
+    assert any(f"transcript {p} line 6: 'd' at 3.000 s repeats line 5; 1 duplicated word(s) (kept)" == m
+               for m in warn), warn
+    info = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    # in onset order c, a, b, e, d, d: b starts inside a; the second d inside the first
+    assert f"transcript {p}: 2 word(s) start before the previous word ends (overlapping speech)" in info
+    caplog.clear()
+    with caplog.at_level("INFO", logger="brainalign"):
+        q = tmp_path / "ok.tsv"
+        q.write_text("word\tonset\tduration\na\t0.0\t0.5\nb\t0.5\t0.5\n")
+        read_transcript(q)
+    assert not caplog.records                                        # touching words are not an overlap
+
+
 @pytest.mark.parametrize("name,text,msg", [
     ("neg.tsv", "word\tonset\tduration\na\t0.1\t0.1\nb\t-1\t0.2\n", r"neg.tsv line 3: negative onset"),
     ("nan.tsv", "word\tonset\tduration\na\tnan\t0.1\n", r"nan.tsv line 2: onset/duration is NaN"),

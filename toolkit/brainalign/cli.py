@@ -118,7 +118,11 @@ def main(argv=None):
         if args.verb == "validate":
             from .datafiles import check_data_files
 
+            from .pipeline.checkpoints import check_checkpoints
+
+            n_ckpt = check_checkpoints(cfg)
             summary = check_data_files(cfg)
+            summary += f"; {n_ckpt} checkpoint(s) readable" if n_ckpt else ""
             print(cfg.text if args.set else f"config {cfg.source}: ok ({cfg.name}; pipeline "
                   f"{' '.join(cfg.pipeline)}; feature sets {' '.join(cfg.feature_sets)}; {summary})")
             return 0

@@ -101,6 +101,13 @@ class TinyModelConfig:
 
 
 @dataclass
+class MerlotReserveConfig:
+    # where the 5-s segment grid sits around a TR window (models/merlot/layout.py, README "MERLOT Reserve"):
+    # centred: the window's frame is shown during it and its audio enters (two passes); causal: before issue 22
+    layout: Literal["centred", "causal"] = "centred"
+
+
+@dataclass
 class VariantConfig:
     name: str = ""                         # feature sets of this variant are named CONDITION@NAME
     checkpoint: str = ""                   # e.g. the fine-tuned model.pt
@@ -117,6 +124,7 @@ class ModelConfig:
     batch_size: int = 16
     seed: int = 0
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    merlot_reserve: MerlotReserveConfig = field(default_factory=MerlotReserveConfig)
     variants: list[VariantConfig] = field(default_factory=list)   # more checkpoints of the same backbone
 
 

@@ -26,7 +26,7 @@ Outputs under ``{output}/finetune/`` (rank 0 writes, each file atomically):
 
 Other backbones (the backbone registry's ``build_qa_model`` chooses by ``model.backbone``; heads in
 :mod:`.finetune_heads`):
-``merlot_reserve`` -- the original's TVQA head: ``windows.frames`` (<= 7) segments of 4.667 s around ``ts``,
+``merlot_reserve`` -- the original's TVQA head: 7 segments of 4.667 s around ``ts`` (whatever ``windows.frames``),
 the joint transformer's state at a MASK token after "ts + question + answer" (segment 0) -> Linear -> 1
 logit, once with the clip's audio (``audio/{vid_name}.*``) and once with the subtitles of each segment as the
 segments' input; loss = the sum of the two passes' cross-entropies, prediction = argmax of the summed
@@ -86,6 +86,7 @@ class TVQADataset(Dataset):
         self.use_frames, self.use_subtitles = use_frames, use_subtitles
         self.encoder, self.pad, self.builder = None, PAD, None
         self._subs: dict = {}        # vid_name -> subtitle words (stimuli Word list)
+        self._cues: dict = {}        # vid_name -> subtitle cues (stimuli.transcript.Cue list)
         self._files: dict = {}       # vid_name -> sorted frame files
         per_item = n_frames * size * size * 3 if use_frames else 0
         self._cache = {} if per_item * len(self.items) <= CACHE_BYTES else None
@@ -111,6 +112,17 @@ class TVQADataset(Dataset):
 
             self._subs[it.vid_name] = read_transcript(tvqa.subtitle_path(self.root, it.vid_name))
         return self._subs[it.vid_name]
+
+    def cues(self, it: tvqa.QAItem) -> list:
+        """The clip's subtitle cues (stimuli.transcript.Cue list, text as written)."""
+        if it.vid_name not in self._cues:
+            from .stimuli.transcript import read_srt_cues
+
+            path = tvqa.subtitle_path(self.root, it.vid_name)
+            if not path.is_file():
+                raise DataError(f"TVQA clip {it.vid_name}: subtitles not found: {path}")
+            self._cues[it.vid_name] = read_srt_cues(path)
+        return self._cues[it.vid_name]
 
     def set_encoder(self, encoder, pad: int) -> None:
         """Rows from ``encoder(sub words, question words, 5 answer word lists) -> 5 int lists``, padded with

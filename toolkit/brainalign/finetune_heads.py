@@ -14,14 +14,17 @@ Every QA model has the contract the training loop (:mod:`brainalign.finetune`) u
 MERLOT Reserve (as the original's ``finetune/tvqa/prep_data.py``, ``finetune/common_dataloader.py``
 ``preprocess_tvqa`` and ``finetune/tvqa/tvqa_finetune.py``):
 
-* time: ``windows.frames`` (<= 7) segments of 4.667 s, the first centred on the middle of ``ts``, extended
-  alternately left and right inside the clip (:func:`brainalign.tvqa.merlot_segments`); segment i gets
+* time: 7 segments of 4.667 s whatever ``windows.frames`` says (``tvqa_finetune.py`` builds 7 and
+  ``prep_data.py`` pads to 7), the first centred on the middle of ``ts``, extended alternately left and right
+  inside the clip (:func:`brainalign.tvqa.merlot_segments`); segment i gets
   segment index i + 1 and one frame (at its middle, letterboxed into the model's grid); segment 0 holds the
   query (the original's dummy first image there is dropped from the sequence, so the frames keep indices
   1..T); a clip with fewer segments repeats its last one with a black frame and silent audio;
 * query (segment 0): ``BPE("{start} to {end}")`` (where ``ts`` lies in the segments, in percent) + START +
   BPE(question) + BPE("answer: ") + BPE(answer k), at most 255 tokens (head kept), then MASK;
-* text pass: the query, then each segment's subtitle words (by word centre); audio pass: the query, then
+* text pass: the query, then each segment's subtitles: every SRT cue whole in the segment holding its
+  midpoint, cues joined by spaces, made ASCII, tags such as ``<i>`` kept (:func:`brainalign.tvqa.segment_subtitles`,
+  ``prep_data.py``); audio pass: the query, then
   18 AUDIOSPAN slots per segment, its 3 clips: the clip's audio (``audio/{vid_name}.*``) decoded at
   22,620 Hz, divided by its peak, each 4.667-s segment a 180-frame log-mel spectrogram made with the
   22,050 Hz parameters (the original's stretch to 3 x 60 frames); both at most 256 slots (head kept);
@@ -53,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .log import get_logger
 from .models.tiny import PAD, TinyMultimodal, save_checkpoint
 
 TVQA_SLOTS = 256          # lang_seq_len of tvqa_finetune.py
@@ -194,19 +198,15 @@ class MerlotQAModel(nn.Module):
         if frames is not None:
             frames[~valid] = 0
 
-        # subtitles per segment by word centre (bounds: segment starts + the last end)
-        subs = [[] for _ in range(T)]
+        # subtitles per segment: each cue whole, by its midpoint (tvqa.segment_subtitles)
+        subs = [""] * T
         if ds.use_subtitles:
-            bounds = np.array([a for a, _ in segs] + [segs[-1][1]])
-            for w in ds.transcript(it):
-                pos = int(np.searchsorted(bounds, w.onset + w.duration / 2))
-                if 0 < pos <= len(segs):
-                    subs[pos - 1].append(w.word)
+            subs[:len(segs)] = tvqa.segment_subtitles(ds.cues(it), segs)
         t0, dur = segs[0][0], segs[-1][1] - segs[0][0]
         rel = [(max(it.ts[0], 0.0) - t0) / dur, (min(it.ts[1], max_time) - t0) / dur]
         query = (self.tokenize(f"{int(rel[0] * 100)} to {int(rel[1] * 100)}") + [START]
                  + self.tokenize(it.question) + self.tokenize("answer: "))
-        sub_ids = [self.tokenize(" ".join(s)) if s else [] for s in subs]
+        sub_ids = [self.tokenize(s) if s else [] for s in subs]
         atl = self.model.cfg.audio_token_length
         rows, text_seg, audio_rows, audio_seg = [], [], [], []
         for ans in it.answers:
@@ -452,12 +452,14 @@ def _pretrained(cfg, name: str):
 
 
 def merlot_qa_model(cfg) -> "MerlotQAModel":
-    """merlot_reserve: :class:`MerlotQAModel` from the converted checkpoint, ``windows.frames`` segments."""
+    """merlot_reserve: :class:`MerlotQAModel` from the converted checkpoint, always 7 segments as the original
+    (``windows.frames`` is the tiny/hf frame count: not used, said at INFO when it differs)."""
     ckpt = _pretrained(cfg, "merlot_reserve")
-    if not 1 <= cfg.windows.frames <= MAX_TVQA_SEGMENTS:
-        raise ConfigError(f"windows.frames: MERLOT Reserve's TVQA head takes 1..{MAX_TVQA_SEGMENTS} segments "
-                          f"(one frame each, after the query's segment 0), got {cfg.windows.frames}")
-    return MerlotQAModel.from_checkpoint(cfg.path(ckpt), seed=cfg.finetune.seed, n_segments=cfg.windows.frames)
+    if cfg.windows.frames != MAX_TVQA_SEGMENTS:
+        get_logger("finetune").info("merlot_reserve TVQA: %d segments of 4.67 s with one frame each, as the "
+                                    "original (windows.frames = %d is not used)", MAX_TVQA_SEGMENTS,
+                                    cfg.windows.frames)
+    return MerlotQAModel.from_checkpoint(cfg.path(ckpt), seed=cfg.finetune.seed, n_segments=MAX_TVQA_SEGMENTS)
 
 
 def hf_qa_model(cfg) -> "HFQAModel":

@@ -141,6 +141,34 @@ def merlot_segments(ts: tuple, n: int, max_time: float, size: float = 4.6666667)
     return sorted(out)
 
 
+_ASCII = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u201c": '"', "\u201d": '"',
+                        "\u201e": '"', "\u2013": "-", "\u2014": "--", "\u2026": "...", "\u00a0": " ",
+                        "\u266a": "#", "\u266b": "#"})
+
+
+def ascii_text(text: str) -> str:
+    """An ASCII rendering of subtitle text in the spirit of the original's ``unidecode(ftfy(text))``: curly
+    quotes, dashes, ellipses and music notes mapped, accents dropped (NFKD), other non-ASCII removed."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFKD", str(text).translate(_ASCII))
+    return "".join(ch for ch in text if ord(ch) < 128)
+
+
+def segment_subtitles(cues, segs: list) -> list:
+    """The original's subtitles per segment (finetune/tvqa/prep_data.py): each SRT cue goes WHOLE to the
+    segment holding its midpoint (``searchsorted(bounds, mid)`` over the segment starts + the last end, kept
+    when ``0 < pos <= len(segs)``); a segment's text is its cues' texts joined by spaces, made ASCII, newlines
+    as spaces (tags such as ``<i>`` kept). ``cues``: stimuli.transcript.Cue list; ``segs``: (start, end)."""
+    bounds = np.array([a for a, _ in segs] + [segs[-1][1]], dtype=np.float64)
+    texts = [[] for _ in segs]
+    for cue in cues:
+        pos = int(np.searchsorted(bounds, (cue.start + cue.end) / 2.0))
+        if 0 < pos <= len(segs):
+            texts[pos - 1].append(cue.text)
+    return [ascii_text(" ".join(t)).replace("\n", " ") for t in texts]
+
+
 def load_frames_letterboxed(files: list, times, size: tuple, fps: float = TVQA_FPS) -> np.ndarray:
     """uint8 (n, H, W, 3): the frames shown at ``times`` (file round(t * fps), clamped), each at its own
     resolution resized into ``size`` keeping its aspect and zero-padded (MERLOT's resize_and_pad; TVQA's

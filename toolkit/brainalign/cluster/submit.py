@@ -466,6 +466,9 @@ def submit_study(cfg, cluster: str = "slurm", profile: Optional[str] = None, dry
                  poll_s: float = 2.0) -> Plan:
     """Plan the study and submit it (or print it with ``dry_run``; write sbatch scripts with
     ``emit_sbatch=DIR``). Returns the plan. Raises JobFailed (exit 1) when a waited-for job fails."""
+    from ..pipeline.checkpoints import check_checkpoints
+
+    check_checkpoints(cfg)              # before any job is planned: a missing checkpoint fails here, not in a job
     if emit_sbatch:
         from .sbatch import write_sbatch
 

@@ -2,8 +2,10 @@
 
 Per window (rules and their sources in :mod:`.layout`, :mod:`.spectrogram`, :mod:`brainalign.stimuli.frames`):
 
-* time: the 5-s segments ending at the window's end, 3 sub-segments each; the window's own last
-  sub-segments are the target (pooled), the earlier ones context;
+* time: 5-s segments of 3 sub-segments each, placed by ``model.merlot_reserve.layout`` (:mod:`.layout`:
+  ``centred``, the default, ends the grid one sub-segment after the window so the last frame is shown during
+  the window; ``causal`` ends it at the window's end); the window's own sub-segments are the target (pooled),
+  the earlier ones context;
 * vision: one frame per segment at its middle, at source resolution, black bars trimmed per episode,
   resized into the model's grid keeping the aspect and zero-padded bottom/right (the loader does this:
   :attr:`MerlotBackbone.stimulus_spec`); frame g is segment g;
@@ -11,8 +13,9 @@ Per window (rules and their sources in :mod:`.layout`, :mod:`.spectrogram`, :mod
   [2:62], [64:124] or [126:186] of its segment's log-mel spectrogram;
 * language: each sub-segment's words, BPE-encoded with the original's vocabulary (embedded in the
   converted checkpoint; needs the ``tokenizers`` package);
-* conditions: each sub-segment as text, as audio, as one MASK or absent (:data:`.layout.FORMS`); frames
-  present or not.
+* conditions: each sub-segment as text, as audio, as one MASK or absent (:data:`.layout.PASSES`); frames
+  present or not; a condition of several passes (``centred``: the window as text, then as audio) is the
+  mean of the passes' pooled states.
 
 ``encode`` returns, for every joint-transformer layer, the mean of the residual stream (after that
 layer) over the target's slots (its word tokens, or its MASK slots). Windows are padded to the longest in
@@ -22,6 +25,7 @@ episode and shared by the conditions, so each frame and clip is encoded once.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -34,8 +38,8 @@ from ..conditions import modalities
 from ..registry import Backbone, window_indices
 from .convert import model_from_payload, read_converted
 from .inputs import batch_windows
-from .layout import (TEXT_SLOTS, frame_times, plan_windows, segment_starts, subsegment_words, transcript_onsets,
-                     window_tokens)
+from .layout import (TEXT_SLOTS, check_layout, frame_times, passes, plan_windows, segment_starts,
+                     subsegment_words, transcript_index, window_tokens)
 from .model import MerlotReserve
 from .spectrogram import SAMPLE_RATE, segment_clips
 
@@ -64,8 +68,9 @@ def payload_tokenizer(payload: dict, checkpoint) -> str:
 class MerlotBackbone(Backbone):
     name = "merlot_reserve"
 
-    def __init__(self, model: MerlotReserve, tokenize: Callable[[str], list]):
+    def __init__(self, model: MerlotReserve, tokenize: Callable[[str], list], layout: str = "centred"):
         self.model = model.eval()
+        self.layout = check_layout(layout)
         self.cfg = model.cfg
         self.tokenize = tokenize
         self.n_layers = self.cfg.joint_num_layers
@@ -77,7 +82,7 @@ class MerlotBackbone(Backbone):
     def stimulus_spec(self) -> StimulusSpec:
         """Letterboxed frames at the model's grid, one per segment; 22,050 Hz audio, peak-normalised."""
         return StimulusSpec(frame_size=self.cfg.image_size, audio_rate=SAMPLE_RATE, peak_normalise=True,
-                            frame_times=frame_times, window_audio=False, name=self.name)
+                            frame_times=partial(frame_times, layout=self.layout), window_audio=False, name=self.name)
 
     def to(self, device) -> "MerlotBackbone":
         super().to(device)
@@ -120,9 +125,10 @@ class MerlotBackbone(Backbone):
         return self._cached(stimuli, idx, "vision", compute)
 
     def clips(self, stimuli, i: int, plan) -> np.ndarray:
-        """float32 (n_context, 60, 65): the context sub-segments' clips of window i."""
+        """float32 (n, 60, 65): the clips of window i's sub-segments 0 .. n - 1 that may enter as audio (the
+        context's; ``centred`` also the window's own)."""
         starts = segment_starts(float(stimuli.windows[i, 1]), plan)
-        subs = range(plan.n_context)
+        subs = range(plan.n_clips if self.layout == "centred" else plan.n_context)
         return np.concatenate([segment_clips(stimuli.waveform, stimuli.audio_rate, starts[j // 3], (j % 3,))
                                for j in subs])
 
@@ -132,12 +138,13 @@ class MerlotBackbone(Backbone):
             return self.model.audio_tokens(torch.from_numpy(clips).to(self.device))
         return self._cached(stimuli, idx, "audio", compute)
 
-    def window_rows(self, stimuli, idx, condition: str, plan) -> list:
+    def window_rows(self, stimuli, idx, condition: str, plan, pass_index: int = 0) -> list:
         rows = []
-        onsets = transcript_onsets(stimuli.transcript or [])    # once for the batch, not per window
+        index = transcript_index(stimuli.transcript or [])      # once for the batch, not per window
         for i in idx:
-            words = subsegment_words(stimuli.transcript, float(stimuli.windows[i, 1]), plan, onsets)
-            r = window_tokens(words, plan, condition, self.tokenize, self.cfg.audio_token_length)
+            words = subsegment_words(stimuli.transcript, float(stimuli.windows[i, 1]), plan, index)
+            r = window_tokens(words, plan, condition, self.tokenize, self.cfg.audio_token_length,
+                              layout=self.layout, pass_index=pass_index)
             if r.truncated and (stimuli.episode, condition) not in self._warned:
                 self._warned.add((stimuli.episode, condition))
                 log.warning("episode %s, window %d (%s): %d slots past %d cut at the tail (the original keeps "
@@ -149,13 +156,17 @@ class MerlotBackbone(Backbone):
             rows.append(r)
         return rows
 
-    def prepare(self, stimuli, index, condition: str):
-        """(WindowBatch on the device, vision tokens or None, audio tokens or None) under ``condition``."""
+    def n_passes(self, condition: str) -> int:
+        return len(passes(condition, self.layout))
+
+    def prepare(self, stimuli, index, condition: str, pass_index: int = 0):
+        """(WindowBatch on the device, vision tokens or None, audio tokens or None) of pass ``pass_index`` of
+        ``condition``."""
         idx = window_indices(index, stimuli.n_windows)
-        plan = plan_windows(stimuli.windows)
+        plan = plan_windows(stimuli.windows, self.layout)
         self._check(stimuli, plan)
         keep = modalities(condition)
-        batch = batch_windows(self.window_rows(stimuli, idx, condition, plan)).to(self.device)
+        batch = batch_windows(self.window_rows(stimuli, idx, condition, plan, pass_index)).to(self.device)
         vis = self._vision_tokens(stimuli, idx) if "vision" in keep else None
         aud = self._audio_tokens(stimuli, idx, plan) if "audio" in keep else None
         return batch, vis, aud
@@ -163,15 +174,18 @@ class MerlotBackbone(Backbone):
     @torch.no_grad()
     def encode(self, stimuli, index, condition: str) -> torch.Tensor:
         self.check_condition(condition)
-        batch, vis, aud = self.prepare(stimuli, index, condition)
-        with self.autocast():
-            out = self.model(tokens=batch.tokens, token_segment=batch.token_segment, audio_ptr=batch.audio_ptr,
-                             vision_tokens=vis, audio_tokens=aud)
-        L = batch.tokens.shape[1]
-        hs = out["hidden_states"][:, :, :L].float()                         # (layers, b, L, H)
-        w = batch.pooled.float()
-        pooled = (hs * w[None, :, :, None]).sum(2) / w.sum(1)[None, :, None]
-        return pooled.cpu()
+        total = None
+        for p in range(self.n_passes(condition)):
+            batch, vis, aud = self.prepare(stimuli, index, condition, p)
+            with self.autocast():
+                out = self.model(tokens=batch.tokens, token_segment=batch.token_segment, audio_ptr=batch.audio_ptr,
+                                 vision_tokens=vis, audio_tokens=aud)
+            L = batch.tokens.shape[1]
+            hs = out["hidden_states"][:, :, :L].float()                     # (layers, b, L, H)
+            w = batch.pooled.float()
+            pooled = (hs * w[None, :, :, None]).sum(2) / w.sum(1)[None, :, None]
+            total = pooled if total is None else total + pooled
+        return (total / self.n_passes(condition)).cpu()
 
 
 def build_merlot_reserve(model_cfg, windows_cfg) -> MerlotBackbone:
@@ -182,4 +196,4 @@ def build_merlot_reserve(model_cfg, windows_cfg) -> MerlotBackbone:
                           "lowercase_encoder.json)")
     payload = read_converted(model_cfg.checkpoint)
     tokenize = bpe_tokenizer(payload_tokenizer(payload, model_cfg.checkpoint))
-    return MerlotBackbone(model_from_payload(payload), tokenize)
+    return MerlotBackbone(model_from_payload(payload), tokenize, model_cfg.merlot_reserve.layout)

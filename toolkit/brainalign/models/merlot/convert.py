@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...errors import DataError
+from ...errors import ConfigError, DataError
 from ...h5io import atomic_path
 from . import flaxmsgpack
 from .model import MerlotConfig, MerlotReserve, build_model
@@ -278,6 +278,31 @@ def read_converted(path) -> dict:
         raise DataError(f"MERLOT checkpoint {path}: not written by brainalign's MERLOT converter "
                         f"(format {payload.get('format') if isinstance(payload, dict) else None!r})")
     return payload
+
+
+CONVERT_HINT = ("python -m brainalign.models.merlot.convert FLAX_CKPT OUT.pt --tokenizer lowercase_encoder.json "
+                "(README: Running on CNeuroMod / Algonauts data, step 4)")
+
+
+def check_converted(path, key: str = "model.checkpoint") -> None:
+    """ConfigError (one line naming ``key``) unless ``path`` is a checkpoint written by :func:`convert` with its
+    BPE vocabulary; the tensors are memory-mapped, not read, so this is quick for the large checkpoints."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{key}: MERLOT Reserve checkpoint not found: {path} (download and convert it: "
+                          f"{CONVERT_HINT})")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise ConfigError(f"{key}: {path} is not a converted MERLOT Reserve checkpoint (cannot read it as a torch "
+                          f"file: {type(e).__name__}; an official Flax file must be converted: {CONVERT_HINT})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ConfigError(f"{key}: {path} is not a converted MERLOT Reserve checkpoint (format {found!r}, expected "
+                          f"{FORMAT!r}: {CONVERT_HINT})")
+    if not payload.get("tokenizer_json"):
+        raise ConfigError(f"{key}: {path} has no BPE vocabulary; convert again with --tokenizer "
+                          "lowercase_encoder.json (from the original repository)")
 
 
 def model_from_payload(payload: dict, device="cpu", **overrides) -> MerlotReserve:
