@@ -21,7 +21,22 @@ STAGE_FUNCS = {
 }
 
 
+def check_stage_names(stages, known=STAGE_FUNCS, what="--stages") -> list:
+    """``stages`` as a list; one line naming the first unknown stage (with the known ones) otherwise."""
+    from ..errors import ConfigError
+
+    for s in stages:
+        if s not in known:
+            import difflib
+
+            close = difflib.get_close_matches(s, known, n=1)
+            raise ConfigError(f"{what}: unknown stage {s!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f"; stages: {', '.join(known)}")
+    return list(stages)
+
+
 def run_stage(cfg, stage, force=False):
+    check_stage_names([stage], what="stage")
     mod, fn = STAGE_FUNCS[stage]
     func = getattr(importlib.import_module(mod), fn)
     t0 = time.perf_counter()
@@ -33,6 +48,11 @@ def run_stage(cfg, stage, force=False):
 
 def run_pipeline(cfg, stages=None, force=False):
     outs = {}
-    for stage in stages or cfg.pipeline:
+    stages = check_stage_names(stages or cfg.pipeline)
+    from .preflight import MODEL_STAGES, check_backbone
+
+    if any(s in MODEL_STAGES for s in stages):
+        check_backbone(cfg)            # before simulate's minutes of work, not after them
+    for stage in stages:
         outs[stage] = run_stage(cfg, stage, force=force)
     return outs

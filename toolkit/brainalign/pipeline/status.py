@@ -8,7 +8,9 @@ from .stages import ORDER, STAGES
 def shown_stages(cfg, stages=None) -> list:
     """The stages to report: ``stages`` or the config's pipeline, in data-flow order; permutation (a
     separate output of the stats stage) joins stats when ``stats.permutations`` > 0."""
-    wanted = list(stages or cfg.pipeline)
+    from . import check_stage_names
+
+    wanted = check_stage_names(stages or cfg.pipeline, known=ORDER)
     if "stats" in wanted and STAGES["permutation"].enabled(cfg):
         wanted.append("permutation")
     return [s for s in ORDER if s in wanted]
