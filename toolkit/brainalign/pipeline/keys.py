@@ -26,6 +26,7 @@ key each upstream stage *will* have (its stored key when current, else the key o
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import json
@@ -120,6 +121,10 @@ def fingerprint(inp: Input, content: bool = False) -> dict:
         if inp.optional:
             return {"role": inp.role, "name": str(inp.path), "absent": True, "stat": "absent"}
         raise MissingInput(inp) from None
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise DataError(f"{inp.key + ': ' if inp.key else ''}{inp.role}: symbolic link loop at {p}") from None
     fp = {"role": inp.role, "name": p.name}
     if not p.is_dir():
         fp.update(size=st.st_size, mtime_ns=st.st_mtime_ns, stat=f"{st.st_size}:{st.st_mtime_ns}")
