@@ -519,7 +519,7 @@ class Assessor:
         st = State(stage, "stale", [], None, exp, output=str(records[0]))
         if stored.status == "missing" and not any(p.exists() for p in records):
             st.status, st.reasons = "missing", [f"no {records[0]} yet"] + reasons
-            st.key = exp.key
+            st.key = self._run_key(exp)
             return st
         problems = output_problems(spec.outputs_of(self.cfg))
         for p in records[1:]:
