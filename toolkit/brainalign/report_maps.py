@@ -60,9 +60,9 @@ def template_slices_png(values, space, title: str, path, cbar_label: str = "", v
     fig = Figure(figsize=(min(MAX_WIDTH_IN, 2.0 * n_cuts), 2.9))
     plotting.plot_stat_map(img, bg_img=datasets.load_mni152_template(), display_mode="z",
                                      cut_coords=_cuts(img, n_cuts), threshold=1e-6, vmax=vmax, cmap="RdBu_r",
-                                     colorbar=True, title=None, figure=fig, annotate=True, draw_cross=False,
-                                     symmetric_cbar=True, resampling_interpolation="nearest")
-    fig.suptitle(title + (f" ({cbar_label})" if cbar_label else ""), fontsize=11)
+                                     colorbar=True, title=title + (f" ({cbar_label})" if cbar_label else ""),
+                                     figure=fig, annotate=True, draw_cross=False, symmetric_cbar=True,
+                                     resampling_interpolation="nearest")
     return _save(fig, path)          # (display.close() needs a pyplot figure; this one is not)
 
 
@@ -89,19 +89,21 @@ def surface_png(values, space, title: str, path, cbar_label: str = "", vmax=None
     img = _image(values, space)
     vmax = vmax or _vmax(values)
     interp = "nearest_most_frequent" if space.kind == "parcels" else "linear"
-    fig = Figure(figsize=(13.0, 3.6))
+    fig = Figure(figsize=(13.0, 3.4))
+    fig.subplots_adjust(left=0.0, right=0.9, bottom=0.0, top=0.88, wspace=0.0)
     views = [("left", "lateral"), ("left", "medial"), ("right", "lateral"), ("right", "medial")]
     for i, (hemi, view) in enumerate(views):
         tex = surface.vol_to_surf(img, fs[f"pial_{hemi}"], interpolation=interp, radius=3.0)
         tex = np.where(np.abs(tex) > 1e-6, tex, np.nan)
         ax = fig.add_subplot(1, 4, i + 1, projection="3d")
+        ax.set_box_aspect(None, zoom=1.35)
         plotting.plot_surf_stat_map(fs[f"infl_{hemi}"], tex, hemi=hemi, view=view, bg_map=fs[f"sulc_{hemi}"],
                                     axes=ax, figure=fig, colorbar=False, vmax=vmax, cmap="RdBu_r",
                                     symmetric_cbar=True, engine="matplotlib")
         ax.set_title(f"{hemi} {view}", fontsize=10)
     norm = matplotlib.colors.Normalize(-vmax, vmax)
     sm = matplotlib.cm.ScalarMappable(norm=norm, cmap="RdBu_r")
-    fig.colorbar(sm, ax=fig.axes, shrink=0.6, label=cbar_label, location="right")
+    fig.colorbar(sm, cax=fig.add_axes((0.92, 0.2, 0.012, 0.55)), label=cbar_label)
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 

@@ -99,6 +99,8 @@ def fig_mlm(rows: list[dict], title: str):
     """Top-1 masked-word accuracy per condition (bars) within each word class, bootstrap 95 % CI."""
     from matplotlib.figure import Figure
 
+    diffs = [r for r in rows if "-" in r["condition"]]          # "joint-no_vision": a paired difference
+    rows = [r for r in rows if "-" not in r["condition"]]
     classes = list(dict.fromkeys(r["word_class"] or "all words" for r in rows))
     conds = list(dict.fromkeys(r["condition"] for r in rows))
     fig = Figure(figsize=(min(14.0, 2.2 + 2.0 * len(classes) * max(1, len(conds)) / 2), 4.2), layout="constrained")
@@ -121,10 +123,18 @@ def fig_mlm(rows: list[dict], title: str):
         ax.bar(xs, ys, width * 0.92, yerr=[lo, hi], capsize=3, color=colors[ci], label=c, zorder=2)
         for x, y, n in zip(xs, ys, ns):
             ax.text(x, 0.01, f"n={n}", ha="center", va="bottom", fontsize=8, rotation=90, color="white")
+    for d in diffs:                                              # the paired difference, in words, per class
+        k = d["word_class"] or "all words"
+        if k in classes:
+            a, b = d["condition"].split("-", 1)
+            ax.text(classes.index(k), 0.97, f"{a} − {b}: {d['top1']:+.2f}\n[{d['top1_ci_low']:+.2f}, "
+                    f"{d['top1_ci_high']:+.2f}]", ha="center", va="top", fontsize=9,
+                    color="#1b7837" if d["top1_ci_low"] > 0 else "#762a83" if d["top1_ci_high"] < 0 else "0.3")
     ax.set_xticks(range(len(classes)), [k.replace("_", " ") for k in classes])
     ax.set_ylabel("top-1 accuracy (masked word)")
     ax.set_ylim(0, 1)
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(title="condition", frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title(f"{title}\nmasked-word prediction per input condition (bootstrap 95 % CI)", fontsize=10)
+    ax.set_title(f"{title}\nmasked-word prediction per input condition (bootstrap 95 % CI; top: the paired "
+                 "difference)", fontsize=10)
     return fig
