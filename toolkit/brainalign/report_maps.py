@@ -93,7 +93,10 @@ def surface_png(values, space, title: str, path, cbar_label: str = "", vmax=None
     fig.subplots_adjust(left=0.0, right=0.9, bottom=0.0, top=0.88, wspace=0.0)
     views = [("left", "lateral"), ("left", "medial"), ("right", "lateral"), ("right", "medial")]
     for i, (hemi, view) in enumerate(views):
-        tex = surface.vol_to_surf(img, fs[f"pial_{hemi}"], interpolation=interp, radius=3.0)
+        try:
+            tex = surface.vol_to_surf(img, fs[f"pial_{hemi}"], interpolation=interp, radius=3.0)
+        except ValueError:                  # nilearn's most-frequent sampling where the image has no voxel
+            tex = surface.vol_to_surf(img, fs[f"pial_{hemi}"], interpolation="linear", radius=3.0)
         tex = np.where(np.abs(tex) > 1e-6, tex, np.nan)
         ax = fig.add_subplot(1, 4, i + 1, projection="3d")
         ax.set_box_aspect(None, zoom=1.35)
