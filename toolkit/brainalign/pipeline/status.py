@@ -1,23 +1,22 @@
 """``brainalign status CONFIG``: per stage current / stale (why) / missing, running nothing."""
 from __future__ import annotations
 
-from .keys import Assessor, State
-from .stages import ORDER, STAGES
+from ..stagecheck import assessor
+from ..stagekeys import State
+from ..stagetable import ORDER, STAGES
 
 
 def shown_stages(cfg, stages=None) -> list:
-    """The stages to report: ``stages`` or the config's pipeline, in data-flow order; permutation (a
-    separate output of the stats stage) joins stats when ``stats.permutations`` > 0."""
+    """The stages to report: those of ``stages`` or the config's pipeline (verbs), in data-flow order; a stage
+    another verb runs (permutation: stats) joins it when enabled (``stats.permutations`` > 0)."""
     from . import check_stage_names
 
-    wanted = check_stage_names(stages or cfg.pipeline, known=ORDER)
-    if "stats" in wanted and STAGES["permutation"].enabled(cfg):
-        wanted.append("permutation")
-    return [s for s in ORDER if s in wanted]
+    wanted = set(check_stage_names(stages or cfg.pipeline, known=ORDER))
+    return [s for s in ORDER if STAGES[s].verb_of in wanted and (STAGES[s].verb_of == s or STAGES[s].enabled(cfg))]
 
 
 def assess_all(cfg, stages=None) -> list[State]:
-    a = Assessor(cfg, planning=True)
+    a = assessor(cfg, planning=True)
     return [a.state(s) for s in shown_stages(cfg, stages)]
 
 

@@ -1,6 +1,6 @@
 """Stage keys: an output is current only while what it was made from is unchanged.
 
-Every stage declares (in :mod:`brainalign.pipeline.stages`, one table) the config sections/keys it reads,
+Every stage declares (in :mod:`brainalign.stagetable`, one table) the config sections/keys it reads,
 its upstream stages and its input files. Its *key* is a hash of
 
 - the parsed values of those config keys (not the YAML text: comments and unrelated keys do not count),
@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import BrainAlignError, DataError
-from ..log import get_logger
+from .errors import BrainAlignError, DataError
+from .log import get_logger
 
 log = get_logger("pipeline")
 
@@ -321,7 +321,7 @@ def read_record(path, dataset: Optional[str] = None) -> Stored:
     if path.suffix == ".h5":
         import h5py
 
-        from ..h5io import COMPLETE_ATTR, read_long_attr
+        from .h5io import COMPLETE_ATTR, read_long_attr
 
         try:
             with h5py.File(path, "r") as f:
@@ -352,7 +352,7 @@ def read_record(path, dataset: Optional[str] = None) -> Stored:
 
 def output_problems(paths) -> list:
     """Reasons an output is not complete: a missing file, or an HDF5 file without its completion marker."""
-    from ..h5io import is_complete
+    from .h5io import is_complete
 
     out = []
     for p in paths:
@@ -403,16 +403,16 @@ class State:
 
 
 class Assessor:
-    """Assesses stages of one config. ``planning=True``: upstream keys are the keys upstream stages will
-    have (status, submit); ``False``: the keys stored in the upstream outputs (a stage about to run)."""
+    """Assesses stages of one config against ``specs`` ({name: spec}, the table of brainalign.stagetable;
+    brainalign.stagecheck.assessor passes it). ``planning=True``: upstream keys are the keys upstream stages
+    will have (status, submit); ``False``: the keys stored in the upstream outputs (a stage about to run)."""
 
-    def __init__(self, cfg, planning: bool = True, content: Optional[bool] = None, values: Optional[dict] = None):
-        from .stages import STAGES
-
+    def __init__(self, cfg, specs: dict, planning: bool = True, content: Optional[bool] = None,
+                 values: Optional[dict] = None):
         self.cfg, self.planning = cfg, planning
         self.values = values or {}             # {stage: {name: value}}: run-time arguments that shape a result
         self.content = cfg.pipeline.fingerprint == "content" if content is None else content
-        self.specs = STAGES
+        self.specs = specs
         self._states: dict = {}
         self._config: dict = {}                # {stage: its config values}: the same for every unit
         self._ups: dict = {}
@@ -596,37 +596,3 @@ class Assessor:
         if not st.reasons:
             st.status, st.key = "current", stored.key
         return st
-
-
-def stage_check(cfg, stage: str, force: bool = False, quiet: bool = False, values: Optional[dict] = None) -> State:
-    """Called at the top of a stage: its State for this run (upstream keys read from the upstream outputs).
-
-    Logs why it is skipped ("current") or what changed; with ``force`` it is always stale. The returned
-    ``.attrs`` / ``.json_fields()`` go into the output's provenance. ``values`` overrides declared values
-    (run-time arguments of the stage function that change its result).
-    """
-    a = Assessor(cfg, planning=False, values={stage: values or {}})
-    st = a.state(stage)
-    if st.status == "off":
-        return st
-    for note in st.notes:
-        log.warning("%s: %s", stage, note)
-    if force:
-        exp = st.expected                # every assessed state (not "off") has one
-        forced = State(stage, "stale", ["--force"], st.key if st.units else exp.hash_inputs().key, exp, units=st.units,
-                       output=st.output)
-        if not quiet:
-            log.info("%s: --force: recomputing", stage)
-        return forced
-    if quiet:
-        return st
-    if st.current:
-        exp = st.expected
-        log.info("%s: %s is current (stage key %s: its %d config values, %d upstream keys and %d input files are "
-                 "unchanged); skipping", stage, st.output, st.key, len(exp.config), len(exp.upstream),
-                 len(exp.inputs))
-    elif st.status == "missing":
-        log.info("%s: %s; running %s", stage, st.reasons[0], stage)
-    else:
-        log.info("%s: %s; re-running %s", stage, st.why(), stage)
-    return st
