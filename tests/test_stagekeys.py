@@ -450,7 +450,7 @@ def test_git_annex_keys_are_content_hashes_read_for_free(study, capsys, monkeypa
     """An annexed input (DataLad): its key is its SHA-256, recorded without reading the file; an unchanged
     file re-got with a new mtime is current; a key naming other content is a change (mtime mode), and
     --verify hashes the bytes and says in one line that they do not match the key."""
-    import brainalign.pipeline.keys as K
+    import brainalign.stagekeys as K
 
     root, cfg = study
     data = root / "data"

@@ -200,10 +200,10 @@ def waits_for(cfg, stage: str, planned: list) -> list:
     """The planned jobs (by stage name) a stage's job waits for (afterok): its upstream stages' (permutation
     runs in the stats job) and those of the stages that write its input files (simulate, finetune) -- not
     simply the job before it, so e.g. mlm, which reads only the stimuli and the model, does not wait for stats."""
-    from ..pipeline.stages import STAGES as SPECS
+    from ..stagetable import STAGES as SPECS
 
-    need = {"stats" if u == "permutation" else u for u in SPECS[stage].upstream_of(cfg)}
-    need |= {s for s, sp in SPECS.items() if sp.produces is not None and s != stage}
+    need = {SPECS[u].verb_of for u in SPECS[stage].upstream_of(cfg)}
+    need |= {sp.verb_of for s, sp in SPECS.items() if sp.produces is not None and s != stage}
     if stage == "align":
         need.add("extract")            # the align job assembles features.h5 from the extract array's shards
     return [j for j in planned if j in need]
