@@ -197,8 +197,8 @@ def _load_permutation(path, meta: ScoresMeta):
                 "null": text("null"), "null_description": text("null_description"),
                 "held_fixed": text("held_fixed"), "statistic": text("statistic"),
                 "map_feature_set": fsets[fi],
-                "map_observed": g["r/observed"][:, fi, :].astype(np.float64),              # (S, V)
-                "map_significant": g["r/significant"][:, fi, :].astype(bool),
+                "map_observed": g["r/observed"][:, fi, :].astype(np.float64) if "r/observed" in g else None,
+                "map_significant": g["r/significant"][:, fi, :].astype(bool),                # (S, V)
                 "r_sig": g["r/significant"][()].sum(axis=-1),                       # (S, F)
                 "contrasts": {n: (g[f"contrast/{n}"].attrs["a"], g[f"contrast/{n}"].attrs["b"],
                                   g[f"contrast/{n}/significant"][()].sum(axis=-1)) for n in names},
@@ -726,13 +726,14 @@ def subject_figures(data: ReportData, rep, fs, layer) -> list:
     pm, meta = data.permutation, data.meta
     units = _units(meta)
     if pm is not None and pm["layer"] == layer and pm["map_feature_set"] == fs:
-        maps = np.where(pm["map_significant"], pm["map_observed"], np.nan)
+        observed = pm["map_observed"] if pm["map_observed"] is not None else data.subject_r
+        maps = np.where(pm["map_significant"], observed, np.nan)
         notes = [f"{int(n)} of {meta.n_voxels} {units} with q ≤ {pm['q']:g}" for n in pm["map_significant"].sum(-1)]
         what = (f"shown where the subject's own permutation test gives q ≤ {pm['q']:g}. "
                 + permutation_tested_with(pm))
     else:
         maps, notes = data.subject_r, None
-        what = ("unthresholded (no per-subject test: stats.permutations is 0 or permutation.h5 is for another "
+        what = ("unthresholded; descriptive, no test (stats.permutations is 0 or permutation.h5 is for another "
                 "layer or feature set).")
     name = f"subjects_mean-r_{fs}.png"
     if not subject_maps_png(maps, meta.subjects, meta.space, f"per-subject r, {fs}, layer {layer}", rep / name,

@@ -69,10 +69,12 @@ def legend_html(cfg, feature_sets, contrasts) -> str:
                     f"{html.escape(c.b or '0')}: <span class=pos>+</span> where {html.escape(c.a)} &gt; "
                     f"{html.escape(c.b or '0')}, <span class=neg>−</span> where {html.escape(c.a)} &lt; "
                     f"{html.escape(c.b or '0')}</td></tr>" for c in contrasts)
-    return ("<h2>Legend</h2><p>Feature sets: each is one encoding model's input; layer-wise hidden states of "
-            f"the backbone <code>{html.escape(cfg.model.backbone)}</code>, pooled per TR window.</p>"
+    return ("<h2>Legend</h2><p>Definitions (No significance test in these tables). Feature sets: each is one "
+            "encoding model's input; layer-wise hidden states of the backbone "
+            f"<code>{html.escape(cfg.model.backbone)}</code>, pooled per TR window.</p>"
             f"<table><tr><th class=l>feature set</th><th class=l>definition</th></tr>{rows}</table>"
-            + (f"<p>Contrasts (Fisher-z difference of r, per subject, then across subjects):</p><table><tr>"
+            + (f"<p>Contrasts: the Fisher-z difference of r, per subject, then across subjects (definitions; No "
+               "significance test in this table):</p><table><tr>"
                f"<th class=l>contrast</th><th class=l>difference and sign</th></tr>{crows}</table>" if crows else ""))
 
 
