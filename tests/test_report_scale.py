@@ -85,7 +85,7 @@ def test_the_roi_table_is_sorted_by_effect_with_the_full_table_a_click_away(stud
     rows = re.findall(r"<tr[^>]*><td class=l>([^<]+)</td><td class=l>([^<]+)</td><td>\d+</td><td>\d+</td>"
                       r"<td class=(pos|neg)>([^<]+)</td><td class=l>([^<]+)</td>", shown)
     by_contrast = {}
-    for contrast, roi, cls, mean, direction in rows:
+    for contrast, _roi, cls, mean, direction in rows:
         by_contrast.setdefault(contrast, []).append((float(mean.replace("–", "nan")), cls, unescape(direction)))
     assert set(by_contrast) == {"vision_gain", "language_gain", "crossmodal_vs_0"}
     for contrast, vals in by_contrast.items():

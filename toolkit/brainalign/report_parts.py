@@ -123,7 +123,7 @@ def fig_mlm(rows: list[dict], title: str):
             hi.append(r["top1_ci_high"] - r["top1"])
             ns.append(int(r["n_words"]) if np.isfinite(r["n_words"]) else 0)
         ax.bar(xs, ys, width * 0.92, yerr=[lo, hi], capsize=3, color=colors[ci], label=c, zorder=2)
-        for x, y, n in zip(xs, ys, ns):
+        for x, n in zip(xs, ns):
             ax.text(x, 0.01, f"n={n}", ha="center", va="bottom", fontsize=8, rotation=90, color="white")
     for d in diffs:                                              # the paired difference, in words, per class
         k = d["word_class"] or "all words"
