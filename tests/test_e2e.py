@@ -111,8 +111,8 @@ def test_report_says_what_was_planted_and_what_was_found(demo_run):
     verdicts = {(f["roi"], f["contrast"]): f for f in findings["rois"]}
     assert verdicts[("vision", "vision_gain")]["verdict"] == "found"
     assert verdicts[("language", "language_gain")]["verdict"] == "found"
-    cm = verdicts[("crossmodal", "crossmodal_vs_0")]
-    mean, q, sig = _cell(rows, "crossmodal_vs_0", "crossmodal", findings["layer"])
+    cm = verdicts[("interaction", "crossmodal_vs_0")]
+    mean, q, sig = _cell(rows, "crossmodal_vs_0", "interaction", findings["layer"])
     assert cm["expect"] == "positive" and cm["verdict"] == ("found" if sig and mean > 0 else "not found")
     html = (tmp / "results" / "report" / "index.html").read_text()
     assert "Planted vs found" in html
@@ -120,7 +120,7 @@ def test_report_says_what_was_planted_and_what_was_found(demo_run):
         assert escape(s) in html
     text = " ".join(findings["sentences"])
     if cm["verdict"] == "not found":          # the tiny model does not carry the interaction: said in words
-        assert "Planted but not found: crossmodal responds to the interaction" in text
+        assert "Planted but not found: interaction responds to the interaction" in text
         assert "Dong & Toneva (2023)" in text and "pre-trained MERLOT Reserve" in text
     assert "Planted and found: vision responds to what is on screen" in text
     assert "no contrast is significant in null_1, null_2" in text

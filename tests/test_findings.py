@@ -9,7 +9,7 @@ from brainalign import findings
 from brainalign.config import parse_config
 from brainalign.report import ContrastStats
 
-ROIS = ["language", "vision", "crossmodal", "null_1"]
+ROIS = ["language", "vision", "interaction", "null_1"]
 RESIDUAL = {"a": "residual", "target": "joint", "without": ["vision", "language"]}
 
 
@@ -19,7 +19,7 @@ def truth():
          "expect": [{"a": "joint", "b": "no_language", "direction": "a > b"}], "expect_null": [RESIDUAL]},
         {"name": "vision", "responds_to": "what is on screen", "planted_ceiling": {"01": 0.3, "02": 0.3},
          "expect": [{"a": "joint", "b": "no_vision", "direction": "a > b"}], "expect_null": [RESIDUAL]},
-        {"name": "crossmodal", "responds_to": "the interaction", "planted_ceiling": {"01": 0.4, "02": 0.4},
+        {"name": "interaction", "responds_to": "the interaction", "planted_ceiling": {"01": 0.4, "02": 0.4},
          "expect": [{**RESIDUAL, "direction": "a > 0", "requires": "joint features that carry the interaction"}],
          "expect_null": []},
         {"name": "null_1", "responds_to": "nothing", "planted_ceiling": None, "expect": [], "expect_null": "all"}],
@@ -66,13 +66,13 @@ def test_verdicts_at_the_report_layer(setup):
     got = {(f.roi, f.contrast): (f.expect, f.verdict) for f in findings.roi_findings(truth(), data, cfg)}
     assert got[("vision", "vision_gain")] == ("positive", "found")
     assert got[("language", "language_gain")] == ("positive", "not found")          # q 0.3 at layer 1
-    assert got[("crossmodal", "crossmodal_vs_0")] == ("positive", "not found")
+    assert got[("interaction", "crossmodal_vs_0")] == ("positive", "not found")
     assert got[("language", "crossmodal_vs_0")] == ("null", "null")
     assert got[("vision", "crossmodal_vs_0")] == ("null", "null")
     assert got[("null_1", "language_gain")] == ("null", "false positive")            # q 0.04
     assert got[("null_1", "vision_gain")] == ("null", "null")
     assert got[("language", "vision_gain")] == ("none", "unplanted")                 # significant, negative
-    assert got[("crossmodal", "only_lang_vs_0")] == ("none", "unplanted")
+    assert got[("interaction", "only_lang_vs_0")] == ("none", "unplanted")
     assert got[("vision", "language_gain")] == ("none", None)
 
 
@@ -92,8 +92,8 @@ def test_sentences_say_what_was_and_was_not_found(setup, tmp_path):
     assert section["layer"] == 3 and text.startswith("All ROI statements at the report layer 3.")
     assert "Planted and found: vision responds to what is on screen; joint vs no_vision (vision_gain)" in text
     assert "Planted but not found: language responds to what is said" in text
-    assert ("Planted but not found: crossmodal responds to the interaction, but crossmodal vs 0 (crossmodal_vs_0) "
-            "in crossmodal is not significant") in text and "Dong & Toneva (2023)" in text
+    assert ("Planted but not found: interaction responds to the interaction, but crossmodal vs 0 (crossmodal_vs_0) "
+            "in interaction is not significant") in text and "Dong & Toneva (2023)" in text
     assert "False positive: joint vs no_language (language_gain) in null_1" in text
     assert "crossmodal_vs_0 is not significant in language, vision (ROIs driven by one modality only)" in text
     assert "Not planted, found: joint < no_vision in language" in text

@@ -21,7 +21,10 @@ CONTRASTS = [{"name": "joint-vs-novision", "a": "joint", "b": "no_vision"},
 PNGS = ["roi_bars.png", "layer_curves.png", "map_mean-r_joint.png", "map_contrast-joint-vs-novision_t.png",
         "map_contrast-joint-vs-zero_t.png",
         # nilearn glass brains of the contrasts with significant voxels
-        "glass_contrast-joint-vs-novision_t.png", "glass_contrast-joint-vs-zero_t.png"]
+        "glass_contrast-joint-vs-novision_t.png", "glass_contrast-joint-vs-zero_t.png",
+        # the same maps on the fsaverage5 surface, and the per-subject maps (issue 23)
+        "surf_mean-r_joint.png", "surf_contrast-joint-vs-novision_t.png", "surf_contrast-joint-vs-zero_t.png",
+        "subjects_mean-r_joint.png"]
 
 
 def png_size(path):
@@ -152,7 +155,8 @@ def test_report_without_contrasts(tmp_path):
     run_stats(cfg)
     rep = run_report(cfg)
     assert sorted(p.name for p in rep.glob("*.png")) == ["layer_curves.png", "map_mean-r_joint.png",
-                                                         "roi_bars.png"]
+                                                         "roi_bars.png", "subjects_mean-r_joint.png",
+                                                         "surf_mean-r_joint.png"]
     assert "No contrasts" in (rep / "index.html").read_text()
 
 
@@ -196,6 +200,7 @@ def test_report_shows_noise_ceiling_and_permutation_counts(tmp_path):
         rc = f["noise_ceiling/roi_ceiling"][:, 0]
     assert f"<td>{rc.mean():.3g} ± {rc.std(ddof=1) / np.sqrt(5):.2g}</td>" in text
     assert f"<td>{rn.mean():.3g} ± {rn.std(ddof=1) / np.sqrt(5):.2g}</td>" in text
-    assert "Per-subject permutation tests, layer 2" in text and "999 within-run circular shifts" in text
+    assert "Per-subject permutation tests, layer 2" in text and "999 permutations" in text
+    assert "Tested with: within-run circular shifts of the BOLD" in text      # a file without a null description
     assert "<tr><td class=l>sub-04</td><td>7</td><td>2</td><td>0</td></tr>" in text
     assert "<tr><td class=l>sub-03</td><td>7</td><td>0</td><td>4</td></tr>" in text

@@ -1,7 +1,7 @@
 """The residual method finds the demo's planted interaction when the features carry it (issue 13, item 4).
 
 The tiny demo model does not carry the interaction of what is said and what is on screen, so the demo's
-crossmodal ROI comes out "not found" (the report says so). This test shows that it is the model, not the
+interaction ROI comes out "not found" (the report says so). This test shows that it is the model, not the
 method or the simulation: on the same simulated BOLD, features constructed from the simulation's own
 stimulus latents (window means, no HRF: the FIR delays have to find it) with a known content,
 
@@ -10,8 +10,8 @@ stimulus latents (window means, no HRF: the FIR delays have to find it) with a k
     no_vision   = [language, noise]           no_language = [vision, noise]
 
 go through the real align -> fit -> stats stages. The residual of joint given (no_vision, no_language) must
-be significant (> 0) in the crossmodal ROI, not in the ROIs one modality drives, and several times weaker
-everywhere else; the control's residual must not find the crossmodal ROI.
+be significant (> 0) in the interaction ROI, not in the ROIs one modality drives, and several times weaker
+everywhere else; the control's residual must not find the interaction ROI.
 
 Not asserted, and worth knowing: the control's cross-fitted residual is significant (mean Δz ~0.05) in the
 vision and language ROIs here. A cross-fitted (out-of-sample) regression's error is linear in the
@@ -89,7 +89,7 @@ def sig(row):
 
 
 def test_residual_finds_the_planted_interaction_when_the_features_carry_it(oracle_run):
-    row = oracle_run[("crossmodal_vs_0", "crossmodal")]
+    row = oracle_run[("crossmodal_vs_0", "interaction")]
     assert sig(row) and float(row["mean_dz"]) > 0.1, row
     for roi in ("language", "vision"):                  # driven by one modality: the residual is not significant
         assert not sig(oracle_run[("crossmodal_vs_0", roi)]), roi
@@ -98,7 +98,7 @@ def test_residual_finds_the_planted_interaction_when_the_features_carry_it(oracl
 
 
 def test_residual_of_features_without_the_interaction_does_not_find_it(oracle_run):
-    row = oracle_run[("control_vs_0", "crossmodal")]
+    row = oracle_run[("control_vs_0", "interaction")]
     assert not sig(row) and float(row["mean_dz"]) < 0.02, row
 
 

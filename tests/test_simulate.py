@@ -309,7 +309,7 @@ def test_simulate_layout_truth_and_readers(tmp_path):
     assert mask.shape == (9, 9, 7)
     np.testing.assert_allclose(np.diag(mask.affine)[:3], [4, 4, 4])
     labels, names = load_rois(cfg.path(b.rois), cfg.path(b.roi_names), mask)
-    assert names == {1: "language", 2: "vision", 3: "crossmodal", 4: "null_1", 5: "null_2"}
+    assert names == {1: "language", 2: "vision", 3: "interaction", 4: "null_1", 5: "null_2"}
     assert np.bincount(labels, minlength=6)[1:].tolist() == [8] * 5
     sessions = {"s01e01a": "001", "s01e01b": "001", "s01e02a": "002"}
     for sub in ("01", "02"):
@@ -326,12 +326,12 @@ def test_simulate_layout_truth_and_readers(tmp_path):
     truth = json.loads((root / "truth.json").read_text())
     rois = {r["name"]: r for r in truth["rois"]}
     assert rois["language"]["driver"] == "language" and rois["vision"]["driver"] == "vision"
-    assert rois["crossmodal"]["driver"] == "interaction"
+    assert rois["interaction"]["driver"] == "interaction"
     assert rois["language"]["expect"] == [{"a": "joint", "b": "no_language", "direction": "a > b"}]
     assert rois["vision"]["expect_null"][0]["a"] == "residual" and rois["null_1"]["expect_null"] == "all"
     assert rois["null_1"]["driver"] is None and rois["null_1"]["expect"] == []
     lo, hi = truth["generative_model"]["effect_r"]
-    for n in ("language", "vision", "crossmodal"):
+    for n in ("language", "vision", "interaction"):
         assert lo <= rois[n]["mean_target_ceiling"] <= hi
         assert set(rois[n]["planted_ceiling"]) == {"01", "02", "03"}
     assert truth["model"] is None                                   # pretrain_steps 0: no checkpoint

@@ -385,3 +385,100 @@ def test_long_records_fit_in_hdf5(tmp_path):
         f.create_dataset("x", data=[1])
     stored = read_record(tmp_path / "a.h5")
     assert stored.status == "ok" and stored.key == "k" and stored.record == rec
+
+
+# ---- content hashes recorded at run time; git-annex keys (issue 23, item 4) ---------------------------------
+
+def _inputs_of(path, dataset=None):
+    with h5py.File(path) as f:
+        obj = f[dataset] if dataset else f
+        return {fp["role"]: fp for fp in json.loads(obj.attrs["stage_record"])["inputs"]}
+
+
+def _touch(path, seconds=3600):
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 10**9))
+
+
+def test_a_run_records_content_hashes_so_touched_inputs_change_nothing(study, encoded, capsys):
+    """Default (mtime) mode: every stage that ran recorded its inputs' SHA-256 (checked against hashlib); a
+    touch -- a copy, a `datalad get` that resets mtimes -- then re-hashes the file, finds it unchanged, and
+    nothing re-runs; --verify confirms equality instead of saying `changed (mtime)`."""
+    root, cfg = study
+    results, data = root / "results", root / "data"
+    video, tsv = data / "stimuli" / "s01e01a.mp4", data / "stimuli" / "s01e02a.tsv"
+    (bold,) = (data / "derivatives" / "fmriprep").glob("sub-01/*/func/*task-s01e01a_*_bold.nii.gz")
+    ext = _inputs_of(results / "features" / "s01e01a.h5", "joint")
+    assert ext["video s01e01a"]["sha256"] == hashlib.sha256(video.read_bytes()).hexdigest()
+    assert _inputs_of(results / "bold.h5")["bold sub-01 task-s01e01a"]["sha256"] == \
+        hashlib.sha256(bold.read_bytes()).hexdigest()
+    for p in (video, tsv, bold):
+        _touch(p)
+    before = stamps(results)
+    capsys.readouterr()
+    assert main(["status", str(cfg)]) == 0
+    assert "everything is current" in capsys.readouterr().out
+    assert main(["status", str(cfg), "--verify", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "everything is current" in out and "changed (mtime)" not in out
+    assert run(cfg) == 0 and run(cfg, "--verify") == 0
+    assert rerun_stages(before, stamps(results)) == set() and encoded == []
+    # a real change of the same size is still a change, in the default mode too
+    tsv.write_text(tsv.read_text()[::-1])
+    assert main(["status", str(cfg), "--stages", "extract", "-v"]) == 0
+    assert "s01e02a/joint: transcript s01e02a changed (content)" in capsys.readouterr().out
+
+
+def _annex(path: Path, repo: Path, key_sha=None) -> Path:
+    """Turn ``path`` into a git-annex (SHA256E backend) symlink as `git annex add` / `datalad get` leave it:
+    the bytes under .git/annex/objects/<xx>/<yy>/<KEY>/<KEY>, the file a relative symlink whose target's
+    name is the key SHA256E-s<size>--<sha256>.<ext>. ``key_sha`` names another hash (a corrupt object)."""
+    data = path.read_bytes()
+    sha = key_sha or hashlib.sha256(data).hexdigest()
+    key = f"SHA256E-s{len(data)}--{sha}{''.join(path.suffixes)}"
+    h = hashlib.md5(key.encode()).hexdigest()
+    obj = repo / ".git" / "annex" / "objects" / h[:3] / h[3:6] / key / key
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(data)
+    obj.chmod(0o444)
+    path.unlink()
+    path.symlink_to(os.path.relpath(obj, path.parent))
+    return obj
+
+
+def test_git_annex_keys_are_content_hashes_read_for_free(study, capsys, monkeypatch):
+    """An annexed input (DataLad): its key is its SHA-256, recorded without reading the file; an unchanged
+    file re-got with a new mtime is current; a key naming other content is a change (mtime mode), and
+    --verify hashes the bytes and says in one line that they do not match the key."""
+    import brainalign.stagekeys as K
+
+    root, cfg = study
+    data = root / "data"
+    video = data / "stimuli" / "s01e01b.mp4"
+    want = hashlib.sha256(video.read_bytes()).hexdigest()
+    obj = _annex(video, data)
+    _touch(obj)                                     # `datalad get` wrote the object now
+    assert K.annex_sha256(video) == want and K.annex_sha256(obj) is None
+    inp = K.Input("video s01e01b", video)
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k))
+    fp = K.fingerprint(inp)                          # mtime mode: the hash comes from the key
+    monkeypatch.setattr("builtins.open", real_open)
+    assert fp["sha256"] == want and not any(str(obj) in p or str(video) in p for p in opened)
+    capsys.readouterr()
+    assert main(["status", str(cfg), "--stages", "extract"]) == 0
+    assert "extract   current" in capsys.readouterr().out
+    assert main(["status", str(cfg), "--stages", "extract", "--verify"]) == 0
+    assert "extract   current" in capsys.readouterr().out
+    # a key that names other content: changed without reading the bytes; --verify: one line naming the file
+    other = data / "stimuli" / "other.mp4"
+    other.write_bytes(obj.read_bytes())
+    bad = _annex(other, data, key_sha="0" * 64)
+    video.unlink()
+    video.symlink_to(os.path.relpath(bad, video.parent))
+    assert main(["status", str(cfg), "--stages", "extract", "-v"]) == 0
+    assert "video s01e01b changed (" in capsys.readouterr().out
+    assert main(["status", str(cfg), "--stages", "extract", "--verify"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "does not match its git-annex key" in err and bad.name in err

@@ -1,5 +1,6 @@
 """Command line: parsing only; every verb calls a stage function. User errors print one line, exit 2."""
 import argparse
+import errno
 import os
 import sys
 
@@ -20,8 +21,9 @@ VERBS.update({
               "as an MPI job (srun), then stats and report, chained with afterok; --dry-run prints the plan",
     "status": "per stage of the config's pipeline: current (would be skipped), stale (with what changed: a "
               "config value it reads, an upstream output, an input file) or missing; runs nothing",
-    "validate": "check the config against the schema and that the files its data section resolves to exist "
-                "(listing the first missing ones); runs nothing",
+    "validate": "check everything `run` would reject before doing work -- the config against the schema, the "
+                "backbone name, that the files its data section resolves to exist (listing the first missing "
+                "ones) -- and print a one-line verdict (-v: also the config as resolved); runs nothing",
 })
 
 
@@ -116,15 +118,21 @@ def main(argv=None):
         if getattr(args, "verify", False):
             cfg.pipeline.fingerprint = "content"
         if args.verb == "validate":
-            from .datafiles import check_data_files
+            from .pipeline.preflight import preflight
 
             from .pipeline.checkpoints import check_checkpoints
 
             n_ckpt = check_checkpoints(cfg)
-            summary = check_data_files(cfg)
+            summary = preflight(cfg)
             summary += f"; {n_ckpt} checkpoint(s) readable" if n_ckpt else ""
-            print(cfg.text if args.set else f"config {cfg.source}: ok ({cfg.name}; pipeline "
-                  f"{' '.join(cfg.pipeline)}; feature sets {' '.join(cfg.feature_sets)}; {summary})")
+            if args.verbose:                  # the config as resolved (with the --set overrides)
+                print(cfg.text, end="" if cfg.text.endswith("
+") else "
+")
+            sets = f", {len(overrides)} --set override(s)" if overrides else ""
+            print(f"config {cfg.source}: ok ({cfg.name}{sets}; pipeline {' '.join(cfg.pipeline)}; backbone "
+                  f"{cfg.model.backbone}; feature sets {' '.join(cfg.feature_sets)}; {summary})")
+            sys.stdout.flush()
             return 0
         from .pipeline import run_pipeline, run_stage
 
@@ -150,16 +158,38 @@ def main(argv=None):
             out = run_stage(cfg, args.verb, force=args.force)
             if rank_info()[0] == 0:          # under MPI only rank 0 reports
                 print(out)
+        sys.stdout.flush()                   # a closed pipe is seen here, not in the interpreter's exit
         return 0
     except BrainAlignError as e:
         print(f"brainalign {args.verb}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:                  # `brainalign status ... | head`: the reader stopped reading
+        _silence_stdout()
+        print(f"brainalign {args.verb}: error: output closed early (broken pipe)", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            log.exception("internal error (please report it with the traceback above)")
+            return 1
+        print(f"brainalign {args.verb}: error: symbolic link loop at {e.filename} "
+              f"({e.strerror}); fix or remove that link", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"brainalign {args.verb}: interrupted", file=sys.stderr)
         return 130
     except Exception:
         log.exception("internal error (please report it with the traceback above)")
         return 1
+
+
+def _silence_stdout():
+    """After a broken pipe: point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):            # stdout without a file descriptor (tests' capture)
+        pass
 
 
 if __name__ == "__main__":

@@ -689,14 +689,25 @@ def load_config(path, overrides: Optional[dict] = None) -> Config:
     for dotted, value in (overrides or {}).items():
         node = data if isinstance(data, dict) else {}
         *parents, last = dotted.split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
             if p == "pipeline" and node is data and isinstance(node.get(p), list):
                 node[p] = {"stages": node[p]}          # pipeline.fingerprint=… on the short form
-            node = node.setdefault(p, {})
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):             # fit.alphas.x=1, name.x=1: no keys below a value
+                where = ".".join(parents[:i + 1])
+                raise ConfigError(f"--set {dotted}: {where} is a {type(node).__name__} ({_short_repr(node)}), "
+                                  f"not a section; it has no key {parents[i + 1] if i + 1 < len(parents) else last!r}")
         node[last] = value
     if overrides:
         text = yaml.safe_dump(data, sort_keys=False)
     return parse_config(data, source=str(path), text=text)
+
+
+def _short_repr(v, n=40) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[:n - 3] + "..."
 
 
 def require_file(key: str, path: Path, what: str = "file") -> Path:

@@ -127,6 +127,20 @@ def _check_roi_groups(cfg):
         group_labels(read_roi_names(files[0]), b.roi_groups)
 
 
+def _why_missing(path) -> str:
+    """`` (symbolic link loop)`` / `` (broken symbolic link)`` for a link that does not lead to a file."""
+    import errno
+    import os
+
+    if not os.path.islink(path):
+        return ""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return " (symbolic link loop)" if e.errno == errno.ELOOP else " (broken symbolic link)"
+    return ""
+
+
 def check_data_files(cfg, show: int = 3) -> str:
     """For ``validate``: ConfigError listing the first ``show`` missing files (key: path) and how many are
     missing; else a one-line summary of what the data section resolves to."""
@@ -138,7 +152,7 @@ def check_data_files(cfg, show: int = 3) -> str:
     files = data_files(cfg, table=table)
     missing = [f for f in files if not f.exists]
     if missing:
-        shown = "; ".join(f"{f.key}: {f.path}" for f in missing[:show])
+        shown = "; ".join(f"{f.key}: {f.path}{_why_missing(f.path)}" for f in missing[:show])
         raise ConfigError(f"{len(missing)} of {len(files)} data files missing: {shown}"
                           + (" ..." if len(missing) > show else ""))
     _check_roi_groups(cfg)

@@ -160,7 +160,7 @@ def _descriptive_attrs(cfg, backbone, layers) -> dict:
 def _unit_attrs(state) -> dict:
     from .stagekeys import KEY_ATTR, RECORD_ATTR
 
-    exp = state.expected
+    exp = state.expected.hash_inputs()          # --force on a current unit: its record gets hashes too
     return {KEY_ATTR: exp.key, RECORD_ATTR: json.dumps(exp.record(), sort_keys=True)}
 
 
@@ -187,7 +187,7 @@ def extract_one(cfg, episode, backbone=None, force=False, states=None, backbones
         log.info("extract %s: every feature set in %s is current; skipping", episode, path)
         return path
     keep, old_windows = ({}, None) if force else _kept(path, todo)
-    log.info("extract %s: %s%s", episode, "; ".join(f"{fs}: {states[fs].why(2)}" for fs in todo),
+    log.debug("extract %s: %s%s", episode, "; ".join(f"{fs}: {states[fs].why(2)}" for fs in todo),
              f"; keeping {', '.join(sorted(keep))}" if keep else "")
     conds = _conditions(cfg, None)
     _check_batch_size(cfg)
@@ -243,7 +243,7 @@ def extract_one(cfg, episode, backbone=None, force=False, states=None, backbones
         f.attrs["episode"] = episode
         f.attrs["conditions"] = str_attr(names)
     n = stimuli.n_windows
-    log.info("extract %s: %d windows x %d feature sets: stimuli %.1f s, model %.1f s (%.1f windows/s) -> %s",
+    log.debug("extract %s: %d windows x %d feature sets: stimuli %.1f s, model %.1f s (%.1f windows/s) -> %s",
              episode, n, len(feats), t1 - t0, t2 - t1, n * len(feats) / max(t2 - t1, 1e-9), path)
     return path
 

@@ -389,7 +389,7 @@ def work(inp: FitInputs, cfg, source, writer):
             writer.add(u.key, a, b, r, alpha)
             dt, db = time.perf_counter() - t0, cache.build_s + engines.build_s - build_s
             source.done(u, dt - db, db, cache.builds + engines.builds - builds)
-            log.info("unit %s done in %.2f s%s", inp.describe(u), dt, f" (solver built in {db:.2f} s)" if db else "")
+            log.debug("unit %s done in %.2f s%s", inp.describe(u), dt, f" (solver built in {db:.2f} s)" if db else "")
         writer.close()
     except Exception as e:
         source.fail(str(e) if isinstance(e, BrainAlignError) else f"{type(e).__name__}: {e}")

@@ -262,7 +262,7 @@ def run_mlm(cfg, force: bool = False, backbone=None):
         res["word_class"] = [labels[i][w] if labels else ALL_WORDS for i, w in zip(res["window_index"],
                                                                                      res["word_index"])]
         per_ep.append(res)
-        log.info("mlm %s: %d masked words; top-1 %s", ep, len(res["word"]),
+        log.debug("mlm %s: %d masked words; top-1 %s", ep, len(res["word"]),
                  ", ".join(f"{c} {res[c]['top1'].mean():.3f}" if len(res["word"]) else f"{c} -" for c in conds))
     n_words = sum(len(r["word"]) for r in per_ep)
     if n_words == 0:

@@ -40,12 +40,18 @@ import numpy as np
 from .errors import ConfigError, DataError
 from .h5io import atomic_path, open_h5, read_str_attr
 from .log import get_logger
-from .paths import MAPS, PERMUTATION, ROI_SCORES_CSV, SCORES, STATS, report_dir, report_index, report_marker
+from .paths import MAPS, MLM_CSV, PERMUTATION, ROI_SCORES_CSV, SCORES, STATS, report_dir, report_index, report_marker
 from .provenance import provenance
 from .groupstats import ROI_STATS
+from .report_parts import SORT_JS, fig_mlm, legend_html, read_mlm
 from .scores import ScoresMeta, read_scores_meta
 
 log = get_logger("report")
+
+MAX_PNG_WIDTH = 2400          # px: a figure fits the page and its names stay legible at 100 % zoom
+MAX_FIG_WIDTH_IN = 15.5       # at 150 dpi, before a legend outside the axes
+SIGN_COLORS = {True: "#1b7837", False: "#762a83"}     # a > b, a < b
+ROWS_SHOWN = 20               # per contrast in the report-layer table; the full table is a click away
 
 _PROV_KEYS = ("stage", "created", "git_commit", "brainalign_version", "host", "command", "python",
               "mpi_size", "container", "slurm")
@@ -76,6 +82,7 @@ class ReportData:
     permutation: dict | None = None   # permutation.h5 summary (see _load_permutation)
     fdr_family: str = "layer"    # stats.h5 attr fdr_family (files written before it existed: per layer)
     partitions: list = field(default_factory=list)   # [(name, regions, {mean, ci_low, ci_high, q, significant}: (M, L, R))]
+    subject_r: np.ndarray | None = None   # (S, V) per-subject r of the joint feature set at the report layer
 
     def fdr(self, unit="ROI") -> str:
         """What one BH correction of stats.h5 spans, in words (for captions)."""
@@ -122,6 +129,9 @@ def load_report_data(cfg) -> ReportData:
     with open_h5(scores_path, "scores file", require=("r_mean", "mask", "roi_labels")) as f:
         meta = read_scores_meta(f, scores_path)
         scores_attrs = _attrs_as_text(f)
+        li0, _ = _pick_layer(cfg, meta)
+        fj = meta.feature_sets.index("joint") if "joint" in meta.feature_sets else 0
+        subject_r = f["r_mean"][:, fj, li0, :].astype(np.float64)          # (S, V): the per-subject maps
     if not stats_path.exists():
         raise DataError(f"stats file not found: {stats_path} (run the stats stage first)")
     with open_h5(stats_path, "stats file", require=("roi/mean_r", "voxel/mean_r")) as g:
@@ -160,7 +170,7 @@ def load_report_data(cfg) -> ReportData:
         data = ReportData(meta, roi_r, vox_mean_r, float(g.attrs["q"]), li, how, contrasts,
                           {"scores.h5": scores_attrs, "stats.h5": _attrs_as_text(g)}, ceiling,
                           _load_permutation(out / PERMUTATION, meta),
-                          str(g.attrs.get("fdr_family", "layer")), partitions)
+                          str(g.attrs.get("fdr_family", "layer")), partitions, subject_r)
     return data
 
 
@@ -176,9 +186,19 @@ def _load_permutation(path, meta: ScoresMeta):
             log.warning("report: %s is for other subjects than scores.h5; not shown", path)
             return None
         names = read_str_attr(g, "contrasts") if len(g.attrs.get("contrasts", [])) else []
-        return {"feature_sets": read_str_attr(g, "feature_sets"), "layer": int(g.attrs["layer"]),
+        fsets = read_str_attr(g, "feature_sets")
+        fi = fsets.index("joint") if "joint" in fsets else 0
+        text = lambda k: (g.attrs[k].decode() if isinstance(g.attrs[k], bytes) else str(g.attrs[k])) \
+            if k in g.attrs else ""                                                       # noqa: E731
+        return {"feature_sets": fsets, "layer": int(g.attrs["layer"]),
                 "fdr": str(g.attrs.get("fdr", "Benjamini-Hochberg per subject across voxels of each test")),
-                "n_perm": int(g.attrs["n_perm"]), "q": float(g.attrs["q"]),
+                "n_perm": int(g.attrs.get("n_permutations", g.attrs.get("n_perm", 0))), "q": float(g.attrs["q"]),
+                # what each per-subject map was tested with (issue 21's refitting null names itself here)
+                "null": text("null"), "null_description": text("null_description"),
+                "held_fixed": text("held_fixed"), "statistic": text("statistic"),
+                "map_feature_set": fsets[fi],
+                "map_observed": g["r/observed"][:, fi, :].astype(np.float64) if "r/observed" in g else None,
+                "map_significant": g["r/significant"][:, fi, :].astype(bool),                # (S, V)
                 "r_sig": g["r/significant"][()].sum(axis=-1),                       # (S, F)
                 "contrasts": {n: (g[f"contrast/{n}"].attrs["a"], g[f"contrast/{n}"].attrs["b"],
                                   g[f"contrast/{n}/significant"][()].sum(axis=-1)) for n in names},
@@ -242,7 +262,8 @@ def fig_roi_bars(data: ReportData, title: str):
     vals = data.roi_r[:, :, li, :]                       # (S, F, R)
     mean, sem = _sem(vals, axis=0)                        # (F, R)
     width = 0.8 / F
-    fig = _figure(figsize=(max(5.0, 1.1 * R * max(F, 2) * 0.45 + 2), 4.6), layout="constrained")
+    fig = _figure(figsize=(min(MAX_FIG_WIDTH_IN, max(5.0, 0.5 * R * max(F, 2) * 0.45 + 2.5)), 4.8),
+                  layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(R)
     colors = _colors(F)
@@ -266,15 +287,18 @@ def fig_roi_bars(data: ReportData, title: str):
         for ri in range(R):
             if not c.roi["significant"][li, ri]:
                 continue
-            s = stars(c.roi["q"][li, ri])
+            up = c.roi["mean"][li, ri] > 0                   # the sign of a − b: shown, not only its size
+            s = ("+" if up else "−") + stars(c.roi["q"][li, ri])
+            col = SIGN_COLORS[up]
             xa = x[ri] - 0.4 + width * (ia + 0.5)
             if ib is None:
-                ax.text(xa, level[ri], s, ha="center", va="bottom", fontsize=9)
+                ax.text(xa, level[ri], s, ha="center", va="bottom", fontsize=9, color=col, fontweight="bold")
             else:
                 xb = x[ri] - 0.4 + width * (ib + 0.5)
                 y = level[ri]
-                ax.plot([xa, xa, xb, xb], [y, y + step * 0.3, y + step * 0.3, y], color="k", lw=0.8)
-                ax.text((xa + xb) / 2, y + step * 0.25, s, ha="center", va="bottom", fontsize=9)
+                ax.plot([xa, xa, xb, xb], [y, y + step * 0.3, y + step * 0.3, y], color=col, lw=1.0)
+                ax.text((xa + xb) / 2, y + step * 0.25, s, ha="center", va="bottom", fontsize=9, color=col,
+                        fontweight="bold")
             level[ri] += step
     ax.set_xticks(x, meta.roi_names, rotation=30 if R > 6 else 0, ha="right" if R > 6 else "center")
     ax.axhline(0, color="k", lw=0.6)
@@ -287,9 +311,10 @@ def fig_roi_bars(data: ReportData, title: str):
     if np.isfinite(level).any():
         lo, hi = ax.get_ylim()
         ax.set_ylim(lo, max(hi, float(np.nanmax(level)) + step))
-    notes = [f"{c.name}: {c.a} vs {c.b or '0'} ({'bracket' if c.b else 'mark above ' + c.a})"
+    notes = [f"{c.name}: {c.a} vs {c.b or '0'} ({'bracket from ' + c.a + ' to ' + c.b if c.b else 'mark above ' + c.a})"
              for c in data.contrasts]
-    fig.text(0.0, -0.02, f"* q<{data.q:g}, ** q<.01, *** q<.001 (one-sample t on Fisher-z differences; "
+    fig.text(0.0, -0.02, "+ (green): a > b, − (purple): a < b; "
+             f"* q<{data.q:g}, ** q<.01, *** q<.001 (one-sample t on Fisher-z differences; "
              f"{data.fdr('ROI')})" + ("\n" + "; ".join(notes) if notes else ""), fontsize=7, va="top",
              ha="left", wrap=True)
     return fig
@@ -410,8 +435,19 @@ def glass_brain_png(values, meta: ScoresMeta, title: str, path) -> Path | None:
 
 
 def save_png(fig, path) -> Path:
+    """PNG at 150 dpi; a figure wider than 2,400 px (e.g. a wide legend under bbox 'tight') is saved at the dpi
+    that makes it 2,400 px: legible at 100 % zoom, no wider than a page."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight", facecolor="white")
+    width = int.from_bytes(buf.getvalue()[16:20], "big")              # PNG IHDR
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight", facecolor="white")
+        if width > MAX_PNG_WIDTH:
+            fig.savefig(tmp, format="png", dpi=150 * MAX_PNG_WIDTH / width * 0.995, bbox_inches="tight",
+                        facecolor="white")
+        else:
+            Path(tmp).write_bytes(buf.getvalue())
     return Path(path)
 
 
@@ -419,7 +455,8 @@ def save_png(fig, path) -> Path:
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;
-text-align:right}th{background:#f2f2f2}td.l,th.l{text-align:left}tr.sig{background:#fff3cd}
+text-align:right}th{background:#f2f2f2}td.l,th.l{text-align:left}tr.sig{background:#fff3cd}td.pos,.pos{color:#1b7837}td.neg,.neg{color:#762a83}
+details{margin:.5em 0}summary{cursor:pointer;color:#0645ad}
 figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:13px;color:#555}
 pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:12px}code{font-size:12px}"""
 
@@ -430,27 +467,59 @@ def _fmt(v, spec=".3g"):
     return html.escape(str(v))
 
 
-def _roi_table(data: ReportData, layer_indices) -> str:
+def _roi_rows(data: ReportData, layer_indices) -> list:
+    """[(contrast index, mean, html row)] for every contrast x layer x ROI."""
     meta = data.meta
-    head = ("<tr><th class=l>contrast</th><th class=l>a</th><th class=l>b</th><th>layer</th>"
-            "<th class=l>ROI</th><th>n</th><th>mean Δz</th><th>95% CI</th><th>t</th><th>p</th><th>q</th>"
-            "<th>cohen d</th><th></th></tr>")
     rows = []
-    for c in data.contrasts:
+    for ci, c in enumerate(data.contrasts):
         for li in layer_indices:
             for ri, roi in enumerate(meta.roi_names):
                 g = {k: v[li, ri] for k, v in c.roi.items()}
                 sig = bool(g["significant"])
-                rows.append(
-                    f"<tr{' class=sig' if sig else ''}><td class=l>{_fmt(c.name)}</td><td class=l>{_fmt(c.a)}</td>"
-                    f"<td class=l>{_fmt(c.b or '0')}</td><td>{meta.layers[li]}</td><td class=l>{_fmt(roi)}</td>"
-                    f"<td>{int(g['n_subjects'])}</td><td>{_fmt(g['mean'])}</td>"
+                up = g["mean"] > 0
+                sign = ("+" if up else "−") if np.isfinite(g["mean"]) else ""
+                direction = (f"{_fmt(c.a)} {'&gt;' if up else '&lt;'} {_fmt(c.b or '0')}"
+                             if np.isfinite(g["mean"]) else "")
+                rows.append((ci, float(g["mean"]) if np.isfinite(g["mean"]) else -np.inf,
+                    f"<tr{' class=sig' if sig else ''}><td class=l>{_fmt(c.name)}</td><td class=l>{_fmt(roi)}</td>"
+                    f"<td>{meta.layers[li]}</td><td>{int(g['n_subjects'])}</td>"
+                    f"<td class={'pos' if up else 'neg'}>{_fmt(g['mean'])}</td><td class=l>{direction}</td>"
                     f"<td>[{_fmt(g['ci_low'])}, {_fmt(g['ci_high'])}]</td><td>{_fmt(g['t'])}</td>"
                     f"<td>{_fmt(g['p'])}</td><td>{_fmt(g['q'])}</td><td>{_fmt(g['cohen_d'])}</td>"
-                    f"<td>{stars(g['q']) if sig else ''}</td></tr>")
+                    f"<td class={'pos' if up else 'neg'}>{sign + stars(g['q']) if sig else ''}</td></tr>"))
+    return rows
+
+
+_ROI_HEAD = ("<thead><tr><th class=l>contrast</th><th class=l>ROI</th><th>layer</th><th>n</th><th>mean Δz</th>"
+             "<th class=l>direction</th><th>95% CI</th><th>t</th><th>p</th><th>q</th><th>cohen d</th><th></th>"
+             "</tr></thead>")
+
+
+def _roi_table(data: ReportData, layer_indices, top: int | None = None) -> str:
+    """The ROI contrast table, sorted by effect (mean Δz, largest first) within each contrast, sortable by any
+    column; ``top``: only the first ``top`` rows of each contrast."""
+    rows = _roi_rows(data, layer_indices)
     if not rows:
         return "<p>No contrasts (stats.contrasts is empty) or no ROIs.</p>"
-    return f"<table>{head}{''.join(rows)}</table>"
+    rows.sort(key=lambda r: (r[0], -r[1]))
+    if top is not None:
+        from itertools import groupby
+
+        rows = [r for _, grp in groupby(rows, key=lambda r: r[0]) for r in list(grp)[:top]]
+    return f"<table class=sortable>{_ROI_HEAD}<tbody>{''.join(r[2] for r in rows)}</tbody></table>"
+
+
+def _roi_section(data: ReportData) -> str:
+    """The report-layer table: every ROI when they are few; else the top rows of each contrast by effect,
+    with the full (sortable) table one click away."""
+    meta, li = data.meta, data.layer_index
+    n = len(meta.roi_names)
+    if n <= ROWS_SHOWN:
+        return _roi_table(data, [li])
+    return (f"<p>The {ROWS_SHOWN} ROIs with the largest mean Δz of each contrast (of {n}); click a column "
+            "header to sort.</p>" + _roi_table(data, [li], top=ROWS_SHOWN)
+            + f"<details><summary>all {n * len(data.contrasts)} rows at layer {meta.layers[li]} (sortable)</summary>"
+            + _roi_table(data, [li]) + "</details>")
 
 
 def _provenance_html(label, attrs) -> str:
@@ -482,7 +551,14 @@ def _ceiling_html(data: ReportData) -> str:
     head = ("<tr><th class=l>ROI</th><th>ceiling</th>" + "".join(
         f"<th>r {_fmt(fs)}</th><th>r / ceiling {_fmt(fs)}</th>" for fs in meta.feature_sets) + "</tr>")
     rows = []
-    for ri, roi in enumerate(meta.roi_names):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        order = np.argsort(-np.nan_to_num(np.nanmean(data.roi_r[:, data.joint, li, :], axis=0), nan=-np.inf),
+                           kind="stable")                      # by effect: the joint r, best first
+    for ri in order:
+        roi = meta.roi_names[ri]
         cells = [f"<td class=l>{_fmt(roi)}</td><td>{_mean_sem_txt(c['roi_ceiling'][:, ri])}</td>"]
         for fi in range(len(meta.feature_sets)):
             cells.append(f"<td>{_mean_sem_txt(data.roi_r[:, fi, li, ri])}</td>"
@@ -492,7 +568,17 @@ def _ceiling_html(data: ReportData) -> str:
             "table (descriptive). Noise ceiling: "
             f"{html.escape(c.get('method', ''))} ({html.escape(c.get('formula', ''))}). r / ceiling is computed per "
             f"subject from the ROI-mean r and ROI-mean ceiling (NaN where the ceiling is ≤ {html.escape(c.get('floor', ''))})"
-            f"; mean ± SEM across subjects. All layers: roi_scores.csv.</p><table>{head}{''.join(rows)}</table>")
+            f"; mean ± SEM across subjects; sorted by r of {_fmt(meta.feature_sets[data.joint])}. All layers: "
+            f"roi_scores.csv.</p>" + _collapsible(f"<table class=sortable><thead>{head}</thead><tbody>", rows,
+                                                   "</tbody></table>", "ROIs"))
+
+
+def _collapsible(start: str, rows: list, end: str, what: str) -> str:
+    """A table of at most ROWS_SHOWN rows, the rest one click away (the whole table, sortable)."""
+    if len(rows) <= ROWS_SHOWN:
+        return start + "".join(rows) + end
+    return (start + "".join(rows[:ROWS_SHOWN]) + end + f"<details><summary>all {len(rows)} {what} (sortable)"
+            f"</summary>{start}{''.join(rows)}{end}</details>")
 
 
 def _partition_html(data: ReportData) -> str:
@@ -530,11 +616,23 @@ def _permutation_html(data: ReportData) -> str:
     for si, s in enumerate(data.meta.subjects):
         vals = list(pm["r_sig"][si]) + [sig[si] for _, _, sig in pm["contrasts"].values()]
         rows.append(f"<tr><td class=l>sub-{_fmt(s)}</td>" + "".join(f"<td>{int(v)}</td>" for v in vals) + "</tr>")
-    return (f"<h2>Per-subject permutation tests, layer {pm['layer']}</h2><p>Voxels (of {pm['n_voxels']}) with "
-            f"BH q ≤ {pm['q']:g} against {pm['n_perm']} within-run circular shifts of the BOLD (one-sided, r "
-            f"greater than under misalignment); multiple comparisons: {html.escape(pm['fdr'])}; see permutation.h5."
-            "</p>"
+    return (f"<h2>Per-subject permutation tests, layer {pm['layer']}</h2><p>{permutation_tested_with(pm)} "
+            f"Voxels (of {pm['n_voxels']}) with q ≤ {pm['q']:g} per subject; see permutation.h5.</p>"
             f"<table>{head}{''.join(rows)}</table>")
+
+
+def permutation_tested_with(pm) -> str:
+    """What each per-subject map was tested with: the null, the number of permutations, what was held fixed,
+    the statistic and the multiple-comparison family (permutation.h5's own attrs)."""
+    null = pm.get("null_description") or pm.get("null") or "within-run circular shifts of the BOLD"
+    parts = [f"Tested with: {html.escape(null)}", f"{pm['n_perm']} permutations, one-sided (r greater than under "
+             "the null)"]
+    if pm.get("held_fixed"):
+        parts.append(f"held fixed: {html.escape(pm['held_fixed'])}")
+    if pm.get("statistic"):
+        parts.append(f"statistic: {html.escape(pm['statistic'])}")
+    parts.append(f"multiple comparisons: {html.escape(pm['fdr'])}")
+    return "; ".join(parts) + "."
 
 
 def _units(meta) -> str:
@@ -579,19 +677,70 @@ def build_html(cfg, data: ReportData, figures, links, findings_section: str = ""
 ({html.escape(data.layer_how)}). Significance: q &le; {data.q:g}, {html.escape(data.fdr('ROI'))} for ROI
 tests, {html.escape(data.fdr('voxel'))} for voxel maps.{_runs_html(meta)}</p>
 {findings_section}
+{legend_html(cfg, meta.feature_sets, data.contrasts)}
 <h2>Figures</h2>{figs}
 <h2>ROI statistics, layer {meta.layers[data.layer_index]}</h2>
 <p>Two-sided one-sample t-test across subjects of the Fisher-z difference (a − b, or a − 0) of each
 subject's ROI-mean r; q = {html.escape(data.fdr('ROI'))}. Highlighted: q &le; {data.q:g}.</p>
-{_roi_table(data, [data.layer_index])}{all_layers}
+{_roi_section(data)}{all_layers}
 {extra_sections}
 <h2>Files</h2><ul>{link_html}</ul>
 <h2>Provenance</h2>
 {_provenance_html("scores.h5", data.attrs["scores.h5"])}
 {_provenance_html("stats.h5", data.attrs["stats.h5"])}
 {_provenance_html("this report", own)}
+{SORT_JS}
 </body></html>
 """
+
+
+# ---- brain figures on anatomy ---------------------------------------------------------------------
+
+def anatomy_figures(values, meta, rep, stem, title, label, caption, surface=True) -> list:
+    """The map over the MNI152 template (slices) and on the fsaverage surface; the voxel mosaic when nilearn is
+    missing. [(file name, caption)]."""
+    from .report_maps import surface_png, template_slices_png
+
+    out = []
+    name = f"map_{stem}.png"
+    if template_slices_png(values, meta.space, title, rep / name, label):
+        out.append((name, caption + " Axial slices over the MNI152 template (nilearn), RAS."))
+    else:
+        save_png(fig_mosaic(values, meta, title, label), rep / name)
+        out.append((name, caption + " Axial slices of the mask, RAS."))
+    if surface and surface_png(values, meta.space, title, rep / f"surf_{stem}.png", label):
+        out.append((f"surf_{stem}.png", caption + " On the fsaverage5 inflated surface (nilearn's bundled mesh; "
+                    "vol_to_surf on the pial surface" + (", nearest parcel" if meta.space.kind == "parcels" else "")
+                    + ")."))
+    return out
+
+
+def subject_figures(data: ReportData, rep, fs, layer) -> list:
+    """Per-subject maps beside the group: each subject's r of the joint feature set at the report layer, shown
+    where that subject's permutation test gives q <= q when permutation.h5 exists (then the caption says what
+    the maps were tested with), else unthresholded."""
+    from .report_maps import subject_maps_png
+
+    if data.subject_r is None:
+        return []
+    pm, meta = data.permutation, data.meta
+    units = _units(meta)
+    if pm is not None and pm["layer"] == layer and pm["map_feature_set"] == fs:
+        observed = pm["map_observed"] if pm["map_observed"] is not None else data.subject_r
+        maps = np.where(pm["map_significant"], observed, np.nan)
+        notes = [f"{int(n)} of {meta.n_voxels} {units} with q ≤ {pm['q']:g}" for n in pm["map_significant"].sum(-1)]
+        what = (f"shown where the subject's own permutation test gives q ≤ {pm['q']:g}. "
+                + permutation_tested_with(pm))
+    else:
+        maps, notes = data.subject_r, None
+        what = ("unthresholded; descriptive, no test (stats.permutations is 0 or permutation.h5 is for another "
+                "layer or feature set).")
+    name = f"subjects_mean-r_{fs}.png"
+    if not subject_maps_png(maps, meta.subjects, meta.space, f"per-subject r, {fs}, layer {layer}", rep / name,
+                            notes):
+        return []
+    return [(name, f"Per-subject encoding performance of '{fs}' at layer {layer} (glass brain per subject), "
+             + html.unescape(what))]
 
 
 # ---- the stage -----------------------------------------------------------------------------------
@@ -631,12 +780,12 @@ def run_report(cfg, force: bool = False) -> Path:
     fs = meta.feature_sets[data.joint]
     volumetric = meta.space.volumetric
     if volumetric:
-        name = f"map_mean-r_{fs}.png"
-        save_png(fig_mosaic(data.vox_mean_r[data.joint], meta, f"group mean r, {fs}, layer {layer}", "Pearson r"),
-                 rep / name)
-        figures.append((name, f"Group mean encoding performance of '{fs}' at layer {layer} (axial slices, RAS"
-                        + (", parcels projected into the parcellation" if meta.space.kind == "parcels" else "")
-                        + "); descriptive, no test."))
+        figures += anatomy_figures(data.vox_mean_r[data.joint], meta, rep, f"mean-r_{fs}",
+                                   f"group mean r, {fs}, layer {layer}", "Pearson r",
+                                   f"Group mean encoding performance of '{fs}' at layer {layer}"
+                                   + (" (parcels projected into the parcellation)" if meta.space.kind == "parcels"
+                                      else "") + "; descriptive, no test.")
+        figures += subject_figures(data, rep, fs, layer)
     else:
         log.info("report: %s data have no volume; brain figures skipped (maps: %s)", meta.space.kind,
                  "maps/ (CIFTI dscalar)" if meta.space.has_maps else "none without data.bold.rois")
@@ -655,22 +804,28 @@ def run_report(cfg, force: bool = False) -> Path:
         else:   # nothing survives: show the unthresholded map rather than an empty brain, and say so
             note, shown, where = (f"no voxel survives q ≤ {data.q:g}; unthresholded t shown", c.t_map,
                                   "unthresholded")
-        name = f"map_contrast-{c.name}_t.png"
-        save_png(fig_mosaic(shown, meta, f"{c.name}: {c.a} vs {c.b or '0'}, layer {layer}, t ({where})",
-                            "t", note), rep / name)
-        figures.append((name, f"Voxel-wise t of {c.a} − {c.b or '0'} (Fisher z) at layer {layer}; {note}; "
-                        f"q: {data.fdr('voxel')}."))
+        figures += anatomy_figures(shown, meta, rep, f"contrast-{c.name}_t",
+                                   f"{c.name}: {c.a} − {c.b or '0'}, layer {layer}, t ({where})", "t",
+                                   f"Voxel-wise t of {c.a} − {c.b or '0'} (Fisher z) at layer {layer}: red where "
+                                   f"{c.a} > {c.b or '0'}, blue where {c.a} < {c.b or '0'}; {note}; "
+                                   f"q: {data.fdr('voxel')}.")
         if n_sig:
             name = f"glass_contrast-{c.name}_t.png"
             if glass_brain_png(t, meta, f"{c.name}, layer {layer}: t where q ≤ {data.q:g}", rep / name):
                 figures.append((name, "Glass-brain projection (nilearn) of the same thresholded t map; q: "
                                 f"{data.fdr('voxel')}."))
     if data.ceiling is not None and volumetric:
-        name = "map_noise-ceiling.png"
-        save_png(fig_mosaic(data.ceiling["voxel"], meta, f"noise ceiling ({data.ceiling.get('method', '')}), "
-                            "mean across subjects", "ceiling (r)"), rep / name)
-        figures.append((name, "Noise ceiling: the highest r a model could reach per voxel "
-                        f"({data.ceiling.get('formula', '')}); mean across subjects; descriptive, no test."))
+        figures += anatomy_figures(data.ceiling["voxel"], meta, rep, "noise-ceiling",
+                                   f"noise ceiling ({data.ceiling.get('method', '')}), mean across subjects",
+                                   "ceiling (r)", "Noise ceiling: the highest r a model could reach per voxel "
+                                   f"({data.ceiling.get('formula', '')}); mean across subjects; descriptive, no test.",
+                                   surface=False)
+    mlm_rows = read_mlm(out / MLM_CSV)
+    if mlm_rows:
+        save_png(fig_mlm(mlm_rows, title), rep / "mlm_words.png")
+        figures.append(("mlm_words.png", "Masked-word prediction (mlm stage, mlm.csv): top-1 accuracy of the "
+                        "masked word per input condition, over all episodes, per word class when the transcripts "
+                        "classify words; error bars: bootstrap 95 % CI over words."))
     links = [("../roi_stats.csv", "roi_stats.csv — tidy ROI statistics, all contrasts and layers"),
              ("../stats.h5", "stats.h5 — group statistics"), ("../scores.h5", "scores.h5 — encoding scores")]
     if (out / ROI_SCORES_CSV).is_file() and data.ceiling is not None:

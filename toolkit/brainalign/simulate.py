@@ -15,7 +15,7 @@ Layout under ``data.root`` (default templates of config.py)::
 The generative model (:mod:`brainalign.sim`): stimulus-level latents (what is on screen, what is said, and
 their interaction; :mod:`.sim.latents`) go through a double-gamma HRF into ROI responses shared across
 subjects plus subject-specific ones, under AR(1) noise, ROI-coherent intrinsic fluctuations and slow drift
-(:mod:`.sim.bold`). ROIs: ``vision`` (vision latents), ``language`` (language latents), ``crossmodal`` (the
+(:mod:`.sim.bold`). ROIs: ``vision`` (vision latents), ``language`` (language latents), ``interaction`` (the
 interaction only), ``null_k`` (nothing).
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ PLANTED = {
                  [{"a": "joint", "b": "no_language", "direction": "a > b"}], [RESIDUAL]),
     "vision": ("vision", "what is on screen (luminance, colour opponency, shape area and position, motion)",
                [{"a": "joint", "b": "no_vision", "direction": "a > b"}], [RESIDUAL]),
-    "crossmodal": ("interaction", "the interaction of what is said and what is on screen (bilinear, main "
+    "interaction": ("interaction", "the interaction of what is said and what is on screen (bilinear, main "
                    "effects projected out)",
                    [{**RESIDUAL, "direction": "a > 0",
                      "requires": "joint features that carry the interaction"}], []),

@@ -31,7 +31,8 @@ def stage_check(cfg, stage: str, force: bool = False, quiet: bool = False, value
         log.warning("%s: %s", stage, note)
     if force:
         exp = st.expected                # every assessed state (not "off") has one
-        forced = State(stage, "stale", ["--force"], st.key if st.units else exp.key, exp, units=st.units,
+        forced = State(stage, "stale", ["--force"], st.key if st.units else exp.hash_inputs().key, exp,
+                       units=st.units,
                        output=st.output)
         if not quiet:
             log.info("%s: --force: recomputing", stage)

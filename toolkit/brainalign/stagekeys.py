@@ -8,6 +8,12 @@ its upstream stages and its input files. Its *key* is a hash of
 - a fingerprint of every input file: size + mtime_ns (``pipeline.fingerprint: mtime``, the default) or the
   SHA-256 of its bytes (``pipeline.fingerprint: content`` or ``--verify``).
 
+Content hashes are recorded whenever a stage runs (the inputs it is about to read are hashed once, then
+stored in its record), and a git-annex symlink (DataLad) carries its SHA-256 in its key for free. So in the
+default mtime mode a file whose size or mtime changed is re-hashed and compared with the stored hash: a
+``touch``, a copy or a ``datalad get`` that resets mtimes does not make a stage stale; ``--verify`` hashes
+every input and confirms equality (and that an annexed file's bytes match its key).
+
 The key and the *record* (those values, upstream keys and per-file fingerprints, as JSON) are stored in the
 output's provenance: HDF5 attrs ``stage_key`` / ``stage_record`` (brainalign.h5io), or the ``stage_key`` /
 ``stage_record`` fields of a JSON completion file. An output is *current* when it is complete, every file
@@ -20,10 +26,12 @@ key each upstream stage *will* have (its stored key when current, else the key o
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Optional
@@ -65,9 +73,28 @@ class MissingInput(DataError):
 
 
 _SHA: dict = {}      # (path, inode, size, mtime_ns, ctime_ns) -> sha256: each file is hashed once per process
+#: a git-annex key with a SHA-256 backend (SHA256E-s<size>--<hash>.<ext>, SHA256-s<size>--<hash>), as the last
+#: component of an annexed file's symlink target (.git/annex/objects/xx/yy/KEY/KEY)
+_ANNEX_KEY = re.compile(r"^SHA256E?-s(\d+)--([0-9a-f]{64})(?:\.[^/]*)?$")
 
 
-def _sha_file(path: Path, st) -> str:
+def annex_sha256(path) -> Optional[str]:
+    """The SHA-256 an annexed file's symlink names (its git-annex key), without reading the file; None when
+    ``path`` is not a symlink to a SHA256/SHA256E annex object."""
+    try:
+        target = os.readlink(path)
+    except OSError:                       # not a symlink (or gone)
+        return None
+    m = _ANNEX_KEY.match(os.path.basename(target))
+    return m.group(2) if m else None
+
+
+def _sha_file(path: Path, st, verify: bool = False) -> str:
+    """SHA-256 of a file's bytes; an annexed file's key is taken as its hash unless ``verify`` (then the bytes
+    are hashed and must match the key: one line naming the file when they do not)."""
+    key_sha = annex_sha256(path)
+    if key_sha is not None and not verify:
+        return key_sha
     k = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)    # ctime: utime cannot reset it
     if k not in _SHA:
         h = hashlib.sha256()
@@ -75,6 +102,9 @@ def _sha_file(path: Path, st) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
         _SHA[k] = h.hexdigest()
+    if key_sha is not None and _SHA[k] != key_sha:
+        raise DataError(f"{path}: content does not match its git-annex key {os.path.basename(os.readlink(path))} "
+                        "(corrupt or modified annexed file; `git annex fsck` it)")
     return _SHA[k]
 
 
@@ -91,11 +121,15 @@ def fingerprint(inp: Input, content: bool = False) -> dict:
         if inp.optional:
             return {"role": inp.role, "name": str(inp.path), "absent": True, "stat": "absent"}
         raise MissingInput(inp) from None
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise DataError(f"{inp.key + ': ' if inp.key else ''}{inp.role}: symbolic link loop at {p}") from None
     fp = {"role": inp.role, "name": p.name}
     if not p.is_dir():
         fp.update(size=st.st_size, mtime_ns=st.st_mtime_ns, stat=f"{st.st_size}:{st.st_mtime_ns}")
-        if content:
-            fp["sha256"] = _sha_file(p, st)
+        if content or annex_sha256(p) is not None:         # an annex key is free: always recorded
+            fp["sha256"] = _sha_file(p, st, verify=content)
         return fp
     if inp.kind == "listing":
         entries = sorted(os.scandir(p), key=lambda e: e.name)
@@ -108,7 +142,7 @@ def fingerprint(inp: Input, content: bool = False) -> dict:
     fp.update(size=sum(s.st_size for _, s in stats), mtime_ns=max((s.st_mtime_ns for _, s in stats), default=0),
               files=len(stats), stat=_digest(f"{rel} {s.st_size} {s.st_mtime_ns}" for rel, s in stats))
     if content:
-        fp["sha256"] = _digest(f"{rel} {_sha_file(q, s)}" for (rel, q), (_, s) in zip(files, stats))
+        fp["sha256"] = _digest(f"{rel} {_sha_file(q, s, verify=True)}" for (rel, q), (_, s) in zip(files, stats))
     return fp
 
 
@@ -208,6 +242,17 @@ class Expected:
     upstream: dict
     inputs: list
     sources: dict = field(default_factory=dict)     # role -> Input (for lazy hashing; not stored)
+
+    def hash_inputs(self) -> "Expected":
+        """Record the content hash of every file/tree input that has none yet (a stage about to run: the hash
+        is computed once here and stored, so a later touch of an unchanged file is recognised as unchanged)."""
+        for fp in self.inputs:
+            inp = self.sources.get(fp["role"])
+            if "sha256" not in fp and not fp.get("absent") and inp is not None and inp.kind != "listing":
+                sha = content_hash(inp)
+                if sha is not None:
+                    fp["sha256"] = sha
+        return self
 
     @property
     def key(self) -> str:
@@ -474,7 +519,7 @@ class Assessor:
         st = State(stage, "stale", [], None, exp, output=str(records[0]))
         if stored.status == "missing" and not any(p.exists() for p in records):
             st.status, st.reasons = "missing", [f"no {records[0]} yet"] + reasons
-            st.key = exp.key
+            st.key = self._run_key(exp)
             return st
         problems = output_problems(spec.outputs_of(self.cfg))
         for p in records[1:]:
@@ -491,10 +536,16 @@ class Assessor:
             diff = []
         st.reasons = reasons + diff + problems
         if st.reasons:
-            st.key = exp.key
+            st.key = self._run_key(exp)
         else:
             st.status, st.key = "current", stored.key
         return st
+
+    def _run_key(self, exp: Expected) -> str:
+        """The key of a stale stage (unit): about to run, its inputs' content hashes are recorded first."""
+        if not self.planning:
+            exp.hash_inputs()
+        return exp.key
 
     def unit_state(self, stage, unit) -> State:
         spec = self.specs[stage]
@@ -513,7 +564,7 @@ class Assessor:
         else:
             st.reasons.append(f"{path} is incomplete or corrupt")
         if st.reasons:
-            st.key = exp.key
+            st.key = self._run_key(exp)
         else:
             st.status, st.key = "current", stored.key
         return st

@@ -227,6 +227,19 @@ def container_binds(plan_paths, profile: Profile) -> list[str]:
     return binds + [os.path.expandvars(b) for b in profile.container.binds]
 
 
+def waits_for(cfg, stage: str, planned: list) -> list:
+    """The planned jobs (by stage name) a stage's job waits for (afterok): its upstream stages' (permutation
+    runs in the stats job) and those of the stages that write its input files (simulate, finetune) -- not
+    simply the job before it, so e.g. mlm, which reads only the stimuli and the model, does not wait for stats."""
+    from ..stagetable import STAGES as SPECS
+
+    need = {SPECS[u].verb_of for u in SPECS[stage].upstream_of(cfg)}
+    need |= {sp.verb_of for s, sp in SPECS.items() if sp.produces is not None and s != stage}
+    if stage == "align":
+        need.add("extract")            # the align job assembles features.h5 from the extract array's shards
+    return [j for j in planned if j in need]
+
+
 def _launch_prefix(profile: Profile, python: str, binds: list[str], gpus: int, git_commit: str) -> list[str]:
     c = profile.container
     if not c.image:
@@ -305,7 +318,7 @@ def build_plan(cfg, profile: Profile, cluster: str = "slurm", *, config_path, fo
     states = {} if force else stage_states(cfg, cwd)      # stage keys: current outputs get no job
     for stage in order:
         res = profile.resources(stage)
-        after = [jobs[-1].name] if jobs else []
+        after = waits_for(cfg, stage, [j.name for j in jobs])
         gpus = int(res.gpus or 0)
         st = states.get(stage)
         # the align job also assembles features.h5 from the extract array's shards: it runs when they are redone

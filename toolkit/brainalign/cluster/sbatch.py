@@ -49,8 +49,24 @@ def sbatch_header(plan: Plan, job: PlannedJob) -> list[str]:
     return [_flag(k, v) for k, v in h.items()]
 
 
+_VAR = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
+
+
+def shell_word(arg: str) -> str:
+    """``arg`` as one shell word; an environment reference left in it (``/scratch/$USER`` from a profile's
+    binds, unset where the plan was made) stays expandable on the node: double quotes, not single."""
+    if not _VAR.search(arg):
+        return shlex.quote(arg)
+    parts, last = [], 0
+    for m in _VAR.finditer(arg):
+        parts.append(re.sub(r'([\\"`$])', r"\\\1", arg[last:m.start()]) + m.group(0))
+        last = m.end()
+    parts.append(re.sub(r'([\\"`$])', r"\\\1", arg[last:]))
+    return '"' + "".join(parts) + '"'
+
+
 def _step(argv: list[str]) -> str:
-    return "step " + shlex.join(argv)
+    return "step " + " ".join(shell_word(a) for a in argv)
 
 
 def job_body(plan: Plan, job: PlannedJob) -> str:
@@ -86,12 +102,11 @@ def script_name(i: int, job: PlannedJob) -> str:
 
 
 def render_submit(plan: Plan) -> str:
-    chain, prev = [], None
+    chain = []
     for i, job in enumerate(plan.jobs, 1):
         var = job.name.replace("-", "_")
-        after = f' "${prev}"' if prev else ""
+        after = ' "' + ":".join(f"${a.replace('-', '_')}" for a in job.after) + '"' if job.after else ""
         chain.append(f'{var}=$(submit {job.name} {script_name(i, job)}{after})')
-        prev = var
     return fill((TEMPLATES / "submit.sh").read_text(), {"NAME": plan.name, "CHAIN": "\n".join(chain)})
 
 

@@ -138,11 +138,16 @@ class CheckpointableStageTask(StageTask, Checkpointable):
 
 # ---- executors ----------------------------------------------------------------------------------------
 
+def log_folder(plan: Plan, job: PlannedJob) -> Path:
+    """Where a job's submitit logs go: ``<plan folder>/logs/<stage>/`` (the file names carry the job id)."""
+    return plan.folder / "logs" / job.name
+
+
 def _executor(plan: Plan, job: PlannedJob, dependency: Optional[str]):
     import submitit
 
     prof = plan.profile
-    logs = plan.folder / "logs"
+    logs = log_folder(plan, job)
     if plan.cluster == "debug":
         return submitit.DebugExecutor(folder=logs)
     if plan.cluster == "local":
@@ -346,7 +351,7 @@ def _record(plan: Plan, submitted: list[Submitted]):
 
     rec = {"cluster": plan.cluster, "submitted": _dt.datetime.now().isoformat(timespec="seconds"),
            "jobs": [{"name": s.name, "job_id": s.job_id, "tasks": [sj.job_id for sj in s.sjobs],
-                     "state": s.state, "logs": str(plan.folder / "logs")} for s in submitted]}
+                     "state": s.state, "logs": str(log_folder(plan, s.planned))} for s in submitted]}
     with atomic_path(plan.folder / "jobs.json") as tmp:
         Path(tmp).write_text(json.dumps(rec, indent=2) + "\n")
 
@@ -501,7 +506,7 @@ def submit_study(cfg, cluster: str = "slurm", profile: Optional[str] = None, dry
         print("  " + ", ".join(f"{s.name} {s.job_id}" + (f" (array of {len(s.sjobs)})" if len(s.sjobs) > 1 else "")
                                + (f" ({s.planned.ranks} ranks)" if s.planned.ranks > 1 else "") for s in submitted))
         print(f"  monitor: squeue -j {','.join(s.job_id for s in submitted)}; logs: {plan.folder / 'logs'}/"
-              "<jobid>_<task>_log.{out,err}", flush=True)
+              "<stage>/<jobid>_<task>_log.{out,err}", flush=True)
         if not wait:
             return plan
         wait_slurm(plan, submitted, poll_s=poll_s)

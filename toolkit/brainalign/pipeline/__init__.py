@@ -5,7 +5,7 @@ import importlib
 import time
 
 from ..log import get_logger
-from ..stagetable import stages_of
+from ..stagetable import VERBS, stages_of
 
 log = get_logger("pipeline")
 
@@ -16,9 +16,24 @@ def stage_function(spec):
     return getattr(importlib.import_module(mod), fn)
 
 
+def check_stage_names(stages, known=VERBS, what="--stages") -> list:
+    """``stages`` as a list; one line naming the first unknown stage (with the known ones) otherwise."""
+    from ..errors import ConfigError
+
+    for s in stages:
+        if s not in known:
+            import difflib
+
+            close = difflib.get_close_matches(s, known, n=1)
+            raise ConfigError(f"{what}: unknown stage {s!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f"; stages: {', '.join(known)}")
+    return list(stages)
+
+
 def run_stage(cfg, stage, force=False):
     """Run one verb: its stages in order (``stats``: the permutation tests first, when on). Returns what the
     verb's own stage function returned (the path it wrote)."""
+    check_stage_names([stage], what="stage")
     specs = stages_of(cfg, stage)
     t0 = time.perf_counter()
     log.info("stage %s: start", stage)
@@ -30,6 +45,11 @@ def run_stage(cfg, stage, force=False):
 
 def run_pipeline(cfg, stages=None, force=False):
     outs = {}
-    for stage in stages or cfg.pipeline:
+    stages = check_stage_names(stages or cfg.pipeline)
+    from .preflight import MODEL_STAGES, check_backbone
+
+    if any(s in MODEL_STAGES for s in stages):
+        check_backbone(cfg)            # before simulate's minutes of work, not after them
+    for stage in stages:
         outs[stage] = run_stage(cfg, stage, force=force)
     return outs

@@ -9,7 +9,9 @@ from ..stagetable import ORDER, STAGES
 def shown_stages(cfg, stages=None) -> list:
     """The stages to report: those of ``stages`` or the config's pipeline (verbs), in data-flow order; a stage
     another verb runs (permutation: stats) joins it when enabled (``stats.permutations`` > 0)."""
-    wanted = set(stages or cfg.pipeline)
+    from . import check_stage_names
+
+    wanted = set(check_stage_names(stages or cfg.pipeline, known=ORDER))
     return [s for s in ORDER if STAGES[s].verb_of in wanted and (STAGES[s].verb_of == s or STAGES[s].enabled(cfg))]
 
 

@@ -26,7 +26,7 @@ def ellipsoid_mask(grid) -> np.ndarray:
 
 
 # preferred blob centres in ellipsoid coordinates ([-1, 1]; x left->right, y back->front, z down->up)
-_CENTRES = {"language": (-0.65, 0.05, -0.2), "vision": (0.0, -0.75, 0.0), "crossmodal": (0.6, -0.4, 0.15),
+_CENTRES = {"language": (-0.65, 0.05, -0.2), "vision": (0.0, -0.75, 0.0), "interaction": (0.6, -0.4, 0.15),
             "null_1": (0.0, 0.7, 0.25), "null_2": (0.0, 0.0, 0.7), "null_3": (-0.45, 0.5, -0.35),
             "null_4": (0.5, 0.45, -0.35)}
 

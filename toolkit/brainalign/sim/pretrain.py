@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..log import get_logger
+from ..log import get_logger, progress
 from ..stimuli.transcript import Word
 from ..stimuli.windows import frame_times, window_bounds, window_words
 from .stimuli import make_episode
@@ -93,7 +93,7 @@ def _train(module, data: dict, steps: int, seed: int) -> list[float]:
         opt, lambda s: min(1.0, (s + 1) / PRETRAIN_WARMUP) * max(0.05, 1 - s / max(steps, 1)))
     module.train()
     losses = []
-    for _ in range(steps):
+    for _ in progress(range(steps), desc="simulate: pretraining the tiny model", unit="step"):
         batch = rng.choice(rows, size=min(PRETRAIN_BATCH, len(rows)), replace=False)
         width = max(len(ids_of[i]) for i in batch)
         ids = torch.full((len(batch), width), PAD, dtype=torch.int64)
