@@ -1,12 +1,14 @@
 """Command line: parsing only; every verb calls a stage function. User errors print one line, exit 2."""
 import argparse
+import contextlib
 import os
 import sys
 
 import yaml
 
 from . import __version__
-from .errors import BrainAlignError
+from .errors import BrainAlignError, one_line, output_error
+from .interrupt import Interrupted, on_signals
 from .log import get_logger, rank_info, setup_logging
 
 VERBS = {
@@ -42,8 +44,12 @@ def parse_value(text: str):
     """A --set value as YAML (numbers, lists, null, ...), except that text YAML cannot read or would read as a
     mapping without any ``key: value`` pair -- a path template such as ``{root}/atlas.nii.gz`` or ``{root}`` --
     stays the string it is."""
+    from .config import YAMLTooLarge, safe_load
+
     try:
-        value = yaml.safe_load(text)
+        value = safe_load(text)
+    except YAMLTooLarge as e:
+        raise BrainAlignError(f"--set value: not accepted ({e.problem})") from None
     except yaml.YAMLError:
         return text
     if isinstance(value, dict) and value and all(v is None for v in value.values()):
@@ -87,6 +93,10 @@ def build_parser():
             sp.add_argument("--verify", action="store_true",
                             help="compare input files by content (SHA-256) instead of size + mtime "
                                  "(= pipeline.fingerprint: content)")
+        if verb not in ("validate", "status", "submit", "simulate"):
+            sp.add_argument("--allow-stale", action="store_true",
+                            help="use an upstream output whose stage key is not the one its stage would give it "
+                                 "now (made with other settings or inputs) instead of refusing; logged")
         if verb == "status":
             sp.add_argument("--stages", nargs="+", help="only these stages (default: the config's pipeline)")
         if verb == "extract":
@@ -128,6 +138,7 @@ def main(argv=None):
         cfg = load_config(args.config, overrides)
         if getattr(args, "verify", False):
             cfg.pipeline.fingerprint = "content"
+        cfg.pipeline.allow_stale = bool(getattr(args, "allow_stale", False))
         if args.verb == "validate":
             from .datafiles import check_data_files
 
@@ -135,40 +146,73 @@ def main(argv=None):
             print(cfg.text if args.set else f"config {cfg.source}: ok ({cfg.name}; pipeline "
                   f"{' '.join(cfg.pipeline)}; feature sets {' '.join(cfg.feature_sets)}; {summary})")
             return 0
-        from .pipeline import run_pipeline, run_stage
+        if args.verb not in ("status", "submit"):
+            from .pipeline.lock import OutputLock
 
+            with on_signals(), (OutputLock(cfg.out, args.verb) if args.verb != "simulate"
+                                else contextlib.nullcontext()):
+                return _run_verb(args, cfg)
         if args.verb == "status":
             from .pipeline.status import print_status
 
             print_status(cfg, stages=args.stages, verbose=args.verbose)
-        elif args.verb == "run":
-            outs = run_pipeline(cfg, stages=args.stages, force=args.force)
-            print(f"brainalign: results in {cfg.out}/ (report: {cfg.out / 'report' / 'index.html'})")
-            for stage, out in outs.items():
-                print(f"  {stage:<9} {out}")
-        elif args.verb == "submit":
+        else:
             from .cluster.submit import submit_study
 
             submit_study(cfg, cluster=args.cluster, profile=args.profile, dry_run=args.dry_run,
                          wait=args.wait, force=args.force, emit_sbatch=args.emit_sbatch)
-        elif args.verb == "extract" and args.episodes:
-            from .extract import run_extract
-
-            print(run_extract(cfg, episodes=args.episodes, force=args.force))
-        else:
-            out = run_stage(cfg, args.verb, force=args.force)
-            if rank_info()[0] == 0:          # under MPI only rank 0 reports
-                print(out)
         return 0
+    except Interrupted as e:
+        print(f"brainalign {args.verb}: {one_line(e, 1000)}", file=sys.stderr)
+        _leave_mpi(e.exit_code)
+        return e.exit_code
     except BrainAlignError as e:
-        print(f"brainalign {args.verb}: error: {e}", file=sys.stderr)
+        print(f"brainalign {args.verb}: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"brainalign {args.verb}: interrupted", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as e:
+        err = output_error(e)             # a full disk, a read-only or foreign output folder: one line
+        if err is not None:
+            print(f"brainalign {args.verb}: error: {one_line(err)}", file=sys.stderr)
+            return err.exit_code
         log.exception("internal error (please report it with the traceback above)")
         return 1
+
+
+def _run_verb(args, cfg) -> int:
+    """A verb that runs stages (under :func:`brainalign.interrupt.on_signals`)."""
+    from .pipeline import run_pipeline, run_stage
+
+    if args.verb == "run":
+        outs = run_pipeline(cfg, stages=args.stages, force=args.force)
+        print(f"brainalign: results in {cfg.out}/ (report: {cfg.out / 'report' / 'index.html'})")
+        for stage, out in outs.items():
+            print(f"  {stage:<9} {out}")
+    elif args.verb == "extract" and args.episodes:
+        from .extract import run_extract
+
+        print(run_extract(cfg, episodes=args.episodes, force=args.force))
+    else:
+        out = run_stage(cfg, args.verb, force=args.force)
+        if rank_info()[0] == 0:          # under MPI only rank 0 reports
+            print(out)
+    return 0
+
+
+def _leave_mpi(code: int):
+    """After a signal under MPI with several ranks: exit now. MPI_Finalize (mpi4py's atexit) could wait
+    forever on a rank that is gone or on a request the signal left pending; the launcher ends the rest."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized() or mpi.COMM_WORLD.Get_size() < 2:
+        return
+    import logging
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":

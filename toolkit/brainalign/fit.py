@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BrainAlignError, DataError
-from .h5io import atomic_h5, open_h5, read_str_attr, str_attr
+from .h5io import atomic_h5, check_float, open_h5, read_str_attr, str_attr
+from .interrupt import Interrupted
 from .log import get_logger, progress
 from .partition import band_weights, heldout_r2, partition_layout, partition_models, write_partitions
 
@@ -101,6 +102,7 @@ class FitInputs:
         for fs in self.feature_sets + [b for m in self.models for b in m.feature_sets]:
             if fs not in self.design["design"]:
                 raise DataError(f"{out / 'design.h5'} lacks feature set {fs!r} (re-run align)")
+            check_float(self.design["design"][fs], out / "design.h5", "design file")
         self.layers = [int(x) for x in self.design.attrs["layers"]]
         self.folds = read_str_attr(self.design, "folds")
         self.subjects = read_str_attr(self.bold, "subjects")
@@ -110,7 +112,7 @@ class FitInputs:
         for s in self.subjects:
             if f"sub-{s}" not in self.bold["bold"]:
                 raise DataError(f"{out / 'bold.h5'} lacks /bold/sub-{s} (re-run align)")
-            ds = self.bold["bold"][f"sub-{s}"]
+            ds = check_float(self.bold["bold"][f"sub-{s}"], out / "bold.h5", "BOLD file")
             present = np.asarray(ds.attrs.get("runs_present", np.arange(n_runs)), np.int64)
             self.present[s] = present
             self.rows[s] = None if len(present) == n_runs else np.flatnonzero(np.isin(self.runs, present))
@@ -431,6 +433,9 @@ def work(inp: FitInputs, cfg, source, writer):
             source.done(u, dt - db, db, cache.builds - builds)
             log.info("unit %s done in %.2f s%s", inp.describe(u), dt, f" (solver built in {db:.2f} s)" if db else "")
         writer.close()
+    except Interrupted:
+        writer.flush()               # the units finished so far become a shard part (the next fit merges parts)
+        raise
     except Exception as e:
         source.fail(str(e) if isinstance(e, BrainAlignError) else f"{type(e).__name__}: {e}")
         try:
@@ -488,7 +493,14 @@ def run_fit(cfg, force: bool = False):
                 coordinator.start()
         else:
             source = RemoteSource(comm)
-        err = work(inp, cfg, source, writer)
+        try:
+            err = work(inp, cfg, source, writer)
+        except Interrupted as e:
+            who = f"rank {comm.rank}/{comm.size}" if comm.size > 1 else "this run"
+            e.kept = (f"{writer.n_units} unit(s) finished by {who} saved in {shard_dir} "
+                      f"({len(units) - len(pending)} of {len(units)} were there before); a re-run computes only "
+                      "the rest")
+            raise
         if coordinator is not None:
             coordinator.join()
         if bar is not None:

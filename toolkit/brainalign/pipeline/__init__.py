@@ -4,6 +4,7 @@ chains them), the stage keys that decide what is current (:mod:`.keys`, declared
 import importlib
 import time
 
+from ..interrupt import Interrupted
 from ..log import get_logger
 
 log = get_logger("pipeline")
@@ -26,7 +27,11 @@ def run_stage(cfg, stage, force=False):
     func = getattr(importlib.import_module(mod), fn)
     t0 = time.perf_counter()
     log.info("stage %s: start", stage)
-    out = func(cfg, force=force)
+    try:
+        out = func(cfg, force=force)
+    except Interrupted as e:
+        e.stage = e.stage or stage
+        raise
     log.info("stage %s: done in %.1f s -> %s", stage, time.perf_counter() - t0, out)
     return out
 

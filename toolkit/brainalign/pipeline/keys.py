@@ -334,6 +334,7 @@ class State:
     notes: list = field(default_factory=list)
     units: dict = field(default_factory=dict)
     output: str = ""
+    unkeyed: bool = False         # its output carries no stage key (made by hand or an older brainalign)
 
     @property
     def current(self) -> bool:
@@ -487,6 +488,7 @@ class Assessor:
             diff, st.notes = compare(stored.record, exp, upstream_reason=lambda u: up_why.get(u, f"upstream {u}"))
         elif stored.status == "unkeyed":
             diff = [f"{records[0]} has no stage key (made by hand or by an older brainalign)"]
+            st.unkeyed = True
         else:
             diff = []
         st.reasons = reasons + diff + problems
@@ -538,6 +540,7 @@ class Assessor:
             st.reasons.append(f"no {record_path} yet")
         elif stored.status == "unkeyed":
             st.reasons.append(f"{record_path} has no stage key (made by hand or by an older brainalign)")
+            st.unkeyed = True
         elif stored.status != "ok":
             st.reasons.append(f"{record_path} is incomplete or corrupt ({stored.detail})")
         elif not todo and (stored.record or {}).get("units") != keys:
@@ -545,6 +548,75 @@ class Assessor:
         if not st.reasons:
             st.status, st.key = "current", stored.key
         return st
+
+
+class StaleUpstream(BrainAlignError):
+    """An upstream output was made with other settings or inputs than its stage would use now."""
+
+
+def _own_reasons(st: State) -> list:
+    """Why ``st`` is stale besides an upstream stage that will re-run (those are the upstream's own)."""
+    return [r for r in st.reasons if not (r.startswith("upstream ") and r.endswith(" will re-run"))]
+
+
+def stale_upstream(cfg, stage: str) -> tuple[list, list]:
+    """(stale, chain): the upstream stages of ``stage`` (transitively, those the config's pipeline runs)
+    whose output has a stage key other than the one the stage would give it now, and every upstream
+    stage that must re-run to refresh them (data-flow order). An output without a key (made by hand or
+    by an older brainalign) and a missing one are not stale here: the stage's readers judge those."""
+    from .stages import ORDER
+
+    a = Assessor(cfg, planning=True)
+    run = set(cfg.pipeline) | ({"permutation"} if "stats" in cfg.pipeline else set())
+    ancestors, todo = set(), [stage]
+    while todo:
+        for u in a.specs[todo.pop()].upstream_of(cfg):
+            if u in run and u not in ancestors:
+                ancestors.add(u)
+                todo.append(u)
+    stale, chain = [], []
+    for u in (s for s in ORDER if s in ancestors):
+        st = a.state(u)
+        if st.current or st.status == "missing":
+            continue
+        own = _own_reasons(st)
+        if own and not st.unkeyed:
+            stale.append(st)
+            chain.append(u)
+        elif not own and any(c in a.specs[u].upstream_of(cfg) for c in chain):
+            chain.append(u)
+    return stale, chain
+
+
+def spec_records(cfg, stage: str) -> list:
+    from .stages import STAGES
+
+    return [Path(p) for p in STAGES[stage].records(cfg)]
+
+
+def invalidate(paths) -> None:
+    """Remove a stage's record files before it writes anything: until the new ones are published (last),
+    its other outputs (CSV, maps) never sit beside an older record that would make them look complete."""
+    for p in paths:
+        if p.is_file():
+            log.debug("removing the old %s before re-running", p)
+            p.unlink()
+
+
+def check_upstream(cfg, stage: str) -> None:
+    """Refuse (one line) to run ``stage`` on a stale upstream output, unless ``--allow-stale`` (logged)."""
+    stale, chain = stale_upstream(cfg, stage)
+    if not stale:
+        return
+    st = stale[0]
+    why = "; ".join(_own_reasons(st)[:2])
+    source = cfg.source or "CONFIG"
+    fix = f"brainalign {chain[0]} {source}" if len(chain) == 1 else f"brainalign run {source} --stages {' '.join(chain)}"
+    if cfg.pipeline.allow_stale:
+        log.warning("%s: --allow-stale: using the stale upstream %s output %s (%s)", stage, st.stage, st.output, why)
+        return
+    raise StaleUpstream(f"{stage}: upstream {st.stage} output {st.output} is stale ({why}); refresh it with "
+                        f"`{fix}`, or pass --allow-stale to use it as it is")
 
 
 def stage_check(cfg, stage: str, force: bool = False, quiet: bool = False, values: Optional[dict] = None) -> State:
@@ -560,6 +632,10 @@ def stage_check(cfg, stage: str, force: bool = False, quiet: bool = False, value
         return st
     for note in st.notes:
         log.warning("%s: %s", stage, note)
+    if not st.current or force:          # it will run: on current upstream outputs, its old record gone
+        check_upstream(cfg, stage)
+        if not quiet:
+            invalidate(spec_records(cfg, stage))
     if force:
         exp = st.expected                # every assessed state (not "off") has one
         forced = State(stage, "stale", ["--force"], st.key if st.units else exp.key, exp, units=st.units,
