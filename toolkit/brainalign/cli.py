@@ -201,6 +201,9 @@ def _run_verb(args, cfg) -> int:
     return 0
 
 
+LEAVE_WAIT_S = 20.0
+
+
 def _leave_mpi(code: int):
     """After a signal under MPI with several ranks: exit now. MPI_Finalize (mpi4py's atexit) could wait
     forever on a rank that is gone or on a request the signal left pending; the launcher ends the rest."""
@@ -208,9 +211,15 @@ def _leave_mpi(code: int):
     if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized() or mpi.COMM_WORLD.Get_size() < 2:
         return
     import logging
+    import time
 
     sys.stdout.flush()
     sys.stderr.flush()
+    # the launcher kills every rank once one exits: wait (a while) for the others to have saved their work
+    # too (they got the same signal: SLURM and mpiexec signal every task)
+    req, t0 = mpi.COMM_WORLD.Ibarrier(), time.monotonic()
+    while not req.Test() and time.monotonic() - t0 < LEAVE_WAIT_S:
+        time.sleep(0.01)
     logging.shutdown()
     os._exit(code)
 
