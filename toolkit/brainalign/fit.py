@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -326,6 +327,8 @@ def prepare_shards(scores_path, shard_dir, attrs: dict, force: bool):
 
     if scores_path.exists():          # it is not current (else the fit was skipped)
         scores_path.unlink()          # first, so no complete-looking file ever points at removed shards
+    for d in scores_path.parent.glob("maps/sub-*"):   # old maps never sit beside a new scores.h5
+        shutil.rmtree(d, ignore_errors=True)
     scan = scan_shards(shard_dir, attrs)
     if force:
         remove(scan.files)

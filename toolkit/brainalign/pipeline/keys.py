@@ -334,7 +334,7 @@ class State:
     notes: list = field(default_factory=list)
     units: dict = field(default_factory=dict)
     output: str = ""
-    unkeyed: bool = False         # its output carries no stage key (made by hand or an older brainalign)
+    changed: list = field(default_factory=list)   # its output has a key, made from other values/inputs than now
 
     @property
     def current(self) -> bool:
@@ -486,9 +486,9 @@ class Assessor:
             problems += spec.check(self.cfg)
         if stored.status == "ok":
             diff, st.notes = compare(stored.record, exp, upstream_reason=lambda u: up_why.get(u, f"upstream {u}"))
+            st.changed = list(diff)
         elif stored.status == "unkeyed":
             diff = [f"{records[0]} has no stage key (made by hand or by an older brainalign)"]
-            st.unkeyed = True
         else:
             diff = []
         st.reasons = reasons + diff + problems
@@ -507,6 +507,7 @@ class Assessor:
         if stored.status == "ok":
             diff, st.notes = compare(stored.record, exp)
             st.reasons += diff
+            st.changed = list(diff)
         elif stored.status == "missing":
             st.status = "missing"
             st.reasons.insert(0, "not made yet")
@@ -540,11 +541,12 @@ class Assessor:
             st.reasons.append(f"no {record_path} yet")
         elif stored.status == "unkeyed":
             st.reasons.append(f"{record_path} has no stage key (made by hand or by an older brainalign)")
-            st.unkeyed = True
         elif stored.status != "ok":
             st.reasons.append(f"{record_path} is incomplete or corrupt ({stored.detail})")
         elif not todo and (stored.record or {}).get("units") != keys:
             st.reasons.append(f"{record_path} was assembled from other units")
+            st.changed.append(st.reasons[-1])
+        st.changed = [f"{u}: {s.changed[0]}" for u, s in units.items() if s.changed] + st.changed
         if not st.reasons:
             st.status, st.key = "current", stored.key
         return st
@@ -555,15 +557,16 @@ class StaleUpstream(BrainAlignError):
 
 
 def _own_reasons(st: State) -> list:
-    """Why ``st`` is stale besides an upstream stage that will re-run (those are the upstream's own)."""
-    return [r for r in st.reasons if not (r.startswith("upstream ") and r.endswith(" will re-run"))]
+    """How ``st``'s output differs from what its stage would make now, besides an upstream stage that will
+    re-run (that one's own reasons say why)."""
+    return [r for r in st.changed if not (r.startswith("upstream ") and r.endswith(" will re-run"))]
 
 
 def stale_upstream(cfg, stage: str) -> tuple[list, list]:
     """(stale, chain): the upstream stages of ``stage`` (transitively, those the config's pipeline runs)
     whose output has a stage key other than the one the stage would give it now, and every upstream
     stage that must re-run to refresh them (data-flow order). An output without a key (made by hand or
-    by an older brainalign) and a missing one are not stale here: the stage's readers judge those."""
+    by an older brainalign), a missing or incomplete one is not stale here: the stage's readers judge those."""
     from .stages import ORDER
 
     a = Assessor(cfg, planning=True)
@@ -579,27 +582,23 @@ def stale_upstream(cfg, stage: str) -> tuple[list, list]:
         st = a.state(u)
         if st.current or st.status == "missing":
             continue
-        own = _own_reasons(st)
-        if own and not st.unkeyed:
+        if _own_reasons(st):
             stale.append(st)
             chain.append(u)
-        elif not own and any(c in a.specs[u].upstream_of(cfg) for c in chain):
+        elif any(c in a.specs[u].upstream_of(cfg) for c in chain):
             chain.append(u)
     return stale, chain
 
 
-def spec_records(cfg, stage: str) -> list:
+def invalidate(cfg, stage: str) -> None:
+    """Remove a stage's record files (the files carrying its key) before it writes its first output: its
+    other outputs (CSV, maps) then never sit beside an older record that would make them look complete;
+    the new record is written last."""
     from .stages import STAGES
 
-    return [Path(p) for p in STAGES[stage].records(cfg)]
-
-
-def invalidate(paths) -> None:
-    """Remove a stage's record files before it writes anything: until the new ones are published (last),
-    its other outputs (CSV, maps) never sit beside an older record that would make them look complete."""
-    for p in paths:
+    for p in map(Path, STAGES[stage].records(cfg)):
         if p.is_file():
-            log.debug("removing the old %s before re-running", p)
+            log.debug("%s: removing the old %s before writing the new outputs", stage, p)
             p.unlink()
 
 
@@ -632,10 +631,7 @@ def stage_check(cfg, stage: str, force: bool = False, quiet: bool = False, value
         return st
     for note in st.notes:
         log.warning("%s: %s", stage, note)
-    if not st.current or force:          # it will run: on current upstream outputs, its old record gone
-        check_upstream(cfg, stage)
-        if not quiet:
-            invalidate(spec_records(cfg, stage))
+    check_upstream(cfg, stage)           # it runs (or is skipped as current) only on current upstream outputs
     if force:
         exp = st.expected                # every assessed state (not "off") has one
         forced = State(stage, "stale", ["--force"], st.key if st.units else exp.key, exp, units=st.units,
