@@ -129,3 +129,18 @@ def test_stale_entries(tmp_path, caplog):
         assert [e["pid"] for e in holders(out)] == [os.getpid()] and lock.path.exists()
     assert "removing a stale lock entry" in caplog.text and "no heartbeat for 900 s" in caplog.text
     assert f"pid {os.getppid()} is another process now" in caplog.text
+
+
+def test_locked_output_ends_an_mpi_job_at_once(tmp_path, holder):
+    """Rank 0 finds the lock held; the other ranks (which follow rank 0's lock) must not wait for it forever."""
+    from test_mpi import _cmd
+
+    out, cfg = _setup(tmp_path, "mpilocked")
+    p = holder(out)
+    t0 = time.monotonic()
+    r = subprocess.run(_cmd(2, cfg), env=_env(), capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - t0 < 60
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"brainalign fit: error: {out} is in use by `brainalign fit` on host {socket.gethostname()}, pid " \
+           f"{p.pid}" in r.stderr
+    assert not (out / "fit_shards").exists()

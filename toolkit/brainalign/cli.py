@@ -9,6 +9,7 @@ import yaml
 from . import __version__
 from .errors import BrainAlignError, one_line, output_error
 from .interrupt import Interrupted, on_signals
+from .pipeline.lock import OutputLock, OutputLocked
 from .log import get_logger, rank_info, setup_logging
 
 VERBS = {
@@ -122,6 +123,21 @@ def build_parser():
 
 
 def main(argv=None):
+    """The ``brainalign`` command (``argv=None``: the process's own arguments; a list: called as a function)."""
+    code = _main(argv)
+    from .h5io import FAILED_WRITE
+
+    if argv is None and FAILED_WRITE:     # HDF5's exit handler would crash on the file it could not write
+        import logging
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verb:
@@ -147,8 +163,6 @@ def main(argv=None):
                   f"{' '.join(cfg.pipeline)}; feature sets {' '.join(cfg.feature_sets)}; {summary})")
             return 0
         if args.verb not in ("status", "submit"):
-            from .pipeline.lock import OutputLock
-
             with on_signals(), (OutputLock(cfg.out, args.verb) if args.verb != "simulate"
                                 else contextlib.nullcontext()):
                 return _run_verb(args, cfg)
@@ -168,6 +182,8 @@ def main(argv=None):
         return e.exit_code
     except BrainAlignError as e:
         print(f"brainalign {args.verb}: error: {one_line(e)}", file=sys.stderr)
+        if isinstance(e, OutputLocked):
+            _abort_job(e.exit_code)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"brainalign {args.verb}: interrupted", file=sys.stderr)
@@ -199,6 +215,18 @@ def _run_verb(args, cfg) -> int:
         if rank_info()[0] == 0:          # under MPI only rank 0 reports
             print(out)
     return 0
+
+
+def _abort_job(code: int):
+    """Rank 0 found the output locked before MPI started: the other ranks (which follow rank 0's lock) would
+    wait for it forever, so end the whole job."""
+    from .sharding.comm import launcher_size
+
+    if (launcher_size() or 1) > 1:
+        sys.stderr.flush()
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(code)
 
 
 LEAVE_WAIT_S = 20.0

@@ -56,13 +56,13 @@ def output_error(err: BaseException, path=None, need=None, written=None):
     import os
     import shutil
 
-    if not isinstance(err, OSError):
+    if not isinstance(err, (OSError, RuntimeError)):     # h5py raises RuntimeError for HDF5's failed writes
         return None
-    text = str(err)
-    kind = next((codes for codes, words in _TEXT if err.errno in codes or any(w in text for w in words)), None)
+    text, code = str(err), getattr(err, "errno", None)
+    kind = next((codes for codes, words in _TEXT if code in codes or any(w in text for w in words)), None)
     if kind is None:
         return None
-    path = path or err.filename or ""
+    path = path or getattr(err, "filename", None) or ""
     where = str(path) or "the output"
     if kind is _READ_ONLY:
         return OutputError(f"cannot write {where}: read-only file system")

@@ -1,6 +1,7 @@
 """HDF5 at stage edges: atomic writes (temp name + rename), a completion marker, provenance, checked reads."""
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 import h5py
@@ -19,6 +20,39 @@ def _tmp_name(path):
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+#: set once an HDF5 write failed for lack of space or permission: HDF5 then keeps the file open in a state
+#: its own exit handler cannot flush (it segfaults), so the CLI leaves with os._exit (brainalign.cli.main)
+FAILED_WRITE = []
+
+
+def _failed_write():
+    FAILED_WRITE.append(True)
+
+
+def _quiet_h5_dealloc(unraisable=sys.unraisablehook, excepthook=sys.excepthook):
+    """h5py reports each object it cannot close after a failed write (full disk, read-only) twice (Cython
+    prints the traceback through sys.excepthook, then the ignored exception through sys.unraisablehook),
+    several per file; the one-line error says it instead."""
+
+    def quiet(exc, tb):
+        import traceback
+
+        return output_error(exc) is not None and any("h5py" in fr.filename for fr in traceback.extract_tb(tb))
+
+    def on_unraisable(u):
+        if not quiet(u.exc_value, u.exc_traceback):
+            unraisable(u)
+
+    def on_except(kind, value, tb):
+        if not quiet(value, tb):
+            excepthook(kind, value, tb)
+
+    sys.unraisablehook, sys.excepthook = on_unraisable, on_except
+
+
+_quiet_h5_dealloc()
+
+
 @contextlib.contextmanager
 def atomic_path(path, need=None):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -31,11 +65,12 @@ def atomic_path(path, need=None):
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
         written = tmp.stat().st_size if tmp.exists() else None
         err = output_error(e, path, need, written)
         if err is None:
             raise
+        _failed_write()
         raise err from None
     finally:
         if tmp.exists():

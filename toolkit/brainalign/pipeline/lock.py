@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..errors import BrainAlignError
+from ..errors import BrainAlignError, output_error
 from ..log import get_logger, rank_info
 
 log = get_logger("lock")
@@ -54,13 +54,18 @@ def _proc_start(pid: int) -> Optional[str]:
 
 
 def _alive(pid: int) -> bool:
+    """``pid`` runs (a zombie, killed but not reaped, e.g. where no init reaps orphans, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def describe(entry: dict) -> str:
@@ -143,6 +148,18 @@ class OutputLock:
     def acquire(self):
         if rank_info()[0] != 0:            # MPI ranks > 0 (and torchrun workers) follow rank 0
             return self
+        try:
+            self._enter()
+        except OSError as e:               # a full disk, a read-only or foreign output folder: one line
+            err = output_error(e, self.dir)
+            if err is None:
+                raise
+            raise err from None
+        self._thread = threading.Thread(target=self._beat, name="brainalign-lock-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _enter(self):
         self.dir.mkdir(parents=True, exist_ok=True)
         host, pid = socket.gethostname(), os.getpid()
         with _guard(self.dir):
@@ -167,11 +184,11 @@ class OutputLock:
             entry = {"host": host, "pid": pid, "proc_start": _proc_start(pid), "verb": self.verb,
                      "started": time.time(), "token": self.token}
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(entry))
-            os.replace(tmp, self.path)
-        self._thread = threading.Thread(target=self._beat, name="brainalign-lock-heartbeat", daemon=True)
-        self._thread.start()
-        return self
+            try:
+                tmp.write_text(json.dumps(entry))
+                os.replace(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
 
     def _beat(self):
         while not self._stop.wait(HEARTBEAT_S):
