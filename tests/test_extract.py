@@ -9,6 +9,7 @@ import pytest
 from brainalign import extract
 from brainalign.config import Config, TinyModelConfig, WindowsConfig
 from brainalign.errors import ConfigError, DataError
+from brainalign.features import read_features
 from brainalign.h5io import COMPLETE_ATTR, read_str_attr
 from brainalign.models import get_backbone
 from brainalign.models.synthetic import synthetic_stimuli
@@ -132,11 +133,11 @@ def test_run_extract_writes_shards_and_virtual_features(cfg, loads):
 
 def test_read_features_after_moving_the_output_directory(cfg, loads, tmp_path, monkeypatch):
     extract.run_extract(cfg)
-    ref = extract.read_features(cfg.out / "features.h5").get("no_vision", "e3")
+    ref = read_features(cfg.out / "features.h5").get("no_vision", "e3")
     moved = tmp_path / "elsewhere" / "results"
     shutil.move(cfg.out, moved)
     monkeypatch.chdir(tmp_path / "elsewhere")         # relative shard names resolve against the file, not cwd
-    store = extract.read_features("results/features.h5")
+    store = read_features("results/features.h5")
     assert (store.conditions, store.episodes, store.layers, store.tr) == (cfg.model.conditions, list(N_WINDOWS),
                                                                           [0, 1, 2], 1.0)
     x = store.get("no_vision", "e3")
@@ -194,25 +195,25 @@ def test_subset_writes_only_its_shards_and_assembly_needs_all(cfg, loads):
 
 def test_read_features_errors_name_the_file(cfg, loads, tmp_path):
     with pytest.raises(DataError, match="features file not found: .*nothing.h5"):
-        extract.read_features(tmp_path / "nothing.h5")
+        read_features(tmp_path / "nothing.h5")
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5")
     with pytest.raises(DataError, match="features file is not a readable HDF5 file .*bad.h5"):
-        extract.read_features(bad)
+        read_features(bad)
     path = extract.run_extract(cfg)
     with h5py.File(path, "a") as f:
         del f.attrs[COMPLETE_ATTR]
     with pytest.raises(DataError, match="features file is incomplete .*features.h5"):
-        extract.read_features(path)
+        read_features(path)
     path = extract.run_extract(cfg)
     os.remove(cfg.out / "features" / "e2.h5")        # a shard vanished after assembly
     with pytest.raises(DataError, match=r"features.h5: shard .*e2.h5 for 'joint/e2' is missing \(re-run"):
-        extract.read_features(path)
+        read_features(path)
     extract.run_extract(cfg)
     with h5py.File(cfg.out / "features" / "e3.h5", "a") as f:
         del f.attrs[COMPLETE_ATTR]
     with pytest.raises(DataError, match=r"shard .*e3.h5 for 'joint/e3' is incomplete or corrupt"):
-        extract.read_features(path)
+        read_features(path)
 
 
 def test_model_variants_add_condition_at_variant_feature_sets(cfg, loads, tmp_path):
@@ -227,7 +228,7 @@ def test_model_variants_add_condition_at_variant_feature_sets(cfg, loads, tmp_pa
     assert cfg.all_conditions == ["joint", "no_vision", "language_only",
                                   "joint@tuned", "no_vision@tuned", "language_only@tuned"]
     path = extract.run_extract(cfg)
-    store = extract.read_features(path)
+    store = read_features(path)
     assert store.conditions == cfg.all_conditions
     s = synthetic_stimuli("e2", n_windows=N_WINDOWS["e2"], tr=1.0, frames=2, image_size=32, audio_rate=8000,
                           context=2.0, seed=2)
@@ -243,4 +244,4 @@ def test_model_variants_add_condition_at_variant_feature_sets(cfg, loads, tmp_pa
     assert "checkpoint of variant tuned changed (size)" in states["e2"]["joint@tuned"].reasons
     cfg.model.variants = []                         # dropped again: the base units are current, nothing is loaded
     extract.run_extract(cfg)
-    assert loads == [] and extract.read_features(path).conditions == cfg.model.conditions
+    assert loads == [] and read_features(path).conditions == cfg.model.conditions

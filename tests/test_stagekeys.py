@@ -1,5 +1,5 @@
 """Stage keys: every stage is skipped exactly while what it reads (config values, upstream outputs, input
-files) is unchanged, re-run when any of it changed, and says which (brainalign.pipeline.keys / .stages).
+files) is unchanged, re-run when any of it changed, and says which (brainalign.stagekeys / brainalign.stagetable).
 
 One small study (simulate -> report, 3 runs x 30 TRs, 2 subjects) is run once; each test works on a copy
 (copied with mtimes kept, so the copy's stage keys are the original's) and checks which stages' files were
@@ -20,7 +20,7 @@ import yaml
 
 from brainalign.cli import main
 from brainalign.config import parse_config
-from brainalign.simulate import ATLAS_PATHS
+from brainalign.paths import ATLAS_PATHS
 from test_submit import SMALL as SUBMIT_SMALL
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -123,7 +123,7 @@ def roi_rows(results):
 ])
 def test_declared_reads_pick_the_stages_a_change_touches(override, stages):
     """Expected sets derived by hand from what each stage module reads (README 'Resuming and caching')."""
-    from brainalign.pipeline.stages import STAGES
+    from brainalign.stagetable import STAGES
 
     def values(data):
         cfg = parse_config(data, text="")
@@ -139,8 +139,28 @@ def test_declared_reads_pick_the_stages_a_change_touches(override, stages):
     assert {s for s in STAGES if a[s] != b[s]} == stages
 
 
+def test_the_stage_table_gives_verbs_order_and_functions():
+    """One table: the CLI's stage verbs, a config's known pipeline entries and the stage functions come from
+    brainalign.stagetable; the stats verb runs permutation (when on) before stats."""
+    import inspect
+
+    from brainalign.cli import VERBS
+    from brainalign.config import STAGES as CONFIG_STAGES
+    from brainalign.pipeline import stage_function
+    from brainalign.stagetable import ORDER, STAGES, VERBS as STAGE_VERBS, stages_of
+
+    assert STAGE_VERBS == CONFIG_STAGES and set(STAGE_VERBS) <= set(VERBS) and ORDER == tuple(STAGES)
+    for spec in STAGES.values():
+        params = inspect.signature(stage_function(spec)).parameters
+        assert next(iter(params)) == "cfg" and params["force"].default is False, spec.name
+        assert spec.verb_of in STAGE_VERBS and bool(spec.help) == (spec.verb_of == spec.name)
+    on, off = (parse_config({"stats": {"permutations": n}}, text="") for n in (99, 0))
+    assert [s.name for s in stages_of(on, "stats")] == ["permutation", "stats"]
+    assert [s.name for s in stages_of(off, "stats")] == ["stats"]
+
+
 def test_hf_backbone_ignores_the_tiny_section():
-    from brainalign.pipeline.stages import STAGES
+    from brainalign.stagetable import STAGES
 
     cfg = parse_config({"model": {"backbone": "hf"}}, text="")
     vals = STAGES["extract"].values(cfg)
@@ -355,7 +375,7 @@ def test_verify_compares_content(study, capsys):
 def test_long_records_fit_in_hdf5(tmp_path):
     """A record larger than an HDF5 object header (e.g. thousands of BOLD runs) is stored and read back."""
     from brainalign.h5io import atomic_h5
-    from brainalign.pipeline.keys import read_record
+    from brainalign.stagekeys import read_record
 
     rec = {"stage": "align", "inputs": [{"role": f"bold sub-{i:02d} task-{j}", "name": "x" * 40, "stat": "1:2"}
                                          for i in range(6) for j in range(300)]}

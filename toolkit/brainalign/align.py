@@ -28,6 +28,7 @@ import numpy as np
 from .errors import ConfigError, DataError
 from .h5io import atomic_h5, str_attr
 from .log import get_logger, progress
+from .paths import BOLD, DESIGN, FEATURES
 from .residuals import crossfit_folds
 
 log = get_logger("align")
@@ -234,16 +235,16 @@ def _residual_design(cfg, res, grid, fold_of_row, splits, delays, trim, n_folds,
 
 
 def run_align(cfg, force: bool = False):
-    from .extract import read_features
-    from .pipeline.keys import stage_check
+    from .features import read_features
+    from .stagecheck import stage_check
 
     out = cfg.out
-    design_path, bold_path = out / "design.h5", out / "bold.h5"
-    key = stage_check(cfg, "align", force)        # what align reads: brainalign.pipeline.stages
+    design_path, bold_path = out / DESIGN, out / BOLD
+    key = stage_check(cfg, "align", force)        # what align reads: brainalign.stagetable
     if key.current:
         return design_path
 
-    feats = read_features(out / "features.h5")
+    feats = read_features(out / FEATURES)
     episodes = list(cfg.data.episodes)
     missing = [e for e in episodes if e not in feats.episodes]
     if missing:

@@ -9,28 +9,15 @@ import yaml
 from . import __version__
 from .errors import BrainAlignError, one_line, output_error
 from .interrupt import Interrupted, on_signals
-from .pipeline.lock import OutputLock, OutputLocked
 from .log import get_logger, rank_info, setup_logging
+from .paths import report_index
+from .pipeline.lock import OutputLock, OutputLocked
+from .stagetable import STAGES
+from .stagetable import VERBS as STAGE_VERBS
 
-VERBS = {
-    "simulate": "write the embedded demo dataset (episodes as mp4+wav+TSV transcripts, BIDS/fMRIPrep-named "
-                "NIfTI BOLD with planted ROIs, mask, ROI atlas, truth.json) under data.root",
-    "extract": "run the backbone on every episode's TR windows under each input condition; every layer's "
-               "pooled hidden states -> OUTPUT/features.h5 (one shard per episode, resumable)",
-    "align": "features onto the TR grid: per-run z-scoring, residual features (fitted on training runs "
-             "only), FIR delays, trimming -> OUTPUT/design.h5; masked, z-scored BOLD -> OUTPUT/bold.h5",
-    "fit": "voxel-wise ridge with nested cross-validation (outer folds = runs, per-voxel alpha from inner "
-           "folds); held-out Pearson r per subject/feature set/layer/fold -> OUTPUT/scores.h5 + NIfTI maps",
-    "stats": "group statistics: per-ROI and per-voxel contrasts across subjects (one-sample t on Fisher-z "
-             "differences, Benjamini-Hochberg FDR) -> OUTPUT/stats.h5, roi_stats.csv, group maps",
-    "report": "figures (ROI bars with significance, layer curves, brain slices) and one HTML page "
-              "-> OUTPUT/report/index.html",
-    "mlm": "masked-word prediction per input condition (mlm.conditions, default joint vs no_vision): top-1/top-5 "
-           "accuracy and loss per episode and overall with bootstrap 95-percent CIs and a paired joint - other "
-           "difference -> OUTPUT/mlm.h5, mlm.csv",
-    "finetune": "fine-tune the backbone on TVQA-format multiple-choice QA (finetune.data: tvqa_train.jsonl, "
-                "tvqa_val.jsonl, frames/, subtitles/); DDP under torchrun/srun, resumable per epoch "
-                "-> OUTPUT/finetune/model.pt (load it with model.checkpoint) + metrics.json",
+#: verb -> help: the stage verbs of the stage table (brainalign.stagetable), then the verbs of the whole study
+VERBS = {name: STAGES[name].help for name in STAGE_VERBS}
+VERBS.update({
     "run": "run the config's pipeline (default: extract align fit stats report; the demo adds simulate)",
     "submit": "plan the study as SLURM jobs and submit them through submitit: extraction as an array, the fit "
               "as an MPI job (srun), then stats and report, chained with afterok; --dry-run prints the plan",
@@ -38,7 +25,7 @@ VERBS = {
               "config value it reads, an upstream output, an input file) or missing; runs nothing",
     "validate": "check the config against the schema and that the files its data section resolves to exist "
                 "(listing the first missing ones); runs nothing",
-}
+})
 
 
 def parse_value(text: str):
@@ -203,7 +190,7 @@ def _run_verb(args, cfg) -> int:
 
     if args.verb == "run":
         outs = run_pipeline(cfg, stages=args.stages, force=args.force)
-        print(f"brainalign: results in {cfg.out}/ (report: {cfg.out / 'report' / 'index.html'})")
+        print(f"brainalign: results in {cfg.out}/ (report: {report_index(cfg)})")
         for stage, out in outs.items():
             print(f"  {stage:<9} {out}")
     elif args.verb == "extract" and args.episodes:

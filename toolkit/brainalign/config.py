@@ -236,14 +236,14 @@ class PipelineConfig:
     """``pipeline: [extract, align, ...]`` (short form) or ``pipeline: {stages: [...], fingerprint: content}``.
 
     Behaves like the list of stages (iteration, ``in``, indexing, ``==`` with a list), so ``cfg.pipeline``
-    reads as before. ``fingerprint`` says how stage keys fingerprint input files (brainalign.pipeline.keys):
+    reads as before. ``fingerprint`` says how stage keys fingerprint input files (brainalign.stagekeys):
     ``mtime`` (size + mtime_ns, cheap) or ``content`` (SHA-256 of the bytes; ``--verify`` on the CLI).
     """
 
     stages: list[str] = field(default_factory=lambda: ["extract", "align", "fit", "stats", "report"])
     fingerprint: Literal["mtime", "content"] = "mtime"
     short: bool = field(default=False, metadata={"internal": True})   # given as a plain list
-    allow_stale: bool = field(default=False, metadata={"internal": True})   # --allow-stale (pipeline.keys)
+    allow_stale: bool = field(default=False, metadata={"internal": True})   # --allow-stale (brainalign.stagecheck)
 
     def __iter__(self):
         return iter(self.stages)
@@ -466,6 +466,28 @@ def _build(cls, data: dict, prefix: str):
     return cls(**kwargs)
 
 
+def _check_partitions(cfg, err):
+    """Config semantics of ``fit.partitions`` (``err(key, msg)`` raises the ConfigError)."""
+    names = set(cfg.all_conditions) | {r.name for r in cfg.align.residuals}
+    seen = set()
+    for i, p in enumerate(cfg.fit.partitions):
+        key = f"fit.partitions[{i}]"
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", p.name or ""):
+            err(f"{key}.name", f"{p.name!r} must be letters, digits, '_', '.', '+' or '-' (it names HDF5 groups)")
+        if p.name in seen:
+            err(f"{key}.name", f"duplicate partition name {p.name!r}")
+        seen.add(p.name)
+        if not 2 <= len(p.bands) <= 4:
+            err(f"{key}.bands", f"needs 2 to 4 feature sets (2^m - 1 models are fitted), got {len(p.bands)}")
+        if len(set(p.bands)) != len(p.bands):
+            err(f"{key}.bands", "duplicate feature set")
+        for j, b in enumerate(p.bands):
+            if b not in names:
+                err(f"{key}.bands[{j}]", f"{b!r} is neither a condition nor a residual")
+        if p.n_iter < 1:
+            err(f"{key}.n_iter", f"must be >= 1, got {p.n_iter}")
+
+
 def _check_semantics(cfg: Config):
     def err(key, msg):
         raise ConfigError(f"{key}: {msg}")
@@ -500,9 +522,7 @@ def _check_semantics(cfg: Config):
     for i, fs in enumerate(cfg.fit.feature_sets or []):
         if fs not in names:
             err(f"fit.feature_sets[{i}]", f"{fs!r} is neither a condition nor a residual")
-    from .partition import check_partitions
-
-    check_partitions(cfg, err)
+    _check_partitions(cfg, err)
     for i, c in enumerate(cfg.stats.contrasts):
         key = f"stats.contrasts[{i}]"
         if not c.name:

@@ -18,7 +18,7 @@ repeats        stats.noise_ceiling_repeats  one per subject, with ``stats.noise_
 =============  =======================  ===========================================================
 
 It uses the same lookups as the readers (brain.runs, brain.study, stimuli.windows), so the list is what the
-stages read; the stage keys (brainalign.pipeline.stages) fingerprint exactly these files. ``STAGE_STREAMS`` says
+stages read; the stage keys (brainalign.stagetable) fingerprint exactly these files. ``STAGE_STREAMS`` says
 which stage reads which streams.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ output directory can be moved as a whole).
 Shard ``features/{episode}.h5``:
   ``/{condition}`` float32 (n_layers, n_windows, hidden); ``/windows`` float64 (n_windows, 2);
   attrs episode and the same descriptive attrs as features.h5; each ``/{condition}`` carries its unit's
-  ``stage_key`` / ``stage_record`` (brainalign.pipeline.keys).
+  ``stage_key`` / ``stage_record`` (brainalign.stagekeys).
 features.h5:
   ``/{condition}/{episode}`` float32 (n_layers, n_windows, hidden), virtual over the shard's ``/{condition}``;
   ``/windows/{episode}`` float64 (n_windows, 2) [start, end) seconds (a copy);
@@ -26,14 +26,14 @@ import h5py
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .h5io import atomic_h5, check_float, is_complete, open_h5, read_str_attr, str_attr
+from .h5io import atomic_h5, is_complete, open_h5, read_str_attr, str_attr
 from .interrupt import Interrupted
 from .log import get_logger, progress
+from .paths import FEATURE_SHARDS, FEATURES, feature_shard
+from .stimuli.windows import check_stimuli, load_stimuli_for
 
 log = get_logger("extract")
 
-SHARD_DIR = "features"
-FEATURES_FILE = "features.h5"
 
 
 # ---- settings -----------------------------------------------------------------------------------
@@ -79,22 +79,6 @@ def window_context(cfg) -> float:
 
 # ---- encoding ----------------------------------------------------------------------------------
 
-def check_stimuli(stimuli):
-    """One-line DataError if an EpisodeStimuli's parts disagree in window count or hold non-finite audio."""
-    n = stimuli.windows.shape[0] if stimuli.windows.ndim == 2 else -1
-    counts = {"windows": n, "frames": len(stimuli.frames), "words": len(stimuli.words),
-              "audio": len(stimuli.audio)}
-    if n == 0:
-        raise DataError(f"episode {stimuli.episode}: no stimulus windows (shorter than one TR?)")
-    if n < 0 or stimuli.windows.shape[1] != 2 or len(set(counts.values())) != 1:
-        raise DataError(f"episode {stimuli.episode}: stimuli disagree on the number of windows ("
-                        + ", ".join(f"{k} {v}" for k, v in counts.items())
-                        + f"; windows shape {tuple(stimuli.windows.shape)})")
-    if not np.isfinite(stimuli.audio).all():
-        bad = int(np.flatnonzero(~np.isfinite(stimuli.audio.reshape(n, -1)).all(axis=1))[0])
-        raise DataError(f"episode {stimuli.episode}: audio has non-finite samples (first in window {bad})")
-
-
 def encode_stimuli(backbone, stimuli, conditions, layers, batch_size: int, out=None) -> dict[str, np.ndarray]:
     """{condition: float32 (len(layers), n_windows, hidden)} for one episode's stimuli, in window batches.
     ``out`` (a dict) is filled condition by condition (what an interrupted call finished stays in it)."""
@@ -113,15 +97,6 @@ def encode_stimuli(backbone, stimuli, conditions, layers, batch_size: int, out=N
                             f"under {c!r} (model.precision {backbone.precision!r} overflow?)")
         out[c] = feats
     return out
-
-
-def load_stimuli_for(backbone, cfg, episode):
-    """The episode's stimuli as ``backbone`` takes them (its ``stimulus_spec``; the loader's defaults if None)."""
-    from .stimuli import windows
-
-    spec = getattr(backbone, "stimulus_spec", None)
-    return windows.load_episode_stimuli(cfg, episode) if spec is None else \
-        windows.load_episode_stimuli(cfg, episode, spec)
 
 
 def _spec_key(spec):
@@ -145,21 +120,21 @@ def extract_episode_features(cfg, episode, conditions=None, backbone=None) -> di
 
 
 # ---- shards --------------------------------------------------------------------------------------
-# The unit of extraction is (episode, feature set): its stage key (brainalign.pipeline.keys; what it reads
-# is declared in brainalign.pipeline.stages) is stored on the shard's dataset, so a new condition or
+# The unit of extraction is (episode, feature set): its stage key (brainalign.stagekeys; what it reads
+# is declared in brainalign.stagetable) is stored on the shard's dataset, so a new condition or
 # variant extracts only that feature set and a changed stimulus file only that episode.
 
 def shard_path(cfg, episode) -> Path:
     if not episode or "/" in episode or episode.startswith("."):
         raise ConfigError(f"data.episodes: {episode!r} cannot name a file (no '/', no leading '.')")
-    return cfg.out / SHARD_DIR / f"{episode}.h5"
+    return feature_shard(cfg, episode)
 
 
 def unit_states(cfg, episodes=None, planning=False) -> dict:
     """{episode: {feature set: State}} of the extraction units (``planning``: never raises on missing files)."""
-    from .pipeline.keys import Assessor
+    from .stagecheck import assessor
 
-    a = Assessor(cfg, planning=planning)
+    a = assessor(cfg, planning=planning)
     eps = list(cfg.data.episodes) if episodes is None else list(episodes)
     return {ep: {fs: a.unit_state("extract", f"{ep}/{fs}") for fs in cfg.all_conditions} for ep in eps}
 
@@ -185,7 +160,7 @@ def _descriptive_attrs(cfg, backbone, layers) -> dict:
 
 
 def _unit_attrs(state) -> dict:
-    from .pipeline.keys import KEY_ATTR, RECORD_ATTR
+    from .stagekeys import KEY_ATTR, RECORD_ATTR
 
     exp = state.expected
     return {KEY_ATTR: exp.key, RECORD_ATTR: json.dumps(exp.record(), sort_keys=True)}
@@ -298,7 +273,7 @@ def _write_shard(cfg, path, episode, feats, keep, states, windows, main, layers)
 
 def assemble_features(cfg, states=None) -> Path:
     """Write ``{output}/features.h5``: virtual datasets over every episode's shard, all units current."""
-    from .pipeline.keys import KEY_ATTR, RECORD_ATTR, units_key
+    from .stagekeys import KEY_ATTR, RECORD_ATTR, units_key
 
     episodes = list(cfg.data.episodes)
     states = states if states is not None else unit_states(cfg)
@@ -307,14 +282,14 @@ def assemble_features(cfg, states=None) -> Path:
     if any(bad.values()):
         what = "; ".join(f"{s if s != 'stale' else 'made with other settings'}: {', '.join(eps)}"
                          for s, eps in bad.items() if eps)
-        raise DataError(f"cannot assemble {cfg.out / FEATURES_FILE}: shards under {cfg.out / SHARD_DIR} "
+        raise DataError(f"cannot assemble {cfg.out / FEATURES}: shards under {cfg.out / FEATURE_SHARDS} "
                         f"{what} (run `brainalign extract`)")
     conds = cfg.all_conditions
     keys = {f"{ep}/{fs}": states[ep][fs].key for ep in episodes for fs in conds}
     key = units_key("extract", keys)
     record = {"stage": "extract", "key": key, "units": keys,
               "fingerprint": cfg.pipeline.fingerprint}
-    path = cfg.out / FEATURES_FILE
+    path = cfg.out / FEATURES
     shapes, windows, attrs = {}, {}, None
     for ep in episodes:
         with h5py.File(shard_path(cfg, ep), "r") as f:
@@ -334,7 +309,7 @@ def assemble_features(cfg, states=None) -> Path:
             g = f.create_group(c)
             for ep in episodes:
                 layout = h5py.VirtualLayout(shape=shapes[ep], dtype=np.float32)
-                layout[...] = h5py.VirtualSource(f"{SHARD_DIR}/{ep}.h5", c, shape=shapes[ep])
+                layout[...] = h5py.VirtualSource(f"{FEATURE_SHARDS}/{ep}.h5", c, shape=shapes[ep])
                 g.create_virtual_dataset(ep, layout, fillvalue=np.float32(np.nan))
         g = f.create_group("windows")
         for ep in episodes:
@@ -350,18 +325,18 @@ def run_extract(cfg, episodes=None, force=False) -> Path:
     With ``episodes`` (e.g. one SLURM array task) only those shards are written and the shard directory
     is returned: a later call without ``episodes`` skips the current units and assembles features.h5.
     """
-    from .pipeline.keys import Assessor
+    from .stagecheck import assessor
 
     known = list(cfg.data.episodes)
     todo_eps = known if episodes is None else list(episodes)
     unknown = [e for e in todo_eps if e not in known]
     if unknown:
         raise ConfigError(f"episodes: {', '.join(unknown)} not in data.episodes ({', '.join(known)})")
-    whole = Assessor(cfg, planning=False).state("extract")
+    whole = assessor(cfg, planning=False).state("extract")
     if episodes is None and not force and whole.current:
-        log.info("extract: %s is current (stage key %s over %d units); skipping", cfg.out / FEATURES_FILE,
+        log.info("extract: %s is current (stage key %s over %d units); skipping", cfg.out / FEATURES,
                  whole.key, len(whole.units))
-        return cfg.out / FEATURES_FILE
+        return cfg.out / FEATURES
     states = {ep: {fs: whole.units[f"{ep}/{fs}"] for fs in cfg.all_conditions} for ep in todo_eps}
     needs = [ep for ep in todo_eps if force or not all(st.current for st in states[ep].values())]
     n_units = sum(force or not st.current for ep in needs for st in states[ep].values())
@@ -375,99 +350,9 @@ def run_extract(cfg, episodes=None, force=False) -> Path:
             extract_one(cfg, ep, force=force, states=states[ep], backbones=backbones)
             finished.append(ep)
     except Interrupted as e:
-        e.kept = (f"{len(finished)} episode(s) finished in this run are in {cfg.out / SHARD_DIR}"
+        e.kept = (f"{len(finished)} episode(s) finished in this run are in {cfg.out / FEATURE_SHARDS}"
                   + (f"; {e.kept}" if e.kept else "") + "; a re-run extracts only the rest")
         raise
     if episodes is not None:
-        return cfg.out / SHARD_DIR
+        return cfg.out / FEATURE_SHARDS
     return assemble_features(cfg)
-
-
-# ---- reading ---------------------------------------------------------------------------------------
-
-class FeatureStore:
-    """Read access to features.h5: ``get(condition, episode)`` -> float32 (n_layers, n_windows, hidden).
-
-    Attributes: path, conditions, episodes, layers (backbone layer indices of axis 0), tr, hidden,
-    n_layers, backbone, window_context, frames_per_window. The file is opened per call (no handle kept).
-    """
-
-    def __init__(self, path):
-        self.path = Path(path)
-        with open_h5(self.path, "features file", require=("windows",)) as f:
-            try:
-                self.conditions = read_str_attr(f, "conditions")
-                self.episodes = read_str_attr(f, "episodes")
-                self.layers = [int(x) for x in np.atleast_1d(f.attrs["layers"])]
-                self.tr = float(f.attrs["tr"])
-                self.hidden = int(f.attrs["hidden"])
-                self.n_layers = int(f.attrs["n_layers"])
-                self.backbone = str(f.attrs["backbone"])
-                self.window_context = float(f.attrs["window_context"])
-                self.frames_per_window = int(f.attrs["frames_per_window"])
-            except KeyError as e:
-                raise DataError(f"features file {self.path} lacks attribute {e} (not written by extract?)") from None
-            seen = {}
-            for c in self.conditions:
-                for ep in self.episodes:
-                    self._check(f, c, ep, seen)
-
-    def _check(self, f, c, ep, seen):
-        """Dataset c/ep exists with the right shape; a virtual one's shard exists, is complete and fits."""
-        name = f"{c}/{ep}"
-        if name not in f or f"windows/{ep}" not in f:
-            raise DataError(f"features file {self.path} lacks dataset '{name}' or 'windows/{ep}'")
-        ds = f[name]
-        check_float(ds, self.path, "features file")
-        if ds.shape != (self.n_layers, f[f"windows/{ep}"].shape[0], self.hidden):
-            raise DataError(f"features file {self.path}: '{name}' has shape {ds.shape}, expected "
-                            f"({self.n_layers}, n_windows, {self.hidden})")
-        if not ds.is_virtual:
-            return
-        for src in ds.virtual_sources():
-            shard = Path(src.file_name)
-            shard = shard if shard.is_absolute() else self.path.parent / shard
-            if shard not in seen:
-                seen[shard] = ("is missing" if not shard.exists() else
-                               None if is_complete(shard) else "is incomplete or corrupt")
-            problem = seen[shard]
-            if problem is None:
-                with h5py.File(shard, "r") as s:
-                    ok = src.dset_name in s and s[src.dset_name].shape == ds.shape
-                problem = None if ok else f"does not match (no '{src.dset_name}' of shape {ds.shape})"
-            if problem:
-                raise DataError(f"features file {self.path}: shard {shard} for '{name}' {problem} "
-                                "(re-run `brainalign extract`)")
-
-    def get(self, condition, episode) -> np.ndarray:
-        if condition not in self.conditions:
-            raise DataError(f"features file {self.path} has no condition {condition!r} "
-                            f"(has: {', '.join(self.conditions)})")
-        if episode not in self.episodes:
-            raise DataError(f"features file {self.path} has no episode {episode!r} "
-                            f"(has: {', '.join(self.episodes)})")
-        with h5py.File(self.path, "r") as f:
-            return f[f"{condition}/{episode}"][()].astype(np.float32, copy=False)
-
-    def windows(self, episode) -> np.ndarray:
-        """float64 (n_windows, 2): [start, end) seconds of each window of ``episode``."""
-        if episode not in self.episodes:
-            raise DataError(f"features file {self.path} has no episode {episode!r} "
-                            f"(has: {', '.join(self.episodes)})")
-        with h5py.File(self.path, "r") as f:
-            return f[f"windows/{episode}"][()]
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def __repr__(self):
-        return (f"<FeatureStore {self.path}: {len(self.conditions)} conditions x {len(self.episodes)} episodes, "
-                f"layers {self.layers}, hidden {self.hidden}>")
-
-
-def read_features(path) -> FeatureStore:
-    """Open features.h5 for reading, checking it and every shard it points at (one-line DataError)."""
-    return FeatureStore(path)

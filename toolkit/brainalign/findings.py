@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .log import get_logger
+from .paths import MLM_CSV
 
 log = get_logger("report")
 
@@ -111,7 +112,7 @@ def mlm_findings(cfg, truth: dict) -> list[dict]:
     """joint − no_vision (the mlm reference minus each other condition) top-1 over all episodes, per word
     class of the truth; [] without a classified mlm.csv."""
     words = truth.get("words") or {}
-    path = Path(cfg.output) / "mlm.csv"
+    path = Path(cfg.output) / MLM_CSV
     if not words or not path.is_file():
         return []
     with open(path, newline="") as fh:

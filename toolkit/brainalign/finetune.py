@@ -18,7 +18,7 @@ float summation order).
 Outputs under ``{output}/finetune/`` (rank 0 writes, each file atomically):
 
 * ``checkpoint.pt``  after every epoch: model + head, optimizer, scheduler, scaler, epochs done, RNG
-  states, metric history, and the stage key (brainalign.pipeline.keys); a killed run resumes
+  states, metric history, and the stage key (brainalign.stagekeys); a killed run resumes
   after its last complete epoch (a checkpoint of another key is refused: use --force).
 * ``model.pt``       the fine-tuned backbone (tiny.save_checkpoint; ``model.checkpoint`` loads it for
   extraction), or ``finetune.output`` when set; ``qa_head.pt`` the answer head (state dict).
@@ -56,6 +56,7 @@ from .finetune_heads import qa_loss, qa_predict
 from .h5io import atomic_path
 from .interrupt import Interrupted
 from .log import get_logger, progress
+from .paths import finetune_paths
 from .models.tiny import PAD, TinyMultimodal, TinySpec, load_checkpoint, save_checkpoint, token_ids
 
 log = get_logger("finetune")
@@ -511,33 +512,26 @@ def _epochs(cfg, model, ddp, loader, sampler, opt, sched, scaler, val_ds, info, 
             on_epoch_end(epoch + 1, rec)
 
 
-def output_paths(cfg) -> tuple:
-    """(work dir {output}/finetune, fine-tuned backbone path: a .pt file, for ``hf`` a directory)."""
-    work = cfg.out / "finetune"
-    default = work / ("model" if cfg.model.backbone == "hf" else "model.pt")
-    return work, (cfg.path(cfg.finetune.output) if cfg.finetune.output else default)
-
-
 def run_finetune(cfg, force: bool = False, *, use_frames: bool = True, use_subtitles: bool = True,
                  on_epoch_end=None) -> Path:
     """Fine-tune on ``finetune.data`` and write the backbone checkpoint; returns its path.
 
     Skipped while ``metrics.json`` (written last) holds the current stage key (finetune.*, the backbone
-    settings, the TVQA files and the initial checkpoint: brainalign.pipeline.keys; unless ``force``). With
+    settings, the TVQA files and the initial checkpoint: brainalign.stagekeys; unless ``force``). With
     ``use_frames`` / ``use_subtitles`` False that modality is left out (ablation studies).
     """
     from .models.registry import resolve_device
     from .provenance import provenance
 
     torch.manual_seed(cfg.finetune.seed)
-    work, model_path = output_paths(cfg)
+    work, model_path = finetune_paths(cfg)
     metrics_path = work / "metrics.json"
     inputs = {"frames": use_frames, "subtitles": use_subtitles}
     if not (use_frames or use_subtitles):
         raise ConfigError("finetune: an answer sequence needs frames or subtitles (both were left out)")
     train_ds = load_split(cfg, "train", use_frames=use_frames, use_subtitles=use_subtitles)
     val_ds = load_split(cfg, "val", use_frames=use_frames, use_subtitles=use_subtitles)
-    from .pipeline.keys import stage_check
+    from .stagecheck import stage_check
 
     key = stage_check(cfg, "finetune", force, values={"derived.inputs": inputs})
     if key.current:
@@ -609,4 +603,4 @@ def run_finetune_spawn(cfg, nprocs: int, force: bool = False, port: int | None =
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     mp.spawn(_spawned, args=(nprocs, port, cfg, force, threads), nprocs=nprocs, join=True)
-    return output_paths(cfg)[1]
+    return finetune_paths(cfg)[1]

@@ -33,11 +33,10 @@ import torch
 from .errors import ConfigError, DataError
 from .h5io import atomic_h5, atomic_path, str_attr
 from .log import get_logger, progress
+from .paths import MLM, MLM_CSV
 
 log = get_logger("mlm")
 
-MLM_FILE = "mlm.h5"
-MLM_CSV = "mlm.csv"
 METRICS = ("top1", "top5", "loss")
 CI = (2.5, 97.5)
 ALL_WORDS = "all"
@@ -275,12 +274,12 @@ def run_mlm(cfg, force: bool = False, backbone=None):
     Skipped while its stage key (mlm.*, the backbone settings, the stimuli and checkpoint files) is current
     (unless ``force``).
     """
-    from .extract import check_stimuli, load_stimuli_for
+    from .stimuli.windows import check_stimuli, load_stimuli_for
     from .models import get_backbone
-    from .pipeline.keys import stage_check
+    from .stagecheck import stage_check
 
     conds, reference = check_mlm_config(cfg)
-    path, csv_path = cfg.out / MLM_FILE, cfg.out / MLM_CSV
+    path, csv_path = cfg.out / MLM, cfg.out / MLM_CSV
     key = stage_check(cfg, "mlm", force)
     if key.current:
         return path
@@ -320,7 +319,7 @@ def run_mlm(cfg, force: bool = False, backbone=None):
         rows += part
         overall += part if kind == ALL_WORDS else []
 
-    from .pipeline.keys import invalidate
+    from .stagecheck import invalidate
 
     invalidate(cfg, "mlm")           # the old mlm.h5 goes first, the new one (the record) is written last
     with atomic_path(csv_path) as tmp:

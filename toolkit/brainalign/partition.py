@@ -116,30 +116,6 @@ def partition_models(cfg) -> list[PartitionModel]:
             for p in cfg.fit.partitions for s in subsets(len(p.bands))]
 
 
-def check_partitions(cfg, err):
-    """Config semantics of ``fit.partitions`` (``err(key, msg)`` raises the ConfigError)."""
-    import re
-
-    names = set(cfg.all_conditions) | {r.name for r in cfg.align.residuals}
-    seen = set()
-    for i, p in enumerate(cfg.fit.partitions):
-        key = f"fit.partitions[{i}]"
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", p.name or ""):
-            err(f"{key}.name", f"{p.name!r} must be letters, digits, '_', '.', '+' or '-' (it names HDF5 groups)")
-        if p.name in seen:
-            err(f"{key}.name", f"duplicate partition name {p.name!r}")
-        seen.add(p.name)
-        if not 2 <= len(p.bands) <= 4:
-            err(f"{key}.bands", f"needs 2 to 4 feature sets (2^m - 1 models are fitted), got {len(p.bands)}")
-        if len(set(p.bands)) != len(p.bands):
-            err(f"{key}.bands", "duplicate feature set")
-        for j, b in enumerate(p.bands):
-            if b not in names:
-                err(f"{key}.bands[{j}]", f"{b!r} is neither a condition nor a residual")
-        if p.n_iter < 1:
-            err(f"{key}.n_iter", f"must be >= 1, got {p.n_iter}")
-
-
 def partition_layout(cfg) -> list:
     """What the partition units depend on, for the fit's shard layout."""
     return [[p.name, list(p.bands), int(p.n_iter)] for p in cfg.fit.partitions]
@@ -181,7 +157,7 @@ CSV_COLUMNS = ("partition", "region", "layer", "roi", "n_subjects", "mean", "ci_
 
 
 def _greater(res):
-    """One-sided p (mean > 0) from :func:`brainalign.stats.one_sample_t`'s two-sided result, in place."""
+    """One-sided p (mean > 0) from :func:`brainalign.groupstats.one_sample_t`'s two-sided result, in place."""
     p, t = res["p"], res["t"]
     with np.errstate(invalid="ignore"):
         res["p"] = np.where(np.isnan(p), np.nan, np.where(t > 0, p / 2, 1 - p / 2))
@@ -205,7 +181,7 @@ class PartitionStats:
 def partition_group_stats(f, meta) -> list[PartitionStats]:
     """Group tests of every partition in an open scores.h5 (nothing when it has no ``/partition``)."""
     from .h5io import read_str_attr
-    from .stats import one_sample_t, roi_means
+    from .groupstats import one_sample_t, roi_means
 
     out = []
     for name in (read_str_attr(f, "partitions") if "partitions" in f.attrs else []):

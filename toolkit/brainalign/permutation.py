@@ -70,6 +70,7 @@ import numpy as np
 from .errors import ConfigError, DataError
 from .interrupt import Interrupted
 from .log import get_logger
+from .paths import PERMUTATION, SCORES
 
 log = get_logger("permutation")
 
@@ -340,30 +341,26 @@ class SubjectParts:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def permutation_path(cfg) -> Path:
-    return Path(cfg.output) / "permutation.h5"
-
-
 def run_permutation(cfg, force: bool = False):
     """The permutation stage (``stats.permutations`` > 0): scores.h5 + design.h5 + bold.h5 -> permutation.h5.
 
     Returns the path written, or None when ``stats.permutations`` is 0 (off). Skipped when permutation.h5 is
-    current (its stage key: brainalign.pipeline.keys; unless ``force``).
+    current (its stage key: brainalign.stagekeys; unless ``force``).
     """
-    from .fit import FitInputs, Unit
+    from .fitdata import FitInputs, Unit
     from .h5io import atomic_h5, open_h5, read_str_attr, str_attr
     from .log import progress
-    from .pipeline.keys import stage_check
+    from .stagecheck import stage_check
     from .contrasts import resolve_contrasts
     from .fdr import fdr_by_family, significant
 
     n_perm, layer, fsets, min_shift, seed = _settings(cfg)
-    path = permutation_path(cfg)
+    path = Path(cfg.output) / PERMUTATION
     if n_perm == 0:
         log.info("permutation: stats.permutations is 0; per-subject permutation tests are off")
         return None
     out = Path(cfg.output)
-    scores_path = out / "scores.h5"
+    scores_path = out / SCORES
     key = stage_check(cfg, "permutation", force)
     if key.current:
         return path

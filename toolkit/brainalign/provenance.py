@@ -34,12 +34,21 @@ def git_commit():
     return "unknown"
 
 
+def cupy_distribution():
+    """Name of the installed distribution that provides the ``cupy`` module (``cupy-cuda12x``,
+    ``cupy-cuda13x``, a source build's ``cupy``, ...) or None. Found from the module name, so any
+    CuPy wheel works; nothing is imported."""
+    try:
+        names = _md.packages_distributions().get("cupy") or []
+    except Exception:  # pragma: no cover - broken metadata
+        names = []
+    return sorted(set(names))[0] if names else None
+
+
 @functools.lru_cache(maxsize=1)
 def package_versions():
     """Installed versions of the packages that shape results; cupy as ``"14.2.0 (cupy-cuda13x)"``,
     whichever CuPy wheel provides the ``cupy`` module."""
-    from .ridge.backend import cupy_distribution
-
     vers = {}
     for name in _PACKAGES:
         dist = cupy_distribution() if name == "cupy" else name

@@ -15,7 +15,7 @@ Reads ``{output}/scores.h5`` and ``{output}/stats.h5`` and writes ``{output}/rep
 - ``map_noise-ceiling.png`` axial mosaic of the subject-mean noise ceiling (when stats.h5 has one)
 - ``findings.json``      when ``{data.root}/truth.json`` exists (simulated data): planted vs found, in words
                          (brainalign.findings); also the first section of index.html
-- ``.complete``          JSON written last: the stage key and its record (brainalign.pipeline.keys)
+- ``.complete``          JSON written last: the stage key and its record (brainalign.stagekeys)
 - ``index.html``         every figure, the ROI table, the noise-normalised table (r, ceiling, r / ceiling) when
                          stats.h5 has ``/noise_ceiling``, per-subject permutation counts when a complete
                          ``permutation.h5`` exists, links to the CSV / HDF5 / NIfTI files, provenance
@@ -40,8 +40,10 @@ import numpy as np
 from .errors import ConfigError, DataError
 from .h5io import atomic_path, open_h5, read_str_attr
 from .log import get_logger
+from .paths import MAPS, PERMUTATION, ROI_SCORES_CSV, SCORES, STATS, report_dir, report_index, report_marker
 from .provenance import provenance
-from .stats import ROI_STATS, ScoresMeta, read_scores_meta
+from .groupstats import ROI_STATS
+from .scores import ScoresMeta, read_scores_meta
 
 log = get_logger("report")
 
@@ -116,7 +118,7 @@ def _pick_layer(cfg, meta: ScoresMeta) -> tuple[int, str]:
 
 def load_report_data(cfg) -> ReportData:
     out = Path(cfg.output)
-    scores_path, stats_path = out / "scores.h5", out / "stats.h5"
+    scores_path, stats_path = out / SCORES, out / STATS
     with open_h5(scores_path, "scores file", require=("r_mean", "mask", "roi_labels")) as f:
         meta = read_scores_meta(f, scores_path)
         scores_attrs = _attrs_as_text(f)
@@ -157,7 +159,7 @@ def load_report_data(cfg) -> ReportData:
                       for name, gp in (g["partition"].items() if "partition" in g else [])]
         data = ReportData(meta, roi_r, vox_mean_r, float(g.attrs["q"]), li, how, contrasts,
                           {"scores.h5": scores_attrs, "stats.h5": _attrs_as_text(g)}, ceiling,
-                          _load_permutation(out / "permutation.h5", meta),
+                          _load_permutation(out / PERMUTATION, meta),
                           str(g.attrs.get("fdr_family", "layer")), partitions)
     return data
 
@@ -598,14 +600,14 @@ def run_report(cfg, force: bool = False) -> Path:
     """The ``report`` stage; returns the report directory ``{output}/report``. Skipped while its stage key
     (report.*, name, and the keys of scores.h5, stats.h5, permutation.h5) is current; ``report/.complete``
     (JSON: the key and its record) is written last."""
-    from .pipeline.keys import stage_check
+    from .stagecheck import stage_check
 
     out = Path(cfg.output)
-    rep = out / "report"
+    rep = report_dir(cfg)
     key = stage_check(cfg, "report", force)
     if key.current:
         return rep
-    (rep / ".complete").unlink(missing_ok=True)
+    report_marker(cfg).unlink(missing_ok=True)
     data = load_report_data(cfg)
     meta, title = data.meta, cfg.report.title
     layer = meta.layers[data.layer_index]
@@ -671,13 +673,13 @@ def run_report(cfg, force: bool = False) -> Path:
                         f"({data.ceiling.get('formula', '')}); mean across subjects; descriptive, no test."))
     links = [("../roi_stats.csv", "roi_stats.csv — tidy ROI statistics, all contrasts and layers"),
              ("../stats.h5", "stats.h5 — group statistics"), ("../scores.h5", "scores.h5 — encoding scores")]
-    if (out / "roi_scores.csv").is_file() and data.ceiling is not None:
+    if (out / ROI_SCORES_CSV).is_file() and data.ceiling is not None:
         links.insert(1, ("../roi_scores.csv", "roi_scores.csv — mean r, noise ceiling and r / ceiling per ROI"))
     if data.permutation is not None:
         links.append(("../permutation.h5", "permutation.h5 — per-subject circular-shift permutation tests"))
     if data.partitions:
         links.insert(1, ("../roi_partitions.csv", "roi_partitions.csv — unique/shared variance tests per ROI"))
-    maps = sorted(p for p in (out / "maps" / "group").glob("*") if p.name.endswith((".nii.gz", ".dscalar.nii")))
+    maps = sorted(p for p in (out / MAPS / "group").glob("*") if p.name.endswith((".nii.gz", ".dscalar.nii")))
     links += [(f"../maps/group/{p.name}", f"maps/group/{p.name}") for p in maps]
     from . import findings
 
@@ -688,9 +690,9 @@ def run_report(cfg, force: bool = False) -> Path:
         links.insert(0, ("findings.json", "findings.json — planted vs found (simulated data)"))
         for line in section["sentences"]:
             log.info("report: %s", line)
-    with atomic_path(rep / "index.html") as tmp:
+    with atomic_path(report_index(cfg)) as tmp:
         Path(tmp).write_text(build_html(cfg, data, figures, links, findings.to_html(section)), encoding="utf-8")
-    with atomic_path(rep / ".complete") as tmp:
+    with atomic_path(report_marker(cfg)) as tmp:
         Path(tmp).write_text(json.dumps(key.json_fields(), indent=1, sort_keys=True) + "\n")
-    log.info("report: wrote %s (%d figures)", rep / "index.html", len(figures))
+    log.info("report: wrote %s (%d figures)", report_index(cfg), len(figures))
     return rep

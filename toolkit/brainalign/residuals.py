@@ -6,7 +6,7 @@ For outer fold k (its runs held out from the encoding model) every row's residua
 - a row of training fold j: target − prediction of the regression fitted on the training folds other
   than j (the training runs of fold k without j).
 
-The encoding fit's inner CV holds out one training fold j at a time (brainalign.fit.fold_splits), so the
+The encoding fit's inner CV holds out one training fold j at a time (brainalign.fitdata.fold_splits), so the
 residual of an inner-validation row came from a regression fitted on exactly the inner-training rows,
 the relation the outer test rows have to the outer-training rows, and no regression ever saw the row it
 residualises. (A regression fitted on the training runs and applied in-sample, as before, shrinks the

@@ -29,14 +29,13 @@ import numpy as np
 from .errors import ConfigError
 from .h5io import atomic_path
 from .log import get_logger
+from .paths import ATLAS_PATHS, COMPLETE, PRETRAINED, TRUTH, simulated_bold
 from .sim import anatomy, bold as simbold, latents as lat
 from .sim.stimuli import (COLOURS, CUE, FRAME_PREDICTABLE, OTHER, WORD_CLASS_COLUMN, Episode, grammar,
                           make_episode, transcript_tsv, write_mp4)
 
 log = get_logger("simulate")
 
-EPISODES_PER_SESSION = 2
-PRETRAINED = "model/tiny-pretrained.pt"      # under data.root
 RESIDUAL = {"a": "residual", "target": "joint", "without": ["vision", "language"]}   # joint's crossmodal residual
 #: planted ROI -> (latent family, what it responds to, contrasts expected positive, contrasts expected null);
 #: a null ROI expects every contrast null
@@ -95,26 +94,6 @@ def roi_regressors(episodes: list[Episode], tr: float, trs: int, seed: int) -> d
     return {k: [lat.tr_regressors(x, e.fps, tr, trs) for x, e in zip(runs, episodes)] for k, runs in fams.items()}
 
 
-# where the demo's study mask and ROI atlas go when data.bold.mask / rois / roi_names are null (then align uses
-# the per-run fMRIPrep-style brain masks written beside each BOLD run, and no ROIs)
-ATLAS_PATHS = {"mask": "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz",
-               "rois": "{root}/derivatives/atlas/space-MNI152NLin2009cAsym_desc-rois_dseg.nii.gz",
-               "roi_names": "{root}/derivatives/atlas/desc-rois_dseg.tsv"}
-
-
-def session_of(index: int) -> str:
-    return f"{index // EPISODES_PER_SESSION + 1:03d}"
-
-
-def bold_path(cfg, subject: str, episode: str, index: int) -> Path:
-    from .brain.bids import bold_name
-
-    b = cfg.data.bold
-    ses = session_of(index)
-    return (cfg.path(b.dir) / f"sub-{subject}" / f"ses-{ses}" / "func"
-            / bold_name(subject, episode, b.space, b.desc, ses))
-
-
 def _write_json(path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -141,16 +120,16 @@ def simulate(cfg, force: bool = False) -> Path:
     """Write the demo dataset under cfg.data.root (see the module docstring); returns the root.
 
     Skipped while ``{root}/.complete`` (JSON, written last) holds the current stage key and every file it
-    writes exists (brainalign.pipeline.keys).
+    writes exists (brainalign.stagekeys).
     """
     from .brain.bids import brain_mask_path
     from .brain.volumes import write_nifti
     from .provenance import provenance
 
-    from .pipeline.keys import stage_check
+    from .stagecheck import stage_check
 
     root = Path(cfg.data.root)
-    marker = root / ".complete"
+    marker = root / COMPLETE
     stage = stage_check(cfg, "simulate", force)      # files it wrote that a user replaced count as data
     if stage.current:
         return root
@@ -219,7 +198,7 @@ def simulate(cfg, force: bool = False) -> Path:
         for i, ep in enumerate(cfg.data.episodes):
             vol = np.zeros(tuple(grid) + (out.bold[i].shape[0],), dtype=np.float32)
             vol[mask] = out.bold[i].T
-            path = bold_path(cfg, sub, ep, i)
+            path = simulated_bold(cfg, sub, ep, i)
             write_nifti(path, vol, affine, tr=tr)
             write_nifti(brain_mask_path(path), mask.astype(np.uint8), affine, dtype=np.uint8)   # as fMRIPrep does
             _write_json(path.with_name(path.name.replace(".nii.gz", ".json")),
@@ -234,7 +213,7 @@ def simulate(cfg, force: bool = False) -> Path:
         model = pretrain_model(cfg, root / PRETRAINED)
         log.info("simulate: pretrained model -> %s in %.1f s", model["checkpoint"], model["seconds"])
 
-    _write_json(root / "truth.json", truth_record(cfg, names, roi_index, target_r, ceilings, episodes, model, h))
+    _write_json(root / TRUTH, truth_record(cfg, names, roi_index, target_r, ceilings, episodes, model, h))
     with atomic_path(marker) as tmp:
         tmp.write_text(json.dumps(dict(stage.json_fields(), provenance=provenance(cfg.text or None, "simulate")),
                                   default=str, indent=1) + "\n")

@@ -31,7 +31,7 @@ Root attrs: ``subjects``, ``feature_sets``, ``roi_names`` (string lists), ``laye
 ``test``, ``fdr_family`` (``stats.fdr_family``: ``layer`` = BH within each layer and contrast, ``contrast`` =
 across layers × ROIs (voxels) within each contrast, ``all`` = across every contrast, layer and ROI (voxel)),
 ``fdr`` (that family in words), ``scores_file``, ``scores_created`` (the ``created`` attr of the scores.h5 used),
-``stage_key`` / ``stage_record`` (brainalign.pipeline.keys) and the usual provenance attrs (config, git_commit, created, host, packages, ...).
+``stage_key`` / ``stage_record`` (brainalign.stagekeys) and the usual provenance attrs (config, git_commit, created, host, packages, ...).
 Each ``/roi/C`` and ``/voxel/C`` group carries attrs ``a``, ``b``. The group ``/permutation`` is reserved
 (per-subject permutation tests live in permutation.h5, see brainalign.permutation). NaN marks elements with
 fewer than 2 usable subjects.
@@ -57,173 +57,30 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from scipy import stats as _sps
 
 from .contrasts import resolve_contrasts
 from .errors import ConfigError, DataError
 from .fdr import fdr_by_family, family_text, significant, stats_family
+from .groupstats import ROI_STATS, VOXEL_STATS, fisher_z, one_sample_t, roi_means
 from .partition import CSV_COLUMNS as PARTITION_COLUMNS
 from .partition import partition_group_stats, partition_rows, test_names, write_partition_stats
-from .h5io import atomic_h5, atomic_path, check_float, is_complete, open_h5, read_str_attr, str_attr
+from .h5io import atomic_h5, atomic_path, is_complete, open_h5, read_str_attr, str_attr
 from .log import get_logger
+from .paths import BOLD, ROI_PARTITIONS_CSV, ROI_SCORES_CSV, ROI_STATS_CSV, SCORES, STATS, group_maps
+from .scores import ScoresMeta, read_scores_meta
 
 log = get_logger("stats")
 
-R_CLIP = 1.0 - 1e-7          # |r| is clipped to this before arctanh (z <= 8.4)
 CSV_COLUMNS = ("contrast", "a", "b", "layer", "roi", "n_subjects", "mean_dz", "ci_low", "ci_high",
                "t", "p", "q", "significant")
 FS_COLUMNS = ("feature_set", "layer", "roi", "n_subjects", "mean_r", "sem_r", "ceiling", "normalised_r",
               "sem_normalised_r")
-ROI_STATS = ("t", "p", "q", "mean", "ci_low", "ci_high", "cohen_d")
-VOXEL_STATS = ("t", "p", "q", "mean")
-
-
-# ---- pure array functions ------------------------------------------------------------------------
-
-def fisher_z(r):
-    """Fisher z = arctanh(r) of any-shaped r (float64 out); |r| clipped to 1 - 1e-7, NaN stays NaN."""
-    r = np.asarray(r, dtype=np.float64)
-    return np.arctanh(np.clip(r, -R_CLIP, R_CLIP))
-
-
-def one_sample_t(x, axis=0, popmean=0.0, confidence=0.95):
-    """Two-sided one-sample t-test of mean(x) == popmean along ``axis``, ignoring non-finite values.
-
-    x: array (..., n, ...) with the samples (subjects) on ``axis``. Each output has x's shape without
-    ``axis``: ``t``, ``p``, ``mean``, ``ci_low``/``ci_high`` (``confidence`` interval of the mean), ``df``
-    (n - 1), ``cohen_d`` ((mean - popmean) / SD, ddof=1), all float64, and ``n`` (int64, finite samples).
-    Elements with fewer than 2 finite samples are NaN (except ``n``). Equal to
-    ``scipy.stats.ttest_1samp(..., nan_policy='omit')`` including zero-variance cases (t = ±inf, p = 0).
-    """
-    x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, 0)
-    valid = np.isfinite(x)
-    n = valid.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.where(valid, x, 0.0).sum(axis=0) / n
-        dev = np.where(valid, x - mean, 0.0)
-        sd = np.sqrt((dev * dev).sum(axis=0) / (n - 1))
-        se = sd / np.sqrt(n)
-        diff = mean - popmean
-        t = diff / se
-        df = (n - 1).astype(np.float64)
-        few = n < 2
-        df[few] = np.nan
-        p = 2.0 * _sps.t.sf(np.abs(t), df)
-        crit = _sps.t.ppf(0.5 + confidence / 2.0, df)
-        half = crit * se
-        cohen_d = diff / sd
-    out = {"t": t, "p": p, "mean": mean, "ci_low": mean - half, "ci_high": mean + half, "df": df,
-           "cohen_d": cohen_d}
-    for k, v in out.items():
-        v = np.array(v, dtype=np.float64)
-        v[few] = np.nan
-        out[k] = v
-    out["n"] = np.asarray(n, dtype=np.int64)
-    return out
-
-
-def roi_means(r, labels, ids):
-    """Nan-mean of r over each ROI's voxels.
-
-    r: (..., n_voxels); labels: (n_voxels,) int ROI id per voxel; ids: (n_rois,) ROI ids.
-    Returns float64 (..., n_rois); NaN for an ROI with no voxel or only NaN values. One pass over the voxels
-    (sums by sorted label), so 1,000 parcels cost what 10 ROIs do.
-    """
-    r = np.asarray(r, dtype=np.float64)
-    labels = np.asarray(labels)
-    if labels.shape != r.shape[-1:]:
-        raise ValueError(f"roi_means: labels shape {labels.shape} does not match r's last axis {r.shape[-1:]}")
-    ids = np.asarray(ids).ravel()
-    lead = r.shape[:-1]
-    out = np.full(lead + (len(ids),), np.nan)
-    if not len(ids) or not labels.size:
-        return out
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    flat = r.reshape(-1, r.shape[-1])[:, order]
-    ok = np.isfinite(flat)
-    starts = np.searchsorted(sorted_labels, ids, side="left")
-    stops = np.searchsorted(sorted_labels, ids, side="right")
-    has = stops > starts
-    if has.any():
-        cuts = np.unique(np.concatenate([starts[has], stops[has]]))
-        cuts = cuts[cuts < flat.shape[1]]
-        sums = np.add.reduceat(np.where(ok, flat, 0.0), cuts, axis=1)
-        cnts = np.add.reduceat(ok, cuts, axis=1)
-        pos = np.searchsorted(cuts, starts[has])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(cnts[:, pos] > 0, sums[:, pos] / cnts[:, pos], np.nan)
-        out.reshape(-1, len(ids))[:, has] = mean
-    return out
-
-
-# ---- scores.h5 reading ---------------------------------------------------------------------------
-
-@dataclass
-class ScoresMeta:
-    """What run_stats/run_report need from scores.h5 besides the big arrays."""
-    path: Path
-    subjects: list[str]
-    feature_sets: list[str]
-    layers: list[int]
-    roi_names: list[str]
-    roi_ids: np.ndarray          # (R,) int64
-    roi_labels: np.ndarray       # (V,) int32
-    space: object = None         # brain.space.MapSpace: how a value per unit becomes a map
-    runs_present: dict | None = None   # subject -> run indices it has (None: every subject has every run)
-
-    @property
-    def n_voxels(self) -> int:
-        return int(self.roi_labels.shape[0])
-
-
-def _attr_list(f, path, key, cast=str):
-    if key not in f.attrs:
-        raise DataError(f"scores file {path} lacks root attribute '{key}'")
-    if cast is str:
-        return read_str_attr(f, key)
-    return [cast(v) for v in np.atleast_1d(f.attrs[key])]
-
-
-def read_scores_meta(f, path) -> ScoresMeta:
-    """Read and cross-check the metadata of an open scores.h5 (DataError naming the file and key)."""
-    path = Path(path)
-    subjects = _attr_list(f, path, "subjects")
-    feature_sets = _attr_list(f, path, "feature_sets")
-    layers = _attr_list(f, path, "layers", int)
-    roi_names = _attr_list(f, path, "roi_names")
-    roi_ids = np.asarray(_attr_list(f, path, "roi_ids", int), dtype=np.int64)
-    if len(roi_names) != len(roi_ids):
-        raise DataError(f"scores file {path}: attrs roi_names ({len(roi_names)}) and roi_ids ({len(roi_ids)}) "
-                        "differ in length")
-    mask = f["mask"][()].astype(bool)
-    if mask.ndim != 3:
-        raise DataError(f"scores file {path}: /mask must be 3-D, got shape {mask.shape}")
-    affine = np.asarray(f["mask"].attrs.get("affine", np.eye(4)), dtype=np.float64)
-    if affine.shape != (4, 4):
-        raise DataError(f"scores file {path}: /mask attr affine must be 4x4, got shape {affine.shape}")
-    labels = f["roi_labels"][()].astype(np.int32)
-    expect = (len(subjects), len(feature_sets), len(layers), int(mask.sum()))
-    check_float(f["r_mean"], path, "scores file", expect, "subjects, feature_sets, layers, voxels in /mask")
-    if "folds" in f.attrs:
-        full = expect[:3] + (len(_attr_list(f, path, "folds")), expect[3])
-        for name in ("r", "alpha"):
-            if name in f:
-                check_float(f[name], path, "scores file", full, "subjects, feature_sets, layers, folds, voxels")
-    if labels.shape != (expect[3],):
-        raise DataError(f"scores file {path}: /roi_labels has shape {labels.shape}, expected ({expect[3]},)")
-    from .brain.space import MapSpace
-
-    runs_present = json.loads(f.attrs["runs_present"]) if "runs_present" in f.attrs else None
-    return ScoresMeta(path, subjects, feature_sets, layers, roi_names, roi_ids, labels,
-                      MapSpace.from_h5(f, path), runs_present)
 
 
 # ---- noise ceiling -------------------------------------------------------------------------------
@@ -249,7 +106,7 @@ def _ceiling_keys(cfg):
 def _isc_from_bold(cfg, meta: ScoresMeta, required: bool, spearman_brown: bool):
     from .ceiling import loso_isc, spearman_brown_isc
 
-    bold_path = Path(cfg.output) / "bold.h5"
+    bold_path = Path(cfg.output) / BOLD
     if not required and not is_complete(bold_path):
         log.info("stats: no complete %s; no ISC noise ceiling (stats.noise_ceiling: auto)", bold_path)
         return None
@@ -376,34 +233,18 @@ def write_roi_csv(path, rows):
     return write_csv(path, CSV_COLUMNS, rows)
 
 
-def map_paths(out, feature_sets, contrasts, ceiling: bool = False, space=None) -> list[Path]:
-    """The group maps run_stats writes (last axis / map = layer; NIfTI with NaN outside the mask or parcels, or
-    CIFTI dscalar for grayordinates), then (with a noise ceiling) the subject-mean ceiling map. None for a space
-    without maps (parcel data without an atlas)."""
-    if space is not None and not space.has_maps:
-        return []
-    name = space.map_name if space is not None else (lambda stem: f"{stem}_bold.nii.gz")
-    d = Path(out) / "maps" / "group"
-    return ([d / name(f"group_feat-{_safe(fs)}_stat-r") for fs in feature_sets]
-            + [d / name(f"group_contrast-{c}_stat-{k}") for c in contrasts for k in ("t", "q")]
-            + ([d / name("group_stat-ceiling")] if ceiling else []))
-
-
 def run_stats(cfg, force: bool = False) -> Path:
     """The ``stats`` stage: scores.h5 -> stats.h5 (layout in this module's docstring), roi_stats.csv and
-    the group maps of ``map_paths`` (+ roi_scores.csv with a noise ceiling; + permutation.h5 when
-    ``stats.permutations`` > 0, see brainalign.permutation). Skipped while its stage key is current (the stats
-    config values, scores.h5's key, inputs: brainalign.pipeline.keys; unless ``force``). Returns stats.h5."""
-    from .pipeline.keys import stage_check
+    the group maps of ``brainalign.paths.group_maps`` (+ roi_scores.csv with a noise ceiling). The ``stats``
+    verb runs the permutation stage (brainalign.permutation) before it when ``stats.permutations`` > 0
+    (brainalign.stagetable). Skipped while its stage key is current (the stats config values, scores.h5's key,
+    inputs: brainalign.stagekeys; unless ``force``). Returns stats.h5."""
+    from .stagecheck import stage_check
 
     out = Path(cfg.output)
-    scores_path = out / "scores.h5"
-    stats_path = out / "stats.h5"
+    scores_path = out / SCORES
+    stats_path = out / STATS
     q_level = float(cfg.stats.q)
-    if int(getattr(cfg.stats, "permutations", 0) or 0) > 0:
-        from .permutation import run_permutation
-
-        run_permutation(cfg, force=force)        # per-subject tests -> permutation.h5 (skipped when current)
     key = stage_check(cfg, "stats", force)
     if key.current:
         return stats_path
@@ -468,7 +309,7 @@ def run_stats(cfg, force: bool = False) -> Path:
 
     # CSV and maps first, stats.h5 (with its completion marker) last, the old stats.h5 gone before: a killed job
     # or a full disk never leaves new CSV/maps beside an old stats.h5 that makes them look done
-    from .pipeline.keys import invalidate
+    from .stagecheck import invalidate
 
     invalidate(cfg, "stats")
     rows = []
@@ -481,9 +322,9 @@ def run_stats(cfg, force: bool = False) -> Path:
                              "ci_low": res["ci_low"][li, ri], "ci_high": res["ci_high"][li, ri],
                              "t": res["t"][li, ri], "p": res["p"][li, ri], "q": res["q"][li, ri],
                              "significant": int(res["significant"][li, ri])})
-    write_roi_csv(out / "roi_stats.csv", rows)
+    write_roi_csv(out / ROI_STATS_CSV, rows)
     if parts:
-        write_csv(out / "roi_partitions.csv", PARTITION_COLUMNS, partition_rows(parts, meta.layers, meta.roi_names))
+        write_csv(out / ROI_PARTITIONS_CSV, PARTITION_COLUMNS, partition_rows(parts, meta.layers, meta.roi_names))
     if ceil is not None:
         from .ceiling import normalise
 
@@ -492,7 +333,7 @@ def run_stats(cfg, force: bool = False) -> Path:
         m_r, s_r, n_r = _mean_sem(roi_r)
         m_n, s_n, _ = _mean_sem(roi_norm)
         m_c = _mean_sem(roi_ceil)[0]
-        write_fs_csv(out / "roi_scores.csv", [
+        write_fs_csv(out / ROI_SCORES_CSV, [
             {"feature_set": fs, "layer": layer, "roi": name, "n_subjects": int(n_r[fi, li, ri]),
              "mean_r": m_r[fi, li, ri], "sem_r": s_r[fi, li, ri], "ceiling": m_c[ri],
              "normalised_r": m_n[fi, li, ri], "sem_normalised_r": s_n[fi, li, ri]}
@@ -504,7 +345,7 @@ def run_stats(cfg, force: bool = False) -> Path:
     if ceil is not None:
         vols.append((_mean_sem(ceil.ceiling)[0].astype(np.float32)[None], f"subject-mean noise ceiling ({ceil.method})"))
     layer_names = [f"layer {x}" for x in meta.layers]
-    for path, (values, what) in zip(map_paths(out, meta.feature_sets, [c.name for c in contrasts], ceil is not None,
+    for path, (values, what) in zip(group_maps(out, meta.feature_sets, [c.name for c in contrasts], ceil is not None,
                                               meta.space), vols):
         per_layer = values.shape[0] == L and "ceiling" not in what
         descrip = f"{what}; axis 4 = layers {','.join(map(str, meta.layers))}" if per_layer else what
@@ -561,9 +402,5 @@ def run_stats(cfg, force: bool = False) -> Path:
 
     n_sig = {c.name: int(roi[c.name]["significant"].sum()) for c in contrasts}
     log.info("stats: wrote %s, %s and %d maps; significant ROI x layer cells per contrast: %s", stats_path,
-             out / "roi_stats.csv", F + 2 * len(contrasts), n_sig)
+             out / ROI_STATS_CSV, F + 2 * len(contrasts), n_sig)
     return stats_path
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)

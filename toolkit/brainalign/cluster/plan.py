@@ -5,7 +5,7 @@ The plan is pure data built from the config and the cluster profile; ``brainalig
 scripts (:mod:`brainalign.cluster.sbatch`). The same commands run in every case.
 
 Jobs, in order, each waiting (``afterok``) for the one before it; a stage whose output is current (its stage
-key, brainalign.pipeline.keys, as ``brainalign status`` reports it) gets no job and a note says so:
+key, brainalign.stagekeys, as ``brainalign status`` reports it) gets no job and a note says so:
 
 ``simulate``  one task (only if the config's pipeline has it)
 ``extract``   an array: task i runs ``brainalign extract CONFIG --episodes <its episodes>``
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..config import STAGES
 from ..errors import ConfigError
+from ..stagetable import VERBS
 from .profile import REPO, Profile, Resources, mem_gb, sbatch_option, time_minutes
 
 BIN = REPO / "bin" / "brainalign"
@@ -244,11 +244,11 @@ def complete_episodes(cfg, cwd: Path) -> list[str]:
 
 def stage_states(cfg, cwd: Path) -> dict:
     """{stage: State} of every planned stage as ``brainalign status`` sees it (resolved in ``cwd``)."""
-    from ..pipeline.keys import Assessor
+    from ..stagecheck import assessor
 
     with _in_dir(cwd):
-        a = Assessor(cfg, planning=True)
-        return {s: a.state(s) for s in STAGES if s in cfg.pipeline}
+        a = assessor(cfg, planning=True)
+        return {s: a.state(s) for s in VERBS if s in cfg.pipeline}
 
 
 def build_plan(cfg, profile: Profile, cluster: str = "slurm", *, config_path, folder, force: bool = False,
@@ -277,7 +277,7 @@ def build_plan(cfg, profile: Profile, cluster: str = "slurm", *, config_path, fo
         return list(launch["BA_GPU" if gpus else "BA"]) + argv
 
     jobs: list[PlannedJob] = []
-    order = [s for s in STAGES if s in cfg.pipeline]
+    order = [s for s in VERBS if s in cfg.pipeline]
     if list(cfg.pipeline) != order:
         notes.append(f"pipeline {' '.join(cfg.pipeline)} is run in stage order: {' '.join(order)}")
     states = {} if force else stage_states(cfg, cwd)      # stage keys: current outputs get no job

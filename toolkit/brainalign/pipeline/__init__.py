@@ -1,34 +1,31 @@
-"""The pipeline layer: stage dispatch (each verb -> one stage function ``f(cfg, force) -> Path``; ``run``
-chains them), the stage keys that decide what is current (:mod:`.keys`, declared per stage in
-:mod:`.stages`) and ``brainalign status`` (:mod:`.status`)."""
+"""The pipeline layer: stage dispatch (each verb runs the stage functions the stage table,
+:mod:`brainalign.stagetable`, lists for it: ``f(cfg, force) -> Path``; ``run`` chains the config's verbs) and
+``brainalign status`` (:mod:`.status`). It imports the stage modules; they never import it."""
 import importlib
 import time
 
 from ..interrupt import Interrupted
 from ..log import get_logger
+from ..stagetable import stages_of
 
 log = get_logger("pipeline")
 
-# verb -> (module, function); every function takes (cfg, force=False) and returns the path it wrote
-STAGE_FUNCS = {
-    "simulate": ("brainalign.simulate", "simulate"),
-    "extract": ("brainalign.extract", "run_extract"),
-    "align": ("brainalign.align", "run_align"),
-    "fit": ("brainalign.fit", "run_fit"),
-    "stats": ("brainalign.stats", "run_stats"),
-    "report": ("brainalign.report", "run_report"),
-    "mlm": ("brainalign.mlm", "run_mlm"),
-    "finetune": ("brainalign.finetune", "run_finetune"),
-}
+
+def stage_function(spec):
+    """The stage function of a table entry (``run``: "module:function"); importing it loads the stage."""
+    mod, fn = spec.run.split(":")
+    return getattr(importlib.import_module(mod), fn)
 
 
 def run_stage(cfg, stage, force=False):
-    mod, fn = STAGE_FUNCS[stage]
-    func = getattr(importlib.import_module(mod), fn)
+    """Run one verb: its stages in order (``stats``: the permutation tests first, when on). Returns what the
+    verb's own stage function returned (the path it wrote)."""
+    specs = stages_of(cfg, stage)
     t0 = time.perf_counter()
     log.info("stage %s: start", stage)
     try:
-        out = func(cfg, force=force)
+        for spec in specs:
+            out = stage_function(spec)(cfg, force=force)
     except Interrupted as e:
         e.stage = e.stage or stage
         raise

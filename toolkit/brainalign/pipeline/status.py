@@ -1,22 +1,21 @@
 """``brainalign status CONFIG``: per stage current / stale (why) / missing, running nothing."""
 from __future__ import annotations
 
-from .keys import Assessor, State
+from ..stagecheck import assessor
+from ..stagekeys import State
+from ..stagetable import ORDER, STAGES
 from .lock import describe, holders
-from .stages import ORDER, STAGES
 
 
 def shown_stages(cfg, stages=None) -> list:
-    """The stages to report: ``stages`` or the config's pipeline, in data-flow order; permutation (a
-    separate output of the stats stage) joins stats when ``stats.permutations`` > 0."""
-    wanted = list(stages or cfg.pipeline)
-    if "stats" in wanted and STAGES["permutation"].enabled(cfg):
-        wanted.append("permutation")
-    return [s for s in ORDER if s in wanted]
+    """The stages to report: those of ``stages`` or the config's pipeline (verbs), in data-flow order; a stage
+    another verb runs (permutation: stats) joins it when enabled (``stats.permutations`` > 0)."""
+    wanted = set(stages or cfg.pipeline)
+    return [s for s in ORDER if STAGES[s].verb_of in wanted and (STAGES[s].verb_of == s or STAGES[s].enabled(cfg))]
 
 
 def assess_all(cfg, stages=None) -> list[State]:
-    a = Assessor(cfg, planning=True)
+    a = assessor(cfg, planning=True)
     return [a.state(s) for s in shown_stages(cfg, stages)]
 
 

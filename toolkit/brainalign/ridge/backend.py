@@ -18,6 +18,7 @@ import logging
 import numpy as np
 
 from ..errors import ConfigError
+from ..provenance import cupy_distribution
 
 log = logging.getLogger("brainalign.ridge")
 
@@ -312,17 +313,6 @@ class CupyBackend(NumpyBackend):
 
     def sync(self):
         self.cp.cuda.Device().synchronize()
-
-
-def cupy_distribution():
-    """Name of the installed distribution that provides the ``cupy`` module (``cupy-cuda12x``,
-    ``cupy-cuda13x``, a source build's ``cupy``, ...) or None. Found from the module name, so any
-    CuPy wheel works; nothing is imported."""
-    try:
-        names = _md.packages_distributions().get("cupy") or []
-    except Exception:  # pragma: no cover - broken metadata
-        names = []
-    return sorted(set(names))[0] if names else None
 
 
 @functools.lru_cache(maxsize=None)

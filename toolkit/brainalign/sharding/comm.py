@@ -3,7 +3,7 @@
 mpi4py is imported only when a launcher started us (``mpiexec``/``mpirun``: PMI_SIZE, OMPI_COMM_WORLD_SIZE,
 PMIX_RANK; ``srun -n N``: SLURM_STEP_NUM_TASKS > 1) or when the mode is ``on``; a plain run needs no MPI.
 The mode comes from the environment variable BRAINALIGN_MPI (auto | on | off; default auto), so that it
-is not a config value (a stage key, brainalign.pipeline.keys, would not cover it).
+is not a config value (a stage key, brainalign.stagekeys, would not cover it).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ completion records of the units it holds. Layout (n units, S subjects, W = chunk
 - ``/units``  int32 (n, k)   unit key, e.g. (feature set, layer, fold, chunk)
 - ``/voxels`` int64 (n, 2)   voxel range [start, stop) of each unit
 - ``/r``, ``/alpha`` float32 (n, S, W)   per-subject values; columns >= stop - start are NaN padding
-- attrs: ``stage_key`` (the fit's key, brainalign.pipeline.keys), ``layout`` (JSON of the output geometry),
+- attrs: ``stage_key`` (the fit's key, brainalign.stagekeys), ``layout`` (JSON of the output geometry),
   ``epoch``, ``rank``, ``part`` + provenance
 
 At the end of its work each rank merges its parts of the epoch into one file (:func:`compact`), and the
@@ -29,10 +29,11 @@ import numpy as np
 
 from ..h5io import COMPLETE_ATTR, atomic_h5
 from ..log import get_logger
+from ..paths import FIT_SHARDS
 
 log = get_logger("sharding.shards")
 
-SHARD_DIR = "fit_shards"
+SHARD_DIR = FIT_SHARDS
 _NAME = re.compile(r"^e(\d{4})-rank-(\d{4})-part-(\d{5})\.h5$")
 
 

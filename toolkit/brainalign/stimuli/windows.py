@@ -137,3 +137,25 @@ def load_episode_stimuli(cfg, episode: str, spec=None) -> EpisodeStimuli:
                           audio=window_audio(audio, rate, windows) if per_window
                           else np.zeros((n_windows, 0), np.float32),
                           audio_rate=rate, waveform=audio, transcript=words, frame_times=times)
+
+
+def load_stimuli_for(backbone, cfg, episode):
+    """The episode's stimuli as ``backbone`` takes them (its ``stimulus_spec``; the loader's defaults if None)."""
+    spec = getattr(backbone, "stimulus_spec", None)
+    return load_episode_stimuli(cfg, episode) if spec is None else load_episode_stimuli(cfg, episode, spec)
+
+
+def check_stimuli(stimuli):
+    """One-line DataError if an EpisodeStimuli's parts disagree in window count or hold non-finite audio."""
+    n = stimuli.windows.shape[0] if stimuli.windows.ndim == 2 else -1
+    counts = {"windows": n, "frames": len(stimuli.frames), "words": len(stimuli.words),
+              "audio": len(stimuli.audio)}
+    if n == 0:
+        raise DataError(f"episode {stimuli.episode}: no stimulus windows (shorter than one TR?)")
+    if n < 0 or stimuli.windows.shape[1] != 2 or len(set(counts.values())) != 1:
+        raise DataError(f"episode {stimuli.episode}: stimuli disagree on the number of windows ("
+                        + ", ".join(f"{k} {v}" for k, v in counts.items())
+                        + f"; windows shape {tuple(stimuli.windows.shape)})")
+    if not np.isfinite(stimuli.audio).all():
+        bad = int(np.flatnonzero(~np.isfinite(stimuli.audio.reshape(n, -1)).all(axis=1))[0])
+        raise DataError(f"episode {stimuli.episode}: audio has non-finite samples (first in window {bad})")

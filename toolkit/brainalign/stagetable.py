@@ -1,4 +1,11 @@
-"""What every stage reads: THE table behind the stage keys (mechanism: brainalign.pipeline.keys).
+"""THE table of stages: one entry per stage, in data-flow order. From it come the CLI's stage verbs
+(brainalign.cli), the order a verb runs its stages and ``status`` lists them (brainalign.pipeline), each
+stage's function (``run``: "module:function", imported by the pipeline only) and what its key covers
+(mechanism: brainalign.stagekeys; the check at the top of a stage: brainalign.stagecheck). The stages import
+this module through stagecheck, never the pipeline; this module imports no stage.
+
+- ``verb``: the verb that runs a stage other than its own (permutation runs under ``stats``, before it, when
+  ``stats.permutations`` > 0); ``help``: the verb's help text.
 
 A stage's key covers exactly what its entry declares:
 
@@ -24,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..datafiles import STAGE_STREAMS
-from .keys import Input, select_values
+from . import paths
+from .datafiles import STAGE_STREAMS
+from .stagekeys import Input, select_values
 
 
 def _always(cfg) -> bool:
@@ -49,13 +57,20 @@ class StageSpec:
     unit_inputs: Optional[Callable] = None    # fn(cfg, unit) -> [Input]
     unit_values: Optional[Callable] = None    # fn(cfg, unit) -> {name: value}
     unit_record: Optional[Callable] = None    # fn(cfg, unit) -> (file, dataset) carrying the unit's key
+    run: str = ""                             # "module:function" of the stage function f(cfg, force) -> Path
+    verb: str = ""                            # the CLI verb / pipeline entry that runs it (default: its name)
+    help: str = ""                            # the verb's help (a stage run by another stage's verb has none)
+
+    @property
+    def verb_of(self) -> str:
+        return self.verb or self.name
 
     def upstream_of(self, cfg) -> tuple:
         ups = self.upstream(cfg) if callable(self.upstream) else self.upstream
         return tuple(u for u in ups if STAGES[u].enabled(cfg))
 
     def values(self, cfg) -> dict:
-        """The config values of the stage (a unit adds its ``unit_values``: brainalign.pipeline.keys.Assessor)."""
+        """The config values of the stage (a unit adds its ``unit_values``: brainalign.stagekeys.Assessor)."""
         vals = select_values(cfg, self.reads, self.ignores, skip=_other_backbone(cfg))
         for name, fn in self.derived:
             vals[f"derived.{name}"] = fn(cfg)
@@ -72,7 +87,7 @@ def _other_backbone(cfg):
     sections = {f.name for f in fields(cfg.model) if is_dataclass(getattr(cfg.model, f.name))}
     if not sections - {cfg.model.backbone}:
         return None
-    from ..models.registry import available_backbones
+    from .models.registry import available_backbones
 
     other = (sections & set(available_backbones())) - {cfg.model.backbone}
     return lambda key: key.split(".")[0] == "model" and key.split(".")[1] in other
@@ -88,7 +103,7 @@ def _checkpoint(cfg, path, role="checkpoint", key="model.checkpoint"):
 
 def data_inputs(cfg, streams, episodes=None) -> list:
     """The data files of ``streams`` (brainalign.datafiles: the readers' own lookups) as Inputs."""
-    from ..datafiles import data_files
+    from .datafiles import data_files
 
     out, seen = [], set()
     for f in data_files(cfg, streams, episodes=episodes):
@@ -123,7 +138,7 @@ def _mlm_inputs(cfg) -> list:
 
 def _report_inputs(cfg) -> list:
     """truth.json of simulated data (the planted-vs-found section), when there is one."""
-    return [Input("planted truth", Path(cfg.data.root) / "truth.json", "data.root", optional=True)]
+    return [Input("planted truth", Path(cfg.data.root) / paths.TRUTH, "data.root", optional=True)]
 
 
 def _tvqa_inputs(cfg) -> list:
@@ -141,36 +156,34 @@ def _finetune_inputs(cfg) -> list:
 
 def _simulate_outputs(cfg) -> list:
     """Every file simulate writes (its stage is current only while they all exist)."""
-    from ..brain.bids import brain_mask_path
-    from ..simulate import ATLAS_PATHS, PRETRAINED, bold_path
+    from .brain.bids import brain_mask_path
 
     b, st = cfg.data.bold, cfg.data.stimuli
     root = Path(cfg.data.root)
-    out = [root / ".complete", root / "truth.json"] + [cfg.path(getattr(b, k) or v) for k, v in ATLAS_PATHS.items()]
+    out = [root / paths.COMPLETE, root / paths.TRUTH] + [cfg.path(getattr(b, k) or v)
+                                                         for k, v in paths.ATLAS_PATHS.items()]
     if cfg.simulate.pretrain_steps > 0:           # the pretrained demo model (what model.checkpoint then loads)
-        out.append(root / PRETRAINED)
+        out.append(root / paths.PRETRAINED)
     for i, ep in enumerate(cfg.data.episodes):
         out += [cfg.path(t, episode=ep) for t in (st.video, st.audio, st.transcript) if t]
         for s in b.subjects:
-            p = bold_path(cfg, s, ep, i)
+            p = paths.simulated_bold(cfg, s, ep, i)
             out += [p, brain_mask_path(p)]
     return out
 
 
 def _finetune_model(cfg) -> Path:
-    from ..finetune import output_paths
-
-    return output_paths(cfg)[1]
+    return paths.finetune_paths(cfg)[1]
 
 
 def _fit_outputs(cfg) -> list:
     """scores.h5 and (fit.write_maps) every subject's maps in the space scores.h5 records."""
-    path = cfg.out / "scores.h5"
+    path = cfg.out / paths.SCORES
     if not cfg.fit.write_maps or not path.is_file():
         return [path]
     import h5py
 
-    from ..brain.space import MapSpace
+    from .brain.space import MapSpace
 
     try:
         with h5py.File(path, "r") as f:
@@ -179,8 +192,8 @@ def _fit_outputs(cfg) -> list:
         return [path]
     if not space.has_maps:
         return [path]
-    return [path] + [cfg.out / "maps" / f"sub-{s}" / space.map_name(f"sub-{s}_feat-{fs}_stat-r")
-                     for s in cfg.data.bold.subjects for fs in cfg.feature_sets]
+    return [path] + [paths.subject_map(cfg.out, s, fs, space) for s in cfg.data.bold.subjects
+                     for fs in cfg.feature_sets]
 
 
 def _fit_check(cfg) -> list:
@@ -188,10 +201,10 @@ def _fit_check(cfg) -> list:
     complete."""
     import h5py
 
-    from ..h5io import is_complete
-    from ..sharding.shards import virtual_files
+    from .h5io import is_complete
+    from .sharding.shards import virtual_files
 
-    path = cfg.out / "scores.h5"
+    path = cfg.out / paths.SCORES
     names = set()
     try:
         with h5py.File(path, "r") as f:
@@ -206,22 +219,21 @@ def _stats_outputs(cfg) -> list:
     """stats.h5, roi_stats.csv and the group maps of the feature sets and contrasts stats.h5 records."""
     import h5py
 
-    from ..brain.space import MapSpace
-    from ..h5io import read_str_attr
-    from ..stats import map_paths
+    from .brain.space import MapSpace
+    from .h5io import read_str_attr
 
-    path = cfg.out / "stats.h5"
-    out = [path, cfg.out / "roi_stats.csv"]
+    path = cfg.out / paths.STATS
+    out = [path, cfg.out / paths.ROI_STATS_CSV]
     try:
         with h5py.File(path, "r") as g:
             fs, cs, ceil = read_str_attr(g, "feature_sets"), read_str_attr(g, "contrasts"), "noise_ceiling" in g
             if "partition" in g:
-                out.append(cfg.out / "roi_partitions.csv")
-        with h5py.File(cfg.out / "scores.h5", "r") as f:
-            space = MapSpace.from_h5(f, cfg.out / "scores.h5")
+                out.append(cfg.out / paths.ROI_PARTITIONS_CSV)
+        with h5py.File(cfg.out / paths.SCORES, "r") as f:
+            space = MapSpace.from_h5(f, cfg.out / paths.SCORES)
     except Exception:             # unreadable / incomplete: output_problems names the file
         return out
-    return out + map_paths(cfg.out, fs, cs, ceil, space) + ([cfg.out / "roi_scores.csv"] if ceil else [])
+    return out + paths.group_maps(cfg.out, fs, cs, ceil, space) + ([cfg.out / paths.ROI_SCORES_CSV] if ceil else [])
 
 
 # ---- the table --------------------------------------------------------------------------------------
@@ -233,14 +245,17 @@ _ALIGN_ONLY_WINDOWS = ("windows.resample", "windows.resample_lobes")
 STAGES: dict = {s.name: s for s in (
     StageSpec("simulate",
               reads=("data.episodes", "data.stimuli", "data.bold.format", "data.bold.dir", "data.bold.subjects",
-                     "data.bold.space", "data.bold.desc", "data.bold.tr", "data.bold.mask", "data.bold.rois",
-                     "data.bold.roi_names", "simulate", "windows", "model", "finetune.data", "finetune.n_train",
-                     "finetune.n_val"),
+                   "data.bold.space", "data.bold.desc", "data.bold.tr", "data.bold.mask", "data.bold.rois",
+                   "data.bold.roi_names", "simulate", "windows", "model", "finetune.data", "finetune.n_train",
+                   "finetune.n_val"),
               ignores=_MODEL_EXEC + ("model.conditions", "model.variants", "model.checkpoint", "model.layers",
                                      "model.precision"),     # it reads no model: it may pretrain the tiny one
-              records=lambda cfg: [Path(cfg.data.root) / ".complete"],
+              records=lambda cfg: [Path(cfg.data.root) / paths.COMPLETE],
               outputs=_simulate_outputs,
-              produces=lambda cfg: [Path(cfg.data.root)] + _simulate_outputs(cfg)),
+              produces=lambda cfg: [Path(cfg.data.root)] + _simulate_outputs(cfg),
+              run="brainalign.simulate:simulate",
+              help="write the embedded demo dataset (episodes as mp4+wav+TSV transcripts, BIDS/fMRIPrep-named "
+                   "NIfTI BOLD with planted ROIs, mask, ROI atlas, truth.json) under data.root"),
     StageSpec("finetune",
               reads=("finetune", "model", "windows.frames", "windows.image_size"),
               ignores=("finetune.output", "finetune.n_train", "finetune.n_val", "finetune.device",
@@ -248,57 +263,91 @@ STAGES: dict = {s.name: s for s in (
               + _MODEL_EXEC + _MODEL_FILES,
               derived=(("inputs", lambda cfg: {"frames": True, "subtitles": True}),),  # run_finetune ablations
               inputs=_finetune_inputs,
-              records=lambda cfg: [cfg.out / "finetune" / "metrics.json"],
-              outputs=lambda cfg: [cfg.out / "finetune" / "metrics.json", _finetune_model(cfg)],
-              produces=lambda cfg: [_finetune_model(cfg)]),
+              records=lambda cfg: [paths.finetune_metrics(cfg)],
+              outputs=lambda cfg: [paths.finetune_metrics(cfg), _finetune_model(cfg)],
+              produces=lambda cfg: [_finetune_model(cfg)],
+              run="brainalign.finetune:run_finetune",
+              help="fine-tune the backbone on TVQA-format multiple-choice QA (finetune.data: tvqa_train.jsonl, "
+                   "tvqa_val.jsonl, frames/, subtitles/); DDP under torchrun/srun, resumable per epoch "
+                   "-> OUTPUT/finetune/model.pt (load it with model.checkpoint) + metrics.json"),
     StageSpec("extract",
               reads=("model", "windows", "data.stimuli", "data.bold.tr"),
               ignores=_MODEL_EXEC + _MODEL_FILES + ("model.conditions",) + _ALIGN_ONLY_WINDOWS,
-              records=lambda cfg: [cfg.out / "features.h5"],
+              records=lambda cfg: [cfg.out / paths.FEATURES],
               units=lambda cfg: [f"{ep}/{fs}" for ep in cfg.data.episodes for fs in cfg.all_conditions],
               unit_inputs=_extract_unit_inputs,
               unit_values=lambda cfg, u: {"unit.condition": _split_unit(u)[1],
                                           "unit.variant": _split_unit(u)[2] or None},
-              unit_record=lambda cfg, u: (cfg.out / "features" / f"{_split_unit(u)[0]}.h5", u.split("/", 1)[1])),
+              unit_record=lambda cfg, u: (paths.feature_shard(cfg, _split_unit(u)[0]), u.split("/", 1)[1]),
+              run="brainalign.extract:run_extract",
+              help="run the backbone on every episode's TR windows under each input condition; every layer's "
+                   "pooled hidden states -> OUTPUT/features.h5 (one shard per episode, resumable)"),
     StageSpec("align",
               reads=("align", "data.episodes", "data.missing_runs", "data.bold", "windows.step") + _ALIGN_ONLY_WINDOWS,
               derived=(("conditions", lambda cfg: cfg.all_conditions),),
               upstream=("extract",),
               inputs=lambda cfg: data_inputs(cfg, STAGE_STREAMS["align"]),
-              records=lambda cfg: [cfg.out / "design.h5", cfg.out / "bold.h5"]),
+              records=lambda cfg: [cfg.out / paths.DESIGN, cfg.out / paths.BOLD],
+              run="brainalign.align:run_align",
+              help="features onto the TR grid: per-run z-scoring, residual features (fitted on training runs "
+                   "only), FIR delays, trimming -> OUTPUT/design.h5; masked, z-scored BOLD -> OUTPUT/bold.h5"),
     StageSpec("fit",
               reads=("fit",),
               ignores=("fit.backend", "fit.chunk_voxels", "fit.write_maps"),   # same numbers; maps are outputs
               derived=(("feature_sets", lambda cfg: cfg.feature_sets),),
               upstream=("align",),
-              records=lambda cfg: [cfg.out / "scores.h5"],
+              records=lambda cfg: [cfg.out / paths.SCORES],
               outputs=_fit_outputs,
-              check=_fit_check),
+              check=_fit_check,
+              run="brainalign.fit:run_fit",
+              help="voxel-wise ridge with nested cross-validation (outer folds = runs, per-voxel alpha from inner "
+                   "folds); held-out Pearson r per subject/feature set/layer/fold -> OUTPUT/scores.h5 + NIfTI maps"),
     StageSpec("permutation",
               reads=("stats.permutations", "stats.permutation_*", "stats.q", "stats.contrasts", "stats.fdr_family"),
               upstream=("fit", "align"),
-              records=lambda cfg: [cfg.out / "permutation.h5"],
-              enabled=lambda cfg: int(cfg.stats.permutations or 0) > 0),
+              records=lambda cfg: [cfg.out / paths.PERMUTATION],
+              enabled=lambda cfg: int(cfg.stats.permutations or 0) > 0,
+              run="brainalign.permutation:run_permutation",
+              verb="stats"),
     StageSpec("stats",
               reads=("stats",),
               ignores=("stats.permutations", "stats.permutation_*"),
               upstream=lambda cfg: ("fit",) + (("align",) if cfg.stats.noise_ceiling in ("auto", "isc") else ()),
               inputs=lambda cfg: data_inputs(cfg, STAGE_STREAMS["stats"]),
-              records=lambda cfg: [cfg.out / "stats.h5"],
-              outputs=_stats_outputs),
-    StageSpec("report",
-              reads=("report", "name"),
-              upstream=lambda cfg: ("fit", "stats", "permutation") + (("mlm",) if "mlm" in cfg.pipeline else ()),
-              inputs=_report_inputs,
-              records=lambda cfg: [cfg.out / "report" / ".complete"],
-              outputs=lambda cfg: [cfg.out / "report" / ".complete", cfg.out / "report" / "index.html"]),
+              records=lambda cfg: [cfg.out / paths.STATS],
+              outputs=_stats_outputs,
+              run="brainalign.stats:run_stats",
+              help="group statistics: per-ROI and per-voxel contrasts across subjects (one-sample t on Fisher-z "
+                   "differences, Benjamini-Hochberg FDR) -> OUTPUT/stats.h5, roi_stats.csv, group maps"),
     StageSpec("mlm",
               reads=("mlm", "model", "windows", "data.episodes", "data.stimuli", "data.bold.tr"),
               ignores=_MODEL_EXEC + _MODEL_FILES + ("model.conditions", "model.layers") + _ALIGN_ONLY_WINDOWS,
               inputs=_mlm_inputs,
-              records=lambda cfg: [cfg.out / "mlm.h5"],
-              outputs=lambda cfg: [cfg.out / "mlm.h5", cfg.out / "mlm.csv"]),
+              records=lambda cfg: [cfg.out / paths.MLM],
+              outputs=lambda cfg: [cfg.out / paths.MLM, cfg.out / paths.MLM_CSV],
+              run="brainalign.mlm:run_mlm",
+              help="masked-word prediction per input condition (mlm.conditions, default joint vs no_vision): top-1/top-5 "
+                   "accuracy and loss per episode and overall with bootstrap 95-percent CIs and a paired joint - other "
+                   "difference -> OUTPUT/mlm.h5, mlm.csv"),
+    StageSpec("report",
+              reads=("report", "name"),
+              upstream=lambda cfg: ("fit", "stats", "permutation") + (("mlm",) if "mlm" in cfg.pipeline else ()),
+              inputs=_report_inputs,
+              records=lambda cfg: [paths.report_marker(cfg)],
+              outputs=lambda cfg: [paths.report_marker(cfg), paths.report_index(cfg)],
+              run="brainalign.report:run_report",
+              help="figures (ROI bars with significance, layer curves, brain slices) and one HTML page "
+                   "-> OUTPUT/report/index.html"),
 )}
 
-#: stages in the order `status` lists them (data flow)
-ORDER = ("simulate", "finetune", "extract", "align", "fit", "permutation", "stats", "mlm", "report")
+#: the stages in data-flow order: the order `status` lists them and a verb runs its stages in
+ORDER = tuple(STAGES)
+#: the stage verbs of the CLI and of a config's ``pipeline`` (config.STAGES is this list: tests/test_stagekeys.py)
+VERBS = tuple(name for name, spec in STAGES.items() if spec.verb_of == name)
+
+
+def stages_of(cfg, verb: str) -> list:
+    """The specs a verb runs, in order: its own stage, after the enabled stages it also runs (``stats``:
+    permutation, when ``stats.permutations`` > 0)."""
+    return [spec for spec in STAGES.values()
+            if spec.verb_of == verb and (spec.name == verb or spec.enabled(cfg))]

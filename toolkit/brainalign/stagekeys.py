@@ -1,6 +1,6 @@
 """Stage keys: an output is current only while what it was made from is unchanged.
 
-Every stage declares (in :mod:`brainalign.pipeline.stages`, one table) the config sections/keys it reads,
+Every stage declares (in :mod:`brainalign.stagetable`, one table) the config sections/keys it reads,
 its upstream stages and its input files. Its *key* is a hash of
 
 - the parsed values of those config keys (not the YAML text: comments and unrelated keys do not count),
@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import BrainAlignError, DataError
-from ..log import get_logger
+from .errors import BrainAlignError, DataError
+from .log import get_logger
 
 log = get_logger("pipeline")
 
@@ -276,7 +276,7 @@ def read_record(path, dataset: Optional[str] = None) -> Stored:
     if path.suffix == ".h5":
         import h5py
 
-        from ..h5io import COMPLETE_ATTR, read_long_attr
+        from .h5io import COMPLETE_ATTR, read_long_attr
 
         try:
             with h5py.File(path, "r") as f:
@@ -307,7 +307,7 @@ def read_record(path, dataset: Optional[str] = None) -> Stored:
 
 def output_problems(paths) -> list:
     """Reasons an output is not complete: a missing file, or an HDF5 file without its completion marker."""
-    from ..h5io import is_complete
+    from .h5io import is_complete
 
     out = []
     for p in paths:
@@ -359,16 +359,16 @@ class State:
 
 
 class Assessor:
-    """Assesses stages of one config. ``planning=True``: upstream keys are the keys upstream stages will
-    have (status, submit); ``False``: the keys stored in the upstream outputs (a stage about to run)."""
+    """Assesses stages of one config against ``specs`` ({name: spec}, the table of brainalign.stagetable;
+    brainalign.stagecheck.assessor passes it). ``planning=True``: upstream keys are the keys upstream stages
+    will have (status, submit); ``False``: the keys stored in the upstream outputs (a stage about to run)."""
 
-    def __init__(self, cfg, planning: bool = True, content: Optional[bool] = None, values: Optional[dict] = None):
-        from .stages import STAGES
-
+    def __init__(self, cfg, specs: dict, planning: bool = True, content: Optional[bool] = None,
+                 values: Optional[dict] = None):
         self.cfg, self.planning = cfg, planning
         self.values = values or {}             # {stage: {name: value}}: run-time arguments that shape a result
         self.content = cfg.pipeline.fingerprint == "content" if content is None else content
-        self.specs = STAGES
+        self.specs = specs
         self._states: dict = {}
         self._config: dict = {}                # {stage: its config values}: the same for every unit
         self._ups: dict = {}
@@ -550,104 +550,3 @@ class Assessor:
         if not st.reasons:
             st.status, st.key = "current", stored.key
         return st
-
-
-class StaleUpstream(BrainAlignError):
-    """An upstream output was made with other settings or inputs than its stage would use now."""
-
-
-def _own_reasons(st: State) -> list:
-    """How ``st``'s output differs from what its stage would make now, besides an upstream stage that will
-    re-run (that one's own reasons say why)."""
-    return [r for r in st.changed if not (r.startswith("upstream ") and r.endswith(" will re-run"))]
-
-
-def stale_upstream(cfg, stage: str) -> tuple[list, list]:
-    """(stale, chain): the upstream stages of ``stage`` (transitively, those the config's pipeline runs)
-    whose output has a stage key other than the one the stage would give it now, and every upstream
-    stage that must re-run to refresh them (data-flow order). An output without a key (made by hand or
-    by an older brainalign), a missing or incomplete one is not stale here: the stage's readers judge those."""
-    from .stages import ORDER
-
-    a = Assessor(cfg, planning=True)
-    run = set(cfg.pipeline) | ({"permutation"} if "stats" in cfg.pipeline else set())
-    ancestors, todo = set(), [stage]
-    while todo:
-        for u in a.specs[todo.pop()].upstream_of(cfg):
-            if u in run and u not in ancestors:
-                ancestors.add(u)
-                todo.append(u)
-    stale, chain = [], []
-    for u in (s for s in ORDER if s in ancestors):
-        st = a.state(u)
-        if st.current or st.status == "missing":
-            continue
-        if _own_reasons(st):
-            stale.append(st)
-            chain.append(u)
-        elif any(c in a.specs[u].upstream_of(cfg) for c in chain):
-            chain.append(u)
-    return stale, chain
-
-
-def invalidate(cfg, stage: str) -> None:
-    """Remove a stage's record files (the files carrying its key) before it writes its first output: its
-    other outputs (CSV, maps) then never sit beside an older record that would make them look complete;
-    the new record is written last."""
-    from .stages import STAGES
-
-    for p in map(Path, STAGES[stage].records(cfg)):
-        if p.is_file():
-            log.debug("%s: removing the old %s before writing the new outputs", stage, p)
-            p.unlink()
-
-
-def check_upstream(cfg, stage: str) -> None:
-    """Refuse (one line) to run ``stage`` on a stale upstream output, unless ``--allow-stale`` (logged)."""
-    stale, chain = stale_upstream(cfg, stage)
-    if not stale:
-        return
-    st = stale[0]
-    why = "; ".join(_own_reasons(st)[:2])
-    source = cfg.source or "CONFIG"
-    fix = f"brainalign {chain[0]} {source}" if len(chain) == 1 else f"brainalign run {source} --stages {' '.join(chain)}"
-    if cfg.pipeline.allow_stale:
-        log.warning("%s: --allow-stale: using the stale upstream %s output %s (%s)", stage, st.stage, st.output, why)
-        return
-    raise StaleUpstream(f"{stage}: upstream {st.stage} output {st.output} is stale ({why}); refresh it with "
-                        f"`{fix}`, or pass --allow-stale to use it as it is")
-
-
-def stage_check(cfg, stage: str, force: bool = False, quiet: bool = False, values: Optional[dict] = None) -> State:
-    """Called at the top of a stage: its State for this run (upstream keys read from the upstream outputs).
-
-    Logs why it is skipped ("current") or what changed; with ``force`` it is always stale. The returned
-    ``.attrs`` / ``.json_fields()`` go into the output's provenance. ``values`` overrides declared values
-    (run-time arguments of the stage function that change its result).
-    """
-    a = Assessor(cfg, planning=False, values={stage: values or {}})
-    st = a.state(stage)
-    if st.status == "off":
-        return st
-    for note in st.notes:
-        log.warning("%s: %s", stage, note)
-    check_upstream(cfg, stage)           # it runs (or is skipped as current) only on current upstream outputs
-    if force:
-        exp = st.expected                # every assessed state (not "off") has one
-        forced = State(stage, "stale", ["--force"], st.key if st.units else exp.key, exp, units=st.units,
-                       output=st.output)
-        if not quiet:
-            log.info("%s: --force: recomputing", stage)
-        return forced
-    if quiet:
-        return st
-    if st.current:
-        exp = st.expected
-        log.info("%s: %s is current (stage key %s: its %d config values, %d upstream keys and %d input files are "
-                 "unchanged); skipping", stage, st.output, st.key, len(exp.config), len(exp.upstream),
-                 len(exp.inputs))
-    elif st.status == "missing":
-        log.info("%s: %s; running %s", stage, st.reasons[0], stage)
-    else:
-        log.info("%s: %s; re-running %s", stage, st.why(), stage)
-    return st
