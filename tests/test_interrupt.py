@@ -124,3 +124,101 @@ def test_an_ignored_signal_stays_ignored():
             time.sleep(0.05)
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+# ---- extract and permutation: the signal sent to this process while the stage runs -------------------
+
+def _kill_self_when(cond):
+    """A hook that sends SIGTERM to this very process once ``cond()`` holds (the handler raises at once)."""
+    def hook(*a, **kw):
+        if cond():
+            os.kill(os.getpid(), signal.SIGTERM)
+    return hook
+
+
+def test_extract_signal_keeps_finished_episodes_and_conditions(tmp_path, monkeypatch):
+    """SIGTERM in episode e2 after its first condition: e1's shard and e2's first condition are kept; the re-run
+    encodes only the rest and gives the features of an uninterrupted run."""
+    import brainalign.extract as extract
+    from brainalign.models.synthetic import synthetic_stimuli
+    from test_extract import N_WINDOWS, cfg as extract_cfg
+
+    def fake(cfg, episode, *a):
+        return synthetic_stimuli(episode, n_windows=N_WINDOWS[episode], tr=1.0, frames=2, image_size=32,
+                                 audio_rate=8000, context=2.0, seed=int(episode[1:]))
+
+    monkeypatch.setattr("brainalign.stimuli.windows.load_episode_stimuli", fake)
+    ref_cfg = extract_cfg.__wrapped__(tmp_path / "ref")
+    ref = extract.run_extract(ref_cfg)
+    cfg = extract_cfg.__wrapped__(tmp_path / "sig")
+    from brainalign.models import get_backbone
+
+    cls = type(get_backbone(cfg.model, cfg.windows))
+    real_encode_windows = cls.encode
+
+    def encode(self, stimuli, part, condition):
+        if stimuli.episode == "e2" and condition == "no_vision":     # e2's second condition starts
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_encode_windows(self, stimuli, part, condition)
+
+    monkeypatch.setattr(cls, "encode", encode)
+    with pytest.raises(Interrupted) as e:
+        with on_signals():
+            extract.run_extract(cfg)
+    shards = cfg.out / "features"
+    assert str(e.value) == (f"interrupted by SIGTERM: 1 episode(s) finished in this run are in {shards}; episode e2: "
+                            f"1 of 3 feature sets saved to {shards / 'e2.h5'}; a re-run extracts only the rest")
+    assert e.value.exit_code == 143
+    with h5py.File(shards / "e2.h5", "r") as f:
+        assert sorted(k for k in f if k != "windows") == ["joint"]
+    assert not (shards / "e3.h5").exists() and not (cfg.out / "features.h5").exists()
+    monkeypatch.setattr(cls, "encode", real_encode_windows)
+    encoded = []
+    real_encode = extract.encode_stimuli
+    monkeypatch.setattr(extract, "encode_stimuli", lambda bb, st, conds, *a, **kw: (
+        encoded.append((st.episode, list(conds))), real_encode(bb, st, conds, *a, **kw))[1])
+    out = extract.run_extract(cfg)
+    assert encoded == [("e2", ["no_vision", "language_only"]), ("e3", ["joint", "no_vision", "language_only"])]
+    with h5py.File(out, "r") as a, h5py.File(ref, "r") as b:
+        for c in cfg.all_conditions:
+            for ep in N_WINDOWS:
+                np.testing.assert_array_equal(a[f"{c}/{ep}"][()], b[f"{c}/{ep}"][()])
+
+
+def test_permutation_signal_keeps_finished_subjects(tmp_path, monkeypatch):
+    import brainalign.permutation as permutation
+    from brainalign.fit import run_fit
+    from test_permutation import _config
+
+    cfgs = {}
+    for name in ("ref", "sig"):
+        out = tmp_path / name / "out"
+        make_fit_fixture(out, seed=3)
+        cfgs[name] = _config(out, permutations=49, permutation_seed=7)
+        run_fit(cfgs[name])
+    ref = permutation.run_permutation(cfgs["ref"])
+    calls = []
+    real = permutation.draw_shifts
+
+    def draw(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:                                  # the second subject starts
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(permutation, "draw_shifts", draw)
+    cfg = cfgs["sig"]
+    with pytest.raises(Interrupted) as e:
+        with on_signals():
+            permutation.run_permutation(cfg)
+    parts = cfg.out / "permutation_parts"
+    assert str(e.value) == (f"interrupted by SIGTERM: 1 subject(s) finished in this run saved in {parts}; a re-run "
+                            "computes only the rest")
+    assert [p.name for p in parts.iterdir()] == ["sub-01.h5"] and not (cfg.out / "permutation.h5").exists()
+    calls.clear()
+    path = permutation.run_permutation(cfg)
+    assert len(calls) == 1                                   # only sub-02 was computed
+    assert not parts.exists()
+    with h5py.File(path, "r") as a, h5py.File(ref, "r") as b:
+        for k in ("r/observed", "r/p", "r/q", "contrast/j-vs-x/p", "shifts"):
+            np.testing.assert_array_equal(a[k][()], b[k][()])
