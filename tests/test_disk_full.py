@@ -105,15 +105,20 @@ def test_extract_on_a_full_disk(tmp_path, tmpfs):
     assert is_complete(out / "features.h5")
 
 
+def _fit_on(tmp_path, mnt):
+    """The fit fixture (tests/test_fit.py) with its output on the tmpfs ``mnt``: (output, config)."""
+    out, cfg = _setup(tmp_path, "fit")
+    shutil.rmtree(out)
+    make_fit_fixture(mnt / "out")
+    cfg.write_text(cfg.read_text().replace(str(out), str(mnt / "out")))
+    return mnt / "out", cfg
+
+
 @pytest.mark.parametrize("keep_kb", [8, 40])
 def test_fit_on_a_full_disk(tmp_path, tmpfs, keep_kb):
     """8 KB: the first shard part cannot be written; 40 KB: a later one or scores.h5."""
     mnt, fill = tmpfs
-    out, cfg = _setup(tmp_path, "fit")
-    shutil.rmtree(out)
-    out = mnt / "out"
-    make_fit_fixture(out)
-    cfg.write_text(cfg.read_text().replace(str(tmp_path / "fit"), str(out)))
+    out, cfg = _fit_on(tmp_path, mnt)
     fill(keep_kb)
     argv = [sys.executable, str(cfg.parent / "driver.py"), "fit", str(cfg)]
     p = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300)
@@ -129,11 +134,7 @@ def test_fit_on_a_full_disk(tmp_path, tmpfs, keep_kb):
 def test_read_only_output_folder(tmp_path, tmpfs):
     """Issue 23's EROFS case: exit 2, one line naming the folder; `status` still reads it."""
     mnt, _ = tmpfs
-    out, cfg = _setup(tmp_path, "ro")
-    shutil.rmtree(out)
-    out = mnt / "out"
-    make_fit_fixture(out)
-    cfg.write_text(cfg.read_text().replace(str(tmp_path / "ro"), str(out)))
+    out, cfg = _fit_on(tmp_path, mnt)
     assert subprocess.run(["mount", "-o", "remount,ro", str(mnt)]).returncode == 0
     argv = [sys.executable, str(cfg.parent / "driver.py")]
     p = subprocess.run(argv + ["fit", str(cfg)], env=_env(), capture_output=True, text=True, timeout=300)

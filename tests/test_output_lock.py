@@ -144,3 +144,27 @@ def test_locked_output_ends_an_mpi_job_at_once(tmp_path, holder):
     assert f"brainalign fit: error: {out} is in use by `brainalign fit` on host {socket.gethostname()}, pid " \
            f"{p.pid}" in r.stderr
     assert not (out / "fit_shards").exists()
+
+
+def test_the_jobs_of_a_submission_carry_its_token(tmp_path):
+    """Every job of one `submit` (submitit tasks and the emitted sbatch scripts) gets the plan's token."""
+    from brainalign.cluster.sbatch import render_job
+    from brainalign.cluster.submit import _tasks
+    from test_submit import demo_plan
+
+    _, plan = demo_plan(tmp_path)
+    assert plan.token.startswith("submit-")
+    for job in plan.jobs:
+        assert {t.env["BRAINALIGN_LOCK_TOKEN"] for t in _tasks(plan, job)} == {plan.token}
+        assert f"export BRAINALIGN_LOCK_TOKEN=${{BRAINALIGN_LOCK_TOKEN:-{plan.token}}}" in render_job(plan, job)
+    assert demo_plan(tmp_path)[1].token != plan.token                     # one token per submission
+
+
+def test_a_stage_that_saved_its_work_on_sigterm_is_a_stopped_job(tmp_path):
+    """submitit stops the child with SIGTERM after its requeue: exit 143 means stopped, not failed."""
+    from brainalign.cluster.submit import StageFailed, StageTask
+
+    task = StageTask("fit", [[sys.executable, "-c", "import sys; sys.exit(143)", "fit"]], str(tmp_path))
+    task.signal_grace_s = 0.2
+    with pytest.raises(StageFailed, match=r"`brainalign fit` exited with status 143 \(stopped by SIGTERM\)"):
+        task()
