@@ -49,8 +49,9 @@ slurm-down:
 container: venv
 	containers/build.sh --if-available
 
+# ruff with the rules chosen (and why) in toolkit/pyproject.toml [tool.ruff]
 lint: venv
-	$(BIN)/python -m compileall -q toolkit/brainalign bin tests
+	$(BIN)/ruff check --config toolkit/pyproject.toml toolkit/brainalign bin/brainalign tests bench
 
 clean:
 	rm -rf results data .pytest_cache

@@ -180,7 +180,7 @@ def fit_cost_model(rows):
     """Non-negative least-squares seconds per term (relative error), one thread; see _features."""
     from scipy.optimize import nnls
 
-    fx, tx, fc, tc = [], [], [], []
+    fx, fc = [], []
     for r in rows:
         sx, sc = _features(r["inner_folds"], _n_train(r), r["p"], r["voxels"])
         fx.append(np.array(sx) / r["t_solver_s"])

@@ -17,7 +17,8 @@ CLI = {"brainalign.cli", "brainalign.__main__"}
 PIPELINE = ("brainalign.pipeline", "brainalign.cluster")
 STAGES = {f"brainalign.{s}" for s in
           ("simulate", "finetune", "extract", "align", "fit", "permutation", "stats", "mlm", "report")}
-BASE = {"brainalign.config", "brainalign.errors", "brainalign.h5io", "brainalign.log", "brainalign.provenance"}
+BASE = {"brainalign.config", "brainalign.errors", "brainalign.h5io", "brainalign.launch", "brainalign.log",
+        "brainalign.provenance"}
 
 
 def modules(pkg: Path = PKG) -> dict:

@@ -124,7 +124,7 @@ def test_tiny_head_matches_direct_forward_and_hides_the_word(cfg):
     s = synth("e1")
     idx = [i for i in range(s.n_windows) if len(s.words[i]) >= 2][:3]
     masked = [[0, 1]] + [[len(s.words[i]) - 1] for i in idx[1:]]
-    res = mlm.TinyMLM(bb).masked_word_logits(s, np.array(idx), "joint", masked)
+    res = bb.masked_word_logits(s, np.array(idx), "joint", masked)
     for b, i in enumerate(idx):                           # reference: one window at a time, by hand
         ids = torch.tensor([token_ids(s.words[i], 512)])
         target = ids[0, masked[b]].clone()
@@ -139,7 +139,7 @@ def test_tiny_head_matches_direct_forward_and_hides_the_word(cfg):
     # the masked word itself cannot influence its prediction
     words = [list(w) for w in s.words]
     words[idx[0]][0] = "zebra"
-    alt = mlm.TinyMLM(bb).masked_word_logits(_with_words(s, words), np.array(idx[:1]), "joint", masked[:1])
+    alt = bb.masked_word_logits(_with_words(s, words), np.array(idx[:1]), "joint", masked[:1])
     torch.testing.assert_close(alt[0][0][0], res[0][0][0])
     assert alt[0][0][1] != res[0][0][1]
 

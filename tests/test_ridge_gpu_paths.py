@@ -94,7 +94,7 @@ def test_score_stream_prefetch_equals_plain_loop_and_stops_cleanly():
         for item in prefetched(failing()):
             got.append(item)
     assert got == [1]
-    for item in prefetched(iter(range(100))):        # an early break neither hangs nor leaks a thread
+    for _item in prefetched(iter(range(100))):       # an early break neither hangs nor leaks a thread
         break
 
 

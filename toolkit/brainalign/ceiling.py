@@ -130,13 +130,20 @@ def spearman_brown_isc(isc, n_subjects):
     return np.where(np.isnan(r), np.nan, np.sqrt(np.minimum(rho, 1.0)))
 
 
-def isc_ceiling(Y, runs=None, spearman_brown=True):
-    """ISC noise ceiling (S, v) float64 of subjects' BOLD ``Y`` (S, n_trs, v); see the module doc."""
-    isc = loso_isc(Y, runs)
+def ceiling_from_isc(isc, n_subjects: int, spearman_brown: bool = True):
+    """The ceiling of leave-one-subject-out ISC values (any shape) of ``n_subjects`` subjects: Spearman-Brown
+    corrected, or (uncorrected) max(isc, 0); NaN stays NaN. What the stats stage uses (it computes the ISC in
+    voxel chunks)."""
+    isc = np.asarray(isc, dtype=np.float64)
     if spearman_brown:
-        return spearman_brown_isc(isc, Y.shape[0])
+        return spearman_brown_isc(isc, n_subjects)
     with np.errstate(invalid="ignore"):
         return np.where(isc > 0, isc, np.where(np.isnan(isc), np.nan, 0.0))
+
+
+def isc_ceiling(Y, runs=None, spearman_brown=True):
+    """ISC noise ceiling (S, v) float64 of subjects' BOLD ``Y`` (S, n_trs, v) in memory; see the module doc."""
+    return ceiling_from_isc(loso_isc(Y, runs), Y.shape[0], spearman_brown)
 
 
 def normalise(r, ceiling, floor=DEFAULT_FLOOR):

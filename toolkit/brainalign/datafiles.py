@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .paths import COMPLETE
 
 STREAMS = ("video", "audio", "transcript", "bold", "mask", "atlas", "roi_names", "confounds", "repeats")
 STAGE_STREAMS = {"extract": ("video", "audio", "transcript"), "mlm": ("video", "audio", "transcript"),
@@ -131,7 +132,7 @@ def check_data_files(cfg, show: int = 3) -> str:
     missing; else a one-line summary of what the data section resolves to."""
     from .brain.runs import find_runs
 
-    if "simulate" in cfg.pipeline and not (Path(cfg.data.root) / ".complete").is_file():
+    if "simulate" in cfg.pipeline and not (Path(cfg.data.root) / COMPLETE).is_file():
         return f"data under {cfg.data.root} are written by the simulate stage; files not checked yet"
     table = find_runs(cfg)
     files = data_files(cfg, table=table)

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .h5io import atomic_h5, is_complete, open_h5, read_str_attr, str_attr
+from .h5io import atomic_h5, is_complete, str_attr
 from .interrupt import Interrupted
 from .log import get_logger, progress
 from .paths import FEATURE_SHARDS, FEATURES, feature_shard
@@ -325,17 +325,15 @@ def run_extract(cfg, episodes=None, force=False) -> Path:
     With ``episodes`` (e.g. one SLURM array task) only those shards are written and the shard directory
     is returned: a later call without ``episodes`` skips the current units and assembles features.h5.
     """
-    from .stagecheck import assessor
+    from .stagecheck import stage_check
 
     known = list(cfg.data.episodes)
     todo_eps = known if episodes is None else list(episodes)
     unknown = [e for e in todo_eps if e not in known]
     if unknown:
         raise ConfigError(f"episodes: {', '.join(unknown)} not in data.episodes ({', '.join(known)})")
-    whole = assessor(cfg, planning=False).state("extract")
-    if episodes is None and not force and whole.current:
-        log.info("extract: %s is current (stage key %s over %d units); skipping", cfg.out / FEATURES,
-                 whole.key, len(whole.units))
+    whole = stage_check(cfg, "extract", force, quiet=episodes is not None)   # a subset: its units say
+    if episodes is None and whole.current:
         return cfg.out / FEATURES
     states = {ep: {fs: whole.units[f"{ep}/{fs}"] for fs in cfg.all_conditions} for ep in todo_eps}
     needs = [ep for ep in todo_eps if force or not all(st.current for st in states[ep].values())]

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .log import get_logger
-from .paths import MLM_CSV
+from .paths import MLM_CSV, TRUTH
 
 log = get_logger("report")
 
@@ -52,7 +52,7 @@ class Finding:
 
 def load_truth(cfg) -> dict | None:
     """The truth.json under data.root, or None (real data, or a file that is not a brainalign truth)."""
-    path = Path(cfg.data.root) / "truth.json"
+    path = Path(cfg.data.root) / TRUTH
     if not path.is_file():
         return None
     try:
@@ -227,7 +227,7 @@ def build(cfg, data) -> dict | None:
     mlm = mlm_findings(cfg, truth)
     ceiling = ceiling_comparison(truth, data)
     layer = data.meta.layers[data.layer_index]
-    return {"truth": str(Path(cfg.data.root) / "truth.json"), "layer": layer,
+    return {"truth": str(Path(cfg.data.root) / TRUTH), "layer": layer,
             "rois": [asdict(f) for f in found], "mlm": mlm, "ceiling": ceiling,
             "sentences": sentences(truth, found, mlm, ceiling, layer)}
 

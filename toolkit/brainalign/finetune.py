@@ -24,7 +24,8 @@ Outputs under ``{output}/finetune/`` (rank 0 writes, each file atomically):
   extraction), or ``finetune.output`` when set; ``qa_head.pt`` the answer head (state dict).
 * ``metrics.json``   per-epoch train loss, val loss and val accuracy, chance level, provenance.
 
-Other backbones (``build_qa_model`` dispatches on ``model.backbone``; heads in :mod:`.finetune_heads`):
+Other backbones (the backbone registry's ``build_qa_model`` chooses by ``model.backbone``; heads in
+:mod:`.finetune_heads`):
 ``merlot_reserve`` -- the original's TVQA head: ``windows.frames`` (<= 7) segments of 4.667 s around ``ts``,
 the joint transformer's state at a MASK token after "ts + question + answer" (segment 0) -> Linear -> 1
 logit, once with the clip's audio (``audio/{vid_name}.*``) and once with the subtitles of each segment as the
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import random
 import time
@@ -52,12 +52,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from . import tvqa
 from .errors import ConfigError, DataError
-from .finetune_heads import qa_loss, qa_predict
+from .finetune_heads import QAModel, qa_loss, qa_predict
 from .h5io import atomic_path
 from .interrupt import Interrupted
+from .launch import this_task
 from .log import get_logger, progress
 from .paths import finetune_paths
-from .models.tiny import PAD, TinyMultimodal, TinySpec, load_checkpoint, save_checkpoint, token_ids
+from .models.registry import build_qa_model
+from .models.tiny import PAD, token_ids
 
 log = get_logger("finetune")
 
@@ -200,97 +202,10 @@ def load_split(cfg, split: str, **kw) -> TVQADataset:
     items = tvqa.read_tvqa(root / tvqa.SPLIT_FILES[split])
     tvqa.check_clips(root, items, split)
     return TVQADataset(root, items, cfg.windows.frames, cfg.windows.image_size, cfg.model.tiny.vocab,
-                       fps=float(getattr(cfg.finetune, "fps", tvqa.TVQA_FPS)),
-                       max_words=int(getattr(cfg.finetune, "max_words", MAX_WORDS)), **kw)
+                       fps=float(cfg.finetune.fps), max_words=int(cfg.finetune.max_words), **kw)
 
 
 # ---- model ---------------------------------------------------------------------------------------
-
-class QAModel(nn.Module):
-    """Multiple-choice head over the tiny backbone: forward(frames, ids) -> logits float32 (B, 5)."""
-
-    def __init__(self, backbone: TinyMultimodal, seed: int = 0):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(backbone.spec.hidden, 1)
-        g = torch.Generator().manual_seed(int(seed))
-        with torch.no_grad():
-            self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=g) / math.sqrt(backbone.spec.hidden))
-            self.head.bias.zero_()
-        for p in backbone.audio_embed.parameters():     # TVQA has no audio: keep the audio embedding as is
-            p.requires_grad_(False)
-        self._freeze_dead_parameters()
-
-    def _freeze_dead_parameters(self):
-        """Parameters the loss cannot depend on (their exact gradient is 0): the head bias and the last block's
-        fc2 bias (both shift all 5 logits equally) and the key biases (a query's attention logits all move by
-        the same amount). AdamW would turn their float-rounding gradients into lr-sized random steps, so they
-        are held fixed: fine-tuning changes only what the task determines."""
-        h = self.backbone.spec.hidden
-        self.head.bias.requires_grad_(False)
-        self.backbone.blocks[-1].fc2.bias.requires_grad_(False)
-
-        def zero_keys(grad):
-            grad = grad.clone()
-            grad[h: 2 * h] = 0
-            return grad
-
-        for block in self.backbone.blocks:
-            block.qkv.bias.register_hook(zero_keys)
-
-    pad_id = PAD
-    encode_answers = None         # rows come from TVQADataset.words (hashed word ids)
-
-    def freeze_vision(self):
-        for p in (*self.backbone.patch_embed.parameters(), self.backbone.patch_pos, self.backbone.frame_pos):
-            p.requires_grad_(False)
-
-    def save(self, path) -> Path:
-        """The fine-tuned backbone (tiny.save_checkpoint, what ``model.checkpoint`` loads)."""
-        return save_checkpoint(self.backbone, path)
-
-    def forward(self, frames, ids):
-        """frames uint8 (B, F, S, S, 3) or None; ids int64 (B, A, W) -> logits float32 (B, A)."""
-        b, a, w = ids.shape
-        fr = None if frames is None else frames.repeat_interleave(a, dim=0)
-        out = self.backbone(frames=fr, ids=ids.reshape(b * a, w))
-        pooled = torch.einsum("bth,bt->bh", out.hidden[-1].float(), out.pool_weights)
-        return self.head(pooled).float().view(b, a)
-
-
-QA_BACKBONES = ("tiny", "merlot_reserve", "hf")
-
-
-def build_qa_model(cfg) -> nn.Module:
-    """The QA model for ``model.backbone`` (weights from ``model.seed`` / ``model.checkpoint``): tiny ->
-    :class:`QAModel`, merlot_reserve -> finetune_heads.MerlotQAModel, hf -> finetune_heads.HFQAModel."""
-    name = cfg.model.backbone
-    if name not in QA_BACKBONES:
-        raise ConfigError(f"model.backbone: finetune supports {', '.join(QA_BACKBONES)}, not {name!r}")
-    if name != "tiny" and not cfg.model.checkpoint:
-        raise ConfigError(f"model.checkpoint: fine-tuning {name} needs the pre-trained checkpoint to start from")
-    if name == "merlot_reserve":
-        from .finetune_heads import MAX_TVQA_SEGMENTS, MerlotQAModel
-
-        if not 1 <= cfg.windows.frames <= MAX_TVQA_SEGMENTS:
-            raise ConfigError(f"windows.frames: MERLOT Reserve's TVQA head takes 1..{MAX_TVQA_SEGMENTS} segments "
-                              f"(one frame each, after the query's segment 0), got {cfg.windows.frames}")
-        return MerlotQAModel.from_checkpoint(cfg.path(cfg.model.checkpoint), seed=cfg.finetune.seed,
-                                             n_segments=cfg.windows.frames)
-    if name == "hf":
-        from .finetune_heads import HFQAModel
-        from .models.hf import load_hf
-
-        ckpt = cfg.model.checkpoint
-        local = cfg.path(ckpt)
-        return HFQAModel(load_hf(str(local) if local.exists() else ckpt, int(cfg.windows.frames)),
-                         seed=cfg.finetune.seed)
-    module = TinyMultimodal(TinySpec.from_config(cfg.model, cfg.windows))
-    module.init_weights(cfg.model.seed)
-    if cfg.model.checkpoint:
-        load_checkpoint(module, cfg.path(cfg.model.checkpoint))
-    return QAModel(module, seed=cfg.finetune.seed)
-
 
 # ---- distributed ---------------------------------------------------------------------------------
 
@@ -303,13 +218,10 @@ class DistInfo:
 
 
 def dist_env() -> tuple:
-    """(rank, world, local_rank) from torchrun's or srun's environment, else (0, 1, 0)."""
-    env = os.environ
-    if "WORLD_SIZE" in env and "RANK" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env and int(env["SLURM_NTASKS"]) > 1:
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
-    return 0, 1, 0
+    """(rank, world, local_rank) from the launcher's environment (torchrun's, srun's: brainalign.launch), else
+    (0, 1, 0)."""
+    task = this_task()
+    return (task.rank, task.size, task.local_rank) if task.size > 1 else (0, 1, 0)
 
 
 def _slurm_master() -> str:
@@ -334,8 +246,9 @@ def init_distributed(device: torch.device) -> DistInfo:
         return DistInfo()
     if dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), local, False)
-    os.environ.setdefault("MASTER_ADDR", _slurm_master() if "SLURM_PROCID" in os.environ else "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0")) % 2000))
+    task = this_task()
+    os.environ.setdefault("MASTER_ADDR", _slurm_master() if task.launcher == "srun" else "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + int(task.job_id or "0") % 2000))
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, rank=rank, world_size=world)
     log.info("finetune: rank %d of %d joined (%s, master %s:%s)", rank, world, backend,

@@ -1,4 +1,4 @@
-"""Multiple-choice QA heads for the MERLOT Reserve and Hugging Face (GIT / TVP) backbones.
+"""Multiple-choice QA heads for the tiny, MERLOT Reserve and Hugging Face (GIT / TVP) backbones.
 
 Every QA model has the contract the training loop (:mod:`brainalign.finetune`) uses:
 
@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .models.tiny import PAD, TinyMultimodal, save_checkpoint
 
 TVQA_SLOTS = 256          # lang_seq_len of tvqa_finetune.py
 MAX_TVQA_SEGMENTS = 7     # prep_data.py pads every question to 7 segments (8 with the dummy first one)
@@ -376,3 +377,93 @@ class HFQAModel(nn.Module):
         tmp.rename(path)
         return path
 
+
+# ---- the tiny backbone's head ----------------------------------------------------------------
+
+class QAModel(nn.Module):
+    """Multiple-choice head over the tiny backbone: forward(frames, ids) -> logits float32 (B, 5)."""
+
+    def __init__(self, backbone: TinyMultimodal, seed: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.spec.hidden, 1)
+        g = torch.Generator().manual_seed(int(seed))
+        with torch.no_grad():
+            self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=g) / math.sqrt(backbone.spec.hidden))
+            self.head.bias.zero_()
+        for p in backbone.audio_embed.parameters():     # TVQA has no audio: keep the audio embedding as is
+            p.requires_grad_(False)
+        self._freeze_dead_parameters()
+
+    def _freeze_dead_parameters(self):
+        """Parameters the loss cannot depend on (their exact gradient is 0): the head bias and the last block's
+        fc2 bias (both shift all 5 logits equally) and the key biases (a query's attention logits all move by
+        the same amount). AdamW would turn their float-rounding gradients into lr-sized random steps, so they
+        are held fixed: fine-tuning changes only what the task determines."""
+        h = self.backbone.spec.hidden
+        self.head.bias.requires_grad_(False)
+        self.backbone.blocks[-1].fc2.bias.requires_grad_(False)
+
+        def zero_keys(grad):
+            grad = grad.clone()
+            grad[h: 2 * h] = 0
+            return grad
+
+        for block in self.backbone.blocks:
+            block.qkv.bias.register_hook(zero_keys)
+
+    pad_id = PAD
+    encode_answers = None         # rows come from TVQADataset.words (hashed word ids)
+
+    def freeze_vision(self):
+        for p in (*self.backbone.patch_embed.parameters(), self.backbone.patch_pos, self.backbone.frame_pos):
+            p.requires_grad_(False)
+
+    def save(self, path) -> Path:
+        """The fine-tuned backbone (tiny.save_checkpoint, what ``model.checkpoint`` loads)."""
+        return save_checkpoint(self.backbone, path)
+
+    def forward(self, frames, ids):
+        """frames uint8 (B, F, S, S, 3) or None; ids int64 (B, A, W) -> logits float32 (B, A)."""
+        b, a, w = ids.shape
+        fr = None if frames is None else frames.repeat_interleave(a, dim=0)
+        out = self.backbone(frames=fr, ids=ids.reshape(b * a, w))
+        pooled = torch.einsum("bth,bt->bh", out.hidden[-1].float(), out.pool_weights)
+        return self.head(pooled).float().view(b, a)
+
+
+# ---- the QA model of each backbone (brainalign.models.registry.build_qa_model chooses by model.backbone) ----
+
+def tiny_qa_model(cfg) -> QAModel:
+    """tiny: :class:`QAModel` over TinyMultimodal (weights from ``model.seed`` / ``model.checkpoint``)."""
+    from .models.tiny import TinyMultimodal, TinySpec, load_checkpoint
+
+    module = TinyMultimodal(TinySpec.from_config(cfg.model, cfg.windows))
+    module.init_weights(cfg.model.seed)
+    if cfg.model.checkpoint:
+        load_checkpoint(module, cfg.path(cfg.model.checkpoint))
+    return QAModel(module, seed=cfg.finetune.seed)
+
+
+def _pretrained(cfg, name: str):
+    if not cfg.model.checkpoint:
+        raise ConfigError(f"model.checkpoint: fine-tuning {name} needs the pre-trained checkpoint to start from")
+    return cfg.model.checkpoint
+
+
+def merlot_qa_model(cfg) -> "MerlotQAModel":
+    """merlot_reserve: :class:`MerlotQAModel` from the converted checkpoint, ``windows.frames`` segments."""
+    ckpt = _pretrained(cfg, "merlot_reserve")
+    if not 1 <= cfg.windows.frames <= MAX_TVQA_SEGMENTS:
+        raise ConfigError(f"windows.frames: MERLOT Reserve's TVQA head takes 1..{MAX_TVQA_SEGMENTS} segments "
+                          f"(one frame each, after the query's segment 0), got {cfg.windows.frames}")
+    return MerlotQAModel.from_checkpoint(cfg.path(ckpt), seed=cfg.finetune.seed, n_segments=cfg.windows.frames)
+
+
+def hf_qa_model(cfg) -> "HFQAModel":
+    """hf: :class:`HFQAModel` over the checkpoint (a local directory, else a hub id)."""
+    from .models.hf import load_hf
+
+    ckpt = _pretrained(cfg, "hf")
+    local = cfg.path(ckpt)
+    return HFQAModel(load_hf(str(local) if local.exists() else ckpt, int(cfg.windows.frames)), seed=cfg.finetune.seed)

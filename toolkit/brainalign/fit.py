@@ -28,12 +28,15 @@ import numpy as np
 from .errors import BrainAlignError, DataError
 from .h5io import atomic_h5, open_h5, read_str_attr, str_attr
 from .interrupt import Interrupted
+from .launch import this_task
 from .log import get_logger, progress
 from .fitdata import FitInputs, Unit, fold_splits
 from .paths import SCORES, subject_map
 from .partition import band_weights, heldout_r2, write_partitions
 
 log = get_logger("fit")
+
+SHARD_SECONDS = 60.0          # a rank writes a shard part at least this often (and every 256 units, and at the end)
 
 
 class SolverCache:
@@ -180,10 +183,11 @@ def write_maps(cfg, scores_path):
 
 # ---- scale-out: shards, resume, assembly -----------------------------------------------------------
 
-def _shard_flush_seconds(cfg) -> float:
-    """Seconds between a rank's shard parts (env BRAINALIGN_SHARD_SECONDS wins; 0: one part per unit)."""
+def _shard_flush_seconds() -> float:
+    """Seconds between a rank's shard parts: SHARD_SECONDS, or the env BRAINALIGN_SHARD_SECONDS (0: one part per
+    unit). Not a config value: how often a rank writes does not change a result (and a stage key would count it)."""
     env = os.environ.get("BRAINALIGN_SHARD_SECONDS")
-    return float(env) if env else float(getattr(cfg.fit, "shard_seconds", 60.0))
+    return float(env) if env else SHARD_SECONDS
 
 
 def prepare_shards(scores_path, shard_dir, attrs: dict, force: bool):
@@ -317,8 +321,7 @@ def work(inp: FitInputs, cfg, source, writer):
 
 
 def _warn_oversubscription(comm):
-    local = int(os.environ.get("MPI_LOCALNRANKS") or os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]
-                or 1)
+    local = this_task().per_node
     if comm.rank == 0 and local > 1 and not os.environ.get("OMP_NUM_THREADS"):
         log.warning("fit: %d ranks share this node and OMP_NUM_THREADS is unset: BLAS threads will oversubscribe "
                     "the cores (set OMP_NUM_THREADS to cores / ranks)", local)
@@ -331,7 +334,7 @@ def run_fit(cfg, force: bool = False):
     from .sharding.shards import SHARD_DIR, ShardWriter
     from .stagecheck import stage_check
 
-    comm = world(os.environ.get("BRAINALIGN_MPI") or getattr(cfg.fit, "mpi", "auto"))
+    comm = world(os.environ.get("BRAINALIGN_MPI") or "auto")
     path = cfg.out / SCORES
     key = _on_root(comm, lambda: stage_check(cfg, "fit", force))     # rank 0 decides, every rank uses its key
     if key.current:
@@ -350,7 +353,7 @@ def run_fit(cfg, force: bool = False):
                      len(inp.feature_sets), len(inp.layers), len(inp.folds), len(inp.chunks), len(inp.subjects),
                      inp.n_vox, cfg.fit.backend, len(units) - len(pending), len(pending), comm.size)
         writer = ShardWriter(shard_dir, epoch, comm.rank, len(inp.subjects), inp.chunk_width, attrs, cfg.text,
-                             flush_s=_shard_flush_seconds(cfg))
+                             flush_s=_shard_flush_seconds())
         coordinator = bar = None
         if comm.rank == 0:
             bar = progress(total=len(pending), desc="fit units", unit="unit")

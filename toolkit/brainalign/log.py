@@ -4,11 +4,13 @@ import os
 import socket
 import sys
 
+from .launch import this_task
+
 _CONFIGURED = False
 
 
 def rank_info():
-    """(rank, size) from MPI if initialised, else from the launcher's environment, else (0, 1)."""
+    """(rank, size) from MPI if initialised, else from the launcher's environment (brainalign.launch), else (0, 1)."""
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None:
         try:
@@ -16,11 +18,8 @@ def rank_info():
             return comm.Get_rank(), comm.Get_size()
         except Exception:  # pragma: no cover - MPI not usable
             pass
-    for r, s in (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
-                 ("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if r in os.environ:
-            return int(os.environ[r]), int(os.environ.get(s, "1"))
-    return 0, 1
+    task = this_task()
+    return task.rank, task.size
 
 
 class _RankFilter(logging.Filter):
@@ -28,7 +27,7 @@ class _RankFilter(logging.Filter):
         rank, size = rank_info()
         record.rank = f"{rank}/{size}"
         record.host = socket.gethostname()
-        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        task = this_task().array_task
         record.task = f" task {task}" if task else ""
         return True
 

@@ -9,7 +9,7 @@ window are masked together, and the SAME words are scored under every condition 
 hidden state at its position through its language-model head:
 
 * ``tiny``: the word's id is replaced by MASK (id 1) and ``TinyMultimodal.token_logits`` (tied to the token
-  embedding) is applied at that word position (found as ``types == TYPE_LANGUAGE``) — see :class:`TinyMLM`;
+  embedding) is applied at that word position (found as ``types == TYPE_LANGUAGE``) — see ``TinyBackbone.masked_word_logits`` (brainalign.models.tiny);
 * backbones with a ``masked_word_logits(stimuli, idx, condition, masked)`` method (``hf``: GIT's causal LM
   head, predicting each sub-token from the position before it);
 * any other backbone: ConfigError "backbone X has no language-model head".
@@ -76,44 +76,8 @@ def word_metrics(logits: torch.Tensor, target: torch.Tensor) -> tuple[bool, bool
 
 # ---- the tiny backbone's masked-word head ---------------------------------------------------------------
 
-class TinyMLM:
-    """Masked-word logits for the tiny backbone, through TinyMultimodal's public forward and token_logits."""
-
-    def __init__(self, backbone):
-        self.backbone = backbone
-
-    @torch.inference_mode()
-    def masked_word_logits(self, stimuli, idx, condition: str, masked) -> list[list[tuple]]:
-        """For window idx[b] and each word index in masked[b]: (logits float32 (1, vocab), target int64 (1,))."""
-        from .models.tiny import MASK, TYPE_LANGUAGE
-
-        bb = self.backbone
-        bb.check_condition(condition)
-        idx = np.asarray(idx, dtype=np.int64)
-        kw = bb.inputs(stimuli, idx, condition)
-        ids = kw.get("ids")
-        if ids is None:
-            raise ConfigError(f"mlm.conditions: condition {condition!r} removes the words; nothing to predict")
-        targets = ids.clone()
-        for b, ws in enumerate(masked):
-            ids[b, ws] = MASK
-        with bb.autocast():
-            out = bb.module(**kw)
-        start = int(torch.nonzero(out.types == TYPE_LANGUAGE)[0, 0])
-        res = []
-        for b, ws in enumerate(masked):
-            pos = torch.tensor([start + w for w in ws], dtype=torch.int64, device=ids.device)
-            logits = bb.module.token_logits(out.hidden[-1, b, pos]).float().cpu()      # (n_masked, vocab)
-            res.append([(logits[j: j + 1], targets[b, w: w + 1].cpu()) for j, w in enumerate(ws)])
-        return res
-
-
 def masked_word_head(backbone):
     """The backbone's ``masked_word_logits`` callable; ConfigError if it has no language-model head."""
-    from .models.tiny import TinyBackbone
-
-    if isinstance(backbone, TinyBackbone):
-        return TinyMLM(backbone).masked_word_logits
     fn = getattr(backbone, "masked_word_logits", None)
     if fn is None:
         raise ConfigError(f"model.backbone: backbone {backbone.name!r} has no language-model head "

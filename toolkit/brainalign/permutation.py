@@ -272,11 +272,11 @@ def heldout_predictions(X, Y, groups, alphas, folds=None):
 
 def _settings(cfg):
     st = cfg.stats
-    n_perm = int(getattr(st, "permutations", 0) or 0)
-    layer = getattr(st, "permutation_layer", None)
-    fsets = getattr(st, "permutation_feature_sets", None)
-    min_shift = int(getattr(st, "permutation_min_shift", 0))
-    seed = int(getattr(st, "permutation_seed", 0))
+    n_perm = int(st.permutations or 0)
+    layer = st.permutation_layer
+    fsets = st.permutation_feature_sets
+    min_shift = int(st.permutation_min_shift)
+    seed = int(st.permutation_seed)
     if n_perm < 0:
         raise ConfigError(f"stats.permutations must be >= 0, got {n_perm}")
     return n_perm, layer, fsets, min_shift, seed
@@ -479,7 +479,7 @@ def run_permutation(cfg, force: bool = False):
                            + ("uniform on all lags 0..n-1" if min_shift == 0 else
                               f"uniform on [{min_shift}, n-{min_shift}]") + "; p = (1+#null>=obs)/(1+n)")
         # BH per subject (rows) over voxels of each test; stats.fdr_family 'all' pools the tests of a subject
-        family = getattr(cfg.stats, "fdr_family", "contrast")
+        family = cfg.stats.fdr_family
         tests = {f"r:{fs}": pv[:, fi] for fi, fs in enumerate(fsets)} | {f"c:{c.name}": cp[c.name] for c in contrasts}
         qs = fdr_by_family(tests, family == "all", False)
         g.attrs["fdr_family"] = family

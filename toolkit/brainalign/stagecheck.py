@@ -41,7 +41,9 @@ def stage_check(cfg, stage: str, force: bool = False, quiet: bool = False, value
         return forced
     if quiet:
         return st
-    if st.current:
+    if st.current and st.units:
+        log.info("%s: %s is current (stage key %s over %d units); skipping", stage, st.output, st.key, len(st.units))
+    elif st.current:
         exp = st.expected
         log.info("%s: %s is current (stage key %s: its %d config values, %d upstream keys and %d input files are "
                  "unchanged); skipping", stage, st.output, st.key, len(exp.config), len(exp.upstream),

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -96,15 +95,15 @@ class Ceiling:
 
 def _ceiling_keys(cfg):
     st = cfg.stats
-    method = getattr(st, "noise_ceiling", "auto") or "none"
+    method = st.noise_ceiling or "none"
     if method not in ("auto", "isc", "repeats", "none"):
         raise ConfigError(f"stats.noise_ceiling: expected one of 'auto', 'isc', 'repeats', 'none', got {method!r}")
-    return (method, float(getattr(st, "ceiling_floor", 0.1)), bool(getattr(st, "ceiling_spearman_brown", True)),
-            getattr(st, "noise_ceiling_repeats", None), int(getattr(st, "noise_ceiling_n_avg", 1)))
+    return (method, float(st.ceiling_floor), bool(st.ceiling_spearman_brown), st.noise_ceiling_repeats,
+            int(st.noise_ceiling_n_avg))
 
 
 def _isc_from_bold(cfg, meta: ScoresMeta, required: bool, spearman_brown: bool):
-    from .ceiling import loso_isc, spearman_brown_isc
+    from .ceiling import ceiling_from_isc, loso_isc
 
     bold_path = Path(cfg.output) / BOLD
     if not required and not is_complete(bold_path):
@@ -133,8 +132,7 @@ def _isc_from_bold(cfg, meta: ScoresMeta, required: bool, spearman_brown: bool):
             Y = np.stack([f["bold"][f"sub-{s}"][:, a:b][local[s]] for s in meta.subjects])
             isc[:, a:b] = loso_isc(Y, runs[common])
     S = len(meta.subjects)
-    ceiling = spearman_brown_isc(isc, S) if spearman_brown else np.where(isc > 0, isc, np.where(np.isnan(isc),
-                                                                                                   np.nan, 0.0))
+    ceiling = ceiling_from_isc(isc, S, spearman_brown)
     formula = ("leave-one-subject-out ISC averaged over runs" + (
         f", Spearman-Brown corrected: sqrt(rho), isc^2 = k rho^2 / (1 + (k-1) rho), k = {S - 1}"
         if spearman_brown else ", uncorrected (ceiling = max(isc, 0))"))

@@ -24,10 +24,8 @@ class MissingRunError(DataError):
 
 def session_of(name) -> str | None:
     """The ``ses-`` label in a file or dataset name (``sub-01_ses-041_task-x`` -> ``041``), or None."""
-    m = None
-    for m in _SES.finditer(str(name)):
-        pass
-    return m.group(2) if m else None
+    found = list(_SES.finditer(str(name)))
+    return found[-1].group(2) if found else None
 
 
 def _session_key(label):

@@ -166,7 +166,7 @@ def _parcel_space(cfg, table, n_columns) -> StudySpace:
         imgs.append((p, img, label_data(img, p)))
     p0, img0, data0 = imgs[0]
     space = MapSpace.parcels_of(data0, img0.affine, n_columns, where=f"parcellation {p0}")
-    for p, img, data in imgs[1:]:
+    for p, _img, data in imgs[1:]:
         labs = np.unique(data[data != 0])
         if not np.array_equal(labs, space.parcel_labels):
             raise DataError(f"parcellation {p} has other labels than {p0} ({labs.size} vs "

@@ -107,6 +107,26 @@ class Plan:
     def job(self, name: str) -> PlannedJob:
         return next(j for j in self.jobs if j.name == name)
 
+    def slurm_options(self, job: PlannedJob) -> dict:
+        """The SLURM options of ``job``, spelled as sbatch spells them (``{"cpus-per-task": 2, "requeue":
+        True, ...}``): the one translation of the profile's resources into SLURM's terms. brainalign.cluster.sbatch
+        writes them as ``#SBATCH`` lines, brainalign.cluster.submit hands them to submitit. The array, the log
+        files and the requeue signal are each writer's own (submitit sets them itself)."""
+        prof, r = self.profile, job.resources
+        opts = {"job-name": f"ba-{self.name}-{job.name}", "time": job.time_min(),
+                "mem": f"{max(1, round(job.mem_gb() * 1024))}M",     # in M: submitit's own "mem" writes 1GB,
+                "cpus-per-task": r.cpus_per_task, "nodes": job.nodes,  # which SLURM refuses
+                "ntasks-per-node": job.ranks // job.nodes}
+        for k, v in (("partition", r.partition), ("qos", r.qos), ("account", prof.account)):
+            if v:
+                opts[k] = v
+        if job.gpus:
+            opts["gpus-per-node"] = job.gpus
+        if prof.requeue:
+            opts["requeue"] = True
+        opts.update(job.sbatch_options())
+        return opts
+
     # ---- presentation --------------------------------------------------------------------------
     def to_dict(self) -> dict:
         jobs = []

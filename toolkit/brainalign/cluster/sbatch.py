@@ -32,24 +32,20 @@ def _flag(key: str, value) -> str:
 
 
 def sbatch_header(plan: Plan, job: PlannedJob) -> list[str]:
-    prof, r = plan.profile, job.resources
+    """The ``#SBATCH`` lines: the job's SLURM options (Plan.slurm_options), its log files, array and requeue
+    signal."""
     logs = plan.folder / "logs"
     pattern = "%A_%a" if job.is_array else "%j"
-    h = {"job-name": f"ba-{plan.name}-{job.name}", "time": job.time_min(), "mem": f"{max(1, round(job.mem_gb() * 1024))}M",
-         "cpus-per-task": r.cpus_per_task, "nodes": job.nodes, "ntasks-per-node": job.ranks // job.nodes,
-         "output": f"{logs}/{job.name}_{pattern}.out", "error": f"{logs}/{job.name}_{pattern}.err",
-         "open-mode": "append"}
-    if job.is_array:
-        h["array"] = f"0-{len(job.tasks) - 1}%{job.array_parallelism}"
-    for k, v in (("partition", r.partition), ("qos", r.qos), ("account", prof.account)):
-        if v:
-            h[k] = v
-    if job.gpus:
-        h["gpus-per-node"] = job.gpus
-    if prof.requeue:
-        h["requeue"] = True
-        h["signal"] = f"B:USR2@{prof.signal_delay_s}"
-    h.update(job.sbatch_options())
+    h = {}
+    for k, v in plan.slurm_options(job).items():
+        h[k] = v
+        if k == "ntasks-per-node":
+            h.update({"output": f"{logs}/{job.name}_{pattern}.out", "error": f"{logs}/{job.name}_{pattern}.err",
+                      "open-mode": "append"})
+            if job.is_array:
+                h["array"] = f"0-{len(job.tasks) - 1}%{job.array_parallelism}"
+        elif k == "requeue" and plan.profile.requeue:
+            h["signal"] = f"B:USR2@{plan.profile.signal_delay_s}"
     return [_flag(k, v) for k, v in h.items()]
 
 

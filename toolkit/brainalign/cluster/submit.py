@@ -32,6 +32,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from ..errors import BrainAlignError, ConfigError
 from ..log import get_logger
+from ..stagetable import VERBS
 from .plan import Plan, PlannedJob, build_plan
 from .profile import load_profile
 
@@ -40,6 +41,10 @@ log = get_logger("submit")
 BAD_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
               "SPECIAL_EXIT", "REVOKED")
 TAIL_LINES = 25
+# the SLURM options (Plan.slurm_options) that submitit's SlurmExecutor takes as parameters of its own; the
+# others go in its additional_parameters ("mem" too: submitit writes its own mem in GB, which SLURM refuses)
+SUBMITIT_PARAMETERS = ("job_name", "time", "cpus_per_task", "nodes", "ntasks_per_node", "partition", "qos",
+                       "account", "gpus_per_node")
 
 
 class JobFailed(BrainAlignError):
@@ -115,8 +120,7 @@ class StageTask:
                     deadline = time.time() + self.signal_grace_s
                     while time.time() < deadline:
                         time.sleep(0.5)
-                verb = next((a for a in argv if a in ("simulate", "extract", "align", "fit", "stats", "report")),
-                            argv[-1])
+                verb = next((a for a in argv if a in VERBS), argv[-1])
                 how = (f" (killed by {signal.Signals(-rc).name})" if rc < 0 else
                        f" (stopped by {signal.Signals(rc - 128).name})" if rc in STOPPED else "")
                 raise StageFailed(f"job {self.name}: `brainalign {verb}` exited with status {rc}{how}")
@@ -145,7 +149,6 @@ def _executor(plan: Plan, job: PlannedJob, dependency: Optional[str]):
 
     prof = plan.profile
     logs = plan.folder / "logs"
-    r = job.resources
     if plan.cluster == "debug":
         return submitit.DebugExecutor(folder=logs)
     if plan.cluster == "local":
@@ -155,27 +158,19 @@ def _executor(plan: Plan, job: PlannedJob, dependency: Optional[str]):
         return ex
     ex = submitit.SlurmExecutor(folder=logs, max_num_timeout=prof.max_requeues,
                                 python=plan.python if prof.python else None)
-    params = dict(job_name=f"ba-{plan.name}-{job.name}", time=job.time_min(),
-                  cpus_per_task=r.cpus_per_task, signal_delay_s=prof.signal_delay_s,
-                  nodes=job.nodes, ntasks_per_node=job.ranks // job.nodes)
-    if r.partition:
-        params["partition"] = r.partition
-    if r.qos:
-        params["qos"] = r.qos
-    if prof.account:
-        params["account"] = prof.account
-    if job.gpus:
-        params["gpus_per_node"] = job.gpus
+    params, extra = {"signal_delay_s": prof.signal_delay_s}, {}
+    for key, value in plan.slurm_options(job).items():      # submitit's own parameter where it has one
+        name = key.replace("-", "_")
+        if name in SUBMITIT_PARAMETERS:
+            params[name] = value
+        else:
+            extra[key] = value
     if prof.setup:
         params["setup"] = list(prof.setup)
     if job.ranks > 1:
         params["srun_args"] = [f"--mpi={job.mpi}"]
     if job.array_parallelism:
         params["array_parallelism"] = job.array_parallelism
-    extra = {"mem": f"{max(1, round(job.mem_gb() * 1024))}M"}   # submitit's own "mem" writes 1GB: SLURM refuses it
-    extra.update(job.sbatch_options())
-    if prof.requeue:
-        extra.setdefault("requeue", True)
     if dependency:
         extra["dependency"] = dependency
         extra["kill-on-invalid-dep"] = "yes"

@@ -62,10 +62,6 @@ def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int) -> torch.Tensor:
     return torch.log(mel + LOG_FLOOR)
 
 
-def n_audio_frames(n_samples: int, sample_rate: int) -> int:
-    return 1 + n_samples // stft_params(sample_rate)[2]
-
-
 def stack_frames(feats: torch.Tensor, stack: int) -> torch.Tensor:
     """(batch, n_frames, d) -> (batch, ceil(n_frames / stack), stack * d), padding with log(LOG_FLOOR)."""
     b, t, d = feats.shape

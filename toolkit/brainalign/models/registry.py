@@ -26,6 +26,13 @@ _BUILTIN = {
     "hf": "brainalign.models.hf:build_hf",
 }
 _FACTORIES: dict[str, Callable] = {}
+#: name -> "module:function" of the QA model `brainalign finetune` trains on the backbone (cfg -> nn.Module)
+_BUILTIN_QA = {
+    "tiny": "brainalign.finetune_heads:tiny_qa_model",
+    "merlot_reserve": "brainalign.finetune_heads:merlot_qa_model",
+    "hf": "brainalign.finetune_heads:hf_qa_model",
+}
+_QA_FACTORIES: dict[str, Callable] = {}
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -85,10 +92,13 @@ def window_indices(index, n_windows: int) -> np.ndarray:
     return idx.astype(np.int64) % max(n_windows, 1)
 
 
-def register_backbone(name: str):
-    """Decorator registering ``factory(model_cfg, windows_cfg) -> Backbone`` under ``name``."""
+def register_backbone(name: str, qa: Callable | None = None):
+    """Decorator registering ``factory(model_cfg, windows_cfg) -> Backbone`` under ``name`` (and ``qa(cfg) ->
+    nn.Module``, the QA model ``brainalign finetune`` trains, when the backbone has one)."""
     def deco(factory):
         _FACTORIES[name] = factory
+        if qa is not None:
+            _QA_FACTORIES[name] = qa
         return factory
     return deco
 
@@ -123,15 +133,29 @@ def get_backbone(model_cfg, windows_cfg) -> Backbone:
     """
     name = model_cfg.backbone
     device = resolve_device(model_cfg.device)
-    if name not in _FACTORIES:
-        if name not in _BUILTIN:
-            raise ConfigError(f"model.backbone: unknown backbone {name!r} "
-                              f"(known: {', '.join(available_backbones())})")
-        module, func = _BUILTIN[name].split(":")
-        try:
-            _FACTORIES[name] = getattr(importlib.import_module(module), func)
-        except ImportError as e:
-            raise ConfigError(f"model.backbone: backbone {name!r} is not usable here: {e}") from None
-    backbone = _FACTORIES[name](model_cfg, windows_cfg)
+    if name not in _FACTORIES and name not in _BUILTIN:
+        raise ConfigError(f"model.backbone: unknown backbone {name!r} (known: {', '.join(available_backbones())})")
+    backbone = _factory(_FACTORIES, _BUILTIN, name)(model_cfg, windows_cfg)
     backbone.precision = model_cfg.precision
     return backbone.to(device)
+
+
+def _factory(factories: dict, builtin: dict, name: str) -> Callable:
+    """A registered factory, importing a built-in one ("module:function") on first use."""
+    if name not in factories:
+        module, func = builtin[name].split(":")
+        try:
+            factories[name] = getattr(importlib.import_module(module), func)
+        except ImportError as e:
+            raise ConfigError(f"model.backbone: backbone {name!r} is not usable here: {e}") from None
+    return factories[name]
+
+
+def build_qa_model(cfg):
+    """The multiple-choice QA model ``brainalign finetune`` trains on ``model.backbone`` (weights from
+    ``model.seed`` / ``model.checkpoint``); ConfigError for a backbone without one."""
+    name = cfg.model.backbone
+    known = list(dict.fromkeys([*_BUILTIN_QA, *_QA_FACTORIES]))
+    if name not in known:
+        raise ConfigError(f"model.backbone: finetune supports {', '.join(known)}, not {name!r}")
+    return _factory(_QA_FACTORIES, _BUILTIN_QA, name)(cfg)

@@ -315,6 +315,29 @@ class TinyBackbone(Backbone):
             out = self.module(**kw)
         return pool(out).float().cpu()
 
+    @torch.inference_mode()
+    def masked_word_logits(self, stimuli, idx, condition: str, masked) -> list[list[tuple]]:
+        """The masked-word head (``brainalign mlm``), through TinyMultimodal's forward and token_logits: for window
+        idx[b] and each word index in masked[b], (logits float32 (1, vocab), target int64 (1,))."""
+        self.check_condition(condition)
+        idx = np.asarray(idx, dtype=np.int64)
+        kw = self.inputs(stimuli, idx, condition)
+        ids = kw.get("ids")
+        if ids is None:
+            raise ConfigError(f"mlm.conditions: condition {condition!r} removes the words; nothing to predict")
+        targets = ids.clone()
+        for b, ws in enumerate(masked):
+            ids[b, ws] = MASK
+        with self.autocast():
+            out = self.module(**kw)
+        start = int(torch.nonzero(out.types == TYPE_LANGUAGE)[0, 0])
+        res = []
+        for b, ws in enumerate(masked):
+            pos = torch.tensor([start + w for w in ws], dtype=torch.int64, device=ids.device)
+            logits = self.module.token_logits(out.hidden[-1, b, pos]).float().cpu()      # (n_masked, vocab)
+            res.append([(logits[j: j + 1], targets[b, w: w + 1].cpu()) for j, w in enumerate(ws)])
+        return res
+
 
 def build_tiny(model_cfg, windows_cfg) -> TinyBackbone:
     return TinyBackbone(TinySpec.from_config(model_cfg, windows_cfg), seed=model_cfg.seed,

@@ -12,7 +12,6 @@ cupy is found by its import name, whatever wheel provides it (cupy-cuda12x, cupy
 from __future__ import annotations
 
 import functools
-import importlib.metadata as _md
 import logging
 
 import numpy as np

@@ -362,7 +362,6 @@ class FoldSolver:
         return Y
 
     def _run(self, Y_train, Y_test, want_coef):
-        B = self.B
         Yt_np = self._targets(Y_train, "Y_train")
         if Yt_np.shape[0] != self.n_train:
             raise DataError(f"Y_train has {Yt_np.shape[0]} rows but X_train has {self.n_train} "

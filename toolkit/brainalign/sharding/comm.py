@@ -7,21 +7,16 @@ is not a config value (a stage key, brainalign.stagekeys, would not cover it).
 """
 from __future__ import annotations
 
-import os
-
 from ..errors import BrainAlignError, ConfigError
+from ..launch import this_task
 
 MODES = ("auto", "on", "off")
 
 
 def launcher_size():
-    """Number of tasks the launcher says it started (None: no launcher; 0: a launcher that does not say)."""
-    for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
-    if "PMIX_RANK" in os.environ:
-        return 0
-    return None
+    """Number of tasks the launcher says it started in this step (None: no launcher; 0: a launcher that does
+    not say; brainalign.launch reads the environment)."""
+    return this_task().step_size
 
 
 class LocalComm:
