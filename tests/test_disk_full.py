@@ -13,7 +13,6 @@ import subprocess
 import sys
 import uuid
 
-import h5py
 import numpy as np
 import pytest
 import yaml

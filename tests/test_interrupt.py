@@ -17,7 +17,7 @@ import pytest
 from brainalign.h5io import is_complete
 from brainalign.interrupt import Interrupted, on_signals
 from test_fit import assert_scores_equal, fit_config, make_fit_fixture, read_scores
-from test_mpi import MPIEXEC, _cmd, _env, _setup
+from test_mpi import _cmd, _env, _setup
 
 N_UNITS = 64           # the fit fixture: 2 feature sets x 2 layers x 4 folds x 4 voxel chunks
 
