@@ -140,10 +140,10 @@ def test_self_referencing_alias_is_one_line(tmp_path):
         load_config(path)
 
 
-def test_a_huge_value_gives_a_short_message(tmp_path):
+def test_a_long_value_gives_a_short_message(tmp_path):
     """No error message is longer than a few hundred characters, whatever the value it quotes."""
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"name": ["lol"] * 50000, "output": "o"}))
+    path.write_text(yaml.safe_dump({"name": ["lol"] * 5000, "output": "o"}))
     p = subprocess.run([sys.executable, "-m", "brainalign", "validate", str(path)], capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 2

@@ -53,7 +53,7 @@ sys.path[:0] = [{toolkit!r}, {tests!r}]
 from brainalign.models.synthetic import synthetic_stimuli
 import brainalign.stimuli.windows as windows
 
-N = {{"e1": 40, "e2": 40, "e3": 40}}
+N = {{"e1": 12, "e2": 12, "e3": 12}}
 windows.load_episode_stimuli = lambda cfg, ep, *a: synthetic_stimuli(
     ep, n_windows=N[ep], tr=1.0, frames=2, image_size=32, audio_rate=8000, context=2.0, seed=int(ep[1:]))
 from brainalign.cli import main
@@ -91,7 +91,7 @@ def test_extract_on_a_full_disk(tmp_path, tmpfs):
     mnt, fill = tmpfs
     out = mnt / "out"
     argv = _extract_setup(tmp_path, out)
-    fill(60)                                  # room for about one episode's shard
+    fill(30)                                  # room for about one episode's shard
     p = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300)
     line = _one_error_line(p, "extract")
     assert f"no space left on the device writing {out / 'features'}/e" in line and "free there" in line

@@ -67,8 +67,7 @@ def _units_in_shards(out):
     return n
 
 
-@pytest.mark.parametrize("ranks,sig", [(1, signal.SIGTERM), (1, signal.SIGUSR1), (2, signal.SIGTERM),
-                                       (2, signal.SIGINT)])
+@pytest.mark.parametrize("ranks,sig", [(1, signal.SIGTERM), (2, signal.SIGUSR1), (2, signal.SIGINT)])
 def test_fit_signal_keeps_finished_units_and_resumes(tmp_path, reference, ranks, sig):
     """Units buffered for 60 s (the default flush interval) survive the signal on every rank."""
     out, cfg = _setup(tmp_path, "sig")
