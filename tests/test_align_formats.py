@@ -3,13 +3,18 @@ import h5py
 import numpy as np
 import pytest
 
-from brainalign.align import _bold_sources, _read_run
+from brainalign.align import _read_run, _source
 from brainalign.brain.runs import find_runs
 from brainalign.brain.study import build_space
 from brainalign.config import parse_config
 from brainalign.errors import DataError
 
 from test_cifti import write_dtseries
+
+
+def _bold_sources(cfg):
+    """{(subject, episode): (path, dataset, "cifti" or None)} of every run found, as align reads them."""
+    return {key: _source(run) for key, run in find_runs(cfg).items()}
 
 
 def _cfg(tmp_path, fmt, bold_dir):

@@ -13,8 +13,9 @@ from brainalign.models.merlot import flaxmsgpack
 from brainalign.models.merlot import reference_numpy as ref
 from brainalign.models.merlot.convert import (convert, convert_flax_checkpoint, infer_config, load_converted,
                                               main as convert_main, read_flax_params)
-from brainalign.models.merlot.inputs import batch_windows, rows_from_ids
-from brainalign.models.merlot.model import (MerlotConfig, apply_rotary, build_model,
+from brainalign.models.merlot.inputs import batch_windows
+from brainalign.models.merlot.layout import WindowTokens
+from brainalign.models.merlot.model import (AUDIOSPAN, MerlotConfig, apply_rotary, build_model,
                                             count_parameters, rotary_coordinates, rotary_coordinates_2d,
                                             rotary_factor, rotary_sinusoids)
 
@@ -22,6 +23,17 @@ TINY = dict(hidden_size=96, size_per_head=48, rotary_hsize=32, vocab_size=64, jo
             vit_num_layers=2, audio_num_layers=2, span_num_layers=2, vit_patch_size=4, output_grid=(4, 6),
             audio_seq_length=12, audio_token_length=2, audio_patch_size=2, num_mels=8)
 NON_PARAM = dict(output_grid=(4, 6), audio_seq_length=12, audio_token_length=2)
+
+
+def rows_from_ids(word_ids: list, n_clips: int = 0, audio_token_length: int = 6) -> list:
+    """Simple rows: window b = its ids (sub-segment 2, pooled) after ``n_clips``
+    runs of AUDIOSPAN (sub-segments 0 .. n_clips - 1)."""
+    out = []
+    for ids in word_ids:
+        toks = [AUDIOSPAN] * (n_clips * audio_token_length) + list(ids)
+        sub = [j for j in range(n_clips) for _ in range(audio_token_length)] + [n_clips] * len(ids)
+        out.append(WindowTokens(toks, sub, [False] * (n_clips * audio_token_length) + [True] * len(ids)))
+    return out
 
 
 # --------------------------------------------------------------------- the original's parameter tree

@@ -152,13 +152,6 @@ def tr_grid_features(cfg, feats, condition, episode) -> np.ndarray:
                                        window=cfg.windows.resample_lobes, anchor="end") for layer in x])
 
 
-def _bold_sources(cfg):
-    """{(subject, episode): (path, dataset, "cifti" or None)} of every run found (brain.runs.find_runs)."""
-    from .brain.runs import find_runs
-
-    return {key: _source(run) for key, run in find_runs(cfg).items()}
-
-
 def _source(run):
     """(path, dataset) as _read_run takes it: the HDF5 dataset name, "cifti", or None for NIfTI."""
     return run.path, run.dataset if run.kind == "hdf5" else ("cifti" if run.kind == "cifti" else None)

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .layout import SUBSEGMENTS, WindowTokens
+from .layout import SUBSEGMENTS
 from .model import AUDIOSPAN, PADDING
 
 
@@ -58,14 +58,3 @@ def batch_windows(rows: list, frames=None, audio=None) -> WindowBatch:
         ptr[b, :n] = torch.where(t == AUDIOSPAN, s, torch.full_like(s, -1))
         pooled[b, :n] = torch.tensor(r.pooled, dtype=torch.bool)
     return WindowBatch(tokens, seg, ptr, pooled, frames, audio)
-
-
-def rows_from_ids(word_ids: list, n_clips: int = 0, audio_token_length: int = 6) -> list:
-    """Simple rows for tests and benchmarks: window b = its ids (sub-segment 2, pooled) after ``n_clips``
-    runs of AUDIOSPAN (sub-segments 0 .. n_clips - 1)."""
-    out = []
-    for ids in word_ids:
-        toks = [AUDIOSPAN] * (n_clips * audio_token_length) + list(ids)
-        sub = [j for j in range(n_clips) for _ in range(audio_token_length)] + [n_clips] * len(ids)
-        out.append(WindowTokens(toks, sub, [False] * (n_clips * audio_token_length) + [True] * len(ids)))
-    return out
