@@ -1,6 +1,7 @@
 """Config schema: defaults, types, key paths in messages, CLI exit codes."""
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -98,3 +99,53 @@ def test_variants_make_feature_sets_for_the_fine_tuning_contrast():
                         "align": {"residuals": [{"name": "r_ft", "target": "joint@ft", "predictors": ["no_vision@ft"]}]},
                         "stats": {"contrasts": [{"name": "ft_vs_pre", "a": "joint@ft", "b": "joint"}]}})
     assert cfg.feature_sets == ["joint", "no_vision", "joint@ft", "no_vision@ft", "r_ft"]
+
+
+def _laughs(levels, width=9):
+    """The billion-laughs document: level i is a list of ``width`` aliases of level i-1 (width**levels values)."""
+    lines = ['name: &l0 "lol"']
+    for i in range(1, levels + 1):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]")
+    lines.append(f"output: *l{levels}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [6, 9])
+def test_alias_expansion_is_bounded_and_the_error_is_short(tmp_path, levels):
+    """The campaign's 2.9 KB billion-laughs config: 9**6 = 531441 values gave a 312 MB one-line error; 9**9
+    ran for minutes and died of a MemoryError. Both are refused at load, in one short line, at once."""
+    path = tmp_path / "laughs.yaml"
+    path.write_text(_laughs(levels))
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "brainalign", "validate", str(path)], capture_output=True, text=True,
+                       timeout=120)
+    assert time.monotonic() - t0 < 60
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and len(lines[0]) < 500, lines[0][:1000]
+    assert f"config {path}: line " in lines[0]
+    assert "not valid YAML (its aliases expand to more than 100000 values" in lines[0]
+
+
+def test_ordinary_anchors_still_work(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: anchors\noutput: out\nfit: &f {alphas: [1.0, 10.0]}\nstats: {q: 0.05}\n")
+    assert load_config(path).fit.alphas == [1.0, 10.0]
+
+
+def test_self_referencing_alias_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: &a [*a]\n")
+    with pytest.raises(ConfigError, match="an alias refers to a node that contains it"):
+        load_config(path)
+
+
+def test_a_long_value_gives_a_short_message(tmp_path):
+    """No error message is longer than a few hundred characters, whatever the value it quotes."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"name": ["lol"] * 5000, "output": "o"}))
+    p = subprocess.run([sys.executable, "-m", "brainalign", "validate", str(path)], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2
+    (line,) = p.stderr.strip().splitlines()
+    assert len(line) <= 600 and "name: expected" in line and "more characters)" in line

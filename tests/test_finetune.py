@@ -366,3 +366,41 @@ finetune: {{data: "{small}", epochs: 1, batch_size: 16}}
     assert cli.main(["finetune", str(bad)]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if " INFO " not in line]
     assert len(err) == 1 and err[0].startswith("brainalign finetune: error: finetune.data: TVQA directory not found")
+
+
+def test_sigterm_mid_epoch_keeps_the_finished_epochs(tmp_path, small, monkeypatch):
+    """SIGTERM (SLURM's time limit, submitit's stop) in the middle of epoch 2: the stage says what is kept,
+    exits 143 and the re-run resumes after epoch 1 to the weights of an uninterrupted run."""
+    import os
+    import signal
+
+    from brainalign.interrupt import Interrupted, on_signals
+
+    ref = make_cfg(tmp_path / "ref", small, epochs=2)
+    finetune.run_finetune(ref)
+    cfg = make_cfg(tmp_path / "run", small, epochs=2)
+    real, finetune_epoch = finetune.qa_loss, [0]
+
+    def on_epoch_end(epoch, rec):
+        finetune_epoch[0] = epoch
+
+    def loss_then_signal(*a, **kw):
+        if finetune_epoch[0] == 1:                     # a batch of epoch 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(finetune, "qa_loss", loss_then_signal)
+    with pytest.raises(Interrupted) as e:
+        with on_signals():
+            finetune.run_finetune(cfg, on_epoch_end=on_epoch_end)
+    ckpt = cfg.out / "finetune" / "checkpoint.pt"
+    assert str(e.value) == f"interrupted by SIGTERM: 1 of 2 epochs finished, the last saved in {ckpt}; a re-run " \
+                           "resumes after epoch 1"
+    assert e.value.exit_code == 143
+    monkeypatch.setattr(finetune, "qa_loss", real)
+    seen = []
+    finetune.run_finetune(cfg, on_epoch_end=lambda ep, r: seen.append(ep))
+    assert seen == [2]
+    want, got = trained_state(ref), trained_state(cfg)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k

@@ -33,7 +33,7 @@ try:
 except ImportError:
     import test_fit  # noqa: F401  (installs the FoldSolver stand-in)
 from brainalign.cli import main
-sys.exit(main(sys.argv[1:]))
+sys.exit(main())
 """
 
 

@@ -82,9 +82,9 @@ def encoded(monkeypatch):
 
     calls, real = [], extract.encode_stimuli
 
-    def spy(backbone, stimuli, conditions, layers, batch_size):
+    def spy(backbone, stimuli, conditions, layers, batch_size, **kw):
         calls.append((stimuli.episode, list(conditions)))
-        return real(backbone, stimuli, conditions, layers, batch_size)
+        return real(backbone, stimuli, conditions, layers, batch_size, **kw)
 
     monkeypatch.setattr(extract, "encode_stimuli", spy)
     return calls
@@ -482,3 +482,81 @@ def test_git_annex_keys_are_content_hashes_read_for_free(study, capsys, monkeypa
     assert main(["status", str(cfg), "--stages", "extract", "--verify"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "does not match its git-annex key" in err and bad.name in err
+
+
+# ---- upstream outputs from elsewhere (issue 24 item 4) ----------------------------------------------
+
+def test_stale_upstream_is_refused_in_one_line_unless_allowed(study, capsys, caplog):
+    """The campaign's case: features.h5 made with other extraction settings (there windows.context; here
+    model.layers, which simulate does not read), then `run --stages align fit stats`: before, exit 0 and r off
+    by up to 0.78; now one line naming the stale upstream and the command that refreshes it."""
+    root, cfg = study
+    results = root / "results"
+    data = yaml.safe_load(cfg.read_text())
+    data["model"]["layers"] = [1]
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))      # the features on disk are from another config
+    before = stamps(results)
+    capsys.readouterr()
+    assert run(cfg, "--stages", "align", "fit", "stats") == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert line.startswith(f"brainalign run: error: align: upstream extract output {results / 'features.h5'} is "
+                           "stale (s01e01a/joint: model.layers changed (null -> [1])")
+    assert line.endswith(f"refresh it with `brainalign extract {cfg}`, or pass --allow-stale to use it as it is")
+    assert stamps(results) == before                              # nothing was touched
+    # a stage further down names the whole chain to refresh
+    assert main(["fit", str(cfg), "--force"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"refresh it with `brainalign run {cfg} --stages extract align`, or pass --allow-stale to use it as it is")
+    caplog.set_level("WARNING", logger="brainalign")
+    assert run(cfg, "--stages", "align", "--allow-stale") == 0      # current with the features it was made from
+    assert "align: --allow-stale: using the stale upstream extract output" in caplog.text
+    assert rerun_stages(before, stamps(results)) == set()
+
+
+@pytest.mark.parametrize("dtype", ["int8", "str"])
+def test_scores_of_the_wrong_type_are_refused(study, capsys, dtype):
+    """A scores.h5 whose r_mean is int8 or strings: `stats --force` reported a vision effect of 8.28 (0.30)."""
+    root, cfg = study
+    path = root / "results" / "scores.h5"
+    with h5py.File(path, "a") as f:
+        shape = f["r_mean"].shape
+        del f["r_mean"]
+        data = np.ones(shape, np.int8) if dtype == "int8" else np.full(shape, "0.5", dtype=object)
+        f.create_dataset("r_mean", data=data, dtype=h5py.string_dtype() if dtype == "str" else None)
+    capsys.readouterr()
+    assert main(["stats", str(cfg), "--force"]) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    kind = "int8" if dtype == "int8" else "object"
+    assert line == (f"brainalign stats: error: scores file {path}: /r_mean has dtype {kind}, expected floating "
+                    "point (a file from elsewhere or edited by hand?)")
+
+
+def test_stats_outputs_are_published_together(study, capsys, monkeypatch):
+    """A stats run that cannot finish (here the disk fills while stats.h5 is written) leaves no new CSV or maps
+    beside the old stats.h5: the old record goes first, so `status` says stats must run, and the error is one
+    line naming the file."""
+    import errno
+
+    import brainalign.h5io as h5io
+
+    root, cfg = study
+    results = root / "results"
+    data = yaml.safe_load(cfg.read_text())
+    data["stats"]["q"] = 0.2
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    real = h5io.h5py.File
+
+    def full(name, mode="r", *a, **kw):
+        if "stats.h5" in str(name) and mode == "w":
+            raise OSError(errno.ENOSPC, "No space left on device", str(name))
+        return real(name, mode, *a, **kw)
+
+    monkeypatch.setattr(h5io.h5py, "File", full)
+    capsys.readouterr()
+    assert main(["stats", str(cfg)]) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert line.startswith(f"brainalign stats: error: no space left on the device writing {results / 'stats.h5'} (")
+    monkeypatch.setattr(h5io.h5py, "File", real)
+    assert not (results / "stats.h5").exists() and not list(results.glob(".stats.h5.tmp-*"))
+    assert main(["status", str(cfg), "--stages", "stats"]) == 0
+    assert "stats     missing" in capsys.readouterr().out

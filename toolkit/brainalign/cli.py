@@ -1,5 +1,6 @@
 """Command line: parsing only; every verb calls a stage function. User errors print one line, exit 2."""
 import argparse
+import contextlib
 import errno
 import os
 import sys
@@ -7,9 +8,11 @@ import sys
 import yaml
 
 from . import __version__
-from .errors import BrainAlignError
+from .errors import BrainAlignError, one_line, output_error
+from .interrupt import Interrupted, on_signals
 from .log import get_logger, rank_info, setup_logging
 from .paths import report_index
+from .pipeline.lock import OutputLock, OutputLocked
 from .stagetable import STAGES
 from .stagetable import VERBS as STAGE_VERBS
 
@@ -31,8 +34,12 @@ def parse_value(text: str):
     """A --set value as YAML (numbers, lists, null, ...), except that text YAML cannot read or would read as a
     mapping without any ``key: value`` pair -- a path template such as ``{root}/atlas.nii.gz`` or ``{root}`` --
     stays the string it is."""
+    from .config import YAMLTooLarge, safe_load
+
     try:
-        value = yaml.safe_load(text)
+        value = safe_load(text)
+    except YAMLTooLarge as e:
+        raise BrainAlignError(f"--set value: not accepted ({e.problem})") from None
     except yaml.YAMLError:
         return text
     if isinstance(value, dict) and value and all(v is None for v in value.values()):
@@ -76,6 +83,10 @@ def build_parser():
             sp.add_argument("--verify", action="store_true",
                             help="compare input files by content (SHA-256) instead of size + mtime "
                                  "(= pipeline.fingerprint: content)")
+        if verb not in ("validate", "status", "submit", "simulate"):
+            sp.add_argument("--allow-stale", action="store_true",
+                            help="use an upstream output whose stage key is not the one its stage would give it "
+                                 "now (made with other settings or inputs) instead of refusing; logged")
         if verb == "status":
             sp.add_argument("--stages", nargs="+", help="only these stages (default: the config's pipeline)")
         if verb == "extract":
@@ -101,6 +112,21 @@ def build_parser():
 
 
 def main(argv=None):
+    """The ``brainalign`` command (``argv=None``: the process's own arguments; a list: called as a function)."""
+    code = _main(argv)
+    from .h5io import FAILED_WRITE
+
+    if argv is None and FAILED_WRITE:     # HDF5's exit handler would crash on the file it could not write
+        import logging
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verb:
@@ -117,6 +143,7 @@ def main(argv=None):
         cfg = load_config(args.config, overrides)
         if getattr(args, "verify", False):
             cfg.pipeline.fingerprint = "content"
+        cfg.pipeline.allow_stale = bool(getattr(args, "allow_stale", False))
         if args.verb == "validate":
             from .pipeline.preflight import preflight
 
@@ -126,60 +153,61 @@ def main(argv=None):
             summary = preflight(cfg)
             summary += f"; {n_ckpt} checkpoint(s) readable" if n_ckpt else ""
             if args.verbose:                  # the config as resolved (with the --set overrides)
-                print(cfg.text, end="" if cfg.text.endswith("
-") else "
-")
+                print(cfg.text, end="" if cfg.text.endswith("\n") else "\n")
             sets = f", {len(overrides)} --set override(s)" if overrides else ""
             print(f"config {cfg.source}: ok ({cfg.name}{sets}; pipeline {' '.join(cfg.pipeline)}; backbone "
                   f"{cfg.model.backbone}; feature sets {' '.join(cfg.feature_sets)}; {summary})")
             sys.stdout.flush()
             return 0
-        from .pipeline import run_pipeline, run_stage
-
+        if args.verb not in ("status", "submit"):
+            with on_signals(), (OutputLock(cfg.out, args.verb) if args.verb != "simulate"
+                                else contextlib.nullcontext()):
+                return _run_verb(args, cfg)
         if args.verb == "status":
             from .pipeline.status import print_status
 
             print_status(cfg, stages=args.stages, verbose=args.verbose)
-        elif args.verb == "run":
-            outs = run_pipeline(cfg, stages=args.stages, force=args.force)
-            print(f"brainalign: results in {cfg.out}/ (report: {report_index(cfg)})")
-            for stage, out in outs.items():
-                print(f"  {stage:<9} {out}")
-        elif args.verb == "submit":
+        else:
             from .cluster.submit import submit_study
 
             submit_study(cfg, cluster=args.cluster, profile=args.profile, dry_run=args.dry_run,
                          wait=args.wait, force=args.force, emit_sbatch=args.emit_sbatch)
-        elif args.verb == "extract" and args.episodes:
-            from .extract import run_extract
-
-            print(run_extract(cfg, episodes=args.episodes, force=args.force))
-        else:
-            out = run_stage(cfg, args.verb, force=args.force)
-            if rank_info()[0] == 0:          # under MPI only rank 0 reports
-                print(out)
         sys.stdout.flush()                   # a closed pipe is seen here, not in the interpreter's exit
         return 0
+    except Interrupted as e:
+        print(f"brainalign {args.verb}: {one_line(e, 1000)}", file=sys.stderr)
+        _leave_mpi(e.exit_code)
+        return e.exit_code
     except BrainAlignError as e:
-        print(f"brainalign {args.verb}: error: {e}", file=sys.stderr)
+        print(f"brainalign {args.verb}: error: {one_line(e)}", file=sys.stderr)
+        if isinstance(e, OutputLocked):
+            _abort_job(e.exit_code)
         return e.exit_code
     except BrokenPipeError:                  # `brainalign status ... | head`: the reader stopped reading
         _silence_stdout()
         print(f"brainalign {args.verb}: error: output closed early (broken pipe)", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.errno != errno.ELOOP:
-            log.exception("internal error (please report it with the traceback above)")
-            return 1
-        print(f"brainalign {args.verb}: error: symbolic link loop at {e.filename} "
-              f"({e.strerror}); fix or remove that link", file=sys.stderr)
-        return 2
+        if e.errno == errno.ELOOP:
+            print(f"brainalign {args.verb}: error: symbolic link loop at {e.filename} "
+                  f"({e.strerror}); fix or remove that link", file=sys.stderr)
+            return 2
+        return _other_error(args, e, log)
     except KeyboardInterrupt:
         print(f"brainalign {args.verb}: interrupted", file=sys.stderr)
         return 130
-    except Exception:
-        log.exception("internal error (please report it with the traceback above)")
-        return 1
+    except Exception as e:
+        return _other_error(args, e, log)
+
+
+def _other_error(args, e, log) -> int:
+    """A full disk, a read-only or foreign output folder: one line, exit 2; anything else is an internal error."""
+    err = output_error(e)
+    if err is not None:
+        print(f"brainalign {args.verb}: error: {one_line(err)}", file=sys.stderr)
+        return err.exit_code
+    log.exception("internal error (please report it with the traceback above)")
+    return 1
 
 
 def _silence_stdout():
@@ -190,6 +218,62 @@ def _silence_stdout():
         os.close(devnull)
     except (OSError, ValueError):            # stdout without a file descriptor (tests' capture)
         pass
+
+
+def _run_verb(args, cfg) -> int:
+    """A verb that runs stages (under :func:`brainalign.interrupt.on_signals`)."""
+    from .pipeline import run_pipeline, run_stage
+
+    if args.verb == "run":
+        outs = run_pipeline(cfg, stages=args.stages, force=args.force)
+        print(f"brainalign: results in {cfg.out}/ (report: {report_index(cfg)})")
+        for stage, out in outs.items():
+            print(f"  {stage:<9} {out}")
+    elif args.verb == "extract" and args.episodes:
+        from .extract import run_extract
+
+        print(run_extract(cfg, episodes=args.episodes, force=args.force))
+    else:
+        out = run_stage(cfg, args.verb, force=args.force)
+        if rank_info()[0] == 0:          # under MPI only rank 0 reports
+            print(out)
+    sys.stdout.flush()                   # a closed pipe is seen here, not in the interpreter's exit
+    return 0
+
+
+def _abort_job(code: int):
+    """Rank 0 found the output locked before MPI started: the other ranks (which follow rank 0's lock) would
+    wait for it forever, so end the whole job."""
+    from .sharding.comm import launcher_size
+
+    if (launcher_size() or 1) > 1:
+        sys.stderr.flush()
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(code)
+
+
+LEAVE_WAIT_S = 20.0
+
+
+def _leave_mpi(code: int):
+    """After a signal under MPI with several ranks: exit now. MPI_Finalize (mpi4py's atexit) could wait
+    forever on a rank that is gone or on a request the signal left pending; the launcher ends the rest."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized() or mpi.COMM_WORLD.Get_size() < 2:
+        return
+    import logging
+    import time
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # the launcher kills every rank once one exits: wait (a while) for the others to have saved their work
+    # too (they got the same signal: SLURM and mpiexec signal every task)
+    req, t0 = mpi.COMM_WORLD.Ibarrier(), time.monotonic()
+    while not req.Test() and time.monotonic() - t0 < LEAVE_WAIT_S:
+        time.sleep(0.01)
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":

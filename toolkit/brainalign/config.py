@@ -250,6 +250,7 @@ class PipelineConfig:
     stages: list[str] = field(default_factory=lambda: ["extract", "align", "fit", "stats", "report"])
     fingerprint: Literal["mtime", "content"] = "mtime"
     short: bool = field(default=False, metadata={"internal": True})   # given as a plain list
+    allow_stale: bool = field(default=False, metadata={"internal": True})   # --allow-stale (brainalign.stagecheck)
 
     def __iter__(self):
         return iter(self.stages)
@@ -633,16 +634,64 @@ def parse_schema(cls, data, source: str, kind: str, check=None):
     return obj
 
 
+MAX_YAML_NODES = 100_000     # values a YAML document may hold with its aliases expanded ("billion laughs")
+
+
+class YAMLTooLarge(yaml.YAMLError):
+    def __init__(self, problem, mark=None):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+class BoundedSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document whose aliases expand to more than MAX_YAML_NODES values
+    (PyYAML shares an aliased object, but validating, hashing or printing the config walks every copy)."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        sizes: dict = {}
+
+        def size(n, depth=0):
+            k = id(n)
+            if k in sizes:
+                if sizes[k] is None:
+                    raise YAMLTooLarge("an alias refers to a node that contains it", n.start_mark)
+                return sizes[k]
+            sizes[k] = None
+            total = 1
+            if isinstance(n, yaml.SequenceNode):
+                total += sum(size(c, depth + 1) for c in n.value)
+            elif isinstance(n, yaml.MappingNode):
+                total += sum(size(a, depth + 1) + size(b, depth + 1) for a, b in n.value)
+            if total > MAX_YAML_NODES:
+                raise YAMLTooLarge(f"its aliases expand to more than {MAX_YAML_NODES} values (first past the "
+                                   "limit at the node here)", n.start_mark)
+            sizes[k] = total
+            return total
+
+        if node is not None:
+            size(node)
+        return node
+
+
+def safe_load(text):
+    """``yaml.safe_load`` with the alias-expansion bound of :class:`BoundedSafeLoader`."""
+    return yaml.load(text, Loader=BoundedSafeLoader)
+
+
 def read_yaml(path, kind: str):
-    """(text, data) of a YAML file, ``yaml.safe_load`` only; a syntax error is one line with its line number."""
+    """(text, data) of a YAML file, ``yaml.safe_load`` only (aliases bounded: BoundedSafeLoader); a syntax
+    error is one line with its line number."""
     path = Path(path)
     text = path.read_text()
     try:
-        return text, yaml.safe_load(text)
+        return text, safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{kind} {path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    except RecursionError:
+        raise ConfigError(f"{kind} {path}: not accepted (nested too deeply)") from None
 
 
 def _expand_root(cfg: Config) -> None:

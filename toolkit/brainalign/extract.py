@@ -27,6 +27,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 from .h5io import atomic_h5, is_complete, str_attr
+from .interrupt import Interrupted
 from .log import get_logger, progress
 from .paths import FEATURE_SHARDS, FEATURES, feature_shard
 from .stimuli.windows import check_stimuli, load_stimuli_for
@@ -78,12 +79,13 @@ def window_context(cfg) -> float:
 
 # ---- encoding ----------------------------------------------------------------------------------
 
-def encode_stimuli(backbone, stimuli, conditions, layers, batch_size: int) -> dict[str, np.ndarray]:
-    """{condition: float32 (len(layers), n_windows, hidden)} for one episode's stimuli, in window batches."""
+def encode_stimuli(backbone, stimuli, conditions, layers, batch_size: int, out=None) -> dict[str, np.ndarray]:
+    """{condition: float32 (len(layers), n_windows, hidden)} for one episode's stimuli, in window batches.
+    ``out`` (a dict) is filled condition by condition (what an interrupted call finished stays in it)."""
     check_stimuli(stimuli)
     n = stimuli.n_windows
     sel = np.asarray(layers, dtype=np.int64)
-    out = {}
+    out = {} if out is None else out
     for c in conditions:
         backbone.check_condition(c)
         feats = np.empty((len(sel), n, backbone.hidden), dtype=np.float32)
@@ -213,39 +215,60 @@ def extract_one(cfg, episode, backbone=None, force=False, states=None, backbones
         c, _, variant = fs.partition("@")
         by_model.setdefault(variant, []).append(c)
     feats = {}
-    for variant, cs in by_model.items():
-        bb = model(variant)
-        if variant:
-            if (bb.n_layers, bb.hidden) != (main.n_layers, main.hidden):
-                raise ConfigError(f"model.variants: {variant!r} has {bb.n_layers} layers x {bb.hidden} hidden, "
-                                  f"the main model {main.n_layers} x {main.hidden}")
-            if _spec_key(bb.stimulus_spec) != _spec_key(main.stimulus_spec):
-                raise ConfigError(f"model.variants: {variant!r} takes other stimuli than the main model "
-                                  "(frame grid or audio rate)")
-            bb.to(main.device)
-        layers = resolve_layers(cfg.model.layers, bb.n_layers, bb.name)
-        for c, x in encode_stimuli(bb, stimuli, [c for c in conds if c in cs], layers, cfg.model.batch_size).items():
-            feats[f"{c}@{variant}" if variant else c] = x
     windows = np.asarray(stimuli.windows, np.float64)
-    if keep and (old_windows is None or old_windows.shape != windows.shape
-                 or any(x.shape != next(iter(feats.values())).shape for x, _ in keep.values())):
+    main_layers = resolve_layers(cfg.model.layers, main.n_layers, main.name)
+
+    def fits(keep):
+        return not keep or (old_windows is not None and old_windows.shape == windows.shape
+                            and all(x.shape == next(iter(feats.values())).shape for x, _ in keep.values()))
+
+    try:
+        for variant, cs in by_model.items():
+            bb = model(variant)
+            if variant:
+                if (bb.n_layers, bb.hidden) != (main.n_layers, main.hidden):
+                    raise ConfigError(f"model.variants: {variant!r} has {bb.n_layers} layers x {bb.hidden} hidden, "
+                                      f"the main model {main.n_layers} x {main.hidden}")
+                if _spec_key(bb.stimulus_spec) != _spec_key(main.stimulus_spec):
+                    raise ConfigError(f"model.variants: {variant!r} takes other stimuli than the main model "
+                                      "(frame grid or audio rate)")
+                bb.to(main.device)
+            layers = resolve_layers(cfg.model.layers, bb.n_layers, bb.name)
+            done: dict = {}
+            try:
+                encode_stimuli(bb, stimuli, [c for c in conds if c in cs], layers, cfg.model.batch_size, out=done)
+            finally:
+                feats.update({f"{c}@{variant}" if variant else c: x for c, x in done.items()})
+    except Interrupted as e:
+        if feats and fits(keep):           # the feature sets finished before the signal: into the shard
+            _write_shard(cfg, path, episode, feats, keep, states, windows, main, main_layers)
+        e.kept = (f"episode {episode}: {len(feats)} of {len(todo)} feature sets saved to {path}" if feats and fits(keep)
+                  else f"episode {episode} was in progress (nothing of it finished)")
+        raise
+    if not fits(keep):
         log.info("extract %s: the kept feature sets do not fit the new ones; extracting them again", episode)
         return extract_one(cfg, episode, force=True, states=states, backbones=backbones)
     t2 = time.perf_counter()
+    _write_shard(cfg, path, episode, feats, keep, states, windows, main, main_layers)
+    n = stimuli.n_windows
+    log.debug("extract %s: %d windows x %d feature sets: stimuli %.1f s, model %.1f s (%.1f windows/s) -> %s",
+              episode, n, len(feats), t1 - t0, t2 - t1, n * len(feats) / max(t2 - t1, 1e-9), path)
+    return path
+
+
+def _write_shard(cfg, path, episode, feats, keep, states, windows, main, layers):
+    """The episode's shard (atomically): the feature sets extracted now (``feats``) and those kept."""
     names = [fs for fs in cfg.all_conditions if fs in feats or fs in keep] + sorted(set(keep) - set(cfg.all_conditions))
-    with atomic_h5(path, "extract", config_text=cfg.text) as f:
+    need = sum((feats[fs] if fs in feats else keep[fs][0]).nbytes for fs in names)
+    with atomic_h5(path, "extract", config_text=cfg.text, need=need) as f:
         for fs in names:
             x, attrs = (feats[fs], _unit_attrs(states[fs])) if fs in feats else keep[fs]
             ds = f.create_dataset(fs, data=x, chunks=(1,) + x.shape[1:])
             ds.attrs.update(attrs)
         f.create_dataset("windows", data=windows)
-        f.attrs.update(_descriptive_attrs(cfg, main, resolve_layers(cfg.model.layers, main.n_layers, main.name)))
+        f.attrs.update(_descriptive_attrs(cfg, main, layers))
         f.attrs["episode"] = episode
         f.attrs["conditions"] = str_attr(names)
-    n = stimuli.n_windows
-    log.debug("extract %s: %d windows x %d feature sets: stimuli %.1f s, model %.1f s (%.1f windows/s) -> %s",
-             episode, n, len(feats), t1 - t0, t2 - t1, n * len(feats) / max(t2 - t1, 1e-9), path)
-    return path
 
 
 def assemble_features(cfg, states=None) -> Path:
@@ -319,8 +342,15 @@ def run_extract(cfg, episodes=None, force=False) -> Path:
              len(todo_eps) * len(cfg.all_conditions), len(needs), len(todo_eps),
              "forced" if force else "current units are kept")
     backbones: dict = {}
-    for ep in progress(needs, desc="extract", unit="episode"):
-        extract_one(cfg, ep, force=force, states=states[ep], backbones=backbones)
+    finished = []
+    try:
+        for ep in progress(needs, desc="extract", unit="episode"):
+            extract_one(cfg, ep, force=force, states=states[ep], backbones=backbones)
+            finished.append(ep)
+    except Interrupted as e:
+        e.kept = (f"{len(finished)} episode(s) finished in this run are in {cfg.out / FEATURE_SHARDS}"
+                  + (f"; {e.kept}" if e.kept else "") + "; a re-run extracts only the rest")
+        raise
     if episodes is not None:
         return cfg.out / FEATURE_SHARDS
     return assemble_features(cfg)

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 
 from .errors import DataError
-from .h5io import is_complete, open_h5, read_str_attr
+from .h5io import check_float, is_complete, open_h5, read_str_attr
 
 
 class FeatureStore:
@@ -42,7 +42,7 @@ class FeatureStore:
         name = f"{c}/{ep}"
         if name not in f or f"windows/{ep}" not in f:
             raise DataError(f"features file {self.path} lacks dataset '{name}' or 'windows/{ep}'")
-        ds = f[name]
+        ds = check_float(f[name], self.path, "features file")
         if ds.shape != (self.n_layers, f[f"windows/{ep}"].shape[0], self.hidden):
             raise DataError(f"features file {self.path}: '{name}' has shape {ds.shape}, expected "
                             f"({self.n_layers}, n_windows, {self.hidden})")

@@ -54,6 +54,7 @@ from . import tvqa
 from .errors import ConfigError, DataError
 from .finetune_heads import QAModel, qa_loss, qa_predict
 from .h5io import atomic_path
+from .interrupt import Interrupted
 from .launch import this_task
 from .log import get_logger, progress
 from .paths import finetune_paths
@@ -381,6 +382,22 @@ def train(cfg, model: QAModel, train_ds: TVQADataset, val_ds: TVQADataset, workd
 
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    saved = [start]                    # epochs in checkpoint.pt
+    try:
+        _epochs(cfg, model, ddp, loader, sampler, opt, sched, scaler, val_ds, info, device, fp, ckpt, history, start,
+                per_rank, on_epoch_end, saved)
+    except Interrupted as e:
+        done = saved[0]
+        e.kept = (f"{done} of {ft.epochs} epochs finished, the last saved in {ckpt}; a re-run resumes after epoch "
+                  f"{done}" if done else f"no epoch of {ft.epochs} finished yet (nothing to keep)")
+        raise
+    return history
+
+
+def _epochs(cfg, model, ddp, loader, sampler, opt, sched, scaler, val_ds, info, device, fp, ckpt, history, start,
+            per_rank, on_epoch_end, saved):
+    """The epochs ``start`` .. ``finetune.epochs`` of :func:`train` (a checkpoint after each)."""
+    ft = cfg.finetune
     for epoch in range(start, ft.epochs):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -413,11 +430,11 @@ def train(cfg, model: QAModel, train_ds: TVQADataset, val_ds: TVQADataset, workd
                        "scaler": scaler.state_dict(), "rng": _rng_state(), "history": history}
             with atomic_path(ckpt) as tmp:
                 torch.save(payload, tmp)
+        saved[0] = epoch + 1
         if info.world > 1:
             dist.barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, rec)
-    return history
 
 
 def run_finetune(cfg, force: bool = False, *, use_frames: bool = True, use_subtitles: bool = True,

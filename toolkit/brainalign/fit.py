@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 import numpy as np
 
 from .errors import BrainAlignError, DataError
 from .h5io import atomic_h5, open_h5, read_str_attr, str_attr
+from .interrupt import Interrupted
 from .launch import this_task
 from .log import get_logger, progress
 from .fitdata import FitInputs, Unit, fold_splits
@@ -283,6 +285,8 @@ def prepare_shards(scores_path, shard_dir, attrs: dict, force: bool):
 
     if scores_path.exists():          # it is not current (else the fit was skipped)
         scores_path.unlink()          # first, so no complete-looking file ever points at removed shards
+    for d in scores_path.parent.glob("maps/sub-*"):   # old maps never sit beside a new scores.h5
+        shutil.rmtree(d, ignore_errors=True)
     scan = scan_shards(shard_dir, attrs)
     if force:
         remove(scan.files)
@@ -391,6 +395,9 @@ def work(inp: FitInputs, cfg, source, writer):
             source.done(u, dt - db, db, cache.builds + engines.builds - builds)
             log.debug("unit %s done in %.2f s%s", inp.describe(u), dt, f" (solver built in {db:.2f} s)" if db else "")
         writer.close()
+    except Interrupted:
+        writer.flush()               # the units finished so far become a shard part (the next fit merges parts)
+        raise
     except Exception as e:
         source.fail(str(e) if isinstance(e, BrainAlignError) else f"{type(e).__name__}: {e}")
         try:
@@ -448,7 +455,14 @@ def run_fit(cfg, force: bool = False):
                 coordinator.start()
         else:
             source = RemoteSource(comm)
-        err = work(inp, cfg, source, writer)
+        try:
+            err = work(inp, cfg, source, writer)
+        except Interrupted as e:
+            who = f"rank {comm.rank}/{comm.size}" if comm.size > 1 else "this run"
+            e.kept = (f"{writer.n_units} unit(s) finished by {who} saved in {shard_dir} "
+                      f"({len(units) - len(pending)} of {len(units)} were there before); a re-run computes only "
+                      "the rest")
+            raise
         if coordinator is not None:
             coordinator.join()
         if bar is not None:

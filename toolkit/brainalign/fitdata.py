@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import BrainAlignError, DataError
-from .h5io import open_h5, read_str_attr
+from .h5io import check_float, open_h5, read_str_attr
 from .partition import partition_layout, partition_models
 from .paths import BOLD, DESIGN
 
@@ -83,6 +83,7 @@ class FitInputs:
         for fs in self.feature_sets + [b for m in self.models for b in m.feature_sets]:
             if fs not in self.design["design"]:
                 raise DataError(f"{out / 'design.h5'} lacks feature set {fs!r} (re-run align)")
+            check_float(self.design["design"][fs], out / "design.h5", "design file")
         self.layers = [int(x) for x in self.design.attrs["layers"]]
         self.folds = read_str_attr(self.design, "folds")
         self.subjects = read_str_attr(self.bold, "subjects")
@@ -92,7 +93,7 @@ class FitInputs:
         for s in self.subjects:
             if f"sub-{s}" not in self.bold["bold"]:
                 raise DataError(f"{out / 'bold.h5'} lacks /bold/sub-{s} (re-run align)")
-            ds = self.bold["bold"][f"sub-{s}"]
+            ds = check_float(self.bold["bold"][f"sub-{s}"], out / "bold.h5", "BOLD file")
             present = np.asarray(ds.attrs.get("runs_present", np.arange(n_runs)), np.int64)
             self.present[s] = present
             self.rows[s] = None if len(present) == n_runs else np.flatnonzero(np.isin(self.runs, present))

@@ -283,6 +283,15 @@ def run_mlm(cfg, force: bool = False, backbone=None):
         rows += part
         overall += part if kind == ALL_WORDS else []
 
+    from .stagecheck import invalidate
+
+    invalidate(cfg, "mlm")           # the old mlm.h5 goes first, the new one (the record) is written last
+    with atomic_path(csv_path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     with atomic_h5(path, "mlm", config_text=cfg.text, extra=key.attrs) as f:
         f.create_dataset("episode_index", data=ep_index)
         f.create_dataset("window_index", data=cat(lambda r: r["window_index"], np.int32))
@@ -308,12 +317,6 @@ def run_mlm(cfg, force: bool = False, backbone=None):
                         "seed": int(cfg.mlm.seed), "n_words": int(n_words), "backbone": backbone.name,
                         "ci_level": 0.95, "word_classes": str_attr(kinds[1:]),
                         "word_class_column": cfg.mlm.word_class_column or ""})
-    with atomic_path(csv_path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     log.info("mlm: %d masked words over %d episodes -> %s, %s", n_words, len(episodes), path, csv_path)
     return path
 

@@ -69,6 +69,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .interrupt import Interrupted
 from .log import get_logger
 from .paths import PERMUTATION, SCORES
 
@@ -398,6 +399,54 @@ def _resolve_layer(layer, layers, path):
                       f"(layers: {', '.join(map(str, layers))})")
 
 
+PARTS_DIR = "permutation_parts"
+
+
+class SubjectParts:
+    """Per-subject results of an unfinished permutation stage: ``{output}/permutation_parts/sub-XX.h5``
+    (atomic, with the stage key), so an interrupted run resumes after its last finished subject. Parts of
+    another key are ignored; the directory is removed once permutation.h5 is written."""
+
+    def __init__(self, directory: Path, key: str, contrasts: list, force: bool):
+        self.dir, self.key, self.contrasts = Path(directory), key, contrasts
+        if force:
+            self.remove()
+
+    def _path(self, s) -> Path:
+        return self.dir / f"sub-{s}.h5"
+
+    def load(self, s, si, obs, pv, cobs, cp, shifts) -> bool:
+        from .h5io import is_complete
+
+        p = self._path(s)
+        if not is_complete(p):
+            return False
+        with h5py.File(p, "r") as f:
+            if str(f.attrs.get("stage_key", "")) != self.key:
+                return False
+            obs[si], pv[si], shifts[si] = f["observed"][()], f["p"][()], f["shifts"][()]
+            for c in self.contrasts:
+                cobs[c][si], cp[c][si] = f[f"contrast/{c}/observed"][()], f[f"contrast/{c}/p"][()]
+        log.info("permutation: sub-%s taken from %s (finished by an earlier, interrupted run)", s, p)
+        return True
+
+    def save(self, s, si, obs, pv, cobs, cp, shifts, config_text):
+        from .h5io import atomic_h5
+
+        with atomic_h5(self._path(s), "permutation-part", config_text, {"stage_key": self.key}) as f:
+            f.create_dataset("observed", data=obs[si])
+            f.create_dataset("p", data=pv[si])
+            f.create_dataset("shifts", data=shifts[si])
+            for c in self.contrasts:
+                f.create_dataset(f"contrast/{c}/observed", data=cobs[c][si])
+                f.create_dataset(f"contrast/{c}/p", data=cp[c][si])
+
+    def remove(self):
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def run_permutation(cfg, force: bool = False):
     """The permutation stage (``stats.permutations`` > 0): scores.h5 + design.h5 + bold.h5 -> permutation.h5.
 
@@ -459,28 +508,41 @@ def run_permutation(cfg, force: bool = False):
         models = {fs: RefitNull((lambda k, fsi=score_fs.index(fs): inp.X(Unit(fsi, li, k))) if pf
                                 else inp.X(Unit(score_fs.index(fs), li, 0)), groups, runs, cfg.fit.alphas, folds)
                   for fs, pf in zip(fsets, per_fold)}
-        with open_h5(scores_path, "scores file") as f:
-            alpha_ds = f["alpha"]
-            for si, s in enumerate(progress(subjects, desc="permutation subjects")):
-                rng = np.random.default_rng([seed, si])
-                shifts = draw_shifts(lengths, n_perm, rng, min_shift)
-                all_shifts[si] = shifts
-                if inp.rows[s] is not None:      # missing runs (data.missing_runs: skip): left NaN
-                    log.warning("permutation: sub-%s lacks some runs; its permutation tests are skipped (NaN)", s)
-                    continue
-                Yds = inp.bold["bold"][f"sub-{s}"]
-                for a, b in inp.chunks:
-                    Y = Yds[:, a:b]
-                    nulls = {}
-                    for fi, fs in enumerate(fsets):
-                        alphas = alpha_ds[si, score_fs.index(fs), li, :, a:b]
-                        o, null = models[fs].test_statistic(Y, alphas, shifts)
-                        obs[si, fi, a:b], pv[si, fi, a:b] = o, perm_pvalues(o, null)
-                        nulls[fs] = (o, null)
-                    for c in contrasts:
-                        (oa, na), (ob, nb) = nulls[c.a], nulls[c.b]
-                        cobs[c.name][si, a:b] = oa - ob
-                        cp[c.name][si, a:b] = perm_pvalues(oa - ob, na - nb)
+        parts = SubjectParts(out / PARTS_DIR, key.key, [c.name for c in contrasts], force)
+        finished = []
+        try:
+            with open_h5(scores_path, "scores file") as f:
+                alpha_ds = f["alpha"]
+                for si, s in enumerate(progress(subjects, desc="permutation subjects")):
+                    if parts.load(s, si, obs, pv, cobs, cp, all_shifts):     # finished by an interrupted run
+                        continue
+                    rng = np.random.default_rng([seed, si])
+                    shifts = draw_shifts(lengths, n_perm, rng, min_shift)
+                    all_shifts[si] = shifts
+                    if inp.rows[s] is not None:      # missing runs (data.missing_runs: skip): left NaN
+                        log.warning("permutation: sub-%s lacks some runs; its permutation tests are skipped (NaN)", s)
+                        parts.save(s, si, obs, pv, cobs, cp, all_shifts, cfg.text)
+                        finished.append(s)
+                        continue
+                    Yds = inp.bold["bold"][f"sub-{s}"]
+                    for a, b in inp.chunks:
+                        Y = Yds[:, a:b]
+                        nulls = {}
+                        for fi, fs in enumerate(fsets):
+                            alphas = alpha_ds[si, score_fs.index(fs), li, :, a:b]
+                            o, null = models[fs].test_statistic(Y, alphas, shifts)
+                            obs[si, fi, a:b], pv[si, fi, a:b] = o, perm_pvalues(o, null)
+                            nulls[fs] = (o, null)
+                        for c in contrasts:
+                            (oa, na), (ob, nb) = nulls[c.a], nulls[c.b]
+                            cobs[c.name][si, a:b] = oa - ob
+                            cp[c.name][si, a:b] = perm_pvalues(oa - ob, na - nb)
+                    parts.save(s, si, obs, pv, cobs, cp, all_shifts, cfg.text)
+                    finished.append(s)
+        except Interrupted as e:
+            e.kept = (f"{len(finished)} subject(s) finished in this run saved in {parts.dir}; a re-run computes "
+                      "only the rest")
+            raise
         with open_h5(scores_path, "scores file") as f, warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             ref = np.stack([f["r_mean"][:, score_fs.index(fs), li, :] for fs in fsets], axis=1)
@@ -532,6 +594,7 @@ def run_permutation(cfg, force: bool = False):
                            ("significant", significant(cq, q_level))):
                 gg.create_dataset(k, data=arr, compression="gzip", shuffle=True)
         g.create_dataset("shifts", data=all_shifts)
+    parts.remove()
     log.info("permutation: wrote %s; significant voxels (q <= %g) per subject and feature set: %s", path, q_level,
              {fs: significant(q[:, fi], q_level).sum(axis=-1).tolist() for fi, fs in enumerate(fsets)})
     return path

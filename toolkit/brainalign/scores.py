@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .h5io import read_str_attr
+from .h5io import check_float, read_str_attr
 
 
 @dataclass
@@ -56,9 +56,13 @@ def read_scores_meta(f, path) -> ScoresMeta:
         raise DataError(f"scores file {path}: /mask attr affine must be 4x4, got shape {affine.shape}")
     labels = f["roi_labels"][()].astype(np.int32)
     expect = (len(subjects), len(feature_sets), len(layers), int(mask.sum()))
-    if f["r_mean"].shape != expect:
-        raise DataError(f"scores file {path}: /r_mean has shape {f['r_mean'].shape}, expected {expect} "
-                        "(subjects, feature_sets, layers, voxels in /mask)")
+    check_float(f["r_mean"], path, "scores file", expect, "subjects, feature_sets, layers, voxels in /mask")
+    if "folds" in f.attrs:
+        full = expect[:3] + (len(_attr_list(f, path, "folds")), expect[3])
+        for name in ("r", "alpha"):
+            if name in f:
+                check_float(f[name], path, "scores file", full, "subjects, feature_sets, layers, folds, voxels")
+
     if labels.shape != (expect[3],):
         raise DataError(f"scores file {path}: /roi_labels has shape {labels.shape}, expected ({expect[3]},)")
     from .brain.space import MapSpace

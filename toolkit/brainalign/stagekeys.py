@@ -379,6 +379,7 @@ class State:
     notes: list = field(default_factory=list)
     units: dict = field(default_factory=dict)
     output: str = ""
+    changed: list = field(default_factory=list)   # its output has a key, made from other values/inputs than now
 
     @property
     def current(self) -> bool:
@@ -530,6 +531,7 @@ class Assessor:
             problems += spec.check(self.cfg)
         if stored.status == "ok":
             diff, st.notes = compare(stored.record, exp, upstream_reason=lambda u: up_why.get(u, f"upstream {u}"))
+            st.changed = list(diff)
         elif stored.status == "unkeyed":
             diff = [f"{records[0]} has no stage key (made by hand or by an older brainalign)"]
         else:
@@ -556,6 +558,7 @@ class Assessor:
         if stored.status == "ok":
             diff, st.notes = compare(stored.record, exp)
             st.reasons += diff
+            st.changed = list(diff)
         elif stored.status == "missing":
             st.status = "missing"
             st.reasons.insert(0, "not made yet")
@@ -593,6 +596,8 @@ class Assessor:
             st.reasons.append(f"{record_path} is incomplete or corrupt ({stored.detail})")
         elif not todo and (stored.record or {}).get("units") != keys:
             st.reasons.append(f"{record_path} was assembled from other units")
+            st.changed.append(st.reasons[-1])
+        st.changed = [f"{u}: {s.changed[0]}" for u, s in units.items() if s.changed] + st.changed
         if not st.reasons:
             st.status, st.key = "current", stored.key
         return st

@@ -380,7 +380,11 @@ def run_stats(cfg, force: bool = False) -> Path:
             q = np.stack([qs[t] for t in test_names(ps)]).astype(get(ps)["p"].dtype)
             get(ps)["q"], get(ps)["significant"] = q, significant(q, q_level)
 
-    # CSV and maps first, stats.h5 (with its completion marker) last: a killed job never looks done
+    # CSV and maps first, stats.h5 (with its completion marker) last, the old stats.h5 gone before: a killed job
+    # or a full disk never leaves new CSV/maps beside an old stats.h5 that makes them look done
+    from .stagecheck import invalidate
+
+    invalidate(cfg, "stats")
     rows = []
     for c in contrasts:
         res = roi[c.name]

@@ -28,6 +28,7 @@ import os
 import shlex
 import shutil
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -97,6 +98,14 @@ class Plan:
     python: str
     notes: list[str] = field(default_factory=list)
     launch: dict = field(default_factory=dict)   # display name -> argv prefix ("BA": host/container command)
+    # the jobs of one submission are one holder of the output's lock (brainalign.pipeline.lock)
+    token: str = field(default_factory=lambda: f"submit-{uuid.uuid4().hex[:16]}")
+
+    def job_env(self, job: "PlannedJob") -> dict:
+        """The extra environment of ``job``'s commands: its own plus the submission's lock token."""
+        from ..pipeline.lock import TOKEN_ENV
+
+        return {**job.env, TOKEN_ENV: self.token}
 
     def job(self, name: str) -> PlannedJob:
         return next(j for j in self.jobs if j.name == name)

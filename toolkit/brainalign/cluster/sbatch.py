@@ -93,7 +93,7 @@ def render_job(plan: Plan, job: PlannedJob) -> str:
         "JOB": job.name, "KIND": kind, "PLAN": str(plan.folder / "plan.txt"),
         "SBATCH": "\n".join(sbatch_header(plan, job)), "WORKDIR": shlex.quote(str(plan.cwd)),
         "SETUP": "\n".join(plan.profile.setup) or "# (none)", "REQUEUE": "1" if plan.profile.requeue else "0",
-        "ENV": "\n".join(f"export {k}=${{{k}:-{shlex.quote(v)}}}" for k, v in job.env.items()),
+        "ENV": "\n".join(f"export {k}=${{{k}:-{shlex.quote(v)}}}" for k, v in plan.job_env(job).items()),
         "BODY": job_body(plan, job)})
 
 

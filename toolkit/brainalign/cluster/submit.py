@@ -90,6 +90,11 @@ def run_command(argv: list[str], cwd: str, env: Optional[dict] = None) -> int:
                 proc.wait()
 
 
+# a stage stopped by SLURM/submitit: killed by the signal, or (brainalign.interrupt) saved its work and exited
+# 128 + signum
+STOPPED = tuple(x for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2) for x in (-s, 128 + s))
+
+
 class StageTask:
     """Run ``commands`` (argv lists) in order in ``cwd``; raise :class:`StageFailed` on the first failure.
 
@@ -109,14 +114,15 @@ class StageTask:
             print(f"brainalign submit: job {self.name}: $ {' '.join(argv)}", flush=True)
             rc = run_command(argv, self.cwd, self.env)
             if rc != 0:
-                if rc in (-signal.SIGTERM, -signal.SIGUSR2):
+                if rc in STOPPED:
                     # SLURM stopped the step (preemption, time limit, scancel): give submitit's USR2 handler
                     # time to requeue us, or SLURM time to kill this job, rather than record a failure
                     deadline = time.time() + self.signal_grace_s
                     while time.time() < deadline:
                         time.sleep(0.5)
                 verb = next((a for a in argv if a in VERBS), argv[-1])
-                how = f" (killed by {signal.Signals(-rc).name})" if rc < 0 else ""
+                how = (f" (killed by {signal.Signals(-rc).name})" if rc < 0 else
+                       f" (stopped by {signal.Signals(rc - 128).name})" if rc in STOPPED else "")
                 raise StageFailed(f"job {self.name}: `brainalign {verb}` exited with status {rc}{how}")
         return {"job": self.name, "seconds": round(time.time() - t0, 3),
                 "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
@@ -180,7 +186,7 @@ def _executor(plan: Plan, job: PlannedJob, dependency: Optional[str]):
 
 def _tasks(plan: Plan, job: PlannedJob):
     cls = CheckpointableStageTask if plan.profile.requeue else StageTask
-    return [cls(job.name if len(job.tasks) == 1 else f"{job.name}[{i}]", t, str(plan.cwd), job.env)
+    return [cls(job.name if len(job.tasks) == 1 else f"{job.name}[{i}]", t, str(plan.cwd), plan.job_env(job))
             for i, t in enumerate(job.tasks)]
 
 
@@ -511,7 +517,10 @@ def submit_study(cfg, cluster: str = "slurm", profile: Optional[str] = None, dry
             return plan
         wait_slurm(plan, submitted, poll_s=poll_s)
     else:
-        submitted = _run_here(plan)
+        from ..pipeline.lock import OutputLock
+
+        with OutputLock(plan.output, "submit", token=plan.token):     # its jobs share the token
+            submitted = _run_here(plan)
         _record(plan, submitted)
     print(f"brainalign submit: results in {plan.output}/ (report: {plan.output / 'report' / 'index.html'})")
     return plan

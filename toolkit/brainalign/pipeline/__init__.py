@@ -4,6 +4,7 @@
 import importlib
 import time
 
+from ..interrupt import Interrupted
 from ..log import get_logger
 from ..stagetable import VERBS, stages_of
 
@@ -37,8 +38,12 @@ def run_stage(cfg, stage, force=False):
     specs = stages_of(cfg, stage)
     t0 = time.perf_counter()
     log.info("stage %s: start", stage)
-    for spec in specs:
-        out = stage_function(spec)(cfg, force=force)
+    try:
+        for spec in specs:
+            out = stage_function(spec)(cfg, force=force)
+    except Interrupted as e:
+        e.stage = e.stage or stage
+        raise
     log.info("stage %s: done in %.1f s -> %s", stage, time.perf_counter() - t0, out)
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..stagecheck import assessor
 from ..stagekeys import State
 from ..stagetable import ORDER, STAGES
+from .lock import describe, holders
 
 
 def shown_stages(cfg, stages=None) -> list:
@@ -23,6 +24,9 @@ def assess_all(cfg, stages=None) -> list[State]:
 def format_status(cfg, states, verbose=False) -> str:
     mode = "content (SHA-256)" if cfg.pipeline.fingerprint == "content" else "size + mtime"
     lines = [f"brainalign status {cfg.source or cfg.name}: {len(states)} stages; input files compared by {mode}"]
+    running = holders(cfg.out)
+    if running:        # outputs may change under this listing
+        lines.append("a run is in progress on this output: " + "; ".join(describe(e) for e in running))
     width = max([len(s.stage) for s in states] + [8])
     for st in states:
         if st.current:

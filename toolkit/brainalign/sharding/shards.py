@@ -56,6 +56,7 @@ class ShardWriter:
         self.flush_s, self.max_units = float(flush_s), max(1, int(max_units))
         self.part = 0
         self.written: list[Path] = []
+        self.n_units = 0                     # units written to parts so far
         self._buf = []
         self._t = time.monotonic()
 
@@ -78,13 +79,14 @@ class ShardWriter:
             alpha[i, :, : b - a] = ai
         path = self.directory / shard_name(self.epoch, self.rank, self.part)
         extra = dict(self.attrs, epoch=str(self.epoch), rank=str(self.rank), part=str(self.part))
-        with atomic_h5(path, self.stage, self.config_text, extra) as f:
+        with atomic_h5(path, self.stage, self.config_text, extra, need=2 * r.nbytes) as f:
             f.create_dataset("units", data=np.asarray([k for k, *_ in self._buf], np.int32))
             f.create_dataset("voxels", data=np.asarray([(a, b) for _, a, b, *_ in self._buf], np.int64))
             f.create_dataset("r", data=r)
             f.create_dataset("alpha", data=alpha)
         log.debug("wrote %s (%d units)", path.name, n)
         self.part += 1
+        self.n_units += n
         self.written.append(path)
         self._buf = []
         return path
