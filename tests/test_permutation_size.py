@@ -47,7 +47,6 @@ def run_null_study(out: Path, phi: float, n_trs: int, seed: int):
 
     rng = np.random.default_rng(seed)
     runs = np.repeat(np.arange(K), n_trs).astype(np.int32)
-    n = runs.size
     episodes = [f"s01e{i + 1:02d}a" for i in range(K)]
     feats = lambda: _zscore_runs(np.concatenate([ar1(rng, n_trs, P, phi) for _ in range(K)]), runs)  # noqa: E731
     joint = np.stack([feats() for _ in range(2)])                        # (L, n, P)

@@ -66,6 +66,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from .errors import ConfigError, DataError

@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
