@@ -67,9 +67,10 @@ def test_friends_config_is_the_seed_study_on_the_published_release(repo_root):
 
 def test_friends_config_validates_against_the_published_layout(tree, converted, repo_root, capsys):
     path = str(repo_root / "configs" / "friends.yaml")
-    assert main(["validate", path, *_overrides(tree, converted)]) == 0
+    assert main(["validate", path, *_overrides(tree, converted), "-v"]) == 0
     out = capsys.readouterr().out
-    assert f"root: {tree}" in out                          # validate --set prints the resolved config
+    assert f"root: {tree}" in out                          # validate -v prints the resolved config
+    assert out.strip().splitlines()[-1].startswith(f"config {path}: ok (")     # and the verdict last
     assert main(["validate", path, *_overrides(tree, converted), "--set",
                  "data.episodes=[s01e01a, s01e01b, s09e01a]"]) == 2
     assert "run s09e01a has no BOLD for any subject" in capsys.readouterr().err

@@ -72,7 +72,8 @@ def test_fit_signal_keeps_finished_units_and_resumes(tmp_path, reference, ranks,
     """Units buffered for 60 s (the default flush interval) survive the signal on every rank."""
     out, cfg = _setup(tmp_path, "sig")
     argv = _cmd(ranks, cfg) if ranks > 1 else [sys.executable, str(cfg.parent / "driver.py"), "fit", str(cfg)]
-    proc, err = _start(argv, tmp_path, BRAINALIGN_TEST_SLOW_UNIT=0.1, BRAINALIGN_SHARD_SECONDS=600)
+    proc, err = _start(argv, tmp_path, BRAINALIGN_TEST_SLOW_UNIT=0.1, BRAINALIGN_SHARD_SECONDS=600,
+                       BRAINALIGN_LOG="DEBUG")                    # the per-unit lines are DEBUG
     _wait_for(err, r"unit \S+ layer \d+ fold \S+ voxels \d+:\d+ done", 6, proc)
     assert not list((out / "fit_shards").glob("e*.h5"))          # everything is still in the buffers
     os.kill(proc.pid, sig)                                        # mpiexec forwards it to every rank

@@ -83,7 +83,7 @@ def reference(tmp_path_factory):
 @pytest.mark.parametrize("n", [2, 3])
 def test_ranks_give_identical_results(tmp_path, reference, n):
     out, cfg = _setup(tmp_path, f"n{n}")
-    p = _run(n, cfg, BRAINALIGN_TEST_SLOW_UNIT=0.03)
+    p = _run(n, cfg, BRAINALIGN_TEST_SLOW_UNIT=0.03, BRAINALIGN_LOG="DEBUG")     # per-unit lines are DEBUG
     assert_scores_equal(read_scores(out / "scores.h5"), reference)
     assert _shard_ranks(out) == set(range(n))              # every rank computed units
     assert f"rank 1/{n}" in p.stderr and "unit joint layer" in p.stderr

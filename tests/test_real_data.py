@@ -310,7 +310,7 @@ def test_set_values_with_braces(tmp_path, algonauts, capsys):
     cfg = _dump(tmp_path / "a.yaml", P.algonauts_config(root, tmp_path / "o"))
     rois = ("{root}/fmri/sub-{subject}/atlas/sub-{subject}_space-MNI152NLin2009cAsym_atlas-Schaefer18_"
             "parcel-1000Par7Net_desc-dseg_parcellation.nii.gz")
-    assert main(["validate", cfg, "--set", f"data.bold.rois={rois}"]) == 0
+    assert main(["validate", cfg, "-v", "--set", f"data.bold.rois={rois}"]) == 0     # -v: the resolved config
     assert rois in capsys.readouterr().out
 
 
