@@ -63,7 +63,11 @@ def test_plan_jobs_array_mpi_and_afterok_chain(tmp_path):
     cfg, plan = demo_plan(tmp_path)
     names = [j.name for j in plan.jobs]
     assert names == ["simulate", "extract", "align", "fit", "stats", "mlm", "report"]
-    assert [j.after for j in plan.jobs] == [[], ["simulate"], ["extract"], ["align"], ["fit"], ["stats"], ["mlm"]]
+    # each job waits for the jobs whose outputs it reads (align: the BOLD simulate wrote and the features;
+    # mlm: only the stimuli and checkpoint simulate wrote, so not for stats; report: fit, stats and mlm)
+    assert [j.after for j in plan.jobs] == [[], ["simulate"], ["simulate", "extract"], ["simulate", "align"],
+                                            ["simulate", "align", "fit"], ["simulate"],
+                                            ["simulate", "fit", "stats", "mlm"]]
     conf = str(tmp_path / "sub" / "config.yaml")
     prefix = [sys.executable, str(BIN)]
 
@@ -167,7 +171,7 @@ def test_dry_run_cli_prints_plan(tmp_path, capsys, monkeypatch):
     assert rc == 0
     assert "[2] extract  array of 2 tasks (3 episodes each, at most 2 at once)" in out
     assert "[4] fit      MPI job: 6 ranks = 2 node(s) x 3 tasks (srun --mpi=pmi2)" in out
-    assert "after: align (afterok)" in out and "gpus/node 1  partition gpu" in out
+    assert "after: simulate (afterok), align (afterok)\n" in out and "gpus/node 1  partition gpu" in out
     assert "each rank: $ $BA fit $CONFIG" in out
     assert not (tmp_path / "results").exists()     # a dry run writes nothing
 
@@ -257,8 +261,8 @@ def test_emit_sbatch_scripts(tmp_path, monkeypatch, capsys):
     assert f"step srun --mpi=pmi2 -n 6 --ntasks-per-node 3 {sys.executable} {BIN} fit" in fit
     sub = (out / "submit.sh").read_text()
     assert 'extract=$(submit extract 02-extract.sbatch "$simulate")' in sub
-    assert 'mlm=$(submit mlm 06-mlm.sbatch "$stats")' in sub
-    assert 'report=$(submit report 07-report.sbatch "$mlm")' in sub
+    assert 'mlm=$(submit mlm 06-mlm.sbatch "$simulate")' in sub
+    assert 'report=$(submit report 07-report.sbatch "$simulate:$fit:$stats:$mlm")' in sub
 
 
 # ---- job tasks -----------------------------------------------------------------------------------------

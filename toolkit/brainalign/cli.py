@@ -159,6 +159,10 @@ def _main(argv):
                   f"{cfg.model.backbone}; feature sets {' '.join(cfg.feature_sets)}; {summary})")
             sys.stdout.flush()
             return 0
+        if args.verb == "run":               # bad stage names or backbone: one line before any output exists
+            from .pipeline import check_pipeline
+
+            check_pipeline(cfg, args.stages)
         if args.verb not in ("status", "submit"):
             with on_signals(), (OutputLock(cfg.out, args.verb) if args.verb != "simulate"
                                 else contextlib.nullcontext()):

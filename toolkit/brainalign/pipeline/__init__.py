@@ -48,13 +48,19 @@ def run_stage(cfg, stage, force=False):
     return out
 
 
-def run_pipeline(cfg, stages=None, force=False):
-    outs = {}
+def check_pipeline(cfg, stages=None) -> list:
+    """The stages ``run`` would execute, checked before any work or output (the stage names, the backbone)."""
     stages = check_stage_names(stages or cfg.pipeline)
     from .preflight import MODEL_STAGES, check_backbone
 
     if any(s in MODEL_STAGES for s in stages):
         check_backbone(cfg)            # before simulate's minutes of work, not after them
+    return stages
+
+
+def run_pipeline(cfg, stages=None, force=False):
+    outs = {}
+    stages = check_pipeline(cfg, stages)
     for stage in stages:
         outs[stage] = run_stage(cfg, stage, force=force)
     return outs
